@@ -1,0 +1,157 @@
+package rpc
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os/exec"
+	"syscall"
+	"time"
+)
+
+// Caller makes one RPC. Client and CommandClient are the two transports.
+type Caller interface {
+	Call(ctx context.Context, method string, params, result any) error
+}
+
+// Client calls a server on a Unix socket, one connection per call.
+type Client struct {
+	Socket string
+}
+
+// Call sends method with params and decodes the result into result (which
+// may be nil). The op id on ctx is forwarded. Canceling ctx closes the
+// connection at once; its deadline bounds the whole exchange. A server error
+// comes back as an *ErrorResponse; a socket nobody serves wraps
+// ErrUnreachable.
+func (c *Client) Call(ctx context.Context, method string, params, result any) error {
+	req, err := encodeRequest(ctx, method, params)
+	if err != nil {
+		return err
+	}
+	var d net.Dialer
+	conn, err := d.DialContext(ctx, "unix", c.Socket)
+	if err != nil {
+		if ctx.Err() != nil {
+			return fmt.Errorf("call %s: %w", method, ctx.Err())
+		}
+		return fmt.Errorf("%w: %s: %w", ErrUnreachable, c.Socket, unwrapDial(err))
+	}
+	defer conn.Close()
+	stop := context.AfterFunc(ctx, func() { conn.Close() })
+	defer stop()
+	if dl, ok := ctx.Deadline(); ok {
+		conn.SetDeadline(dl)
+	}
+
+	// A server that refuses the peer answers before reading; keep going to
+	// read its answer even when our write fails.
+	_, werr := conn.Write(req)
+	err = decodeResponse(conn, result)
+	if ctx.Err() != nil {
+		return fmt.Errorf("call %s: %w", method, ctx.Err())
+	}
+	if err != nil && werr != nil && !isServerAnswer(err) {
+		return fmt.Errorf("call %s: write request: %w", method, werr)
+	}
+	if err != nil && !isServerAnswer(err) {
+		return fmt.Errorf("call %s: %w", method, err)
+	}
+	return err
+}
+
+// CommandClient calls a server that reads one request on its standard input
+// and answers on its standard output, a new process per call: the root
+// helper through `sudo -n banger bangerd-root --stdio`.
+type CommandClient struct {
+	Path string
+	Args []string
+	// Stderr receives the process's standard error (its log records).
+	Stderr io.Writer
+}
+
+// Call runs the command and exchanges one request with it. Canceling ctx
+// sends SIGTERM (which sudo relays) and, after a grace period, SIGKILL.
+func (c *CommandClient) Call(ctx context.Context, method string, params, result any) error {
+	req, err := encodeRequest(ctx, method, params)
+	if err != nil {
+		return err
+	}
+	cmd := exec.CommandContext(ctx, c.Path, c.Args...)
+	cmd.Cancel = func() error { return cmd.Process.Signal(syscall.SIGTERM) }
+	cmd.WaitDelay = 5 * time.Second
+	cmd.Stdin = bytes.NewReader(req)
+	cmd.Stderr = c.Stderr
+	var out bytes.Buffer
+	cmd.Stdout = &out
+	runErr := cmd.Run()
+	if ctx.Err() != nil {
+		return fmt.Errorf("call %s: %w", method, ctx.Err())
+	}
+	err = decodeResponse(&out, result)
+	if err == nil || isServerAnswer(err) {
+		return err
+	}
+	if runErr != nil {
+		return fmt.Errorf("%w: %s: %w", ErrUnreachable, c.Path, runErr)
+	}
+	return fmt.Errorf("call %s: %w", method, err)
+}
+
+func encodeRequest(ctx context.Context, method string, params any) ([]byte, error) {
+	req := Request{Version: Version, Method: method, OpID: OpIDFrom(ctx)}
+	if params != nil {
+		raw, err := json.Marshal(params)
+		if err != nil {
+			return nil, fmt.Errorf("encode params of %s: %w", method, err)
+		}
+		req.Params = raw
+	}
+	b, err := json.Marshal(req)
+	if err != nil {
+		return nil, fmt.Errorf("encode request %s: %w", method, err)
+	}
+	return append(b, '\n'), nil
+}
+
+// decodeResponse reads one response. A server error is returned as the
+// *ErrorResponse itself so errors.As finds it without unwrapping.
+func decodeResponse(r io.Reader, result any) error {
+	var resp Response
+	if err := json.NewDecoder(r).Decode(&resp); err != nil {
+		if errors.Is(err, io.EOF) {
+			return errors.New("connection closed without a response")
+		}
+		return fmt.Errorf("read response: %w", err)
+	}
+	if !resp.OK {
+		if resp.Error == nil {
+			return &ErrorResponse{Code: CodeOperationFailed, Message: "rpc error"}
+		}
+		return resp.Error
+	}
+	if result != nil && len(resp.Result) > 0 {
+		if err := json.Unmarshal(resp.Result, result); err != nil {
+			return fmt.Errorf("decode result: %w", err)
+		}
+	}
+	return nil
+}
+
+func isServerAnswer(err error) bool {
+	var e *ErrorResponse
+	return errors.As(err, &e)
+}
+
+// unwrapDial drops net.OpError's repetition of the address.
+func unwrapDial(err error) error {
+	var op *net.OpError
+	if errors.As(err, &op) && op.Err != nil {
+		return op.Err
+	}
+	return err
+}

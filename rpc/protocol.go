@@ -1,0 +1,76 @@
+// Package rpc implements banger's wire protocol (PROTOCOL.md, version 1):
+// one JSON request and one JSON response per Unix-socket connection, with
+// op ids that tie a CLI command to every log record it caused.
+//
+// The package holds the envelope types, the error type and its codes, op ids
+// on contexts, a client (Client for sockets, CommandClient for the sudo stdio
+// mode) and a Server with a dispatch table. It knows nothing of VMs or of
+// any applet's methods.
+package rpc
+
+import (
+	"encoding/json"
+	"fmt"
+)
+
+// Version is the protocol version this package speaks.
+const Version = 1
+
+// MaxRequestSize bounds one request in bytes; a larger one is a bad_request.
+const MaxRequestSize = 1 << 20
+
+// Request is the one JSON object a caller writes on a connection.
+type Request struct {
+	Version int             `json:"version"`
+	Method  string          `json:"method"`
+	Params  json.RawMessage `json:"params,omitempty"`
+	OpID    string          `json:"op_id,omitempty"`
+}
+
+// Response is the one JSON object a server writes back.
+type Response struct {
+	OK     bool            `json:"ok"`
+	Result json.RawMessage `json:"result,omitempty"`
+	Error  *ErrorResponse  `json:"error,omitempty"`
+}
+
+// Error codes, the closed list of PROTOCOL.md.
+const (
+	CodeBadRequest      = "bad_request"
+	CodeBadVersion      = "bad_version"
+	CodeUnknownMethod   = "unknown_method"
+	CodeInvalidParams   = "invalid_params"
+	CodeNotFound        = "not_found"
+	CodeAlreadyExists   = "already_exists"
+	CodeConflict        = "conflict"
+	CodeUnauthorized    = "unauthorized"
+	CodeNotRunning      = "not_running"
+	CodeUnavailable     = "unavailable"
+	CodeCanceled        = "canceled"
+	CodeTimeout         = "timeout"
+	CodeOperationFailed = "operation_failed"
+)
+
+// ErrorResponse is the error object of a failed response. It is also the Go
+// error that handlers return to choose a code, and that Client.Call returns
+// when the server answered with an error, so callers can read the code and
+// the op id with errors.As.
+type ErrorResponse struct {
+	Code    string `json:"code"`
+	Message string `json:"message"`
+	OpID    string `json:"op_id,omitempty"`
+}
+
+// Error formats as "code: message", with " (op-...)" when an op id is set.
+func (e *ErrorResponse) Error() string {
+	if e.OpID == "" {
+		return e.Code + ": " + e.Message
+	}
+	return e.Code + ": " + e.Message + " (" + e.OpID + ")"
+}
+
+// Errorf returns an *ErrorResponse with the given code and a formatted
+// message. Handlers use it to pick the code the caller sees.
+func Errorf(code, format string, args ...any) *ErrorResponse {
+	return &ErrorResponse{Code: code, Message: fmt.Sprintf(format, args...)}
+}

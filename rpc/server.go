@@ -1,0 +1,360 @@
+package rpc
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"runtime/debug"
+	"sync"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"banger/logging"
+)
+
+// Handler serves one method. params is the raw "params" value (nil when
+// absent). The returned value is marshaled as the result; a returned error
+// becomes the error response (its code from CodeOf).
+type Handler func(ctx context.Context, params json.RawMessage) (any, error)
+
+// Methods is a server's dispatch table.
+type Methods map[string]Handler
+
+// NoParams is the parameter type of methods that take none.
+type NoParams struct{}
+
+// Handle adapts a typed function to a Handler: params are decoded into P
+// (absent or null params give P's zero value; unknown fields are ignored),
+// and a decode error is answered with invalid_params.
+func Handle[P, R any](fn func(ctx context.Context, params P) (R, error)) Handler {
+	return func(ctx context.Context, raw json.RawMessage) (any, error) {
+		var p P
+		if len(raw) > 0 && !bytes.Equal(bytes.TrimSpace(raw), []byte("null")) {
+			if err := json.Unmarshal(raw, &p); err != nil {
+				return nil, Errorf(CodeInvalidParams, "params: %v", err)
+			}
+		}
+		return fn(ctx, p)
+	}
+}
+
+// Peer is the process on the other end of a connection.
+type Peer struct {
+	UID uint32
+	GID uint32
+	PID int32
+}
+
+// PeerPolicy decides whether a peer may call at all. It runs once per
+// connection, before the request is read.
+type PeerPolicy func(Peer) error
+
+// AllowUIDs is the policy that admits exactly the given uids.
+func AllowUIDs(uids ...uint32) PeerPolicy {
+	return func(p Peer) error {
+		for _, u := range uids {
+			if p.UID == u {
+				return nil
+			}
+		}
+		return fmt.Errorf("uid %d may not use this socket", p.UID)
+	}
+}
+
+type peerKey struct{}
+
+// PeerFrom returns the peer of the call being served on ctx.
+func PeerFrom(ctx context.Context) (Peer, bool) {
+	p, ok := ctx.Value(peerKey{}).(Peer)
+	return p, ok
+}
+
+// Server answers requests with its Methods. The zero value refuses every
+// peer: set Authorize.
+type Server struct {
+	Methods Methods
+	// Authorize admits peers; nil admits none (fail closed).
+	Authorize PeerPolicy
+	// Logger is the base of every record; each call adds op_id and method.
+	Logger zerolog.Logger
+	// AdoptOpID makes the server use a well-formed inbound op_id instead of
+	// the one it minted (the root helper does; the daemon does not).
+	AdoptOpID bool
+	// ReadTimeout bounds the wait for the whole request (default 10 s).
+	ReadTimeout time.Duration
+	// CallLog names and levels the one record written per call.
+	CallLog CallLog
+
+	mu        sync.Mutex // guards listeners, shutdown
+	listeners map[net.Listener]struct{}
+	shutdown  bool
+	inflight  sync.WaitGroup
+	ctx       context.Context // base of every handler's context
+	cancel    context.CancelFunc
+	once      sync.Once
+}
+
+// CallLog says how the per-call record is written.
+type CallLog struct {
+	Completed string        // message on success (default "rpc completed")
+	Failed    string        // message on failure (default "rpc failed")
+	Level     zerolog.Level // level on success; failures are at warn or above
+}
+
+// ErrServerClosed is returned by Serve after Shutdown.
+var ErrServerClosed = errors.New("rpc: server closed")
+
+func (s *Server) init() {
+	s.once.Do(func() {
+		s.ctx, s.cancel = context.WithCancel(context.Background())
+		s.listeners = map[net.Listener]struct{}{}
+	})
+}
+
+// Serve accepts connections on ln and serves one request on each, until
+// Shutdown. It closes ln.
+func (s *Server) Serve(ln net.Listener) error {
+	s.init()
+	s.mu.Lock()
+	if s.shutdown {
+		s.mu.Unlock()
+		ln.Close()
+		return ErrServerClosed
+	}
+	s.listeners[ln] = struct{}{}
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		delete(s.listeners, ln)
+		s.mu.Unlock()
+		ln.Close()
+	}()
+
+	var backoff time.Duration
+	for {
+		conn, err := ln.Accept()
+		if err != nil {
+			s.mu.Lock()
+			closed := s.shutdown
+			s.mu.Unlock()
+			if closed {
+				return ErrServerClosed
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() || errors.Is(err, errTooManyFiles) {
+				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+				s.Logger.Warn().Err(err).Dur("retry_in", backoff).Msg("accept failed")
+				time.Sleep(backoff)
+				continue
+			}
+			return err
+		}
+		backoff = 0
+		s.inflight.Add(1)
+		go func() {
+			defer s.inflight.Done()
+			s.serveConn(conn)
+		}()
+	}
+}
+
+// Shutdown stops accepting, then waits for calls in flight until ctx ends;
+// at that point it cancels their contexts and returns ctx's error.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.init()
+	s.mu.Lock()
+	s.shutdown = true
+	for ln := range s.listeners {
+		ln.Close()
+	}
+	s.mu.Unlock()
+	done := make(chan struct{})
+	go func() { s.inflight.Wait(); close(done) }()
+	select {
+	case <-done:
+		s.cancel()
+		return nil
+	case <-ctx.Done():
+		s.cancel()
+		return ctx.Err()
+	}
+}
+
+func (s *Server) serveConn(conn net.Conn) {
+	defer conn.Close()
+	peer, perr := peerOf(conn)
+	timeout := s.ReadTimeout
+	if timeout <= 0 {
+		timeout = 10 * time.Second
+	}
+	conn.SetReadDeadline(time.Now().Add(timeout))
+	s.exchange(conn, conn, peer, perr, conn)
+}
+
+// ServeStdio serves one request read from r and answers on w: the sudo
+// mode of the root helper. peer is who asked (sudo's caller).
+func (s *Server) ServeStdio(ctx context.Context, r io.Reader, w io.Writer, peer Peer) {
+	s.init()
+	stop := context.AfterFunc(ctx, s.cancel)
+	defer stop()
+	s.exchange(r, w, peer, nil, nil)
+}
+
+// exchange reads, dispatches and answers one request, and writes the one
+// record of the call. conn, when set, is watched for the peer hanging up.
+func (s *Server) exchange(r io.Reader, w io.Writer, peer Peer, peerErr error, conn net.Conn) {
+	start := time.Now()
+	c := call{opID: NewOpID(), peer: peer}
+	resp := s.dispatch(&c, r, peerErr, conn)
+	writeResponse(w, conn, resp)
+	s.logCall(&c, resp, time.Since(start))
+}
+
+type call struct {
+	opID   string
+	method string
+	peer   Peer
+	panic  any
+	stack  []byte
+}
+
+func (s *Server) dispatch(c *call, r io.Reader, peerErr error, conn net.Conn) *Response {
+	fail := func(err *ErrorResponse) *Response {
+		err.OpID = c.opID
+		return &Response{Error: err}
+	}
+	if peerErr != nil {
+		return fail(Errorf(CodeUnauthorized, "cannot read peer credentials: %v", peerErr))
+	}
+	if s.Authorize == nil {
+		return fail(Errorf(CodeUnauthorized, "no peer is allowed on this socket"))
+	}
+	if err := s.Authorize(c.peer); err != nil {
+		return fail(Errorf(CodeUnauthorized, "%v", err))
+	}
+	req, errResp := readRequest(r)
+	if errResp != nil {
+		return fail(errResp)
+	}
+	if s.AdoptOpID && ValidOpID(req.OpID) {
+		c.opID = req.OpID
+	}
+	c.method = req.Method
+	if req.Version != Version {
+		return fail(Errorf(CodeBadVersion, "protocol version %d is not supported; this server speaks version %d", req.Version, Version))
+	}
+	h, ok := s.Methods[req.Method]
+	if !ok {
+		return fail(Errorf(CodeUnknownMethod, "unknown method %q", req.Method))
+	}
+
+	ctx, cancel := context.WithCancel(s.ctx)
+	defer cancel()
+	ctx = WithOpID(ctx, c.opID)
+	ctx = context.WithValue(ctx, peerKey{}, c.peer)
+	ctx = logging.WithOp(ctx, s.Logger, c.opID, c.method)
+	if conn != nil {
+		done := make(chan struct{})
+		watched := make(chan struct{})
+		conn.SetReadDeadline(time.Time{})
+		go func() { defer close(watched); watchHangup(conn, cancel, done) }()
+		defer func() { close(done); conn.SetReadDeadline(time.Now()); <-watched }()
+	}
+
+	result, err := s.invoke(ctx, c, h, req.Params)
+	if err != nil {
+		return fail(toErrorResponse(err, c.opID))
+	}
+	resp := &Response{OK: true}
+	if result != nil {
+		raw, err := json.Marshal(result)
+		if err != nil {
+			return fail(Errorf(CodeOperationFailed, "encode result: %v", err))
+		}
+		resp.Result = raw
+	}
+	return resp
+}
+
+// invoke runs the handler; a panic becomes operation_failed and the server
+// lives on.
+func (s *Server) invoke(ctx context.Context, c *call, h Handler, params json.RawMessage) (result any, err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			c.panic, c.stack = p, debug.Stack()
+			result, err = nil, Errorf(CodeOperationFailed, "internal error in %s (logged)", c.method)
+		}
+	}()
+	return h(ctx, params)
+}
+
+// readRequest decodes one request of at most MaxRequestSize bytes.
+func readRequest(r io.Reader) (*Request, *ErrorResponse) {
+	lr := &io.LimitedReader{R: r, N: MaxRequestSize + 1}
+	var req Request
+	err := json.NewDecoder(lr).Decode(&req)
+	switch {
+	case err == nil:
+	case lr.N <= 0:
+		return nil, Errorf(CodeBadRequest, "request larger than %d bytes", MaxRequestSize)
+	case errors.Is(err, io.EOF):
+		return nil, Errorf(CodeBadRequest, "empty request")
+	case isTimeout(err):
+		return nil, Errorf(CodeBadRequest, "request not received in time")
+	default:
+		return nil, Errorf(CodeBadRequest, "request is not one JSON object: %v", err)
+	}
+	if req.Method == "" {
+		return nil, Errorf(CodeBadRequest, "request has no method")
+	}
+	return &req, nil
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
+func writeResponse(w io.Writer, conn net.Conn, resp *Response) {
+	b, err := json.Marshal(resp)
+	if err != nil {
+		b, _ = json.Marshal(&Response{Error: &ErrorResponse{Code: CodeOperationFailed, Message: "encode response"}})
+	}
+	if conn != nil {
+		conn.SetWriteDeadline(time.Now().Add(10 * time.Second))
+	}
+	w.Write(append(b, '\n'))
+}
+
+func (s *Server) logCall(c *call, resp *Response, d time.Duration) {
+	l := s.Logger
+	if c.panic != nil {
+		l.Error().Str("op_id", c.opID).Str("method", c.method).
+			Str("panic", fmt.Sprint(c.panic)).Bytes("stack", c.stack).Msg("handler panicked")
+	}
+	msgOK, msgFail := s.CallLog.Completed, s.CallLog.Failed
+	if msgOK == "" {
+		msgOK = "rpc completed"
+	}
+	if msgFail == "" {
+		msgFail = "rpc failed"
+	}
+	var e *zerolog.Event
+	if resp.OK {
+		e = l.WithLevel(s.CallLog.Level)
+	} else {
+		e = l.WithLevel(max(s.CallLog.Level, zerolog.WarnLevel))
+	}
+	e = e.Str("op_id", c.opID).Str("method", c.method).Float64("duration_ms", logging.Millis(d)).
+		Uint32("uid", c.peer.UID).Int32("pid", c.peer.PID)
+	if resp.OK {
+		e.Msg(msgOK)
+		return
+	}
+	e.Str("code", resp.Error.Code).Str("error", resp.Error.Message).Msg(msgFail)
+}

@@ -1,0 +1,173 @@
+// Package client is the banger applet: the command line for people and for
+// the scripts and agents they run. It never does privileged work and never
+// touches state itself; everything goes through the daemon's socket.
+//
+// For scripts: exit codes are stable (exitcodes.go), --json prints results
+// as JSON on stdout, errors go to stderr as one line ending with the op id
+// (or one JSON object with --json), and nothing ever prompts.
+package client
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/urfave/cli/v2"
+
+	"banger/applets/api"
+	"banger/logging"
+	"banger/rpc"
+)
+
+// Env is what the client gets from the binary: its build, the names of the
+// applets it can link, and its standard streams.
+type Env struct {
+	Build   api.Build
+	Applets []string
+	Stdout  io.Writer
+	Stderr  io.Writer
+}
+
+// Main runs the client with args (args[0] is the applet's name) and returns
+// the exit code.
+func Main(env Env, args []string) int {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	app := newApp(env)
+	err := app.RunContext(ctx, args)
+	if err == nil {
+		return ExitOK
+	}
+	code, exit := classifyRun(err)
+	printError(env.Stderr, wantJSON(args), code, err)
+	return exit
+}
+
+func newApp(env Env) *cli.App {
+	return &cli.App{
+		Name:                 api.AppletClient,
+		Usage:                "disposable development sandboxes on microVMs",
+		Version:              env.Build.String(),
+		Writer:               env.Stdout,
+		ErrWriter:            env.Stderr,
+		HideHelpCommand:      true,
+		EnableBashCompletion: false,
+		Flags:                globalFlags(),
+		Commands: []*cli.Command{
+			newPingCommand(),
+			newVersionCommand(env),
+			newDaemonCommand(),
+			newHostCommand(),
+			newLinksCommand(env),
+			newTraceCommand(),
+		},
+		Metadata: map[string]any{envKey: env},
+		// Errors are printed once, by Main, with their exit code.
+		ExitErrHandler: func(*cli.Context, error) {},
+		OnUsageError: func(c *cli.Context, err error, _ bool) error {
+			return usageError(err)
+		},
+	}
+}
+
+const envKey = "env"
+
+func globalFlags() []cli.Flag {
+	return []cli.Flag{
+		jsonFlag(),
+		&cli.StringFlag{Name: "socket", EnvVars: []string{"BANGER_SOCKET"}, Usage: "the daemon's socket `PATH` (default $XDG_RUNTIME_DIR/banger/bangerd.sock)"},
+		&cli.StringFlag{Name: "state-dir", EnvVars: []string{"BANGER_STATE_DIR"}, Usage: "banger's state `DIR`, for a daemon started from here and for trace (default $XDG_STATE_HOME/banger)"},
+		&cli.StringFlag{Name: "log-level", EnvVars: []string{logging.EnvLevel}, Usage: "log level of a daemon started from here: trace, debug, info, warn or error"},
+		&cli.BoolFlag{Name: "no-autostart", EnvVars: []string{"BANGER_NO_AUTOSTART"}, Usage: "do not start the daemon when it is not running"},
+	}
+}
+
+// jsonFlag is global and also on each command, so `banger --json ping`
+// and `banger ping --json` both work.
+func jsonFlag() cli.Flag {
+	return &cli.BoolFlag{Name: "json", EnvVars: []string{"BANGER_JSON"}, Usage: "print results (and errors, on stderr) as JSON"}
+}
+
+// ranError marks an error returned by a command's action, as opposed to
+// one from parsing the command line.
+type ranError struct{ err error }
+
+func (e *ranError) Error() string { return e.err.Error() }
+func (e *ranError) Unwrap() error { return e.err }
+
+// action adapts a command body to urfave/cli, marking its errors.
+func action(fn func(c *cli.Context, s *session) error) cli.ActionFunc {
+	return func(c *cli.Context) error {
+		s, err := newSession(c)
+		if err != nil {
+			return usageError(err)
+		}
+		if err := fn(c, s); err != nil {
+			return &ranError{err}
+		}
+		return nil
+	}
+}
+
+// classifyRun gives the code and exit code of an error from the app:
+// an action's own errors by what they are, anything else from parsing the
+// command line is a usage error.
+func classifyRun(err error) (string, int) {
+	var re *ranError
+	var ce *cliError
+	if errors.As(err, &re) || errors.As(err, &ce) {
+		return classify(err)
+	}
+	return codeUsage, ExitUsage
+}
+
+// printError writes err to stderr: one line ending with the op id when the
+// server gave one, or with --json one object {"error": {...}}.
+func printError(w io.Writer, asJSON bool, code string, err error) {
+	if !asJSON {
+		fmt.Fprintf(w, "banger: %s\n", err)
+		return
+	}
+	e := rpc.ErrorResponse{Code: code, Message: err.Error()}
+	var re *rpc.ErrorResponse
+	if errors.As(err, &re) {
+		e = *re
+	}
+	json.NewEncoder(w).Encode(map[string]any{"error": e})
+}
+
+// wantJSON finds --json anywhere on the command line (or BANGER_JSON), for
+// errors raised before flags are parsed.
+func wantJSON(args []string) bool {
+	for _, a := range args[1:] {
+		if a == "--" {
+			break
+		}
+		if a == "--json" || a == "--json=true" {
+			return true
+		}
+	}
+	v := os.Getenv("BANGER_JSON")
+	return v == "1" || v == "true"
+}
+
+func envOf(c *cli.Context) Env {
+	return c.App.Metadata[envKey].(Env)
+}
+
+// output prints v as JSON, or calls human to print it for people.
+func output(c *cli.Context, v any, human func(w io.Writer)) error {
+	w := c.App.Writer
+	if c.Bool("json") {
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		return enc.Encode(v)
+	}
+	human(w)
+	return nil
+}

@@ -1,0 +1,139 @@
+package client
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/urfave/cli/v2"
+
+	"banger/applets/api"
+	"banger/applets/dirs"
+	"banger/logging"
+	"banger/rpc"
+)
+
+// StartTimeout bounds the wait for a daemon started by the client.
+const StartTimeout = 15 * time.Second
+
+// session is one command's view of where the daemon is.
+type session struct {
+	socket    string
+	stateDir  string
+	logLevel  string
+	autostart bool
+}
+
+func newSession(c *cli.Context) (*session, error) {
+	s := &session{
+		socket:    c.String("socket"),
+		stateDir:  c.String("state-dir"),
+		logLevel:  c.String("log-level"),
+		autostart: !c.Bool("no-autostart"),
+	}
+	if s.socket == "" {
+		s.socket = dirs.DefaultSocket()
+	}
+	if s.stateDir == "" {
+		s.stateDir = dirs.State()
+	}
+	if s.logLevel != "" {
+		if _, err := logging.ParseLevel(s.logLevel); err != nil {
+			return nil, err
+		}
+	}
+	return s, nil
+}
+
+func (s *session) client() *rpc.Client { return &rpc.Client{Socket: s.socket} }
+
+// call calls the daemon, starting it first when it is not running (unless
+// --no-autostart).
+func (s *session) call(ctx context.Context, method string, params, result any) error {
+	err := s.client().Call(ctx, method, params, result)
+	if !errors.Is(err, rpc.ErrUnreachable) || !s.autostart {
+		return s.unreachable(err)
+	}
+	if err := s.startDaemon(ctx); err != nil {
+		return err
+	}
+	return s.unreachable(s.client().Call(ctx, method, params, result))
+}
+
+// callRunning calls the daemon only if it is already running.
+func (s *session) callRunning(ctx context.Context, method string, params, result any) error {
+	return s.unreachable(s.client().Call(ctx, method, params, result))
+}
+
+// unreachable rewords a dial failure for people.
+func (s *session) unreachable(err error) error {
+	if errors.Is(err, rpc.ErrUnreachable) {
+		return &cliError{code: codeUnreachable, exit: ExitUnreachable,
+			err: fmt.Errorf("bangerd is not running on %s (start it with `banger daemon start`): %w", s.socket, err)}
+	}
+	return err
+}
+
+// startDaemon starts bangerd in the background, detached in its own
+// session so it outlives this command, and waits until it answers ping.
+// It re-executes /proc/self/exe, never a binary found on PATH.
+func (s *session) startDaemon(ctx context.Context) error {
+	args := []string{api.AppletDaemon, "--socket", s.socket, "--state-dir", s.stateDir}
+	if s.logLevel != "" {
+		args = append(args, "--log-level", s.logLevel)
+	}
+	cmd := &exec.Cmd{
+		Path: "/proc/self/exe",
+		Args: args,
+		// stdin, stdout and stderr are /dev/null: the daemon writes its own
+		// log file, and a pipe to this short-lived process would break.
+		SysProcAttr: &syscall.SysProcAttr{Setsid: true},
+	}
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("start bangerd: %w", err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+
+	logPath := filepath.Join(s.stateDir, dirs.DaemonLog)
+	deadline := time.Now().Add(StartTimeout)
+	for wait := 5 * time.Millisecond; ; wait = min(2*wait, 100*time.Millisecond) {
+		pingCtx, cancel := context.WithTimeout(ctx, time.Second)
+		err := s.client().Call(pingCtx, api.MethodPing, nil, nil)
+		cancel()
+		if err == nil {
+			return nil
+		}
+		select {
+		case err := <-exited:
+			return &cliError{code: codeUnreachable, exit: ExitUnreachable,
+				err: fmt.Errorf("bangerd exited at start (%v): %s", err, lastError(logPath))}
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(wait):
+		}
+		if time.Now().After(deadline) {
+			return &cliError{code: codeUnreachable, exit: ExitUnreachable,
+				err: fmt.Errorf("bangerd did not answer on %s within %s; see %s", s.socket, StartTimeout, logPath)}
+		}
+	}
+}
+
+// lastError is the last error record of the daemon's log, for a daemon
+// that died at start.
+func lastError(logPath string) string {
+	b, err := os.ReadFile(logPath)
+	if err != nil {
+		return "see " + logPath
+	}
+	msg := lastErrorRecord(b)
+	if msg == "" {
+		return "see " + logPath
+	}
+	return msg + " (log: " + logPath + ")"
+}

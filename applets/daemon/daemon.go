@@ -1,0 +1,194 @@
+// Package daemon is the bangerd applet: the owner user's daemon that holds
+// banger's state and does its work, serving the client over a Unix socket
+// and asking the root helper for each privileged step.
+//
+// It runs in the foreground, as a service does; `banger daemon start` puts
+// it in the background. It must never need root itself.
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/urfave/cli/v2"
+	"golang.org/x/sys/unix"
+
+	"banger/applets/api"
+	"banger/applets/dirs"
+	"banger/logging"
+	"banger/rpc"
+)
+
+// ShutdownGrace bounds how long calls in flight may finish on shutdown.
+const ShutdownGrace = 10 * time.Second
+
+// Main runs the daemon with args (args[0] is the applet's name).
+func Main(build api.Build, args []string) int {
+	app := &cli.App{
+		Name:            api.AppletDaemon,
+		Usage:           "banger's daemon (runs as the owner user, in the foreground)",
+		Version:         build.String(),
+		HideHelpCommand: true,
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "socket", EnvVars: []string{"BANGER_SOCKET"}, Usage: "serve on `PATH` (default $XDG_RUNTIME_DIR/banger/bangerd.sock)"},
+			&cli.StringFlag{Name: "state-dir", EnvVars: []string{"BANGER_STATE_DIR"}, Usage: "keep state and logs in `DIR` (default $XDG_STATE_HOME/banger)"},
+			&cli.StringFlag{Name: "log-level", EnvVars: []string{logging.EnvLevel}, Value: "info", Usage: "trace, debug, info, warn or error"},
+			&cli.StringFlag{Name: "helper", EnvVars: []string{"BANGER_HELPER"}, Value: HelperAuto, Usage: "how to reach the root helper: auto, socket, sudo or none"},
+			&cli.StringFlag{Name: "helper-socket", EnvVars: []string{"BANGER_HELPER_SOCKET"}, Usage: "the root helper's socket `PATH` (default " + dirs.SystemHelperSocket + " when it exists)"},
+		},
+		Action: func(c *cli.Context) error {
+			return run(c.Context, build, options{
+				socket:       c.String("socket"),
+				stateDir:     c.String("state-dir"),
+				level:        c.String("log-level"),
+				helperMode:   c.String("helper"),
+				helperSocket: c.String("helper-socket"),
+			})
+		},
+		ExitErrHandler: func(*cli.Context, error) {},
+	}
+	if err := app.Run(args); err != nil {
+		fmt.Fprintf(os.Stderr, "%s: %v\n", api.AppletDaemon, err)
+		var ec cli.ExitCoder
+		if errors.As(err, &ec) {
+			return ec.ExitCode()
+		}
+		return 2
+	}
+	return 0
+}
+
+type options struct {
+	socket, stateDir, level  string
+	helperMode, helperSocket string
+}
+
+// Exit codes of the daemon process, shared with the client's table.
+const (
+	exitFailed   = 1
+	exitUsage    = 2
+	exitConflict = 5
+)
+
+func run(ctx context.Context, build api.Build, o options) error {
+	level, err := logging.ParseLevel(o.level)
+	if err != nil {
+		return cli.Exit(err.Error(), exitUsage)
+	}
+	// Everything the daemon creates (state, logs, sockets) is the owner's
+	// alone.
+	unix.Umask(0o077)
+
+	if o.stateDir == "" {
+		o.stateDir = dirs.State()
+	}
+	if err := dirs.EnsurePrivate(o.stateDir); err != nil {
+		return cli.Exit("state directory: "+err.Error(), exitFailed)
+	}
+	logFile, err := logging.OpenFile(filepath.Join(o.stateDir, dirs.DaemonLog))
+	if err != nil {
+		return cli.Exit(err.Error(), exitFailed)
+	}
+	defer logFile.Close()
+	log := logging.New(logging.Tee(os.Stderr, logFile), api.AppletDaemon, level)
+	fail := func(code int, err error) error {
+		log.Error().Err(err).Msg("daemon not started")
+		return cli.Exit(err.Error(), code)
+	}
+
+	if o.socket == "" {
+		o.socket = dirs.DefaultSocket()
+		if err := dirs.EnsurePrivate(dirs.Runtime()); err != nil {
+			return fail(exitFailed, fmt.Errorf("runtime directory: %w", err))
+		}
+	} else if err := os.MkdirAll(filepath.Dir(o.socket), 0o700); err != nil {
+		return fail(exitFailed, err)
+	}
+	if err := dirs.CheckSocketPath(o.socket); err != nil {
+		return fail(exitUsage, err)
+	}
+	unlock, err := lock(o.socket + dirs.LockSuffix)
+	if err != nil {
+		return fail(exitConflict, err)
+	}
+	defer unlock()
+
+	helper, err := newHelperLink(o.helperMode, o.helperSocket, o.stateDir)
+	if err != nil {
+		return fail(exitUsage, err)
+	}
+	defer helper.Close()
+
+	ln, err := rpc.Listen(o.socket, 0o600)
+	if err != nil {
+		return fail(exitConflict, err)
+	}
+	d := &daemon{build: build, started: time.Now(), helper: helper, stop: make(chan struct{})}
+	srv := &rpc.Server{
+		Methods:   d.methods(),
+		Authorize: rpc.AllowUIDs(uint32(os.Getuid()), 0),
+		Logger:    log,
+	}
+
+	ctx, stopSignals := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)
+	defer stopSignals()
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- srv.Serve(ln) }()
+	log.Info().Str("socket", o.socket).Str("state_dir", o.stateDir).Int("pid", os.Getpid()).
+		Str("version", build.String()).Str("helper", helper.Describe()).Msg("daemon serving")
+
+	var reason string
+	select {
+	case <-ctx.Done():
+		reason = "signal"
+	case <-d.stop:
+		reason = "shutdown requested"
+	case err := <-serveErr:
+		log.Error().Err(err).Msg("serve failed")
+		reason = "serve failed"
+	}
+	shutdownCtx, cancel := context.WithTimeout(context.Background(), ShutdownGrace)
+	defer cancel()
+	if err := srv.Shutdown(shutdownCtx); err != nil {
+		log.Warn().Err(err).Msg("calls still running at shutdown were canceled")
+	}
+	ln.Close() // removes the socket file
+	log.Info().Str("reason", reason).Msg("daemon stopped")
+	return nil
+}
+
+// lock takes an exclusive flock on path so that one daemon serves one
+// socket; the kernel drops it when the process dies, so a crash never
+// leaves a stale lock.
+func lock(path string) (func(), error) {
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("open lock %s: %w", path, err)
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		f.Close()
+		if errors.Is(err, unix.EWOULDBLOCK) {
+			return nil, fmt.Errorf("another bangerd already serves %s", path[:len(path)-len(dirs.LockSuffix)])
+		}
+		return nil, fmt.Errorf("lock %s: %w", path, err)
+	}
+	f.Truncate(0)
+	fmt.Fprintf(f, "%d\n", os.Getpid())
+	return func() { f.Close() }, nil
+}
+
+// daemon holds what the methods share.
+type daemon struct {
+	build    api.Build
+	started  time.Time
+	helper   *helperLink
+	stop     chan struct{} // closed by the shutdown method, once
+	stopOnce sync.Once
+}

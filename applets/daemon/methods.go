@@ -1,0 +1,53 @@
+package daemon
+
+import (
+	"context"
+	"os"
+	"runtime"
+	"time"
+
+	"banger/applets/api"
+	"banger/logging"
+	"banger/rpc"
+)
+
+// methods is the daemon's dispatch table.
+func (d *daemon) methods() rpc.Methods {
+	return rpc.Methods{
+		api.MethodHostCheck: rpc.Handle(d.hostCheck),
+		api.MethodPing:      rpc.Handle(d.ping),
+		api.MethodShutdown:  rpc.Handle(d.shutdown),
+		api.MethodVersion:   rpc.Handle(d.version),
+	}
+}
+
+func (d *daemon) ping(ctx context.Context, _ rpc.NoParams) (api.PingResult, error) {
+	return api.PingResult{
+		Version:  d.build.String(),
+		PID:      os.Getpid(),
+		UptimeMS: logging.Millis(time.Since(d.started)),
+	}, nil
+}
+
+func (d *daemon) version(ctx context.Context, _ rpc.NoParams) (api.VersionResult, error) {
+	return api.VersionResult{Build: d.build, Protocol: rpc.Version, Go: runtime.Version()}, nil
+}
+
+// shutdown answers at once and stops the daemon after the answer is
+// written: the server's shutdown waits for calls in flight, this one
+// included.
+func (d *daemon) shutdown(ctx context.Context, _ rpc.NoParams) (struct{}, error) {
+	logging.From(ctx).Info().Msg("shutdown requested")
+	d.stopOnce.Do(func() { close(d.stop) })
+	return struct{}{}, nil
+}
+
+// hostCheck asks the root helper for priv.ping with this call's op id and
+// reports what it said.
+func (d *daemon) hostCheck(ctx context.Context, _ rpc.NoParams) (api.HostCheckResult, error) {
+	res := api.HostCheckResult{HelperMode: d.helper.mode, HelperPath: d.helper.path}
+	err := logging.Stage(ctx, "call helper", func(ctx context.Context) error {
+		return d.helper.Call(ctx, api.MethodPrivPing, nil, &res.Helper)
+	})
+	return res, err
+}

@@ -1,0 +1,188 @@
+// Package helper is the bangerd-root applet: banger's narrow privileged
+// helper. It serves a closed list of priv.* methods to root and to the one
+// owner user, on its socket or, in sudo mode, for one request on stdin.
+// It adopts the caller's op id so its records join the daemon's, and writes
+// exactly one "helper rpc completed" or "helper rpc failed" record per call.
+//
+// It must not grow general-purpose methods: every method validates every
+// field and does one banger-shaped thing.
+package helper
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"strconv"
+	"syscall"
+	"time"
+
+	"github.com/BurntSushi/toml"
+	"github.com/rs/zerolog"
+	"github.com/urfave/cli/v2"
+
+	"banger/applets/api"
+	"banger/logging"
+	"banger/rpc"
+)
+
+// InstallConfig is the system install's configuration file.
+const InstallConfig = "/etc/banger/install.toml"
+
+// Main runs the helper with args (args[0] is the applet's name).
+func Main(build api.Build, args []string) int {
+	app := &cli.App{
+		Name:            api.AppletHelper,
+		Usage:           "banger's privileged helper (runs as root)",
+		Version:         build.String(),
+		HideHelpCommand: true,
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "socket", Usage: "serve on the Unix socket `PATH`"},
+			&cli.BoolFlag{Name: "stdio", Usage: "serve one request from stdin to stdout (sudo mode)"},
+			&cli.IntFlag{Name: "owner-uid", Value: -1, Usage: "the one non-root `UID` allowed to call (default: from " + InstallConfig + ")"},
+			&cli.StringFlag{Name: "log-level", EnvVars: []string{logging.EnvLevel}, Value: "info", Usage: "trace, debug, info, warn or error"},
+			&cli.StringFlag{Name: "log-file", Usage: "also append JSON records to `FILE`"},
+		},
+		Action: func(c *cli.Context) error {
+			return run(c.Context, build, options{
+				socket:   c.String("socket"),
+				stdio:    c.Bool("stdio"),
+				ownerUID: c.Int("owner-uid"),
+				level:    c.String("log-level"),
+				logFile:  c.String("log-file"),
+			})
+		},
+		ExitErrHandler: func(*cli.Context, error) {},
+	}
+	if err := app.Run(args); err != nil {
+		fmt.Fprintf(os.Stderr, "%s: %v\n", api.AppletHelper, err)
+		var ec cli.ExitCoder
+		if errors.As(err, &ec) {
+			return ec.ExitCode()
+		}
+		return 2
+	}
+	return 0
+}
+
+type options struct {
+	socket   string
+	stdio    bool
+	ownerUID int
+	level    string
+	logFile  string
+}
+
+func run(ctx context.Context, build api.Build, o options) error {
+	if o.stdio == (o.socket != "") {
+		return cli.Exit("give exactly one of --socket PATH or --stdio", 2)
+	}
+	level, err := logging.ParseLevel(o.level)
+	if err != nil {
+		return cli.Exit(err.Error(), 2)
+	}
+	var out io.Writer = os.Stderr
+	if o.logFile != "" {
+		f, err := logging.OpenFile(o.logFile)
+		if err != nil {
+			return cli.Exit(err.Error(), 1)
+		}
+		defer f.Close()
+		out = logging.Tee(os.Stderr, f)
+	}
+	log := logging.New(out, api.AppletHelper, level)
+
+	owner, err := ownerUID(o.ownerUID)
+	if err != nil {
+		log.Error().Err(err).Msg("helper not started")
+		return cli.Exit(err.Error(), 1)
+	}
+	allowed := []uint32{0}
+	if owner >= 0 {
+		allowed = append(allowed, uint32(owner))
+	}
+	srv := &rpc.Server{
+		Methods:   methods(build),
+		Authorize: rpc.AllowUIDs(allowed...),
+		Logger:    log,
+		AdoptOpID: true,
+		CallLog:   rpc.CallLog{Completed: "helper rpc completed", Failed: "helper rpc failed", Level: zerolog.InfoLevel},
+	}
+
+	ctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	if o.stdio {
+		srv.ServeStdio(ctx, os.Stdin, os.Stdout, stdioPeer())
+		return nil
+	}
+	return serveSocket(ctx, srv, o.socket, owner, log)
+}
+
+func serveSocket(ctx context.Context, srv *rpc.Server, path string, owner int, log zerolog.Logger) error {
+	ln, err := rpc.Listen(path, 0o600)
+	if err != nil {
+		log.Error().Err(err).Msg("helper not started")
+		return cli.Exit(err.Error(), 1)
+	}
+	// The socket belongs to the owner so that the owner's daemon can
+	// connect; mode 0600 keeps everyone else out.
+	if owner > 0 {
+		if err := os.Chown(path, owner, -1); err != nil {
+			ln.Close()
+			return cli.Exit(fmt.Sprintf("chown %s: %v", path, err), 1)
+		}
+	}
+	log.Info().Str("socket", path).Int("owner_uid", owner).Int("pid", os.Getpid()).Msg("helper serving")
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	select {
+	case <-ctx.Done():
+	case err := <-errc:
+		if !errors.Is(err, rpc.ErrServerClosed) {
+			return cli.Exit(fmt.Sprintf("serve: %v", err), 1)
+		}
+	}
+	shutdownCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	srv.Shutdown(shutdownCtx)
+	log.Info().Msg("helper stopped")
+	return nil
+}
+
+// ownerUID is the flag's uid, else the install config's, else -1 (root
+// only).
+func ownerUID(flag int) (int, error) {
+	if flag >= 0 {
+		return flag, nil
+	}
+	var cfg struct {
+		UID *int `toml:"uid"`
+	}
+	_, err := toml.DecodeFile(InstallConfig, &cfg)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		return -1, nil
+	case err != nil:
+		return -1, fmt.Errorf("read %s: %w", InstallConfig, err)
+	case cfg.UID == nil:
+		return -1, nil
+	case *cfg.UID < 0:
+		return -1, fmt.Errorf("%s: uid %d is not valid", InstallConfig, *cfg.UID)
+	}
+	return *cfg.UID, nil
+}
+
+// stdioPeer is the caller in sudo mode: sudo records the invoking user in
+// SUDO_UID (the caller cannot set it: sudo resets the environment). Run
+// directly, the caller is our own real uid.
+func stdioPeer() rpc.Peer {
+	p := rpc.Peer{UID: uint32(os.Getuid()), GID: uint32(os.Getgid()), PID: int32(os.Getppid())}
+	if os.Geteuid() == 0 {
+		if u, err := strconv.ParseUint(os.Getenv("SUDO_UID"), 10, 32); err == nil {
+			p.UID = uint32(u)
+		}
+	}
+	return p
+}

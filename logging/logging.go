@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"io"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -27,28 +28,41 @@ const EnvLevel = "BANGER_LOG_LEVEL"
 
 // New returns the JSON logger of one applet writing to w at level.
 //
-// zerolog keeps its time format and clock in package variables; New sets
-// them to the same values every time, so every applet in the binary writes
-// the same format whichever one starts first.
+// zerolog keeps its time format, clock and message key in package
+// variables; the first New sets them, once, so every applet in the binary
+// writes the same format whichever one starts first, and a later New does
+// not write them again while other goroutines log (a data race).
 func New(w io.Writer, applet string, level zerolog.Level) zerolog.Logger {
-	zerolog.TimeFieldFormat = TimeFormat
-	zerolog.TimestampFunc = utcNow
+	configure.Do(func() {
+		zerolog.TimeFieldFormat = TimeFormat
+		zerolog.TimestampFunc = utcNow
+		zerolog.MessageFieldName = "msg"
+	})
 	return zerolog.New(w).Level(level).With().Timestamp().Str("applet", applet).Logger()
 }
 
+// configure guards the one write of zerolog's package variables.
+var configure sync.Once
+
 func utcNow() time.Time { return time.Now().UTC() }
 
-// ParseLevel parses a level name (trace, debug, info, warn, error); empty
-// means info.
+// ParseLevel parses a level name (trace, debug, info, warn, error; any
+// case); empty means info. zerolog's own parser also takes numbers and
+// fatal, panic and disabled, which are not levels an operator should set.
 func ParseLevel(s string) (zerolog.Level, error) {
-	if strings.TrimSpace(s) == "" {
+	switch strings.ToLower(strings.TrimSpace(s)) {
+	case "", "info":
 		return zerolog.InfoLevel, nil
+	case "trace":
+		return zerolog.TraceLevel, nil
+	case "debug":
+		return zerolog.DebugLevel, nil
+	case "warn":
+		return zerolog.WarnLevel, nil
+	case "error":
+		return zerolog.ErrorLevel, nil
 	}
-	l, err := zerolog.ParseLevel(strings.ToLower(strings.TrimSpace(s)))
-	if err != nil || l == zerolog.NoLevel {
-		return zerolog.InfoLevel, fmt.Errorf("unknown log level %q (want trace, debug, info, warn or error)", s)
-	}
-	return l, nil
+	return zerolog.InfoLevel, fmt.Errorf("unknown log level %q (want trace, debug, info, warn or error)", s)
 }
 
 // WithOp returns ctx carrying a logger derived from base that stamps op_id

@@ -36,8 +36,8 @@ func (c *Client) Call(ctx context.Context, method string, params, result any) er
 	var d net.Dialer
 	conn, err := d.DialContext(ctx, "unix", c.Socket)
 	if err != nil {
-		if ctx.Err() != nil {
-			return fmt.Errorf("call %s: %w", method, ctx.Err())
+		if cerr := ctxErr(ctx); cerr != nil {
+			return fmt.Errorf("call %s: %w", method, cerr)
 		}
 		return fmt.Errorf("%w: %s: %w", ErrUnreachable, c.Socket, unwrapDial(err))
 	}
@@ -54,6 +54,11 @@ func (c *Client) Call(ctx context.Context, method string, params, result any) er
 	err = decodeResponse(conn, result)
 	if ctx.Err() != nil {
 		return fmt.Errorf("call %s: %w", method, ctx.Err())
+	}
+	if err != nil && !isServerAnswer(err) {
+		if cerr := ctxErr(ctx); cerr != nil {
+			return fmt.Errorf("call %s: %w", method, cerr)
+		}
 	}
 	if err != nil && werr != nil && !isServerAnswer(err) {
 		return fmt.Errorf("call %s: write request: %w", method, werr)
@@ -100,6 +105,20 @@ func (c *CommandClient) Call(ctx context.Context, method string, params, result 
 		return fmt.Errorf("%w: %s: %w", ErrUnreachable, c.Path, runErr)
 	}
 	return fmt.Errorf("call %s: %w", method, err)
+}
+
+// ctxErr is ctx.Err(), or context.DeadlineExceeded once ctx's deadline
+// has passed: the connection's deadline is the same instant and can fire
+// before the context's own timer has marked ctx done, and the caller must
+// still see errors.Is(err, context.DeadlineExceeded).
+func ctxErr(ctx context.Context) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if dl, ok := ctx.Deadline(); ok && !time.Now().Before(dl) {
+		return context.DeadlineExceeded
+	}
+	return nil
 }
 
 func encodeRequest(ctx context.Context, method string, params any) ([]byte, error) {

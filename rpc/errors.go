@@ -36,8 +36,13 @@ func toErrorResponse(err error, opID string) *ErrorResponse {
 	if e, ok := err.(*ErrorResponse); ok {
 		msg = e.Message
 	}
+	code := CodeOf(err)
+	if code == "" {
+		// An *ErrorResponse built without a code; the wire needs one.
+		code = CodeOperationFailed
+	}
 	return &ErrorResponse{
-		Code:    CodeOf(err),
+		Code:    code,
 		Message: oneLine(msg),
 		OpID:    opID,
 	}

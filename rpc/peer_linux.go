@@ -59,7 +59,7 @@ func watchHangup(conn net.Conn, cancel func(), done <-chan struct{}) {
 	}
 	// Block in Read (no goroutine spins while the peer waits quietly); Read
 	// returns on data, EOF, or the deadline set when the call is done. The
-	// caller cleared the request's read deadline before starting us.
+	// caller cleared the request's read deadline before calling us.
 	buf := make([]byte, 512)
 	for {
 		n, err := conn.Read(buf)

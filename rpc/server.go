@@ -146,7 +146,7 @@ func (s *Server) Serve(ln net.Listener) error {
 				return ErrServerClosed
 			}
 			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() || errors.Is(err, errTooManyFiles) {
+			if errors.As(err, &ne) && ne.Timeout() || isResourceShortage(err) {
 				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
 				s.Logger.Warn().Err(err).Dur("retry_in", backoff).Msg("accept failed")
 				time.Sleep(backoff)
@@ -155,7 +155,17 @@ func (s *Server) Serve(ln net.Listener) error {
 			return err
 		}
 		backoff = 0
+		// Add under mu, and only before Shutdown: Shutdown's Wait must not
+		// run concurrently with an Add from zero (sync.WaitGroup's rule),
+		// and a connection accepted as Shutdown closes ln is refused.
+		s.mu.Lock()
+		if s.shutdown {
+			s.mu.Unlock()
+			conn.Close()
+			return ErrServerClosed
+		}
 		s.inflight.Add(1)
+		s.mu.Unlock()
 		go func() {
 			defer s.inflight.Done()
 			s.serveConn(conn)
@@ -193,24 +203,29 @@ func (s *Server) serveConn(conn net.Conn) {
 		timeout = 10 * time.Second
 	}
 	conn.SetReadDeadline(time.Now().Add(timeout))
-	s.exchange(conn, conn, peer, perr, conn)
+	s.exchange(s.ctx, conn, conn, peer, perr, conn)
 }
 
 // ServeStdio serves one request read from r and answers on w: the sudo
-// mode of the root helper. peer is who asked (sudo's caller).
+// mode of the root helper. peer is who asked (sudo's caller). The handler's
+// context ends with ctx (keeping its deadline, so a timeout is reported as
+// such) or at Shutdown; ending ctx does not end the server.
 func (s *Server) ServeStdio(ctx context.Context, r io.Reader, w io.Writer, peer Peer) {
 	s.init()
-	stop := context.AfterFunc(ctx, s.cancel)
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stop := context.AfterFunc(s.ctx, cancel)
 	defer stop()
-	s.exchange(r, w, peer, nil, nil)
+	s.exchange(ctx, r, w, peer, nil, nil)
 }
 
 // exchange reads, dispatches and answers one request, and writes the one
-// record of the call. conn, when set, is watched for the peer hanging up.
-func (s *Server) exchange(r io.Reader, w io.Writer, peer Peer, peerErr error, conn net.Conn) {
+// record of the call. The handler's context derives from base; conn, when
+// set, is watched for the peer hanging up.
+func (s *Server) exchange(base context.Context, r io.Reader, w io.Writer, peer Peer, peerErr error, conn net.Conn) {
 	start := time.Now()
 	c := call{opID: NewOpID(), peer: peer}
-	resp := s.dispatch(&c, r, peerErr, conn)
+	resp := s.dispatch(base, &c, r, peerErr, conn)
 	writeResponse(w, conn, resp)
 	s.logCall(&c, resp, time.Since(start))
 }
@@ -223,74 +238,134 @@ type call struct {
 	stack  []byte
 }
 
-func (s *Server) dispatch(c *call, r io.Reader, peerErr error, conn net.Conn) *Response {
+func (s *Server) dispatch(base context.Context, c *call, r io.Reader, peerErr error, conn net.Conn) *Response {
 	fail := func(err *ErrorResponse) *Response {
 		err.OpID = c.opID
 		return &Response{Error: err}
 	}
+	// A peer whose credentials cannot be read is refused unheard (fail
+	// closed). Otherwise the request is read, bounded in size and time,
+	// before the peer check, so that a refusal carries the caller's op id
+	// and method: a daemon the helper refuses then finds the refusal under
+	// its own op id in `banger trace`. Nothing in the request is acted on
+	// before the check.
 	if peerErr != nil {
 		return fail(Errorf(CodeUnauthorized, "cannot read peer credentials: %v", peerErr))
 	}
-	if s.Authorize == nil {
-		return fail(Errorf(CodeUnauthorized, "no peer is allowed on this socket"))
-	}
-	if err := s.Authorize(c.peer); err != nil {
-		return fail(Errorf(CodeUnauthorized, "%v", err))
-	}
 	req, errResp := readRequest(r)
+	if req != nil {
+		if s.AdoptOpID && ValidOpID(req.OpID) {
+			c.opID = req.OpID
+		}
+		c.method = logSafe(req.Method)
+	}
+	if err := s.authorize(c.peer); err != nil {
+		return fail(err)
+	}
 	if errResp != nil {
 		return fail(errResp)
 	}
-	if s.AdoptOpID && ValidOpID(req.OpID) {
-		c.opID = req.OpID
-	}
-	c.method = req.Method
 	if req.Version != Version {
 		return fail(Errorf(CodeBadVersion, "protocol version %d is not supported; this server speaks version %d", req.Version, Version))
 	}
 	h, ok := s.Methods[req.Method]
 	if !ok {
-		return fail(Errorf(CodeUnknownMethod, "unknown method %q", req.Method))
+		return fail(Errorf(CodeUnknownMethod, "unknown method %q", c.method))
 	}
 
-	ctx, cancel := context.WithCancel(s.ctx)
+	ctx, cancel := context.WithCancel(base)
 	defer cancel()
 	ctx = WithOpID(ctx, c.opID)
 	ctx = context.WithValue(ctx, peerKey{}, c.peer)
 	ctx = logging.WithOp(ctx, s.Logger, c.opID, c.method)
 	if conn != nil {
-		done := make(chan struct{})
-		watched := make(chan struct{})
-		conn.SetReadDeadline(time.Time{})
-		go func() { defer close(watched); watchHangup(conn, cancel, done) }()
-		defer func() { close(done); conn.SetReadDeadline(time.Now()); <-watched }()
+		defer watchConn(conn, cancel)()
 	}
 
-	result, err := s.invoke(ctx, c, h, req.Params)
-	if err != nil {
-		return fail(toErrorResponse(err, c.opID))
+	return s.invoke(ctx, c, h, req.Params)
+}
+
+// hangupWatchDelay is how long a call runs before its connection is
+// watched for the peer hanging up. Most calls end sooner, and watching
+// costs a goroutine, a read and a wake-up per call; a hang-up is noticed
+// at most this much later.
+const hangupWatchDelay = 10 * time.Millisecond
+
+// watchConn arranges for cancel to be called if the peer of conn hangs up
+// while the call runs, starting after hangupWatchDelay, and returns the
+// function that ends the watch (and waits for the watcher to exit).
+func watchConn(conn net.Conn, cancel func()) (stop func()) {
+	done := make(chan struct{})   // closed when the call is over
+	exited := make(chan struct{}) // closed when the watcher returns
+	t := time.AfterFunc(hangupWatchDelay, func() {
+		defer close(exited)
+		// Clear the request's read deadline, then look at done: stop
+		// closes done before it sets a past deadline, so either we see
+		// done here or our Read sees that deadline.
+		conn.SetReadDeadline(time.Time{})
+		select {
+		case <-done:
+			return
+		default:
+		}
+		watchHangup(conn, cancel, done)
+	})
+	return func() {
+		if t.Stop() {
+			return // the watcher never started
+		}
+		close(done)
+		conn.SetReadDeadline(time.Now())
+		<-exited
 	}
-	resp := &Response{OK: true}
+}
+
+// invoke runs the handler and encodes its outcome. A panic anywhere in
+// there (the handler, its result's MarshalJSON, its error's Error method, a
+// nil *ErrorResponse) becomes operation_failed and the server lives on.
+func (s *Server) invoke(ctx context.Context, c *call, h Handler, params json.RawMessage) (resp *Response) {
+	defer func() {
+		if p := recover(); p != nil {
+			c.panic, c.stack = p, debug.Stack()
+			err := Errorf(CodeOperationFailed, "internal error in %s (logged)", c.method)
+			err.OpID = c.opID
+			resp = &Response{Error: err}
+		}
+	}()
+	result, err := h(ctx, params)
+	if err != nil {
+		return &Response{Error: toErrorResponse(err, c.opID)}
+	}
+	resp = &Response{OK: true}
 	if result != nil {
 		raw, err := json.Marshal(result)
 		if err != nil {
-			return fail(Errorf(CodeOperationFailed, "encode result: %v", err))
+			return &Response{Error: toErrorResponse(fmt.Errorf("encode result: %w", err), c.opID)}
 		}
 		resp.Result = raw
 	}
 	return resp
 }
 
-// invoke runs the handler; a panic becomes operation_failed and the server
-// lives on.
-func (s *Server) invoke(ctx context.Context, c *call, h Handler, params json.RawMessage) (result any, err error) {
-	defer func() {
-		if p := recover(); p != nil {
-			c.panic, c.stack = p, debug.Stack()
-			result, err = nil, Errorf(CodeOperationFailed, "internal error in %s (logged)", c.method)
-		}
-	}()
-	return h(ctx, params)
+func (s *Server) authorize(p Peer) *ErrorResponse {
+	if s.Authorize == nil {
+		return Errorf(CodeUnauthorized, "no peer is allowed on this socket")
+	}
+	if err := s.Authorize(p); err != nil {
+		return Errorf(CodeUnauthorized, "%v", err)
+	}
+	return nil
+}
+
+// maxLoggedMethod bounds a method name as logged: a peer may send any
+// string, and a record should not carry a megabyte of it.
+const maxLoggedMethod = 128
+
+func logSafe(method string) string {
+	if len(method) <= maxLoggedMethod {
+		return method
+	}
+	return method[:maxLoggedMethod] + "..."
 }
 
 // readRequest decodes one request of at most MaxRequestSize bytes.

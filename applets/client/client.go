@@ -15,6 +15,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 
 	"github.com/urfave/cli/v2"
@@ -170,4 +171,20 @@ func output(c *cli.Context, v any, human func(w io.Writer)) error {
 	}
 	human(w)
 	return nil
+}
+
+// args returns the command's positional arguments, between min and max of
+// them. urfave/cli stops parsing flags at the first argument, so a flag
+// after one would be silently taken as an argument: refuse it with a hint.
+func args(c *cli.Context, min, max int) ([]string, error) {
+	a := c.Args().Slice()
+	for _, arg := range a {
+		if strings.HasPrefix(arg, "-") && len(arg) > 1 {
+			return nil, usageError(fmt.Errorf("flag %s after an argument: put flags first (banger %s [flags] %s)", arg, c.Command.FullName(), c.Command.ArgsUsage))
+		}
+	}
+	if len(a) < min || len(a) > max {
+		return nil, usageError(fmt.Errorf("usage: banger %s [flags] %s", c.Command.FullName(), c.Command.ArgsUsage))
+	}
+	return a, nil
 }

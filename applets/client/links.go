@@ -1,7 +1,6 @@
 package client
 
 import (
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -14,14 +13,27 @@ import (
 )
 
 func newLinksCommand(env Env) *cli.Command {
-	dirArg := func(c *cli.Context, self string) (string, error) {
-		switch c.NArg() {
-		case 0:
-			return filepath.Dir(self), nil
-		case 1:
-			return c.Args().First(), nil
-		}
-		return "", usageError(errors.New("give at most one DIR"))
+	// linksAction runs fn on the binary and the links directory: the
+	// argument, or the binary's own directory.
+	linksAction := func(fn func(self, dir string) error) cli.ActionFunc {
+		return action(func(c *cli.Context, s *session) error {
+			self, err := os.Executable()
+			if err != nil {
+				return err
+			}
+			a, err := args(c, 0, 1)
+			if err != nil {
+				return err
+			}
+			dir := filepath.Dir(self)
+			if len(a) == 1 {
+				dir = a[0]
+			}
+			if err := fn(self, dir); err != nil {
+				return err
+			}
+			return printLinks(c, dir, self, env.Applets)
+		})
 	}
 	return &cli.Command{
 		Name:  "links",
@@ -32,19 +44,8 @@ func newLinksCommand(env Env) *cli.Command {
 				Usage:     "make a symlink to this binary for each applet",
 				ArgsUsage: "[DIR] (default: the binary's own directory)",
 				Flags:     []cli.Flag{jsonFlag()},
-				Action: action(func(c *cli.Context, s *session) error {
-					self, err := os.Executable()
-					if err != nil {
-						return err
-					}
-					dir, err := dirArg(c, self)
-					if err != nil {
-						return err
-					}
-					if err := packaging.InstallLinks(dir, self, env.Applets); err != nil {
-						return err
-					}
-					return printLinks(c, dir, self, env.Applets)
+				Action: linksAction(func(self, dir string) error {
+					return packaging.InstallLinks(dir, self, env.Applets)
 				}),
 			},
 			{
@@ -52,17 +53,7 @@ func newLinksCommand(env Env) *cli.Command {
 				Usage:     "list each applet's link and whether it runs this binary (exit 1 if one is missing or foreign)",
 				ArgsUsage: "[DIR] (default: the binary's own directory)",
 				Flags:     []cli.Flag{jsonFlag()},
-				Action: action(func(c *cli.Context, s *session) error {
-					self, err := os.Executable()
-					if err != nil {
-						return err
-					}
-					dir, err := dirArg(c, self)
-					if err != nil {
-						return err
-					}
-					return printLinks(c, dir, self, env.Applets)
-				}),
+				Action:    linksAction(func(self, dir string) error { return nil }),
 			},
 		},
 	}

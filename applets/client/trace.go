@@ -19,17 +19,18 @@ func newTraceCommand() *cli.Command {
 	return &cli.Command{
 		Name:      "trace",
 		Usage:     "show every log record of one op id, from the daemon and the helper, as a timeline",
-		ArgsUsage: "OP_ID",
+		ArgsUsage: "OP_ID (it ends every error banger prints)",
 		Flags: []cli.Flag{
 			jsonFlag(),
 			&cli.BoolFlag{Name: "journal", Usage: "read the system install's records from journalctl (units bangerd and bangerd-root)"},
 			&cli.StringSliceFlag{Name: "log", Usage: "also read the JSON log `FILE` (repeatable)"},
 		},
 		Action: action(func(c *cli.Context, s *session) error {
-			if c.NArg() != 1 {
-				return usageError(errors.New("give one OP_ID (it ends every error banger prints)"))
+			a, err := args(c, 1, 1)
+			if err != nil {
+				return err
 			}
-			opID := c.Args().First()
+			opID := a[0]
 			if !rpc.ValidOpID(opID) {
 				return usageError(fmt.Errorf("%q is not an op id (op- and 26 characters)", opID))
 			}

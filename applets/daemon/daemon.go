@@ -22,6 +22,7 @@ import (
 
 	"banger/applets/api"
 	"banger/applets/dirs"
+	"banger/applets/service"
 	"banger/logging"
 	"banger/rpc"
 )
@@ -32,10 +33,9 @@ const ShutdownGrace = 10 * time.Second
 // Main runs the daemon with args (args[0] is the applet's name).
 func Main(build api.Build, args []string) int {
 	app := &cli.App{
-		Name:            api.AppletDaemon,
-		Usage:           "banger's daemon (runs as the owner user, in the foreground)",
-		Version:         build.String(),
-		HideHelpCommand: true,
+		Name:    api.AppletDaemon,
+		Usage:   "banger's daemon (runs as the owner user, in the foreground)",
+		Version: build.String(),
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "socket", EnvVars: []string{"BANGER_SOCKET"}, Usage: "serve on `PATH` (default $XDG_RUNTIME_DIR/banger/bangerd.sock)"},
 			&cli.StringFlag{Name: "state-dir", EnvVars: []string{"BANGER_STATE_DIR"}, Usage: "keep state and logs in `DIR` (default $XDG_STATE_HOME/banger)"},
@@ -52,17 +52,8 @@ func Main(build api.Build, args []string) int {
 				helperSocket: c.String("helper-socket"),
 			})
 		},
-		ExitErrHandler: func(*cli.Context, error) {},
 	}
-	if err := app.Run(args); err != nil {
-		fmt.Fprintf(os.Stderr, "%s: %v\n", api.AppletDaemon, err)
-		var ec cli.ExitCoder
-		if errors.As(err, &ec) {
-			return ec.ExitCode()
-		}
-		return 2
-	}
-	return 0
+	return service.Run(app, args)
 }
 
 type options struct {
@@ -70,17 +61,10 @@ type options struct {
 	helperMode, helperSocket string
 }
 
-// Exit codes of the daemon process, shared with the client's table.
-const (
-	exitFailed   = 1
-	exitUsage    = 2
-	exitConflict = 5
-)
-
 func run(ctx context.Context, build api.Build, o options) error {
 	level, err := logging.ParseLevel(o.level)
 	if err != nil {
-		return cli.Exit(err.Error(), exitUsage)
+		return cli.Exit(err.Error(), service.ExitUsage)
 	}
 	// Everything the daemon creates (state, logs, sockets) is the owner's
 	// alone.
@@ -90,11 +74,11 @@ func run(ctx context.Context, build api.Build, o options) error {
 		o.stateDir = dirs.State()
 	}
 	if err := dirs.EnsurePrivate(o.stateDir); err != nil {
-		return cli.Exit("state directory: "+err.Error(), exitFailed)
+		return cli.Exit("state directory: "+err.Error(), service.ExitFailed)
 	}
 	logFile, err := logging.OpenFile(filepath.Join(o.stateDir, dirs.DaemonLog))
 	if err != nil {
-		return cli.Exit(err.Error(), exitFailed)
+		return cli.Exit(err.Error(), service.ExitFailed)
 	}
 	defer logFile.Close()
 	log := logging.New(logging.Tee(os.Stderr, logFile), api.AppletDaemon, level)
@@ -105,30 +89,34 @@ func run(ctx context.Context, build api.Build, o options) error {
 
 	if o.socket == "" {
 		o.socket = dirs.DefaultSocket()
+	}
+	// The default runtime directory is checked for owner, mode and
+	// symlinks; a directory given with --socket is the caller's choice.
+	if filepath.Dir(o.socket) == dirs.Runtime() {
 		if err := dirs.EnsurePrivate(dirs.Runtime()); err != nil {
-			return fail(exitFailed, fmt.Errorf("runtime directory: %w", err))
+			return fail(service.ExitFailed, fmt.Errorf("runtime directory: %w", err))
 		}
 	} else if err := os.MkdirAll(filepath.Dir(o.socket), 0o700); err != nil {
-		return fail(exitFailed, err)
+		return fail(service.ExitFailed, err)
 	}
 	if err := dirs.CheckSocketPath(o.socket); err != nil {
-		return fail(exitUsage, err)
+		return fail(service.ExitUsage, err)
 	}
 	unlock, err := lock(o.socket + dirs.LockSuffix)
 	if err != nil {
-		return fail(exitConflict, err)
+		return fail(service.ExitConflict, err)
 	}
 	defer unlock()
 
 	helper, err := newHelperLink(o.helperMode, o.helperSocket, o.stateDir)
 	if err != nil {
-		return fail(exitUsage, err)
+		return fail(service.ExitUsage, err)
 	}
 	defer helper.Close()
 
 	ln, err := rpc.Listen(o.socket, 0o600)
 	if err != nil {
-		return fail(exitConflict, err)
+		return fail(service.ExitConflict, err)
 	}
 	d := &daemon{build: build, started: time.Now(), helper: helper, stop: make(chan struct{})}
 	srv := &rpc.Server{

@@ -24,6 +24,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"banger/applets/api"
+	"banger/applets/service"
 	"banger/logging"
 	"banger/rpc"
 )
@@ -34,10 +35,9 @@ const InstallConfig = "/etc/banger/install.toml"
 // Main runs the helper with args (args[0] is the applet's name).
 func Main(build api.Build, args []string) int {
 	app := &cli.App{
-		Name:            api.AppletHelper,
-		Usage:           "banger's privileged helper (runs as root)",
-		Version:         build.String(),
-		HideHelpCommand: true,
+		Name:    api.AppletHelper,
+		Usage:   "banger's privileged helper (runs as root)",
+		Version: build.String(),
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "socket", Usage: "serve on the Unix socket `PATH`"},
 			&cli.BoolFlag{Name: "stdio", Usage: "serve one request from stdin to stdout (sudo mode)"},
@@ -54,17 +54,8 @@ func Main(build api.Build, args []string) int {
 				logFile:  c.String("log-file"),
 			})
 		},
-		ExitErrHandler: func(*cli.Context, error) {},
 	}
-	if err := app.Run(args); err != nil {
-		fmt.Fprintf(os.Stderr, "%s: %v\n", api.AppletHelper, err)
-		var ec cli.ExitCoder
-		if errors.As(err, &ec) {
-			return ec.ExitCode()
-		}
-		return 2
-	}
-	return 0
+	return service.Run(app, args)
 }
 
 type options struct {
@@ -77,17 +68,17 @@ type options struct {
 
 func run(ctx context.Context, build api.Build, o options) error {
 	if o.stdio == (o.socket != "") {
-		return cli.Exit("give exactly one of --socket PATH or --stdio", 2)
+		return cli.Exit("give exactly one of --socket PATH or --stdio", service.ExitUsage)
 	}
 	level, err := logging.ParseLevel(o.level)
 	if err != nil {
-		return cli.Exit(err.Error(), 2)
+		return cli.Exit(err.Error(), service.ExitUsage)
 	}
 	var out io.Writer = os.Stderr
 	if o.logFile != "" {
 		f, err := logging.OpenFile(o.logFile)
 		if err != nil {
-			return cli.Exit(err.Error(), 1)
+			return cli.Exit(err.Error(), service.ExitFailed)
 		}
 		defer f.Close()
 		out = logging.Tee(os.Stderr, f)
@@ -97,7 +88,7 @@ func run(ctx context.Context, build api.Build, o options) error {
 	owner, err := ownerUID(o.ownerUID)
 	if err != nil {
 		log.Error().Err(err).Msg("helper not started")
-		return cli.Exit(err.Error(), 1)
+		return cli.Exit(err.Error(), service.ExitFailed)
 	}
 	allowed := []uint32{0}
 	if owner >= 0 {
@@ -124,24 +115,24 @@ func serveSocket(ctx context.Context, srv *rpc.Server, path string, owner int, l
 	ln, err := rpc.Listen(path, 0o600)
 	if err != nil {
 		log.Error().Err(err).Msg("helper not started")
-		return cli.Exit(err.Error(), 1)
+		return cli.Exit(err.Error(), service.ExitFailed)
 	}
 	// The socket belongs to the owner so that the owner's daemon can
 	// connect; mode 0600 keeps everyone else out.
 	if owner > 0 {
 		if err := os.Chown(path, owner, -1); err != nil {
 			ln.Close()
-			return cli.Exit(fmt.Sprintf("chown %s: %v", path, err), 1)
+			return cli.Exit(fmt.Sprintf("chown %s: %v", path, err), service.ExitFailed)
 		}
 	}
 	log.Info().Str("socket", path).Int("owner_uid", owner).Int("pid", os.Getpid()).Msg("helper serving")
-	errc := make(chan error, 1)
+	errc := make(chan error, service.ExitFailed)
 	go func() { errc <- srv.Serve(ln) }()
 	select {
 	case <-ctx.Done():
 	case err := <-errc:
 		if !errors.Is(err, rpc.ErrServerClosed) {
-			return cli.Exit(fmt.Sprintf("serve: %v", err), 1)
+			return cli.Exit(fmt.Sprintf("serve: %v", err), service.ExitFailed)
 		}
 	}
 	shutdownCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)

@@ -1,0 +1,19 @@
+#!/bin/sh
+# Set up banger on a fresh Debian 12 machine: install what it needs, build
+# the one static binary into ./bin, and make the applet links beside it.
+# Run from the repository root, as root or as a user with sudo.
+set -eu
+cd "$(dirname "$0")/.."
+
+. packaging/packages.sh
+# sudo: how the daemon reaches the root helper when no helper service runs.
+ensure_packages sudo
+
+# Go: the machine's own toolchain (/usr/local/go), modules from the proxy.
+PATH="$PATH:/usr/local/go/bin"
+version=$(git describe --always --dirty 2>/dev/null || echo dev)
+mkdir -p bin
+CGO_ENABLED=0 go build -trimpath -ldflags "-X main.version=$version" -o bin/banger .
+bin/banger links install bin
+bin/banger links check bin >/dev/null
+echo "built bin/banger ($version); applet links in bin/" >&2

@@ -1,0 +1,21 @@
+#!/bin/sh
+# Run banger's tests as CI does: install what the tests use, check
+# formatting and vet, then run every test (end-to-end tests build and run
+# the real binary). Run from anywhere, as root (tests run a daemon as
+# another user and a root helper).
+set -eu
+cd "$(dirname "$0")/.."
+
+. packaging/packages.sh
+# sudo: the daemon's sudo path to the helper is tested for real.
+# containerd: the peer anchor of the process benchmarks (BENCHMARKS.md).
+ensure_packages sudo containerd
+
+PATH="$PATH:/usr/local/go/bin"
+unformatted=$(gofmt -l .)
+if [ -n "$unformatted" ]; then
+	echo "gofmt needed on:" $unformatted >&2
+	exit 1
+fi
+go vet ./...
+go test -count=1 -timeout 15m ./...

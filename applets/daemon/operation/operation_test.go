@@ -1,0 +1,178 @@
+package operation
+
+import (
+	"context"
+	"errors"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"banger/applets/api"
+	"banger/rpc"
+)
+
+// recorder keeps what the steps did, in order.
+type recorder struct {
+	mu  sync.Mutex
+	log []string
+}
+
+func (r *recorder) add(s string) {
+	r.mu.Lock()
+	r.log = append(r.log, s)
+	r.mu.Unlock()
+}
+
+func (r *recorder) steps(names ...string) []Step {
+	var out []Step
+	for _, n := range names {
+		out = append(out, Step{
+			Name: n,
+			Do:   func(context.Context) error { r.add("do " + n); return nil },
+			Undo: func(context.Context) error { r.add("undo " + n); return nil },
+		})
+	}
+	return out
+}
+
+func wait(t *testing.T, reg *Registry, id string) api.Operation {
+	t.Helper()
+	v, err := reg.Wait(context.Background(), id, 10*time.Second)
+	if err != nil || !v.Done() {
+		t.Fatalf("operation did not end: %+v %v", v, err)
+	}
+	return v
+}
+
+func TestStepsRunAndResultIsKept(t *testing.T) {
+	var persisted []api.Operation
+	var mu sync.Mutex
+	reg := NewRegistry(func(_ context.Context, op api.Operation) error {
+		mu.Lock()
+		persisted = append(persisted, op)
+		mu.Unlock()
+		return nil
+	})
+	rec := &recorder{}
+	first := reg.Begin(context.Background(), "op-1", "test", "box", func(ctx context.Context, p *Progress) (any, error) {
+		return map[string]string{"name": "box"}, p.Run(ctx, rec.steps("a", "b", "c"))
+	})
+	if first.State != api.OpRunning || first.ID != "op-1" {
+		t.Fatalf("first view: %+v", first)
+	}
+	v := wait(t, reg, "op-1")
+	if v.State != api.OpSucceeded || string(v.Result) != `{"name":"box"}` || len(v.Stages) != 3 {
+		t.Fatalf("final: %+v", v)
+	}
+	for _, s := range v.Stages {
+		if s.State != api.StageDone || s.Started.IsZero() {
+			t.Errorf("stage: %+v", s)
+		}
+	}
+	if !slices.Equal(rec.log, []string{"do a", "do b", "do c"}) {
+		t.Errorf("log: %v", rec.log)
+	}
+	mu.Lock()
+	last := persisted[len(persisted)-1]
+	mu.Unlock()
+	if last.State != api.OpSucceeded {
+		t.Errorf("last persisted: %+v", last)
+	}
+	if ops := reg.List(); len(ops) != 1 {
+		t.Errorf("list: %+v", ops)
+	}
+	_, err := reg.Status("op-nope")
+	if rpc.CodeOf(err) != rpc.CodeNotFound {
+		t.Errorf("unknown op: %v", err)
+	}
+}
+
+func TestFailureUndoesInReverse(t *testing.T) {
+	reg := NewRegistry(nil)
+	rec := &recorder{}
+	steps := rec.steps("a", "b")
+	steps = append(steps, Step{Name: "c", Do: func(context.Context) error {
+		return rpc.Errorf(rpc.CodeUnavailable, "no engine")
+	}})
+	reg.Begin(context.Background(), "op-2", "test", "", func(ctx context.Context, p *Progress) (any, error) {
+		return nil, p.Run(ctx, steps)
+	})
+	v := wait(t, reg, "op-2")
+	if v.State != api.OpFailed || v.Error == nil || v.Error.Code != rpc.CodeUnavailable || v.Error.OpID != "op-2" || v.Error.Message != "no engine" {
+		t.Fatalf("final: %+v %+v", v, v.Error)
+	}
+	if !slices.Equal(rec.log, []string{"do a", "do b", "undo b", "undo a"}) {
+		t.Errorf("log: %v", rec.log)
+	}
+	states := map[string]string{}
+	for _, s := range v.Stages {
+		states[s.Name] = s.State
+	}
+	if states["a"] != api.StageUndone || states["c"] != api.StageFailed || states["undo a"] != api.StageDone {
+		t.Errorf("stages: %+v", v.Stages)
+	}
+}
+
+func TestCancelDuringAStepUndoes(t *testing.T) {
+	reg := NewRegistry(nil)
+	rec := &recorder{}
+	started := make(chan struct{})
+	steps := rec.steps("a")
+	steps = append(steps, Step{Name: "slow", Do: func(ctx context.Context) error {
+		close(started)
+		<-ctx.Done()
+		return ctx.Err()
+	}, Undo: func(context.Context) error { rec.add("undo slow"); return nil }})
+	reg.Begin(context.Background(), "op-3", "test", "", func(ctx context.Context, p *Progress) (any, error) {
+		return nil, p.Run(ctx, steps)
+	})
+	<-started
+	if v, _ := reg.Status("op-3"); v.Current != "slow" {
+		t.Errorf("current stage: %q", v.Current)
+	}
+	if _, err := reg.Cancel(context.Background(), "op-3"); err != nil {
+		t.Fatal(err)
+	}
+	v := wait(t, reg, "op-3")
+	if v.State != api.OpCanceled || v.Error.Code != rpc.CodeCanceled {
+		t.Fatalf("final: %+v", v)
+	}
+	// The slow step never finished, so only "a" is undone.
+	if !slices.Equal(rec.log, []string{"do a", "undo a"}) {
+		t.Errorf("log: %v", rec.log)
+	}
+}
+
+func TestWaitTimesOutOnARunningOperation(t *testing.T) {
+	reg := NewRegistry(nil)
+	release := make(chan struct{})
+	reg.Begin(context.Background(), "op-4", "test", "", func(ctx context.Context, p *Progress) (any, error) {
+		<-release
+		return nil, nil
+	})
+	v, err := reg.Wait(context.Background(), "op-4", 50*time.Millisecond)
+	if err != nil || v.Done() {
+		t.Fatalf("wait: %+v %v", v, err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if _, err := reg.Wait(ctx, "op-4", time.Minute); !errors.Is(err, context.Canceled) {
+		t.Errorf("wait with a canceled ctx: %v", err)
+	}
+	close(release)
+	wait(t, reg, "op-4")
+	if err := reg.Shutdown(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestAdoptKeepsAnEndedOperationReadable(t *testing.T) {
+	reg := NewRegistry(nil)
+	now := time.Now()
+	reg.Adopt(api.Operation{ID: "op-5", Kind: "vm.create", State: api.OpFailed, Created: now, Finished: &now})
+	v, err := reg.Wait(context.Background(), "op-5", time.Second)
+	if err != nil || v.State != api.OpFailed {
+		t.Fatalf("adopted: %+v %v", v, err)
+	}
+}

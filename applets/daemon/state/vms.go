@@ -1,0 +1,151 @@
+package state
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"fmt"
+	"strings"
+	"time"
+
+	"banger/rpc"
+)
+
+// VM states.
+const (
+	VMCreating = "creating" // rows exist while a create runs; cleaned if it dies
+	VMStarting = "starting"
+	VMRunning  = "running"
+	VMStopping = "stopping"
+	VMStopped  = "stopped"
+	VMFailed   = "failed"
+)
+
+// VM is one VM's row.
+type VM struct {
+	ID          string
+	Name        string
+	Image       string
+	CPUs        int
+	MemoryMiB   int
+	DiskMiB     int
+	State       string
+	Network     string
+	Created     time.Time
+	Updated     time.Time
+	LastError   string
+	InstanceDir string
+	// Runtime handles, written before they are used so that a restarted
+	// daemon finds what a dead one left.
+	PID     int
+	BootID  string
+	Runtime json.RawMessage // engine-specific handles (sockets, forwards)
+}
+
+const vmColumns = `id, name, image, cpus, memory_mib, disk_mib, state, network, created, updated,
+	last_error, instance_dir, pid, boot_id, runtime`
+
+func scanVM(row interface{ Scan(...any) error }) (VM, error) {
+	var v VM
+	var created, updated, runtime string
+	err := row.Scan(&v.ID, &v.Name, &v.Image, &v.CPUs, &v.MemoryMiB, &v.DiskMiB, &v.State, &v.Network,
+		&created, &updated, &v.LastError, &v.InstanceDir, &v.PID, &v.BootID, &runtime)
+	v.Created, v.Updated, v.Runtime = parseTime(created), parseTime(updated), json.RawMessage(runtime)
+	return v, err
+}
+
+// CreateVM inserts a VM; a taken name is already_exists, an unknown image
+// not_found.
+func (d *DB) CreateVM(ctx context.Context, v VM) error {
+	now := time.Now()
+	if v.Created.IsZero() {
+		v.Created = now
+	}
+	if len(v.Runtime) == 0 {
+		v.Runtime = json.RawMessage("{}")
+	}
+	return d.tx(ctx, func(tx *sql.Tx) error {
+		var n int
+		if err := tx.QueryRowContext(ctx, `SELECT count(*) FROM images WHERE name = ?`, v.Image).Scan(&n); err != nil {
+			return err
+		}
+		if n == 0 {
+			return notFound("image", v.Image)
+		}
+		_, err := tx.ExecContext(ctx, `INSERT INTO vms (`+vmColumns+`) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)`,
+			v.ID, v.Name, v.Image, v.CPUs, v.MemoryMiB, v.DiskMiB, v.State, v.Network,
+			fmtTime(v.Created), fmtTime(now), v.LastError, v.InstanceDir, v.PID, v.BootID, string(v.Runtime))
+		if err != nil && strings.Contains(err.Error(), "UNIQUE constraint failed") {
+			return rpc.Errorf(rpc.CodeAlreadyExists, "a VM named %q already exists; pick another name or delete it first", v.Name)
+		}
+		return err
+	})
+}
+
+// GetVM returns the VM called name.
+func (d *DB) GetVM(ctx context.Context, name string) (VM, error) {
+	v, err := scanVM(d.sql.QueryRowContext(ctx, `SELECT `+vmColumns+` FROM vms WHERE name = ?`, name))
+	if isNoRows(err) {
+		return VM{}, notFound("vm", name)
+	}
+	return v, err
+}
+
+// ListVMs returns every VM, oldest first.
+func (d *DB) ListVMs(ctx context.Context) ([]VM, error) {
+	rows, err := d.sql.QueryContext(ctx, `SELECT `+vmColumns+` FROM vms ORDER BY created, name`)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []VM
+	for rows.Next() {
+		v, err := scanVM(rows)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, v)
+	}
+	return out, rows.Err()
+}
+
+// UpdateVM reads the VM called name, lets fn change it, and writes it back,
+// in one transaction. fn's error aborts the update and is returned.
+func (d *DB) UpdateVM(ctx context.Context, name string, fn func(*VM) error) (VM, error) {
+	var out VM
+	err := d.tx(ctx, func(tx *sql.Tx) error {
+		v, err := scanVM(tx.QueryRowContext(ctx, `SELECT `+vmColumns+` FROM vms WHERE name = ?`, name))
+		if isNoRows(err) {
+			return notFound("vm", name)
+		}
+		if err != nil {
+			return err
+		}
+		if err := fn(&v); err != nil {
+			return err
+		}
+		if len(v.Runtime) == 0 {
+			v.Runtime = json.RawMessage("{}")
+		}
+		v.Updated = time.Now()
+		_, err = tx.ExecContext(ctx, `UPDATE vms SET cpus=?, memory_mib=?, disk_mib=?, state=?, network=?, updated=?,
+			last_error=?, instance_dir=?, pid=?, boot_id=?, runtime=? WHERE id = ?`,
+			v.CPUs, v.MemoryMiB, v.DiskMiB, v.State, v.Network, fmtTime(v.Updated),
+			v.LastError, v.InstanceDir, v.PID, v.BootID, string(v.Runtime), v.ID)
+		out = v
+		return err
+	})
+	return out, err
+}
+
+// DeleteVM removes the VM's row.
+func (d *DB) DeleteVM(ctx context.Context, name string) error {
+	res, err := d.sql.ExecContext(ctx, `DELETE FROM vms WHERE name = ?`, name)
+	if err != nil {
+		return fmt.Errorf("delete vm %s: %w", name, err)
+	}
+	if n, _ := res.RowsAffected(); n == 0 {
+		return notFound("vm", name)
+	}
+	return nil
+}

@@ -66,6 +66,7 @@ func newApp(env Env) *cli.App {
 			newHostCommand(),
 			newLinksCommand(env),
 			newTraceCommand(),
+			newOperationCommand(),
 		},
 		Metadata: map[string]any{envKey: env},
 		// Errors are printed once, by Main, with their exit code.

@@ -21,6 +21,8 @@ import (
 	"golang.org/x/sys/unix"
 
 	"banger/applets/api"
+	"banger/applets/daemon/operation"
+	"banger/applets/daemon/state"
 	"banger/applets/dirs"
 	"banger/applets/service"
 	"banger/logging"
@@ -118,7 +120,17 @@ func run(ctx context.Context, build api.Build, o options) error {
 	if err != nil {
 		return fail(service.ExitConflict, err)
 	}
-	d := &daemon{build: build, started: time.Now(), helper: helper, stop: make(chan struct{})}
+	db, err := state.Open(ctx, filepath.Join(o.stateDir, state.FileName))
+	if err != nil {
+		return fail(service.ExitFailed, err)
+	}
+	defer db.Close()
+	d := &daemon{build: build, started: time.Now(), helper: helper, stop: make(chan struct{}), db: db}
+	d.ops = operation.NewRegistry(d.persistOperation)
+	startCtx := logging.WithLogger(ctx, log)
+	if _, err := d.recoverOperations(startCtx); err != nil {
+		return fail(service.ExitFailed, fmt.Errorf("recover operations: %w", err))
+	}
 	srv := &rpc.Server{
 		Methods:   d.methods(),
 		Authorize: rpc.AllowUIDs(uint32(os.Getuid()), 0),
@@ -146,6 +158,11 @@ func run(ctx context.Context, build api.Build, o options) error {
 	defer cancel()
 	if err := srv.Shutdown(shutdownCtx); err != nil {
 		log.Warn().Err(err).Msg("calls still running at shutdown were canceled")
+	}
+	// Operations still running are canceled and undone, so a clean stop
+	// leaves nothing half made.
+	if err := d.ops.Shutdown(shutdownCtx); err != nil {
+		log.Warn().Err(err).Msg("operations still undoing at shutdown were abandoned")
 	}
 	ln.Close() // removes the socket file
 	log.Info().Str("reason", reason).Msg("daemon stopped")
@@ -179,4 +196,6 @@ type daemon struct {
 	helper   *helperLink
 	stop     chan struct{} // closed by the shutdown method, once
 	stopOnce sync.Once
+	db       *state.DB
+	ops      *operation.Registry
 }

@@ -15,9 +15,15 @@ import (
 func (d *daemon) methods() rpc.Methods {
 	return rpc.Methods{
 		api.MethodHostCheck: rpc.Handle(d.hostCheck),
-		api.MethodPing:      rpc.Handle(d.ping),
-		api.MethodShutdown:  rpc.Handle(d.shutdown),
-		api.MethodVersion:   rpc.Handle(d.version),
+
+		api.MethodOperationCancel: rpc.Handle(d.operationCancel),
+		api.MethodOperationList:   rpc.Handle(d.operationList),
+		api.MethodOperationStatus: rpc.Handle(d.operationStatus),
+		api.MethodOperationWait:   rpc.Handle(d.operationWait),
+
+		api.MethodPing:     rpc.Handle(d.ping),
+		api.MethodShutdown: rpc.Handle(d.shutdown),
+		api.MethodVersion:  rpc.Handle(d.version),
 	}
 }
 

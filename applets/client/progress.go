@@ -1,0 +1,126 @@
+package client
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"time"
+
+	"golang.org/x/term"
+
+	"banger/applets/api"
+)
+
+// pollEvery is how often a followed operation is read while it runs: long
+// enough to cost nothing, short enough for a live elapsed time.
+const pollEvery = 150 * time.Millisecond
+
+// stageWriter shows an operation's stages as they happen, on stderr so a
+// command's own output is never mixed with banger's: on a terminal, one
+// line per stage updated in place with its elapsed time; otherwise one
+// plain line per finished stage.
+type stageWriter struct {
+	w       io.Writer
+	tty     bool
+	printed int  // stages whose final line is written
+	live    bool // a running stage's line is on screen, without newline
+}
+
+func newStageWriter(w io.Writer, quiet bool) *stageWriter {
+	if quiet {
+		return &stageWriter{w: io.Discard}
+	}
+	f, ok := w.(*os.File)
+	return &stageWriter{w: w, tty: ok && term.IsTerminal(int(f.Fd()))}
+}
+
+func (sw *stageWriter) update(op api.Operation) {
+	for sw.printed < len(op.Stages) {
+		st := op.Stages[sw.printed]
+		if st.State == api.StageRunning {
+			if sw.tty {
+				fmt.Fprintf(sw.w, "\r\033[K  … %s  %s", st.Name, fmtMillis(st.DurationMS))
+				sw.live = true
+			}
+			return
+		}
+		mark := map[string]string{api.StageDone: "✓", api.StageFailed: "✗", api.StageUndone: "↺"}[st.State]
+		if sw.tty {
+			fmt.Fprintf(sw.w, "\r\033[K  %s %s  %s\n", mark, st.Name, fmtMillis(st.DurationMS))
+		} else {
+			line := fmt.Sprintf("%s %s in %s", st.Name, st.State, fmtMillis(st.DurationMS))
+			if st.Error != "" {
+				line += ": " + st.Error
+			}
+			fmt.Fprintln(sw.w, line)
+		}
+		sw.live = false
+		sw.printed++
+	}
+}
+
+// follow polls the operation until it ends, showing its stages. Ctrl-C
+// (ctx canceled) cancels the operation and waits for its undo, so
+// nothing is left half made.
+func follow(ctx context.Context, s *session, op api.Operation, sw *stageWriter) (api.Operation, error) {
+	sw.update(op)
+	for !op.Done() {
+		wait := api.OperationWait{ID: op.ID, TimeoutMS: int(pollEvery / time.Millisecond)}
+		if !sw.tty {
+			wait.TimeoutMS = 1000
+		}
+		var next api.Operation
+		err := s.callRunning(ctx, api.MethodOperationWait, wait, &next)
+		if ctx.Err() != nil {
+			return cancelAndWait(s, op, sw)
+		}
+		if err != nil {
+			return op, err
+		}
+		op = next
+		sw.update(op)
+	}
+	return op, nil
+}
+
+func cancelAndWait(s *session, op api.Operation, sw *stageWriter) (api.Operation, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	if sw.live {
+		fmt.Fprintln(sw.w)
+		sw.live = false
+	}
+	fmt.Fprintf(sw.w, "canceling %s ...\n", op.ID)
+	if err := s.callRunning(ctx, api.MethodOperationCancel, api.OperationID{ID: op.ID}, &op); err != nil {
+		return op, err
+	}
+	for !op.Done() {
+		if err := s.callRunning(ctx, api.MethodOperationWait, api.OperationWait{ID: op.ID, TimeoutMS: 1000}, &op); err != nil {
+			return op, err
+		}
+		sw.update(op)
+	}
+	return op, nil
+}
+
+// operationError is the error of an operation that did not succeed.
+func operationError(op api.Operation) error {
+	if op.State == api.OpSucceeded {
+		return nil
+	}
+	if op.Error != nil {
+		return op.Error
+	}
+	return fmt.Errorf("operation %s %s", op.ID, op.State)
+}
+
+func fmtMillis(ms float64) string {
+	d := time.Duration(ms * float64(time.Millisecond))
+	switch {
+	case d < time.Second:
+		return d.Round(time.Millisecond).String()
+	default:
+		return d.Round(10 * time.Millisecond).String()
+	}
+}

@@ -67,6 +67,7 @@ func newApp(env Env) *cli.App {
 			newLinksCommand(env),
 			newTraceCommand(),
 			newOperationCommand(),
+			newVMCommand(),
 		},
 		Metadata: map[string]any{envKey: env},
 		// Errors are printed once, by Main, with their exit code.

@@ -1,0 +1,135 @@
+package api
+
+import (
+	"fmt"
+	"time"
+
+	"banger/rpc"
+)
+
+// VM and image methods.
+const (
+	MethodVMCreateBegin  = "vm.create.begin"
+	MethodVMStartBegin   = "vm.start.begin"
+	MethodVMRestartBegin = "vm.restart.begin"
+	MethodVMStop         = "vm.stop"
+	MethodVMKill         = "vm.kill"
+	MethodVMDelete       = "vm.delete"
+	MethodVMPrune        = "vm.prune"
+	MethodVMList         = "vm.list"
+	MethodVMShow         = "vm.show"
+	MethodVMLogs         = "vm.logs"
+
+	MethodImageImport = "image.import"
+	MethodImageList   = "image.list"
+	MethodImageShow   = "image.show"
+	MethodImageDelete = "image.delete"
+)
+
+// Operation kinds.
+const (
+	KindVMCreate  = "vm.create"
+	KindVMStart   = "vm.start"
+	KindVMRestart = "vm.restart"
+)
+
+// Defaults of vm create.
+const (
+	DefaultImage     = "default"
+	DefaultCPUs      = 1
+	DefaultMemoryMiB = 256
+)
+
+// Bounds of vm create, checked by the daemon.
+const (
+	MaxCPUs      = 64
+	MinMemoryMiB = 64
+	MaxMemoryMiB = 64 << 10
+	MaxDiskMiB   = 1 << 20
+)
+
+// VMCreate is the params of vm.create.begin.
+type VMCreate struct {
+	Name      string `json:"name,omitempty"`  // generated when empty
+	Image     string `json:"image,omitempty"` // DefaultImage when empty
+	CPUs      int    `json:"cpus,omitempty"`
+	MemoryMiB int    `json:"memory_mib,omitempty"`
+	DiskMiB   int    `json:"disk_mib,omitempty"` // 0: the image's size
+	NoStart   bool   `json:"no_start,omitempty"`
+}
+
+// VM is a VM as the daemon reports it.
+type VM struct {
+	ID          string    `json:"id"`
+	Name        string    `json:"name"`
+	Image       string    `json:"image"`
+	State       string    `json:"state"`
+	CPUs        int       `json:"cpus"`
+	MemoryMiB   int       `json:"memory_mib"`
+	DiskMiB     int       `json:"disk_mib"`
+	Network     string    `json:"network"`
+	Created     time.Time `json:"created"`
+	LastError   string    `json:"last_error,omitempty"`
+	PID         int       `json:"pid,omitempty"`
+	BootID      string    `json:"boot_id,omitempty"`
+	InstanceDir string    `json:"instance_dir"`
+}
+
+// VMRef names a VM.
+type VMRef struct {
+	Name string `json:"name"`
+}
+
+// VMStop is the params of vm.stop.
+type VMStop struct {
+	Name      string `json:"name"`
+	TimeoutMS int    `json:"timeout_ms,omitempty"` // then it is killed
+}
+
+// VMDelete is the params of vm.delete.
+type VMDelete struct {
+	Name  string `json:"name"`
+	Force bool   `json:"force,omitempty"` // delete a running VM (kill it first)
+}
+
+// VMLogs is the params of vm.logs: the console log from Offset.
+type VMLogs struct {
+	Name   string `json:"name"`
+	Offset int64  `json:"offset"`
+	Limit  int    `json:"limit,omitempty"`
+}
+
+// VMLogsResult is a slice of the console log.
+type VMLogsResult struct {
+	Data    []byte `json:"data"`
+	Next    int64  `json:"next"`
+	Running bool   `json:"running"`
+}
+
+// PruneResult lists what vm.prune deleted.
+type PruneResult struct {
+	Deleted []string `json:"deleted"`
+}
+
+// ValidName checks a VM or image name: a DNS label (RFC 1123) — lowercase
+// letters, digits and '-', 1 to 63 of them, not starting or ending with
+// '-' — so it can be a hostname and, later, NAME.vm in DNS.
+func ValidName(kind, name string) error {
+	bad := func(why string) error {
+		return rpc.Errorf(rpc.CodeInvalidParams, "%s name %q %s; use 1-63 lowercase letters, digits and '-', not starting or ending with '-'", kind, name, why)
+	}
+	switch {
+	case name == "":
+		return bad("is empty")
+	case len(name) > 63:
+		return bad(fmt.Sprintf("is %d characters long", len(name)))
+	case name[0] == '-' || name[len(name)-1] == '-':
+		return bad("starts or ends with '-'")
+	}
+	for _, r := range name {
+		if !(r >= 'a' && r <= 'z' || r >= '0' && r <= '9' || r == '-') {
+			return bad(fmt.Sprintf("has %q", r))
+		}
+	}
+	return nil
+}

@@ -1,0 +1,318 @@
+package client
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/urfave/cli/v2"
+
+	"banger/applets/api"
+)
+
+func newVMCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "vm",
+		Usage: "create, run and manage microVMs",
+		Subcommands: []*cli.Command{
+			newVMCreateCommand(),
+			newVMOperationCommand("start", "start a stopped VM and wait until its agent is ready", api.MethodVMStartBegin),
+			newVMOperationCommand("restart", "stop a VM (if it runs) and start it again", api.MethodVMRestartBegin),
+			newVMStopCommand(),
+			newVMRefCommand("kill", "stop a VM at once, without a clean shutdown", api.MethodVMKill),
+			newVMDeleteCommand(),
+			newVMPruneCommand(),
+			newVMListCommand(),
+			newVMRefCommand("show", "show one VM", api.MethodVMShow),
+			newVMLogsCommand(),
+		},
+	}
+}
+
+func newVMCreateCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "create",
+		Usage: "create a VM and boot it (stages on stderr; the VM's name on stdout)",
+		Flags: []cli.Flag{
+			jsonFlag(),
+			&cli.StringFlag{Name: "name", Usage: "the VM's `NAME`, a DNS label (default: generated)"},
+			&cli.StringFlag{Name: "image", Value: api.DefaultImage, Usage: "the `IMAGE` to boot (default: assembled from this host's kernel and busybox on first use)"},
+			&cli.IntFlag{Name: "cpus", Value: api.DefaultCPUs, Usage: "virtual CPUs"},
+			&cli.StringFlag{Name: "memory", Value: strconv.Itoa(api.DefaultMemoryMiB) + "M", Usage: "memory `SIZE` (M or G; a plain number is MiB)"},
+			&cli.StringFlag{Name: "disk-size", Usage: "the VM's disk `SIZE` (M or G; default: the image's size)"},
+			&cli.BoolFlag{Name: "no-start", Usage: "create the VM but do not boot it"},
+			&cli.BoolFlag{Name: "quiet", Aliases: []string{"q"}, Usage: "do not show stages"},
+		},
+		Action: action(func(c *cli.Context, s *session) error {
+			if _, err := args(c, 0, 0); err != nil {
+				return err
+			}
+			p := api.VMCreate{Name: c.String("name"), Image: c.String("image"), CPUs: c.Int("cpus"), NoStart: c.Bool("no-start")}
+			var err error
+			if p.MemoryMiB, err = parseMiB("--memory", c.String("memory")); err != nil {
+				return err
+			}
+			if c.String("disk-size") != "" {
+				if p.DiskMiB, err = parseMiB("--disk-size", c.String("disk-size")); err != nil {
+					return err
+				}
+			}
+			vm, err := runVMOperation(c, s, api.MethodVMCreateBegin, p)
+			if err != nil {
+				return err
+			}
+			return output(c, vm, func(w io.Writer) { fmt.Fprintln(w, vm.Name) })
+		}),
+	}
+}
+
+// runVMOperation begins a VM operation, follows its stages and returns the
+// VM it ends with.
+func runVMOperation(c *cli.Context, s *session, method string, params any) (api.VM, error) {
+	sw := newStageWriter(c.App.ErrWriter, c.Bool("quiet") || c.Bool("json"))
+	var op api.Operation
+	if err := s.call(c.Context, method, params, &op); err != nil {
+		return api.VM{}, err
+	}
+	op, err := follow(c.Context, s, op, sw)
+	if err != nil {
+		return api.VM{}, err
+	}
+	if err := operationError(op); err != nil {
+		return api.VM{}, err
+	}
+	var vm api.VM
+	if err := decodeResult(op, &vm); err != nil {
+		return api.VM{}, err
+	}
+	if op.Finished != nil {
+		verb := "ready"
+		if vm.State != "running" {
+			verb = vm.State
+		}
+		fmt.Fprintf(sw.w, "%s %s in %s\n", vm.Name, verb, fmtMillis(float64(op.Finished.Sub(op.Created).Microseconds())/1000))
+	}
+	return vm, nil
+}
+
+func newVMOperationCommand(name, usage, method string) *cli.Command {
+	return &cli.Command{
+		Name:      name,
+		Usage:     usage,
+		ArgsUsage: "NAME",
+		Flags:     []cli.Flag{jsonFlag(), &cli.BoolFlag{Name: "quiet", Aliases: []string{"q"}, Usage: "do not show stages"}},
+		Action: action(func(c *cli.Context, s *session) error {
+			a, err := args(c, 1, 1)
+			if err != nil {
+				return err
+			}
+			vm, err := runVMOperation(c, s, method, api.VMRef{Name: a[0]})
+			if err != nil {
+				return err
+			}
+			return output(c, vm, func(w io.Writer) {})
+		}),
+	}
+}
+
+// newVMRefCommand is a command that calls method with one VM name and
+// prints the VM it gets back.
+func newVMRefCommand(name, usage, method string) *cli.Command {
+	return &cli.Command{
+		Name:      name,
+		Usage:     usage,
+		ArgsUsage: "NAME",
+		Flags:     []cli.Flag{jsonFlag()},
+		Action: action(func(c *cli.Context, s *session) error {
+			a, err := args(c, 1, 1)
+			if err != nil {
+				return err
+			}
+			var vm api.VM
+			if err := s.call(c.Context, method, api.VMRef{Name: a[0]}, &vm); err != nil {
+				return err
+			}
+			return output(c, vm, func(w io.Writer) { printVM(w, vm) })
+		}),
+	}
+}
+
+func newVMStopCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "stop",
+		Usage:     "shut a VM down cleanly (killed if it does not stop in time)",
+		ArgsUsage: "NAME",
+		Flags:     []cli.Flag{jsonFlag(), &cli.DurationFlag{Name: "timeout", Value: 30 * time.Second, Usage: "how long a clean shutdown may take"}},
+		Action: action(func(c *cli.Context, s *session) error {
+			a, err := args(c, 1, 1)
+			if err != nil {
+				return err
+			}
+			var vm api.VM
+			p := api.VMStop{Name: a[0], TimeoutMS: int(c.Duration("timeout").Milliseconds())}
+			if err := s.call(c.Context, api.MethodVMStop, p, &vm); err != nil {
+				return err
+			}
+			return output(c, vm, func(w io.Writer) { fmt.Fprintf(w, "%s %s\n", vm.Name, vm.State) })
+		}),
+	}
+}
+
+func newVMDeleteCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "delete",
+		Usage:     "delete a VM: its process, disk, files and record",
+		ArgsUsage: "NAME",
+		Flags:     []cli.Flag{jsonFlag(), &cli.BoolFlag{Name: "force", Aliases: []string{"f"}, Usage: "delete a running VM too (it is killed)"}},
+		Action: action(func(c *cli.Context, s *session) error {
+			a, err := args(c, 1, 1)
+			if err != nil {
+				return err
+			}
+			var vm api.VM
+			if err := s.call(c.Context, api.MethodVMDelete, api.VMDelete{Name: a[0], Force: c.Bool("force")}, &vm); err != nil {
+				return err
+			}
+			return output(c, vm, func(w io.Writer) { fmt.Fprintf(w, "%s deleted\n", vm.Name) })
+		}),
+	}
+}
+
+func newVMPruneCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "prune",
+		Usage: "delete every VM that is not running",
+		Flags: []cli.Flag{jsonFlag()},
+		Action: action(func(c *cli.Context, s *session) error {
+			var res api.PruneResult
+			if err := s.call(c.Context, api.MethodVMPrune, nil, &res); err != nil {
+				return err
+			}
+			return output(c, res, func(w io.Writer) {
+				for _, n := range res.Deleted {
+					fmt.Fprintf(w, "%s deleted\n", n)
+				}
+			})
+		}),
+	}
+}
+
+func newVMListCommand() *cli.Command {
+	return &cli.Command{
+		Name:    "list",
+		Aliases: []string{"ls"},
+		Usage:   "list VMs",
+		Flags:   []cli.Flag{jsonFlag()},
+		Action: action(func(c *cli.Context, s *session) error {
+			var vms []api.VM
+			if err := s.call(c.Context, api.MethodVMList, nil, &vms); err != nil {
+				return err
+			}
+			if vms == nil {
+				vms = []api.VM{}
+			}
+			return output(c, vms, func(w io.Writer) {
+				tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+				fmt.Fprintln(tw, "NAME\tSTATE\tIMAGE\tCPUS\tMEMORY\tCREATED")
+				for _, vm := range vms {
+					fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%dM\t%s\n", vm.Name, vm.State, vm.Image, vm.CPUs, vm.MemoryMiB, vm.Created.Local().Format(time.DateTime))
+				}
+				tw.Flush()
+			})
+		}),
+	}
+}
+
+func newVMLogsCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "logs",
+		Usage:     "print a VM's serial console",
+		ArgsUsage: "NAME",
+		Flags:     []cli.Flag{&cli.BoolFlag{Name: "follow", Aliases: []string{"f"}, Usage: "keep printing while the VM runs"}},
+		Action: action(func(c *cli.Context, s *session) error {
+			a, err := args(c, 1, 1)
+			if err != nil {
+				return err
+			}
+			p := api.VMLogs{Name: a[0]}
+			for {
+				var res api.VMLogsResult
+				if err := s.call(c.Context, api.MethodVMLogs, p, &res); err != nil {
+					return err
+				}
+				c.App.Writer.Write(res.Data)
+				p.Offset = res.Next
+				if !c.Bool("follow") || (!res.Running && len(res.Data) == 0) {
+					return nil
+				}
+				if len(res.Data) == 0 {
+					select {
+					case <-c.Context.Done():
+						return nil
+					case <-time.After(200 * time.Millisecond):
+					}
+				}
+			}
+		}),
+	}
+}
+
+func printVM(w io.Writer, vm api.VM) {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	row := func(k, v string) {
+		if v != "" {
+			fmt.Fprintf(tw, "%s:\t%s\n", k, v)
+		}
+	}
+	row("name", vm.Name)
+	row("id", vm.ID)
+	row("state", vm.State)
+	row("image", vm.Image)
+	row("cpus", strconv.Itoa(vm.CPUs))
+	row("memory", strconv.Itoa(vm.MemoryMiB)+" MiB")
+	if vm.DiskMiB > 0 {
+		row("disk", strconv.Itoa(vm.DiskMiB)+" MiB")
+	}
+	row("network", vm.Network)
+	row("created", vm.Created.Local().Format(time.RFC3339))
+	if vm.PID > 0 {
+		row("pid", strconv.Itoa(vm.PID))
+	}
+	row("boot id", vm.BootID)
+	row("directory", vm.InstanceDir)
+	row("last error", vm.LastError)
+	tw.Flush()
+}
+
+// parseMiB reads a size: a plain number of MiB, or with a binary suffix
+// M/MiB or G/GiB (case-insensitive), as docker and lima take them.
+func parseMiB(flag, s string) (int, error) {
+	t := strings.ToLower(strings.TrimSpace(s))
+	mult := 1
+	for _, suf := range []struct {
+		s string
+		m int
+	}{{"gib", 1024}, {"gb", 1024}, {"g", 1024}, {"mib", 1}, {"mb", 1}, {"m", 1}} {
+		if strings.HasSuffix(t, suf.s) {
+			t, mult = strings.TrimSuffix(t, suf.s), suf.m
+			break
+		}
+	}
+	n, err := strconv.Atoi(t)
+	if err != nil || n <= 0 {
+		return 0, usageError(fmt.Errorf("%s %q: want a size like 512M or 2G", flag, s))
+	}
+	return n * mult, nil
+}
+
+func decodeResult(op api.Operation, v any) error {
+	if len(op.Result) == 0 {
+		return errors.New("the operation returned no result")
+	}
+	return json.Unmarshal(op.Result, v)
+}

@@ -1,0 +1,69 @@
+package daemon
+
+import (
+	"context"
+	"time"
+)
+
+// What the VM service needs of the engine, the image store and the guest
+// agent's channel, as small interfaces: the concrete packages (engine,
+// imagestore, agentlink) are wired in by adapters (vmwiring.go), and a
+// Firecracker engine or a vsock channel plugs in the same way.
+
+// vmEngine starts VM processes and finds them again after a restart.
+type vmEngine interface {
+	Launch(ctx context.Context, spec launchSpec) (vmProcess, error)
+	// Attach finds the running engine process of an instance directory;
+	// an error means it is not running (or not ours).
+	Attach(ctx context.Context, instanceDir string) (vmProcess, error)
+	// Leftovers removes the runtime files (sockets, pidfile) of an
+	// instance whose process is gone, keeping its disk.
+	Leftovers(instanceDir string) error
+}
+
+// launchSpec is one boot of a VM.
+type launchSpec struct {
+	InstanceDir string
+	Kernel      string
+	Initrd      string
+	Disk        string
+	KernelArgs  string
+	Hostname    string
+	CPUs        int
+	MemoryMiB   int
+}
+
+// vmProcess is a running engine process.
+type vmProcess interface {
+	PID() int
+	// WaitAgent waits for the guest agent's readiness and returns the boot
+	// id it reported.
+	WaitAgent(ctx context.Context) (bootID string, err error)
+	// Shutdown asks the guest to power off (agent first, then ACPI) and
+	// waits for the process to exit, until ctx ends.
+	Shutdown(ctx context.Context) error
+	// Kill ends the process at once and waits for it.
+	Kill(ctx context.Context) error
+	Close() error
+}
+
+// vmImages resolves images for VMs.
+type vmImages interface {
+	// Resolve returns the image called name, assembling the default image
+	// on first use.
+	Resolve(ctx context.Context, name string) (vmImage, error)
+	// Overlay makes a VM's copy-on-write disk on the image at dst.
+	Overlay(ctx context.Context, img vmImage, dst string, diskMiB int) error
+}
+
+// vmImage is the parts of an image a boot needs.
+type vmImage struct {
+	Name       string
+	Digest     string
+	SizeBytes  int64
+	Created    time.Time
+	Kernel     string
+	Initrd     string
+	Rootfs     string
+	KernelArgs string
+}

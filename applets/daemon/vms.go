@@ -1,0 +1,511 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/oklog/ulid/v2"
+
+	"banger/applets/api"
+	"banger/applets/daemon/operation"
+	"banger/applets/daemon/state"
+	"banger/logging"
+	"banger/rpc"
+)
+
+// Files of a VM's instance directory that the VM service itself owns; the
+// engine names the rest (sockets, pidfile, console log).
+const (
+	diskFile    = "disk.qcow2"
+	consoleFile = "console.log"
+)
+
+// Bounds of the VM lifecycle.
+const (
+	bootTimeout = 3 * time.Minute // TCG boots take seconds; a hang must end
+	killTimeout = 15 * time.Second
+)
+
+// vmService runs the VM methods: the rows in the state database, the
+// engine processes and the instance directories, kept in step.
+type vmService struct {
+	db     *state.DB
+	ops    *operation.Registry
+	engine vmEngine
+	images vmImages
+	root   string // instance directories: root/<vm id>
+
+	mu    sync.Mutex           // guards busy and procs
+	busy  map[string]string    // VM name -> what is being done to it
+	procs map[string]vmProcess // VM name -> its running engine process
+}
+
+func newVMService(db *state.DB, ops *operation.Registry, eng vmEngine, images vmImages, root string) *vmService {
+	return &vmService{db: db, ops: ops, engine: eng, images: images, root: root,
+		busy: map[string]string{}, procs: map[string]vmProcess{}}
+}
+
+// claim marks the VM busy with what, so two changes of one VM never run at
+// once; the second gets a conflict that says what is going on.
+func (s *vmService) claim(name, what string) (release func(), err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if doing, ok := s.busy[name]; ok {
+		return nil, rpc.Errorf(rpc.CodeConflict, "vm %q is busy (%s); wait for that to finish", name, doing)
+	}
+	s.busy[name] = what
+	return func() {
+		s.mu.Lock()
+		delete(s.busy, name)
+		s.mu.Unlock()
+	}, nil
+}
+
+func (s *vmService) proc(name string) vmProcess {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.procs[name]
+}
+
+func (s *vmService) setProc(name string, p vmProcess) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if old := s.procs[name]; old != nil && old != p {
+		old.Close()
+	}
+	if p == nil {
+		delete(s.procs, name)
+		return
+	}
+	s.procs[name] = p
+}
+
+func toAPI(v state.VM) api.VM {
+	return api.VM{ID: v.ID, Name: v.Name, Image: v.Image, State: v.State, CPUs: v.CPUs, MemoryMiB: v.MemoryMiB,
+		DiskMiB: v.DiskMiB, Network: v.Network, Created: v.Created, LastError: v.LastError, PID: v.PID,
+		BootID: v.BootID, InstanceDir: v.InstanceDir}
+}
+
+// createBegin validates the request, then runs the create as an
+// operation whose id is this call's op id.
+func (s *vmService) createBegin(ctx context.Context, p api.VMCreate) (api.Operation, error) {
+	if p.Name == "" {
+		p.Name = "vm-" + strings.ToLower(ulid.Make().String()[20:])
+	}
+	if p.Image == "" {
+		p.Image = api.DefaultImage
+	}
+	if p.CPUs == 0 {
+		p.CPUs = api.DefaultCPUs
+	}
+	if p.MemoryMiB == 0 {
+		p.MemoryMiB = api.DefaultMemoryMiB
+	}
+	if err := validateCreate(p); err != nil {
+		return api.Operation{}, err
+	}
+	if _, err := s.db.GetVM(ctx, p.Name); err == nil {
+		return api.Operation{}, rpc.Errorf(rpc.CodeAlreadyExists, "a VM named %q already exists; pick another name or delete it first", p.Name)
+	}
+	release, err := s.claim(p.Name, "being created")
+	if err != nil {
+		return api.Operation{}, err
+	}
+	id := "vm-" + ulid.Make().String()
+	vm := state.VM{ID: id, Name: p.Name, Image: p.Image, CPUs: p.CPUs, MemoryMiB: p.MemoryMiB, DiskMiB: p.DiskMiB,
+		State: state.VMCreating, Network: "user", InstanceDir: filepath.Join(s.root, id)}
+	return s.ops.Begin(ctx, rpc.OpIDFrom(ctx), api.KindVMCreate, p.Name, func(ctx context.Context, prog *operation.Progress) (any, error) {
+		defer release()
+		var img vmImage
+		steps := []operation.Step{
+			{Name: "resolve image", Do: func(ctx context.Context) (err error) {
+				img, err = s.images.Resolve(ctx, p.Image)
+				if err != nil {
+					return err
+				}
+				return s.db.PutImage(ctx, state.Image{Name: img.Name, Digest: img.Digest, SizeBytes: img.SizeBytes, Created: img.Created, KernelArgs: img.KernelArgs})
+			}},
+			{Name: "record vm", Do: func(ctx context.Context) error {
+				return s.db.CreateVM(ctx, vm)
+			}, Undo: func(ctx context.Context) error {
+				return s.db.DeleteVM(ctx, vm.Name)
+			}},
+			{Name: "make disk", Do: func(ctx context.Context) error {
+				if err := os.MkdirAll(vm.InstanceDir, 0o700); err != nil {
+					return err
+				}
+				return s.images.Overlay(ctx, img, filepath.Join(vm.InstanceDir, diskFile), p.DiskMiB)
+			}, Undo: func(ctx context.Context) error {
+				return os.RemoveAll(vm.InstanceDir)
+			}},
+		}
+		if p.NoStart {
+			steps = append(steps, operation.Step{Name: "mark stopped", Do: func(ctx context.Context) error {
+				_, err := s.db.UpdateVM(ctx, vm.Name, func(v *state.VM) error { v.State = state.VMStopped; return nil })
+				return err
+			}})
+		} else {
+			steps = append(steps, s.bootSteps(vm.Name, &img)...)
+		}
+		if err := prog.Run(ctx, steps); err != nil {
+			return nil, err
+		}
+		return s.show(ctx, api.VMRef{Name: vm.Name})
+	}), nil
+}
+
+func validateCreate(p api.VMCreate) error {
+	if err := api.ValidName("vm", p.Name); err != nil {
+		return err
+	}
+	if err := api.ValidName("image", p.Image); err != nil {
+		return err
+	}
+	switch {
+	case p.CPUs < 1 || p.CPUs > api.MaxCPUs:
+		return rpc.Errorf(rpc.CodeInvalidParams, "cpus %d is out of range (1 to %d)", p.CPUs, api.MaxCPUs)
+	case p.MemoryMiB < api.MinMemoryMiB || p.MemoryMiB > api.MaxMemoryMiB:
+		return rpc.Errorf(rpc.CodeInvalidParams, "memory %d MiB is out of range (%d MiB to %d GiB)", p.MemoryMiB, api.MinMemoryMiB, api.MaxMemoryMiB>>10)
+	case p.DiskMiB < 0 || p.DiskMiB > api.MaxDiskMiB:
+		return rpc.Errorf(rpc.CodeInvalidParams, "disk size %d MiB is out of range", p.DiskMiB)
+	}
+	return nil
+}
+
+// bootSteps launch the engine and wait for the guest agent. The pid is
+// recorded as soon as the process exists (the engine's pidfile already
+// holds it, for a daemon that dies in between).
+func (s *vmService) bootSteps(name string, img *vmImage) []operation.Step {
+	var proc vmProcess
+	return []operation.Step{
+		{Name: "launch", Do: func(ctx context.Context) error {
+			vm, err := s.db.UpdateVM(ctx, name, func(v *state.VM) error {
+				v.State, v.LastError = state.VMStarting, ""
+				return nil
+			})
+			if err != nil {
+				return err
+			}
+			if img.Name == "" {
+				if *img, err = s.images.Resolve(ctx, vm.Image); err != nil {
+					return err
+				}
+			}
+			proc, err = s.engine.Launch(ctx, launchSpec{
+				InstanceDir: vm.InstanceDir, Kernel: img.Kernel, Initrd: img.Initrd, KernelArgs: img.KernelArgs,
+				Disk: filepath.Join(vm.InstanceDir, diskFile), Hostname: vm.Name, CPUs: vm.CPUs, MemoryMiB: vm.MemoryMiB,
+			})
+			if err != nil {
+				return err
+			}
+			_, err = s.db.UpdateVM(ctx, name, func(v *state.VM) error { v.PID = proc.PID(); return nil })
+			return err
+		}, Undo: func(ctx context.Context) error {
+			err := proc.Kill(ctx)
+			proc.Close()
+			s.db.UpdateVM(ctx, name, func(v *state.VM) error {
+				v.State, v.PID, v.BootID = state.VMStopped, 0, ""
+				return nil
+			})
+			return err
+		}},
+		{Name: "wait for agent", Do: func(ctx context.Context) error {
+			ctx, cancel := context.WithTimeout(ctx, bootTimeout)
+			defer cancel()
+			bootID, err := proc.WaitAgent(ctx)
+			if err != nil {
+				if errors.Is(err, context.DeadlineExceeded) {
+					return rpc.Errorf(rpc.CodeTimeout, "the guest agent did not report ready within %s; see `banger vm logs %s`", bootTimeout, name)
+				}
+				return err
+			}
+			if _, err := s.db.UpdateVM(ctx, name, func(v *state.VM) error {
+				v.State, v.BootID = state.VMRunning, bootID
+				return nil
+			}); err != nil {
+				return err
+			}
+			s.setProc(name, proc)
+			return nil
+		}},
+	}
+}
+
+// startBegin boots a stopped VM as an operation.
+func (s *vmService) startBegin(ctx context.Context, p api.VMRef) (api.Operation, error) {
+	return s.bootBegin(ctx, p.Name, api.KindVMStart, false)
+}
+
+// restartBegin stops a running VM (cleanly) and boots it again.
+func (s *vmService) restartBegin(ctx context.Context, p api.VMRef) (api.Operation, error) {
+	return s.bootBegin(ctx, p.Name, api.KindVMRestart, true)
+}
+
+func (s *vmService) bootBegin(ctx context.Context, name, kind string, restart bool) (api.Operation, error) {
+	vm, err := s.db.GetVM(ctx, name)
+	if err != nil {
+		return api.Operation{}, err
+	}
+	if !restart && vm.State == state.VMRunning {
+		return api.Operation{}, rpc.Errorf(rpc.CodeConflict, "vm %q is already running", name)
+	}
+	release, err := s.claim(name, "being started")
+	if err != nil {
+		return api.Operation{}, err
+	}
+	return s.ops.Begin(ctx, rpc.OpIDFrom(ctx), kind, name, func(ctx context.Context, prog *operation.Progress) (any, error) {
+		defer release()
+		var steps []operation.Step
+		if restart && vm.State == state.VMRunning {
+			steps = append(steps, operation.Step{Name: "stop", Do: func(ctx context.Context) error {
+				_, err := s.stopVM(ctx, name, 30*time.Second)
+				return err
+			}})
+		}
+		var img vmImage
+		steps = append(steps, s.bootSteps(name, &img)...)
+		if err := prog.Run(ctx, steps); err != nil {
+			s.db.UpdateVM(context.WithoutCancel(ctx), name, func(v *state.VM) error { v.LastError = err.Error(); return nil })
+			return nil, err
+		}
+		return s.show(ctx, api.VMRef{Name: name})
+	}), nil
+}
+
+func (s *vmService) stop(ctx context.Context, p api.VMStop) (api.VM, error) {
+	release, err := s.claim(p.Name, "being stopped")
+	if err != nil {
+		return api.VM{}, err
+	}
+	defer release()
+	timeout := time.Duration(p.TimeoutMS) * time.Millisecond
+	if timeout <= 0 {
+		timeout = 30 * time.Second
+	}
+	return s.stopVM(ctx, p.Name, timeout)
+}
+
+// stopVM shuts a running VM down, cleanly within timeout, else kills it.
+func (s *vmService) stopVM(ctx context.Context, name string, timeout time.Duration) (api.VM, error) {
+	vm, err := s.db.GetVM(ctx, name)
+	if err != nil {
+		return api.VM{}, err
+	}
+	proc := s.proc(name)
+	if vm.State != state.VMRunning || proc == nil {
+		return api.VM{}, rpc.Errorf(rpc.CodeNotRunning, "vm %q is not running (it is %s)", name, vm.State)
+	}
+	err = logging.Stage(ctx, "shutdown", func(ctx context.Context) error {
+		sctx, cancel := context.WithTimeout(ctx, timeout)
+		defer cancel()
+		return proc.Shutdown(sctx)
+	})
+	if err != nil {
+		logging.From(ctx).Warn().Err(err).Str("vm", name).Msg("clean shutdown failed; killing")
+		if err := proc.Kill(ctx); err != nil {
+			return api.VM{}, fmt.Errorf("kill vm %s: %w", name, err)
+		}
+	}
+	return s.markStopped(ctx, name)
+}
+
+func (s *vmService) markStopped(ctx context.Context, name string) (api.VM, error) {
+	s.setProc(name, nil)
+	vm, err := s.db.UpdateVM(ctx, name, func(v *state.VM) error {
+		v.State, v.PID, v.BootID = state.VMStopped, 0, ""
+		return nil
+	})
+	if err == nil {
+		s.engine.Leftovers(vm.InstanceDir)
+	}
+	return toAPI(vm), err
+}
+
+func (s *vmService) kill(ctx context.Context, p api.VMRef) (api.VM, error) {
+	release, err := s.claim(p.Name, "being killed")
+	if err != nil {
+		return api.VM{}, err
+	}
+	defer release()
+	vm, err := s.db.GetVM(ctx, p.Name)
+	if err != nil {
+		return api.VM{}, err
+	}
+	proc := s.proc(p.Name)
+	if vm.State != state.VMRunning || proc == nil {
+		return api.VM{}, rpc.Errorf(rpc.CodeNotRunning, "vm %q is not running (it is %s)", p.Name, vm.State)
+	}
+	if err := proc.Kill(ctx); err != nil {
+		return api.VM{}, fmt.Errorf("kill vm %s: %w", p.Name, err)
+	}
+	return s.markStopped(ctx, p.Name)
+}
+
+func (s *vmService) delete(ctx context.Context, p api.VMDelete) (api.VM, error) {
+	release, err := s.claim(p.Name, "being deleted")
+	if err != nil {
+		return api.VM{}, err
+	}
+	defer release()
+	return s.deleteVM(ctx, p.Name, p.Force)
+}
+
+func (s *vmService) deleteVM(ctx context.Context, name string, force bool) (api.VM, error) {
+	vm, err := s.db.GetVM(ctx, name)
+	if err != nil {
+		return api.VM{}, err
+	}
+	if proc := s.proc(name); proc != nil {
+		if !force {
+			return api.VM{}, rpc.Errorf(rpc.CodeConflict, "vm %q is running; stop it first or delete with --force", name)
+		}
+		if err := proc.Kill(ctx); err != nil {
+			return api.VM{}, fmt.Errorf("kill vm %s: %w", name, err)
+		}
+		s.setProc(name, nil)
+	}
+	// Files first, row last: a crash in between leaves a row whose
+	// directory is gone, which a retry deletes; never a directory no row
+	// points at.
+	if err := os.RemoveAll(vm.InstanceDir); err != nil {
+		return api.VM{}, fmt.Errorf("remove %s: %w", vm.InstanceDir, err)
+	}
+	if err := s.db.DeleteVM(ctx, name); err != nil {
+		return api.VM{}, err
+	}
+	logging.From(ctx).Info().Str("vm", name).Msg("vm deleted")
+	return toAPI(vm), nil
+}
+
+func (s *vmService) prune(ctx context.Context, _ rpc.NoParams) (api.PruneResult, error) {
+	vms, err := s.db.ListVMs(ctx)
+	if err != nil {
+		return api.PruneResult{}, err
+	}
+	res := api.PruneResult{Deleted: []string{}}
+	for _, vm := range vms {
+		if vm.State != state.VMStopped && vm.State != state.VMFailed {
+			continue
+		}
+		release, err := s.claim(vm.Name, "being pruned")
+		if err != nil {
+			continue
+		}
+		_, err = s.deleteVM(ctx, vm.Name, false)
+		release()
+		if err != nil {
+			return res, err
+		}
+		res.Deleted = append(res.Deleted, vm.Name)
+	}
+	return res, nil
+}
+
+func (s *vmService) list(ctx context.Context, _ rpc.NoParams) ([]api.VM, error) {
+	vms, err := s.db.ListVMs(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]api.VM, 0, len(vms))
+	for _, v := range vms {
+		out = append(out, toAPI(v))
+	}
+	return out, nil
+}
+
+func (s *vmService) show(ctx context.Context, p api.VMRef) (api.VM, error) {
+	vm, err := s.db.GetVM(ctx, p.Name)
+	return toAPI(vm), err
+}
+
+// maxLogChunk bounds one vm.logs answer.
+const maxLogChunk = 256 << 10
+
+func (s *vmService) logs(ctx context.Context, p api.VMLogs) (api.VMLogsResult, error) {
+	vm, err := s.db.GetVM(ctx, p.Name)
+	if err != nil {
+		return api.VMLogsResult{}, err
+	}
+	res := api.VMLogsResult{Next: p.Offset, Running: vm.State == state.VMRunning || vm.State == state.VMStarting}
+	f, err := os.Open(filepath.Join(vm.InstanceDir, consoleFile))
+	if errors.Is(err, os.ErrNotExist) {
+		return res, nil
+	}
+	if err != nil {
+		return res, err
+	}
+	defer f.Close()
+	limit := p.Limit
+	if limit <= 0 || limit > maxLogChunk {
+		limit = maxLogChunk
+	}
+	buf := make([]byte, limit)
+	n, err := f.ReadAt(buf, p.Offset)
+	if err != nil && !errors.Is(err, io.EOF) {
+		return res, err
+	}
+	res.Data, res.Next = buf[:n], p.Offset+int64(n)
+	return res, nil
+}
+
+// reconcile runs at daemon start: VMs recorded as running are re-attached
+// when their engine process is alive and ours, and marked stopped (their
+// runtime leftovers removed) when not; VMs a dead daemon was creating are
+// removed with their files, as the create's undo would have.
+func (s *vmService) reconcile(ctx context.Context) error {
+	vms, err := s.db.ListVMs(ctx)
+	if err != nil {
+		return err
+	}
+	log := logging.From(ctx)
+	for _, vm := range vms {
+		switch vm.State {
+		case state.VMCreating:
+			if proc, err := s.engine.Attach(ctx, vm.InstanceDir); err == nil {
+				proc.Kill(ctx)
+				proc.Close()
+			}
+			os.RemoveAll(vm.InstanceDir)
+			if err := s.db.DeleteVM(ctx, vm.Name); err != nil {
+				return err
+			}
+			log.Warn().Str("vm", vm.Name).Msg("removed a VM whose create was interrupted")
+		case state.VMRunning, state.VMStarting, state.VMStopping:
+			proc, err := s.engine.Attach(ctx, vm.InstanceDir)
+			if err == nil && vm.State == state.VMRunning {
+				s.setProc(vm.Name, proc)
+				log.Info().Str("vm", vm.Name).Int("pid", proc.PID()).Msg("re-attached to a running VM")
+				continue
+			}
+			if err == nil {
+				// Half started or half stopped when the daemon died: stop it
+				// rather than guess.
+				proc.Kill(ctx)
+				proc.Close()
+			}
+			if _, err := s.markStopped(ctx, vm.Name); err != nil {
+				return err
+			}
+			log.Warn().Str("vm", vm.Name).Str("was", vm.State).Msg("VM found not running; marked stopped")
+		}
+	}
+	return nil
+}
+
+// shutdown releases the daemon's handles on running VMs; the VMs keep
+// running (they are detached) and the next daemon re-attaches.
+func (s *vmService) shutdown() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for name, p := range s.procs {
+		p.Close()
+		delete(s.procs, name)
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 
+	"banger/applets/agent"
 	"banger/applets/api"
 	"banger/applets/client"
 	"banger/applets/daemon"
@@ -20,6 +21,8 @@ func Table(build api.Build) *registry.Table {
 		Run: func(args []string) int { return daemon.Main(build, args) }})
 	t.Register(registry.Applet{Name: api.AppletHelper, Summary: "the privileged helper, as root",
 		Run: func(args []string) int { return helper.Main(build, args) }})
+	t.Register(registry.Applet{Name: api.AppletAgent, Summary: "the guest agent, as PID 1 inside a VM",
+		Run: func(args []string) int { return agent.Main(build, args) }})
 	t.Register(registry.Applet{Name: api.AppletClient, Summary: "the command line",
 		Run: func(args []string) int {
 			return client.Main(client.Env{Build: build, Applets: t.Names(), Stdout: os.Stdout, Stderr: os.Stderr}, args)

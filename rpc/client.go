@@ -41,6 +41,25 @@ func (c *Client) Call(ctx context.Context, method string, params, result any) er
 		}
 		return fmt.Errorf("%w: %s: %w", ErrUnreachable, c.Socket, unwrapDial(err))
 	}
+	return exchangeConn(ctx, conn, method, req, result)
+}
+
+// CallConn makes one call on conn, a connection the caller opened by other
+// means (a yamux stream to the guest agent), exactly as Client.Call does on
+// a socket it dialed, and closes conn.
+func CallConn(ctx context.Context, conn net.Conn, method string, params, result any) error {
+	req, err := encodeRequest(ctx, method, params)
+	if err != nil {
+		conn.Close()
+		return err
+	}
+	return exchangeConn(ctx, conn, method, req, result)
+}
+
+// exchangeConn writes req on conn, reads the response into result and
+// closes conn. Canceling ctx closes conn at once; its deadline bounds the
+// exchange.
+func exchangeConn(ctx context.Context, conn net.Conn, method string, req []byte, result any) error {
 	defer conn.Close()
 	stop := context.AfterFunc(ctx, func() { conn.Close() })
 	defer stop()
@@ -51,7 +70,7 @@ func (c *Client) Call(ctx context.Context, method string, params, result any) er
 	// A server that refuses the peer answers before reading; keep going to
 	// read its answer even when our write fails.
 	_, werr := conn.Write(req)
-	err = decodeResponse(conn, result)
+	err := decodeResponse(conn, result)
 	if ctx.Err() != nil {
 		return fmt.Errorf("call %s: %w", method, ctx.Err())
 	}

@@ -29,6 +29,7 @@ const (
 	AppletClient = "banger"
 	AppletDaemon = "bangerd"
 	AppletHelper = "bangerd-root"
+	AppletAgent  = "banger-agent"
 )
 
 // Daemon methods.

@@ -1,0 +1,46 @@
+package boot
+
+import (
+	"slices"
+	"strings"
+	"testing"
+)
+
+func TestParseCmdline(t *testing.T) {
+	c := ParseCmdline("console=ttyS0 rw root=/dev/vda banger.hostname=a banger.hostname=b quiet -- banger.hostname=init-arg\n")
+	if c["console"] != "ttyS0" || c[ParamRoot] != "/dev/vda" || c[ParamHostname] != "b" {
+		t.Errorf("cmdline %v", c)
+	}
+	if _, ok := c["rw"]; !ok {
+		t.Error("flag rw lost")
+	}
+	if _, ok := c["quiet"]; !ok {
+		t.Error("flag quiet lost")
+	}
+}
+
+func TestNetworkRoundTrip(t *testing.T) {
+	n := UserNetwork()
+	c := ParseCmdline(strings.Join(append([]string{"console=ttyS0"}, n.Args()...), " "))
+	got, ok, err := c.Network()
+	if err != nil || !ok || got != n {
+		t.Errorf("Network() = %+v, %v, %v; want %+v", got, ok, err, n)
+	}
+	if _, ok, err := ParseCmdline("console=ttyS0").Network(); ok || err != nil {
+		t.Errorf("no network: ok %v, %v", ok, err)
+	}
+	for _, bad := range []string{"banger.ip=10.0.2.15", "banger.ip=10.0.2.15/24 banger.gw=gateway", "banger.ip=10.0.2.15/24 banger.dns=1.2.3"} {
+		if _, _, err := ParseCmdline(bad).Network(); err == nil {
+			t.Errorf("%q: no error", bad)
+		}
+	}
+	if args := (Network{}).Args(); len(args) != 0 {
+		t.Errorf("empty network args %v", args)
+	}
+}
+
+func TestInitrdArgs(t *testing.T) {
+	if !slices.Equal(InitrdArgs(), []string{"rdinit=" + AgentPath}) || Init != AgentPath {
+		t.Errorf("InitrdArgs %v, Init %s", InitrdArgs(), Init)
+	}
+}

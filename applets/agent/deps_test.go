@@ -1,0 +1,42 @@
+package agent
+
+import (
+	"os/exec"
+	"strings"
+	"testing"
+)
+
+// TestImportGraph keeps the guest side lean: the agent and its boot
+// contract must not pull in the daemon's code (state, images, engines)
+// or its dependencies, and the boot contract imports only the standard
+// library.
+func TestImportGraph(t *testing.T) {
+	goTool, err := exec.LookPath("go")
+	if err != nil {
+		t.Skip("no go tool")
+	}
+	deps := func(pkg string) []string {
+		out, err := exec.Command(goTool, "list", "-deps", "-f", "{{if not .Standard}}{{.ImportPath}}{{end}}", pkg).Output()
+		if err != nil {
+			t.Fatalf("go list %s: %v", pkg, err)
+		}
+		return strings.Fields(string(out))
+	}
+	for _, d := range deps("banger/applets/agent/boot") {
+		if d != "banger/applets/agent/boot" {
+			t.Errorf("the boot contract imports %s", d)
+		}
+	}
+	allowed := []string{"banger/applets/agent", "banger/applets/api", "banger/applets/agentlink", "banger/logging", "banger/rpc",
+		"golang.org/x/sys/", "github.com/rs/zerolog", "github.com/mattn/", "github.com/oklog/ulid/",
+		"github.com/hashicorp/yamux", "github.com/vishvananda/"}
+	for _, d := range deps("banger/applets/agent") {
+		ok := false
+		for _, a := range allowed {
+			ok = ok || strings.HasPrefix(d, a)
+		}
+		if !ok {
+			t.Errorf("the agent imports %s", d)
+		}
+	}
+}

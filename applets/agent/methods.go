@@ -1,0 +1,64 @@
+package agent
+
+import (
+	"context"
+	"time"
+
+	"github.com/rs/zerolog"
+	"golang.org/x/sys/unix"
+
+	"banger/applets/agentlink"
+	"banger/applets/api"
+	"banger/rpc"
+)
+
+// agent holds what the agent's methods answer with.
+type agent struct {
+	build    api.Build
+	bootID   string
+	hostname string
+	log      zerolog.Logger
+	// poweroff receives the reason of the first power-off request; PID 1
+	// waits on it.
+	poweroff chan string
+}
+
+// methods is the agent's dispatch table.
+func (a *agent) methods() rpc.Methods {
+	return rpc.Methods{
+		agentlink.MethodPing:     rpc.Handle(a.ping),
+		agentlink.MethodPowerOff: rpc.Handle(a.powerOff),
+	}
+}
+
+func (a *agent) ping(context.Context, rpc.NoParams) (agentlink.PingResult, error) {
+	return agentlink.PingResult{
+		Version:  a.build.Version,
+		BootID:   a.bootID,
+		Hostname: a.hostname,
+		UptimeMS: float64(uptime().Microseconds()) / 1000,
+	}, nil
+}
+
+// powerOff answers at once; PID 1 powers the guest off once the answer
+// is written.
+func (a *agent) powerOff(context.Context, rpc.NoParams) (struct{}, error) {
+	a.requestPowerOff("requested by the host")
+	return struct{}{}, nil
+}
+
+func (a *agent) requestPowerOff(reason string) {
+	select {
+	case a.poweroff <- reason:
+	default: // one is enough
+	}
+}
+
+// uptime is the time since the guest booted.
+func uptime() time.Duration {
+	var ts unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_BOOTTIME, &ts); err != nil {
+		return 0
+	}
+	return time.Duration(ts.Nano())
+}

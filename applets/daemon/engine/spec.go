@@ -1,0 +1,144 @@
+package engine
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"banger/rpc"
+)
+
+// Spec describes one VM to launch.
+type Spec struct {
+	// Dir is the instance directory; it must exist. QEMU's files go there.
+	Dir string
+	// Name labels the QEMU process (-name); empty uses Dir's base name.
+	Name string
+	// Kernel is the kernel to boot: an uncompressed vmlinux (PVH) boots
+	// fastest; a bzImage works too.
+	Kernel string
+	// Initrd is an optional initramfs.
+	Initrd string
+	// Disk is the root disk, the guest's /dev/vda: usually the VM's own
+	// qcow2 overlay over the image's read-only root.
+	Disk string
+	// DiskFormat is Disk's format; empty means qcow2.
+	DiskFormat string
+	// CPUs and MemoryMiB size the guest; zero means 1 and 256.
+	CPUs      int
+	MemoryMiB int
+	// KernelArgs are appended to the engine's own parameters (console,
+	// root disk, the agent as init, network, clock), so they can override
+	// them.
+	KernelArgs []string
+	// Accel picks the accelerator; empty means auto.
+	Accel Accel
+	// Net is the guest's user-mode network (eth0); nil gives it none.
+	Net *UserNet
+}
+
+// UserNet is QEMU's user-mode network: the guest is 10.0.2.15 behind a NAT
+// at 10.0.2.2, with a DNS relay at 10.0.2.3, and no root is needed.
+type UserNet struct {
+	HostFwd []HostFwd
+}
+
+// HostFwd forwards a host port to a guest port.
+type HostFwd struct {
+	Proto     string // "tcp" (default) or "udp"
+	HostAddr  string // default 127.0.0.1: never every interface by accident
+	HostPort  int
+	GuestPort int
+}
+
+func (f HostFwd) String() string {
+	proto, addr := f.Proto, f.HostAddr
+	if proto == "" {
+		proto = "tcp"
+	}
+	if addr == "" {
+		addr = "127.0.0.1"
+	}
+	return fmt.Sprintf("%s:%s:%d-:%d", proto, addr, f.HostPort, f.GuestPort)
+}
+
+func (s Spec) withDefaults() Spec {
+	if s.Name == "" {
+		s.Name = filepath.Base(s.Dir)
+	}
+	if s.DiskFormat == "" {
+		s.DiskFormat = "qcow2"
+	}
+	if s.CPUs == 0 {
+		s.CPUs = 1
+	}
+	if s.MemoryMiB == 0 {
+		s.MemoryMiB = 256
+	}
+	if s.Accel == "" {
+		s.Accel = AccelAuto
+	}
+	return s
+}
+
+func (s Spec) validate() error {
+	bad := func(format string, args ...any) error {
+		return rpc.Errorf(rpc.CodeInvalidParams, format, args...)
+	}
+	if s.Dir == "" || !filepath.IsAbs(s.Dir) {
+		return bad("instance directory %q must be an absolute path", s.Dir)
+	}
+	if fi, err := os.Stat(s.Dir); err != nil || !fi.IsDir() {
+		return bad("instance directory %s does not exist", s.Dir)
+	}
+	if err := CheckDir(s.Dir); err != nil {
+		return rpc.Errorf(rpc.CodeInvalidParams, "%v", err)
+	}
+	for _, f := range []struct{ what, path string }{{"kernel", s.Kernel}, {"root disk", s.Disk}, {"initrd", s.Initrd}} {
+		what, p := f.what, f.path
+		if p == "" && what == "initrd" {
+			continue
+		}
+		if _, err := os.Stat(p); err != nil {
+			return bad("%s %q: %v", what, p, err)
+		}
+		// QEMU's option syntax splits on commas.
+		if strings.Contains(p, ",") {
+			return bad("%s path %q contains a comma, which QEMU's options cannot carry", what, p)
+		}
+	}
+	if strings.Contains(s.Dir, ",") {
+		return bad("instance directory %q contains a comma, which QEMU's options cannot carry", s.Dir)
+	}
+	if s.CPUs < 1 || s.CPUs > 64 {
+		return bad("cpus %d: want 1 to 64", s.CPUs)
+	}
+	if s.MemoryMiB < 64 {
+		return bad("memory %d MiB: want at least 64", s.MemoryMiB)
+	}
+	switch s.DiskFormat {
+	case "qcow2", "raw":
+	default:
+		return bad("disk format %q: want qcow2 or raw", s.DiskFormat)
+	}
+	if _, err := ParseAccel(string(s.Accel)); err != nil {
+		return err
+	}
+	for _, f := range s.KernelArgs {
+		if strings.ContainsAny(f, " \t\n") {
+			return bad("kernel argument %q contains white space", f)
+		}
+	}
+	if s.Net != nil {
+		for _, f := range s.Net.HostFwd {
+			if f.HostPort < 1 || f.HostPort > 65535 || f.GuestPort < 1 || f.GuestPort > 65535 {
+				return bad("port forward %s: ports must be 1 to 65535", f)
+			}
+			if f.Proto != "" && f.Proto != "tcp" && f.Proto != "udp" {
+				return bad("port forward %s: protocol must be tcp or udp", f)
+			}
+		}
+	}
+	return nil
+}

@@ -1,0 +1,157 @@
+package imagestore
+
+import (
+	"archive/tar"
+	"bufio"
+	"compress/bzip2"
+	"compress/gzip"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path"
+	"strings"
+
+	"github.com/klauspost/compress/zstd"
+	"github.com/ulikunitz/xz"
+
+	"banger/rpc"
+)
+
+// stageTar unpacks the tarball at file (plain, or compressed with gzip,
+// xz, zstd or bzip2, told by its first bytes) into the staging tree, with
+// the owners and modes of its headers.
+//
+// An archive is data from anywhere, so: a member with ".." in its name is
+// refused (the import fails); a leading "/" is dropped, as GNU tar does;
+// symlinks in the archive are followed only inside the tree, as the guest
+// will see them, so a symlink to /etc followed by etc/passwd writes the
+// image's /etc/passwd, never the host's; a member replaces a symlink at
+// its own path instead of writing through it. Device nodes and fifos are
+// left out with a note, as for a directory.
+func stageTar(ctx context.Context, st *stager, file string) error {
+	f, err := os.Open(file)
+	if err != nil {
+		return fmt.Errorf("open the rootfs tarball: %w", err)
+	}
+	defer f.Close()
+	r, closeDecomp, err := decompress(f)
+	if err != nil {
+		return fmt.Errorf("read the rootfs tarball %s: %w", file, err)
+	}
+	defer closeDecomp()
+	tr := tar.NewReader(r)
+	xattrs := 0
+	for {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		h, err := tr.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return rpc.Errorf(rpc.CodeInvalidParams, "the rootfs tarball %s cannot be read: %v", file, err)
+		}
+		name, err := memberName(h.Name)
+		if err != nil {
+			return err
+		}
+		for k := range h.PAXRecords {
+			if strings.HasPrefix(k, "SCHILY.xattr.") {
+				xattrs++
+			}
+		}
+		a := attr{uid: h.Uid, gid: h.Gid, perm: uint32(h.Mode) & 0o7777}
+		switch h.Typeflag {
+		case tar.TypeDir:
+			if name != "." {
+				err = st.mkdir(name, a)
+			}
+		case tar.TypeReg, tar.TypeGNUSparse:
+			err = st.create(ctx, name, a, tr, h.ModTime)
+		case tar.TypeSymlink:
+			err = st.symlink(name, h.Linkname, a)
+		case tar.TypeLink:
+			var target string
+			if target, err = memberName(h.Linkname); err == nil {
+				err = st.link(name, target)
+			}
+		case tar.TypeChar, tar.TypeBlock:
+			st.skip("device nodes", name)
+		case tar.TypeFifo:
+			st.skip("fifos", name)
+		default:
+			st.skip(fmt.Sprintf("tar entries of type %q", h.Typeflag), name)
+		}
+		if err != nil {
+			return fmt.Errorf("unpack %s: %w", h.Name, err)
+		}
+	}
+	if xattrs > 0 {
+		st.notes = append(st.notes, fmt.Sprintf("left out %d extended attributes (such as file capabilities): they need root to set", xattrs))
+	}
+	return nil
+}
+
+// memberName turns an archive member's name into a tree path: "." for
+// the root, no leading "/", and never a ".." element.
+func memberName(name string) (string, error) {
+	for _, elem := range strings.Split(name, "/") {
+		if elem == ".." {
+			return "", rpc.Errorf(rpc.CodeInvalidParams, "the rootfs tarball has a member %q that points outside its root; refusing the whole archive", name)
+		}
+	}
+	n := path.Clean(strings.TrimLeft(name, "/"))
+	if !fs.ValidPath(n) {
+		return "", rpc.Errorf(rpc.CodeInvalidParams, "the rootfs tarball has a member with the bad name %q", name)
+	}
+	return n, nil
+}
+
+// Magic numbers of the compressions a tarball may have.
+const (
+	magicGzip  = "\x1f\x8b"
+	magicXz    = "\xfd7zXZ\x00"
+	magicZstd  = "\x28\xb5\x2f\xfd"
+	magicBzip2 = "BZh"
+)
+
+// decompress returns r decompressed, told by its first bytes (anything
+// else is read as a plain tarball), and a function that frees the
+// decoder.
+func decompress(r io.Reader) (io.Reader, func(), error) {
+	br := bufio.NewReaderSize(r, 1<<16)
+	peek, err := br.Peek(6)
+	if err != nil && !errors.Is(err, io.EOF) {
+		return nil, nil, err
+	}
+	head := string(peek)
+	nop := func() {}
+	switch {
+	case strings.HasPrefix(head, magicGzip):
+		zr, err := gzip.NewReader(br)
+		if err != nil {
+			return nil, nil, fmt.Errorf("gzip: %w", err)
+		}
+		return zr, func() { zr.Close() }, nil
+	case strings.HasPrefix(head, magicXz):
+		xr, err := xz.NewReader(br)
+		if err != nil {
+			return nil, nil, fmt.Errorf("xz: %w", err)
+		}
+		return xr, nop, nil
+	case strings.HasPrefix(head, magicZstd):
+		// One goroutine: the tar reader consumes the stream in order.
+		zr, err := zstd.NewReader(br, zstd.WithDecoderConcurrency(1))
+		if err != nil {
+			return nil, nil, fmt.Errorf("zstd: %w", err)
+		}
+		return zr, zr.Close, nil
+	case strings.HasPrefix(head, magicBzip2):
+		return bzip2.NewReader(br), nop, nil
+	}
+	return br, nop, nil
+}

@@ -1,0 +1,50 @@
+package imagestore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"strconv"
+
+	"banger/rpc"
+)
+
+// Overlay makes a VM's copy-on-write disk at dst: a qcow2 file whose
+// backing file is the image's root filesystem, by absolute path, so the
+// image stays unchanged and shared. sizeMiB > 0 makes the disk that big
+// (at least the image's size; the guest grows its filesystem); 0 keeps
+// the image's size. dst must not exist; it appears whole or not at all.
+func (s *Store) Overlay(ctx context.Context, image, dst string, sizeMiB int) error {
+	im, err := s.Get(ctx, image)
+	if err != nil {
+		return err
+	}
+	if sizeMiB < 0 || sizeMiB > 0 && sizeMiB < im.RootfsMiB {
+		return rpc.Errorf(rpc.CodeInvalidParams, "disk size %d MiB is smaller than image %s's root filesystem (%d MiB); give at least that, or no size", sizeMiB, image, im.RootfsMiB)
+	}
+	if _, err := os.Lstat(dst); err == nil {
+		return rpc.Errorf(rpc.CodeAlreadyExists, "overlay %s already exists", dst)
+	}
+	tmp := dst + ".partial"
+	args := []string{"create", "-q", "-f", "qcow2", "-b", im.RootfsPath, "-F", "raw", tmp}
+	if sizeMiB > 0 {
+		args = append(args, strconv.Itoa(sizeMiB)+"M")
+	}
+	os.Remove(tmp) // a leftover of an interrupted call
+	if _, err := run(ctx, toolRun{name: "qemu-img", args: args}); err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("make the overlay disk for image %s: %w", image, err)
+	}
+	// A link, not a rename: it fails instead of replacing a dst that
+	// appeared meanwhile.
+	err = os.Link(tmp, dst)
+	os.Remove(tmp)
+	if err != nil {
+		if errors.Is(err, os.ErrExist) {
+			return rpc.Errorf(rpc.CodeAlreadyExists, "overlay %s already exists", dst)
+		}
+		return fmt.Errorf("make the overlay disk for image %s: %w", image, err)
+	}
+	return nil
+}

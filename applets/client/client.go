@@ -182,11 +182,11 @@ func args(c *cli.Context, min, max int) ([]string, error) {
 	a := c.Args().Slice()
 	for _, arg := range a {
 		if strings.HasPrefix(arg, "-") && len(arg) > 1 {
-			return nil, usageError(fmt.Errorf("flag %s after an argument: put flags first (banger %s [flags] %s)", arg, c.Command.FullName(), c.Command.ArgsUsage))
+			return nil, usageError(fmt.Errorf("flag %s after an argument: put flags first (%s [flags] %s)", arg, c.Command.HelpName, c.Command.ArgsUsage))
 		}
 	}
 	if len(a) < min || len(a) > max {
-		return nil, usageError(fmt.Errorf("usage: banger %s [flags] %s", c.Command.FullName(), c.Command.ArgsUsage))
+		return nil, usageError(fmt.Errorf("usage: %s [flags] %s", c.Command.HelpName, c.Command.ArgsUsage))
 	}
 	return a, nil
 }

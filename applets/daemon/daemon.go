@@ -128,9 +128,14 @@ func run(ctx context.Context, build api.Build, o options) error {
 	d := &daemon{build: build, started: time.Now(), helper: helper, stop: make(chan struct{}), db: db}
 	d.ops = operation.NewRegistry(d.persistOperation)
 	startCtx := logging.WithLogger(ctx, log)
-	if _, err := d.recoverOperations(startCtx); err != nil {
+	interrupted, err := d.recoverOperations(startCtx)
+	if err != nil {
 		return fail(service.ExitFailed, fmt.Errorf("recover operations: %w", err))
 	}
+	if d.vms, err = newVMs(startCtx, o.stateDir, db, d.ops, interruptedCreates(interrupted)); err != nil {
+		return fail(service.ExitFailed, err)
+	}
+	defer d.vms.shutdown()
 	srv := &rpc.Server{
 		Methods:   d.methods(),
 		Authorize: rpc.AllowUIDs(uint32(os.Getuid()), 0),
@@ -198,4 +203,5 @@ type daemon struct {
 	stopOnce sync.Once
 	db       *state.DB
 	ops      *operation.Registry
+	vms      *vmService
 }

@@ -16,6 +16,17 @@ func (d *daemon) methods() rpc.Methods {
 	return rpc.Methods{
 		api.MethodHostCheck: rpc.Handle(d.hostCheck),
 
+		api.MethodVMCreateBegin:  rpc.Handle(d.vms.createBegin),
+		api.MethodVMStartBegin:   rpc.Handle(d.vms.startBegin),
+		api.MethodVMRestartBegin: rpc.Handle(d.vms.restartBegin),
+		api.MethodVMStop:         rpc.Handle(d.vms.stop),
+		api.MethodVMKill:         rpc.Handle(d.vms.kill),
+		api.MethodVMDelete:       rpc.Handle(d.vms.delete),
+		api.MethodVMPrune:        rpc.Handle(d.vms.prune),
+		api.MethodVMList:         rpc.Handle(d.vms.list),
+		api.MethodVMShow:         rpc.Handle(d.vms.show),
+		api.MethodVMLogs:         rpc.Handle(d.vms.logs),
+
 		api.MethodOperationCancel: rpc.Handle(d.operationCancel),
 		api.MethodOperationList:   rpc.Handle(d.operationList),
 		api.MethodOperationStatus: rpc.Handle(d.operationStatus),

@@ -94,3 +94,15 @@ func (d *daemon) recoverOperations(ctx context.Context) ([]api.Operation, error)
 	}
 	return interrupted, d.db.PruneOperations(ctx, time.Now().Add(-24*time.Hour))
 }
+
+// interruptedCreates names the VMs whose create a dead daemon left
+// running: their half-made VMs are removed, as the create's undo would.
+func interruptedCreates(ops []api.Operation) map[string]bool {
+	names := map[string]bool{}
+	for _, op := range ops {
+		if op.Kind == api.KindVMCreate {
+			names[op.Target] = true
+		}
+	}
+	return names
+}

@@ -52,6 +52,9 @@ type vmImages interface {
 	// Resolve returns the image called name, assembling the default image
 	// on first use.
 	Resolve(ctx context.Context, name string) (vmImage, error)
+	// Exists checks that the image is known (or is the default), at once,
+	// so a bad name fails the call rather than the operation.
+	Exists(ctx context.Context, name string) error
 	// Overlay makes a VM's copy-on-write disk on the image at dst.
 	Overlay(ctx context.Context, img vmImage, dst string, diskMiB int) error
 }

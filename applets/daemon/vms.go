@@ -114,6 +114,9 @@ func (s *vmService) createBegin(ctx context.Context, p api.VMCreate) (api.Operat
 	if _, err := s.db.GetVM(ctx, p.Name); err == nil {
 		return api.Operation{}, rpc.Errorf(rpc.CodeAlreadyExists, "a VM named %q already exists; pick another name or delete it first", p.Name)
 	}
+	if err := s.images.Exists(ctx, p.Image); err != nil {
+		return api.Operation{}, err
+	}
 	release, err := s.claim(p.Name, "being created")
 	if err != nil {
 		return api.Operation{}, err
@@ -458,15 +461,20 @@ func (s *vmService) logs(ctx context.Context, p api.VMLogs) (api.VMLogsResult, e
 // reconcile runs at daemon start: VMs recorded as running are re-attached
 // when their engine process is alive and ours, and marked stopped (their
 // runtime leftovers removed) when not; VMs a dead daemon was creating are
-// removed with their files, as the create's undo would have.
-func (s *vmService) reconcile(ctx context.Context) error {
+// removed with their files, as the create's undo would have (interrupted
+// names the VMs whose create operation was running).
+func (s *vmService) reconcile(ctx context.Context, interrupted map[string]bool) error {
 	vms, err := s.db.ListVMs(ctx)
 	if err != nil {
 		return err
 	}
 	log := logging.From(ctx)
 	for _, vm := range vms {
-		switch vm.State {
+		st := vm.State
+		if interrupted[vm.Name] {
+			st = state.VMCreating
+		}
+		switch st {
 		case state.VMCreating:
 			if proc, err := s.engine.Attach(ctx, vm.InstanceDir); err == nil {
 				proc.Kill(ctx)
@@ -509,3 +517,4 @@ func (s *vmService) shutdown() {
 		delete(s.procs, name)
 	}
 }
+

@@ -1,0 +1,229 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"banger/applets/agent/boot"
+	"banger/applets/agentlink"
+	"banger/applets/daemon/engine"
+	"banger/applets/daemon/imagestore"
+	"banger/applets/daemon/kernel"
+	"banger/applets/daemon/operation"
+	"banger/applets/daemon/state"
+	"banger/rpc"
+)
+
+// The adapters that wire the QEMU engine, the agent link and the image
+// store into the VM service's interfaces (vmdeps.go).
+
+// qemuEngine is the vmEngine of QEMU's microvm.
+type qemuEngine struct {
+	q *engine.QEMU
+}
+
+func (e *qemuEngine) Launch(ctx context.Context, spec launchSpec) (vmProcess, error) {
+	args := append(strings.Fields(spec.KernelArgs), boot.ParamHostname+"="+spec.Hostname)
+	inst, err := e.q.Launch(ctx, engine.Spec{
+		Dir: spec.InstanceDir, Name: spec.Hostname, Kernel: spec.Kernel, Initrd: spec.Initrd,
+		Disk: spec.Disk, CPUs: spec.CPUs, MemoryMiB: spec.MemoryMiB, KernelArgs: args,
+		Net: &engine.UserNet{},
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &qemuProcess{inst: inst}, nil
+}
+
+func (e *qemuEngine) Attach(ctx context.Context, dir string) (vmProcess, error) {
+	inst, err := engine.Attach(ctx, dir)
+	if err != nil {
+		return nil, err
+	}
+	p := &qemuProcess{inst: inst}
+	// A re-attached VM gets its agent link back (the agent answers a new
+	// host with a new Hello), so shutdown stays clean.
+	lctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if link, err := agentlink.Wait(lctx, inst.AgentSocket()); err == nil {
+		p.link = link
+	}
+	return p, nil
+}
+
+func (e *qemuEngine) Leftovers(dir string) error { return engine.CleanRuntime(dir) }
+
+// qemuProcess is one running QEMU and, once ready, its agent link.
+type qemuProcess struct {
+	inst *engine.Instance
+
+	mu   sync.Mutex // guards link
+	link *agentlink.Link
+}
+
+func (p *qemuProcess) PID() int { return p.inst.PID }
+
+func (p *qemuProcess) WaitAgent(ctx context.Context) (string, error) {
+	type res struct {
+		link *agentlink.Link
+		err  error
+	}
+	ch := make(chan res, 1)
+	go func() {
+		l, err := agentlink.Wait(ctx, p.inst.AgentSocket())
+		ch <- res{l, err}
+	}()
+	select {
+	case r := <-ch:
+		if r.err != nil {
+			return "", r.err
+		}
+		p.mu.Lock()
+		p.link = r.link
+		p.mu.Unlock()
+		return r.link.Hello().BootID, nil
+	case <-p.inst.Done():
+		// QEMU exited before its agent spoke: say so, rather than wait out
+		// the boot timeout.
+		return "", rpc.Errorf(rpc.CodeOperationFailed, "the VM's engine exited during boot; see %s and %s",
+			p.inst.ConsoleLog(), filepath.Join(p.inst.Dir, engine.EngineLog))
+	}
+}
+
+func (p *qemuProcess) Shutdown(ctx context.Context) error {
+	p.mu.Lock()
+	link := p.link
+	p.mu.Unlock()
+	if link != nil {
+		if err := link.PowerOff(ctx); err == nil {
+			if err := p.inst.Wait(ctx); err == nil {
+				return engine.CleanRuntime(p.inst.Dir)
+			}
+		}
+	}
+	// No agent, or it did not end the VM: the power button, then quit.
+	grace := 10 * time.Second
+	if dl, ok := ctx.Deadline(); ok {
+		grace = time.Until(dl)
+	}
+	return p.inst.Stop(ctx, grace)
+}
+
+func (p *qemuProcess) Kill(ctx context.Context) error {
+	err := p.inst.Kill(ctx)
+	if errors.Is(err, engine.ErrNotRunning) {
+		return nil
+	}
+	return err
+}
+
+func (p *qemuProcess) Close() error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.link != nil {
+		p.link.Close()
+		p.link = nil
+	}
+	return nil
+}
+
+// storeImages is the vmImages of the image store; the default image is
+// assembled from the host on first use.
+type storeImages struct {
+	store *imagestore.Store
+	agent string // this binary, placed into images
+}
+
+func (s *storeImages) Resolve(ctx context.Context, name string) (vmImage, error) {
+	var img imagestore.Image
+	var err error
+	if name == imagestore.DefaultName {
+		img, err = s.store.EnsureDefault(ctx, imagestore.DefaultSpec{AgentBinary: s.agent})
+	} else {
+		img, err = s.store.Get(ctx, name)
+		if rpc.CodeOf(err) == rpc.CodeNotFound {
+			err = rpc.Errorf(rpc.CodeNotFound, "image %q not found; `banger image list` shows the images", name)
+		}
+	}
+	if err != nil {
+		return vmImage{}, err
+	}
+	return vmImage{Name: img.Name, Digest: img.Digest, SizeBytes: img.SizeBytes, Created: img.Created,
+		Kernel: img.KernelPath, Initrd: img.InitrdPath, Rootfs: img.RootfsPath, KernelArgs: img.KernelArgs}, nil
+}
+
+func (s *storeImages) Overlay(ctx context.Context, img vmImage, dst string, diskMiB int) error {
+	return s.store.Overlay(ctx, img.Name, dst, diskMiB)
+}
+
+// Exists reports whether an image is known, without building the default.
+func (s *storeImages) Exists(ctx context.Context, name string) error {
+	if name == imagestore.DefaultName {
+		return nil
+	}
+	_, err := s.store.Get(ctx, name)
+	if rpc.CodeOf(err) == rpc.CodeNotFound {
+		return rpc.Errorf(rpc.CodeNotFound, "image %q not found; `banger image list` shows the images", name)
+	}
+	return err
+}
+
+// prepareKernel turns a compressed kernel into the vmlinux banger boots.
+func prepareKernel(ctx context.Context, src, dst string) error {
+	_, err := kernel.Extract(src, dst)
+	return err
+}
+
+// initrdBuilder makes an initramfs of the guest modules a kernel keeps as
+// modules (Debian's: virtio, ext4), with this binary as the agent; a
+// kernel with them built in needs none.
+func initrdBuilder(agent string) func(ctx context.Context, kernelPath, dst string) (bool, error) {
+	return func(ctx context.Context, kernelPath, dst string) (bool, error) {
+		release, err := kernel.Release(kernelPath)
+		if err != nil {
+			return false, fmt.Errorf("read the kernel's release: %w", err)
+		}
+		modules := filepath.Join("/lib/modules", release)
+		ix, err := kernel.ReadModuleIndex(modules)
+		if err != nil {
+			return false, rpc.Errorf(rpc.CodeUnavailable, "the modules of kernel %s are not in %s (install its linux-image package): %v", release, modules, err)
+		}
+		mods, err := ix.Resolve(kernel.GuestModules())
+		if err != nil {
+			return false, err
+		}
+		if len(mods) == 0 {
+			return false, nil
+		}
+		_, err = kernel.WriteInitramfs(dst, kernel.InitramfsSpec{Agent: agent, Modules: mods, ModulesDir: modules, Release: release})
+		return err == nil, err
+	}
+}
+
+// newVMs opens the image store and the engine under stateDir and
+// reconciles the VMs a previous daemon left.
+func newVMs(ctx context.Context, stateDir string, db *state.DB, ops *operation.Registry, interrupted map[string]bool) (*vmService, error) {
+	self, err := os.Executable()
+	if err != nil {
+		return nil, fmt.Errorf("find this binary (the guest agent): %w", err)
+	}
+	store, err := imagestore.Open(ctx, filepath.Join(stateDir, "images"), imagestore.Options{
+		PrepareKernel: prepareKernel,
+		BuildInitrd:   initrdBuilder(self),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("open the image store: %w", err)
+	}
+	eng := &qemuEngine{q: &engine.QEMU{StateDir: stateDir}}
+	s := newVMService(db, ops, eng, &storeImages{store: store, agent: self}, filepath.Join(stateDir, "vms"))
+	if err := s.reconcile(ctx, interrupted); err != nil {
+		return nil, fmt.Errorf("reconcile VMs: %w", err)
+	}
+	return s, nil
+}

@@ -517,4 +517,3 @@ func (s *vmService) shutdown() {
 		delete(s.procs, name)
 	}
 }
-

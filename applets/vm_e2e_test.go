@@ -205,3 +205,33 @@ func TestDaemonKilledWhileAVMRunsAndWhileACreateRuns(t *testing.T) {
 		t.Errorf("left behind: engines %v, dirs %v", s.enginePIDs(), s.vmDirs())
 	}
 }
+
+func TestImageImportListAndDeleteInUse(t *testing.T) {
+	needGuests(t)
+	s := newSandbox(t)
+	s.daemon()
+	kernels, _ := filepath.Glob("/boot/vmlinuz-*")
+	root := filepath.Join(s.dir, "root")
+	os.MkdirAll(filepath.Join(root, "etc"), 0o755)
+	os.WriteFile(filepath.Join(root, "etc", "motd"), []byte("hello\n"), 0o644)
+
+	s.banger("image", "import", "--kernel", kernels[0], "tiny").want(t, 2) // no root fs
+	var im api.Image
+	s.banger("image", "import", "--json", "--kernel", kernels[0], "--rootfs-dir", root, "tiny").want(t, 0).json(t, &im)
+	if im.Name != "tiny" || !strings.HasPrefix(im.Digest, "sha256:") {
+		t.Errorf("imported: %+v", im)
+	}
+	s.banger("image", "import", "--kernel", kernels[0], "--rootfs-dir", root, "tiny").want(t, 5)
+	var ims []api.Image
+	s.banger("image", "list", "--json").want(t, 0).json(t, &ims)
+	if len(ims) != 1 || ims[0].Name != "tiny" {
+		t.Errorf("list: %+v", ims)
+	}
+	s.banger("vm", "create", "--name", "user", "--image", "tiny", "--no-start").want(t, 0)
+	if r := s.banger("image", "delete", "tiny").want(t, 5); !strings.Contains(r.stderr, "user") {
+		t.Errorf("delete in use does not name the VM: %q", r.stderr)
+	}
+	s.banger("vm", "delete", "user").want(t, 0)
+	s.banger("image", "delete", "tiny").want(t, 0)
+	s.banger("image", "show", "tiny").want(t, 4)
+}

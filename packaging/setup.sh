@@ -7,7 +7,10 @@ cd "$(dirname "$0")/.."
 
 . packaging/packages.sh
 # sudo: how the daemon reaches the root helper when no helper service runs.
-ensure_packages sudo
+# qemu-system-x86, qemu-utils: the VM engine and its disk overlays.
+# linux-image-amd64, busybox-static, e2fsprogs: the default image, made
+# locally from the host's kernel and busybox (no download).
+ensure_packages sudo qemu-system-x86 qemu-utils linux-image-amd64 busybox-static e2fsprogs
 
 # Go: the machine's own toolchain (/usr/local/go), modules from the proxy.
 PATH="$PATH:/usr/local/go/bin"

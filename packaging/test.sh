@@ -9,7 +9,9 @@ cd "$(dirname "$0")/.."
 . packaging/packages.sh
 # sudo: the daemon's sudo path to the helper is tested for real.
 # containerd: the peer anchor of the process benchmarks (BENCHMARKS.md).
-ensure_packages sudo containerd
+# The rest boot real guests: QEMU, qcow2 overlays, the host kernel (and its
+# modules) and busybox for the default image, ext4 tools to build images.
+ensure_packages sudo containerd qemu-system-x86 qemu-utils linux-image-amd64 busybox-static e2fsprogs
 
 PATH="$PATH:/usr/local/go/bin"
 unformatted=$(gofmt -l .)

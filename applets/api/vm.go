@@ -133,3 +133,29 @@ func ValidName(kind, name string) error {
 	}
 	return nil
 }
+
+// Image is an image as the daemon reports it.
+type Image struct {
+	Name       string    `json:"name"`
+	Digest     string    `json:"digest"`
+	Created    time.Time `json:"created"`
+	SizeBytes  int64     `json:"size_bytes"`
+	RootfsMiB  int       `json:"rootfs_mib"`
+	KernelArgs string    `json:"kernel_args,omitempty"`
+	Dir        string    `json:"dir"`
+	Notes      []string  `json:"notes,omitempty"`
+	Problem    string    `json:"problem,omitempty"` // an image that cannot be read
+}
+
+// ImageImport is the params of image.import: absolute paths the daemon
+// reads, exactly one root file system source.
+type ImageImport struct {
+	Name       string `json:"name"`
+	Kernel     string `json:"kernel"`
+	Initrd     string `json:"initrd,omitempty"`
+	RootfsDir  string `json:"rootfs_dir,omitempty"`
+	RootfsTar  string `json:"rootfs_tar,omitempty"`
+	RootfsExt4 string `json:"rootfs_ext4,omitempty"`
+	KernelArgs string `json:"kernel_args,omitempty"`
+	SizeMiB    int    `json:"size_mib,omitempty"`
+}

@@ -68,6 +68,7 @@ func newApp(env Env) *cli.App {
 			newTraceCommand(),
 			newOperationCommand(),
 			newVMCommand(),
+			newImageCommand(),
 		},
 		Metadata: map[string]any{envKey: env},
 		// Errors are printed once, by Main, with their exit code.

@@ -132,7 +132,7 @@ func run(ctx context.Context, build api.Build, o options) error {
 	if err != nil {
 		return fail(service.ExitFailed, fmt.Errorf("recover operations: %w", err))
 	}
-	if d.vms, err = newVMs(startCtx, o.stateDir, db, d.ops, interruptedCreates(interrupted)); err != nil {
+	if d.vms, d.images, err = newVMs(startCtx, o.stateDir, db, d.ops, interruptedCreates(interrupted)); err != nil {
 		return fail(service.ExitFailed, err)
 	}
 	defer d.vms.shutdown()
@@ -204,4 +204,5 @@ type daemon struct {
 	db       *state.DB
 	ops      *operation.Registry
 	vms      *vmService
+	images   *imageMethods
 }

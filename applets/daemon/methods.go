@@ -27,6 +27,11 @@ func (d *daemon) methods() rpc.Methods {
 		api.MethodVMShow:         rpc.Handle(d.vms.show),
 		api.MethodVMLogs:         rpc.Handle(d.vms.logs),
 
+		api.MethodImageImport: rpc.Handle(d.images.importImage),
+		api.MethodImageList:   rpc.Handle(d.images.list),
+		api.MethodImageShow:   rpc.Handle(d.images.show),
+		api.MethodImageDelete: rpc.Handle(d.images.delete),
+
 		api.MethodOperationCancel: rpc.Handle(d.operationCancel),
 		api.MethodOperationList:   rpc.Handle(d.operationList),
 		api.MethodOperationStatus: rpc.Handle(d.operationStatus),

@@ -208,22 +208,22 @@ func initrdBuilder(agent string) func(ctx context.Context, kernelPath, dst strin
 
 // newVMs opens the image store and the engine under stateDir and
 // reconciles the VMs a previous daemon left.
-func newVMs(ctx context.Context, stateDir string, db *state.DB, ops *operation.Registry, interrupted map[string]bool) (*vmService, error) {
+func newVMs(ctx context.Context, stateDir string, db *state.DB, ops *operation.Registry, interrupted map[string]bool) (*vmService, *imageMethods, error) {
 	self, err := os.Executable()
 	if err != nil {
-		return nil, fmt.Errorf("find this binary (the guest agent): %w", err)
+		return nil, nil, fmt.Errorf("find this binary (the guest agent): %w", err)
 	}
 	store, err := imagestore.Open(ctx, filepath.Join(stateDir, "images"), imagestore.Options{
 		PrepareKernel: prepareKernel,
 		BuildInitrd:   initrdBuilder(self),
 	})
 	if err != nil {
-		return nil, fmt.Errorf("open the image store: %w", err)
+		return nil, nil, fmt.Errorf("open the image store: %w", err)
 	}
 	eng := &qemuEngine{q: &engine.QEMU{StateDir: stateDir}}
 	s := newVMService(db, ops, eng, &storeImages{store: store, agent: self}, filepath.Join(stateDir, "vms"))
 	if err := s.reconcile(ctx, interrupted); err != nil {
-		return nil, fmt.Errorf("reconcile VMs: %w", err)
+		return nil, nil, fmt.Errorf("reconcile VMs: %w", err)
 	}
-	return s, nil
+	return s, &imageMethods{store: store, db: db, agent: self}, nil
 }

@@ -1,0 +1,136 @@
+package client
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"path/filepath"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/urfave/cli/v2"
+
+	"banger/applets/api"
+)
+
+func newImageCommand() *cli.Command {
+	byName := func(method, done string) cli.ActionFunc {
+		return action(func(c *cli.Context, s *session) error {
+			a, err := args(c, 1, 1)
+			if err != nil {
+				return err
+			}
+			var im api.Image
+			if err := s.call(c.Context, method, api.VMRef{Name: a[0]}, &im); err != nil {
+				return err
+			}
+			return output(c, im, func(w io.Writer) {
+				if done != "" {
+					fmt.Fprintf(w, "%s %s\n", im.Name, done)
+					return
+				}
+				printImage(w, im)
+			})
+		})
+	}
+	return &cli.Command{
+		Name:  "image",
+		Usage: "the images VMs boot: a kernel, an optional initrd and a root file system",
+		Subcommands: []*cli.Command{
+			newImageImportCommand(),
+			{
+				Name: "list", Aliases: []string{"ls"}, Usage: "list images", Flags: []cli.Flag{jsonFlag()},
+				Action: action(func(c *cli.Context, s *session) error {
+					var ims []api.Image
+					if err := s.call(c.Context, api.MethodImageList, nil, &ims); err != nil {
+						return err
+					}
+					return output(c, ims, func(w io.Writer) {
+						tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+						fmt.Fprintln(tw, "NAME\tDIGEST\tROOTFS\tCREATED\tPROBLEM")
+						for _, im := range ims {
+							fmt.Fprintf(tw, "%s\t%.19s\t%dM\t%s\t%s\n", im.Name, im.Digest, im.RootfsMiB, im.Created.Local().Format(time.DateTime), im.Problem)
+						}
+						tw.Flush()
+					})
+				}),
+			},
+			{Name: "show", Usage: "show one image", ArgsUsage: "NAME", Flags: []cli.Flag{jsonFlag()}, Action: byName(api.MethodImageShow, "")},
+			{Name: "delete", Usage: "delete an image no VM uses", ArgsUsage: "NAME", Flags: []cli.Flag{jsonFlag()}, Action: byName(api.MethodImageDelete, "deleted")},
+		},
+	}
+}
+
+func newImageImportCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "import",
+		Usage:     "make an image from a kernel and a root file system (a directory, a tarball or an ext4 file)",
+		ArgsUsage: "NAME",
+		Flags: []cli.Flag{
+			jsonFlag(),
+			&cli.StringFlag{Name: "kernel", Required: true, Usage: "the kernel `FILE` (bzImage or vmlinux; a bzImage is uncompressed once, here)"},
+			&cli.StringFlag{Name: "initrd", Usage: "an initramfs `FILE` (default: one made of the kernel's guest modules, when it has them as modules)"},
+			&cli.StringFlag{Name: "rootfs-dir", Usage: "the root file system as a `DIR`"},
+			&cli.StringFlag{Name: "rootfs-tar", Usage: "the root file system as a tarball `FILE` (plain, gzip, xz, zstd, bzip2)"},
+			&cli.StringFlag{Name: "rootfs-ext4", Usage: "the root file system as an ext4 `FILE`"},
+			&cli.StringFlag{Name: "kernel-args", Usage: "extra kernel `ARGS` the image boots with"},
+			&cli.StringFlag{Name: "size", Usage: "the root file system's `SIZE` (M or G; default: its content plus headroom)"},
+		},
+		Action: action(func(c *cli.Context, s *session) error {
+			a, err := args(c, 1, 1)
+			if err != nil {
+				return err
+			}
+			p := api.ImageImport{Name: a[0], KernelArgs: c.String("kernel-args")}
+			sources := 0
+			for _, f := range []struct {
+				flag string
+				dst  *string
+			}{{"kernel", &p.Kernel}, {"initrd", &p.Initrd}, {"rootfs-dir", &p.RootfsDir}, {"rootfs-tar", &p.RootfsTar}, {"rootfs-ext4", &p.RootfsExt4}} {
+				if v := c.String(f.flag); v != "" {
+					// The daemon reads the files: give it paths that do not
+					// depend on this shell's directory.
+					if *f.dst, err = filepath.Abs(v); err != nil {
+						return err
+					}
+					if strings.HasPrefix(f.flag, "rootfs-") {
+						sources++
+					}
+				}
+			}
+			if sources != 1 {
+				return usageError(errors.New("give exactly one of --rootfs-dir, --rootfs-tar or --rootfs-ext4"))
+			}
+			if c.String("size") != "" {
+				if p.SizeMiB, err = parseMiB("--size", c.String("size")); err != nil {
+					return err
+				}
+			}
+			var im api.Image
+			if err := s.call(c.Context, api.MethodImageImport, p, &im); err != nil {
+				return err
+			}
+			return output(c, im, func(w io.Writer) { printImage(w, im) })
+		}),
+	}
+}
+
+func printImage(w io.Writer, im api.Image) {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintf(tw, "name:\t%s\n", im.Name)
+	fmt.Fprintf(tw, "digest:\t%s\n", im.Digest)
+	fmt.Fprintf(tw, "created:\t%s\n", im.Created.Local().Format(time.RFC3339))
+	fmt.Fprintf(tw, "root fs:\t%d MiB\n", im.RootfsMiB)
+	if im.KernelArgs != "" {
+		fmt.Fprintf(tw, "kernel args:\t%s\n", im.KernelArgs)
+	}
+	fmt.Fprintf(tw, "directory:\t%s\n", im.Dir)
+	for _, n := range im.Notes {
+		fmt.Fprintf(tw, "note:\t%s\n", n)
+	}
+	if im.Problem != "" {
+		fmt.Fprintf(tw, "problem:\t%s\n", im.Problem)
+	}
+	tw.Flush()
+}

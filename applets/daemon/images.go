@@ -1,0 +1,72 @@
+package daemon
+
+import (
+	"context"
+
+	"banger/applets/api"
+	"banger/applets/daemon/imagestore"
+	"banger/applets/daemon/state"
+	"banger/logging"
+	"banger/rpc"
+)
+
+// imageMethods serve image.*: the image store, with the state database
+// as the index VMs refer to.
+type imageMethods struct {
+	store *imagestore.Store
+	db    *state.DB
+	agent string
+}
+
+func toAPIImage(im imagestore.Image) api.Image {
+	return api.Image{Name: im.Name, Digest: im.Digest, Created: im.Created, SizeBytes: im.SizeBytes,
+		RootfsMiB: im.RootfsMiB, KernelArgs: im.KernelArgs, Dir: im.Dir, Notes: im.Notes, Problem: im.Problem}
+}
+
+func (m *imageMethods) list(ctx context.Context, _ rpc.NoParams) ([]api.Image, error) {
+	ims, err := m.store.List(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]api.Image, 0, len(ims))
+	for _, im := range ims {
+		out = append(out, toAPIImage(im))
+	}
+	return out, nil
+}
+
+func (m *imageMethods) show(ctx context.Context, p api.VMRef) (api.Image, error) {
+	im, err := m.store.Get(ctx, p.Name)
+	return toAPIImage(im), err
+}
+
+func (m *imageMethods) importImage(ctx context.Context, p api.ImageImport) (api.Image, error) {
+	var im imagestore.Image
+	err := logging.Stage(ctx, "import image", func(ctx context.Context) (err error) {
+		im, err = m.store.Import(ctx, imagestore.ImportSpec{Name: p.Name, KernelPath: p.Kernel, InitrdPath: p.Initrd,
+			RootfsDir: p.RootfsDir, RootfsTar: p.RootfsTar, RootfsExt4: p.RootfsExt4, AgentBinary: m.agent,
+			KernelArgs: p.KernelArgs, SizeMiB: p.SizeMiB})
+		return err
+	})
+	if err != nil {
+		return api.Image{}, err
+	}
+	err = m.db.PutImage(ctx, state.Image{Name: im.Name, Digest: im.Digest, SizeBytes: im.SizeBytes, Created: im.Created, KernelArgs: im.KernelArgs})
+	return toAPIImage(im), err
+}
+
+// delete refuses an image a VM uses (the message names the VMs), then
+// removes the files and the index row.
+func (m *imageMethods) delete(ctx context.Context, p api.VMRef) (api.Image, error) {
+	im, err := m.store.Get(ctx, p.Name)
+	if err != nil {
+		return api.Image{}, err
+	}
+	if err := m.store.Delete(ctx, p.Name, m.db.ImageUsers); err != nil {
+		return api.Image{}, err
+	}
+	if err := m.db.DeleteImage(ctx, p.Name); err != nil && rpc.CodeOf(err) != rpc.CodeNotFound {
+		return api.Image{}, err
+	}
+	return toAPIImage(im), nil
+}

@@ -21,6 +21,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"banger/applets/api"
+	"banger/applets/daemon/engine"
 	"banger/applets/daemon/operation"
 	"banger/applets/daemon/state"
 	"banger/applets/dirs"
@@ -43,6 +44,7 @@ func Main(build api.Build, args []string) int {
 			&cli.StringFlag{Name: "state-dir", EnvVars: []string{"BANGER_STATE_DIR"}, Usage: "keep state and logs in `DIR` (default $XDG_STATE_HOME/banger)"},
 			&cli.StringFlag{Name: "log-level", EnvVars: []string{logging.EnvLevel}, Value: "info", Usage: "trace, debug, info, warn or error"},
 			&cli.StringFlag{Name: "helper", EnvVars: []string{"BANGER_HELPER"}, Value: HelperAuto, Usage: "how to reach the root helper: auto, socket, sudo or none"},
+			&cli.StringFlag{Name: "accel", EnvVars: []string{"BANGER_ACCEL"}, Value: "auto", Usage: "VM accelerator: auto (KVM when it can really run a guest, else TCG), kvm or tcg"},
 			&cli.StringFlag{Name: "helper-socket", EnvVars: []string{"BANGER_HELPER_SOCKET"}, Usage: "the root helper's socket `PATH` (default " + dirs.SystemHelperSocket + " when it exists)"},
 		},
 		Action: func(c *cli.Context) error {
@@ -52,6 +54,7 @@ func Main(build api.Build, args []string) int {
 				level:        c.String("log-level"),
 				helperMode:   c.String("helper"),
 				helperSocket: c.String("helper-socket"),
+				accel:        c.String("accel"),
 			})
 		},
 	}
@@ -61,6 +64,7 @@ func Main(build api.Build, args []string) int {
 type options struct {
 	socket, stateDir, level  string
 	helperMode, helperSocket string
+	accel                    string
 }
 
 func run(ctx context.Context, build api.Build, o options) error {
@@ -120,6 +124,10 @@ func run(ctx context.Context, build api.Build, o options) error {
 	if err != nil {
 		return fail(service.ExitConflict, err)
 	}
+	accel, err := engine.ParseAccel(o.accel)
+	if err != nil {
+		return fail(service.ExitUsage, err)
+	}
 	db, err := state.Open(ctx, filepath.Join(o.stateDir, state.FileName))
 	if err != nil {
 		return fail(service.ExitFailed, err)
@@ -132,7 +140,7 @@ func run(ctx context.Context, build api.Build, o options) error {
 	if err != nil {
 		return fail(service.ExitFailed, fmt.Errorf("recover operations: %w", err))
 	}
-	if d.vms, d.images, err = newVMs(startCtx, o.stateDir, db, d.ops, interruptedCreates(interrupted)); err != nil {
+	if d.vms, d.images, err = newVMs(startCtx, o.stateDir, accel, db, d.ops, interruptedCreates(interrupted)); err != nil {
 		return fail(service.ExitFailed, err)
 	}
 	defer d.vms.shutdown()

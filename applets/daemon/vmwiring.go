@@ -25,7 +25,8 @@ import (
 
 // qemuEngine is the vmEngine of QEMU's microvm.
 type qemuEngine struct {
-	q *engine.QEMU
+	q     *engine.QEMU
+	accel engine.Accel
 }
 
 func (e *qemuEngine) Launch(ctx context.Context, spec launchSpec) (vmProcess, error) {
@@ -33,7 +34,7 @@ func (e *qemuEngine) Launch(ctx context.Context, spec launchSpec) (vmProcess, er
 	inst, err := e.q.Launch(ctx, engine.Spec{
 		Dir: spec.InstanceDir, Name: spec.Hostname, Kernel: spec.Kernel, Initrd: spec.Initrd,
 		Disk: spec.Disk, CPUs: spec.CPUs, MemoryMiB: spec.MemoryMiB, KernelArgs: args,
-		Net: &engine.UserNet{},
+		Net: &engine.UserNet{}, Accel: e.accel,
 	})
 	if err != nil {
 		return nil, err
@@ -208,7 +209,7 @@ func initrdBuilder(agent string) func(ctx context.Context, kernelPath, dst strin
 
 // newVMs opens the image store and the engine under stateDir and
 // reconciles the VMs a previous daemon left.
-func newVMs(ctx context.Context, stateDir string, db *state.DB, ops *operation.Registry, interrupted map[string]bool) (*vmService, *imageMethods, error) {
+func newVMs(ctx context.Context, stateDir string, accel engine.Accel, db *state.DB, ops *operation.Registry, interrupted map[string]bool) (*vmService, *imageMethods, error) {
 	self, err := os.Executable()
 	if err != nil {
 		return nil, nil, fmt.Errorf("find this binary (the guest agent): %w", err)
@@ -220,7 +221,7 @@ func newVMs(ctx context.Context, stateDir string, db *state.DB, ops *operation.R
 	if err != nil {
 		return nil, nil, fmt.Errorf("open the image store: %w", err)
 	}
-	eng := &qemuEngine{q: &engine.QEMU{StateDir: stateDir}}
+	eng := &qemuEngine{q: &engine.QEMU{StateDir: stateDir}, accel: accel}
 	s := newVMService(db, ops, eng, &storeImages{store: store, agent: self}, filepath.Join(stateDir, "vms"))
 	if err := s.reconcile(ctx, interrupted); err != nil {
 		return nil, nil, fmt.Errorf("reconcile VMs: %w", err)

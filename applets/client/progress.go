@@ -64,6 +64,9 @@ func (sw *stageWriter) update(op api.Operation) {
 // (ctx canceled) cancels the operation and waits for its undo, so
 // nothing is left half made.
 func follow(ctx context.Context, s *session, op api.Operation, sw *stageWriter) (api.Operation, error) {
+	// The operation's id is the op id of its log records: `banger trace`
+	// shows where the time went.
+	fmt.Fprintf(sw.w, "%s %s (%s)\n", op.Kind, op.Target, op.ID)
 	sw.update(op)
 	for !op.Done() {
 		wait := api.OperationWait{ID: op.ID, TimeoutMS: int(pollEvery / time.Millisecond)}
@@ -118,6 +121,8 @@ func operationError(op api.Operation) error {
 func fmtMillis(ms float64) string {
 	d := time.Duration(ms * float64(time.Millisecond))
 	switch {
+	case d < time.Millisecond:
+		return d.Round(time.Microsecond).String()
 	case d < time.Second:
 		return d.Round(time.Millisecond).String()
 	default:

@@ -52,6 +52,11 @@ func newSandbox(t *testing.T) *sandbox {
 	s.env = append(cleanEnv(), "XDG_RUNTIME_DIR="+s.runtime, "XDG_STATE_HOME="+s.state, "TMPDIR="+dir)
 	t.Cleanup(func() {
 		s.stopDaemon()
+		// VMs outlive their daemon by design: a failed test must not leave
+		// its guests running.
+		for _, pid := range s.enginePIDs() {
+			syscall.Kill(pid, syscall.SIGKILL)
+		}
 		os.RemoveAll(dir)
 	})
 	return s

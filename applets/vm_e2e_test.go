@@ -106,7 +106,6 @@ func TestVMLifecycleOnARealGuest(t *testing.T) {
 	s.banger("vm", "create", "--name", "demo").want(t, 5)
 	s.banger("vm", "show", "ghost").want(t, 4)
 	s.banger("vm", "stop", "demo2").want(t, 5)
-	s.banger("vm", "delete", "demo").want(t, 5)
 
 	s.banger("vm", "stop", "demo").want(t, 0)
 	s.banger("vm", "show", "--json", "demo").want(t, 0).json(t, &vm)

@@ -166,9 +166,9 @@ func newVMStopCommand() *cli.Command {
 func newVMDeleteCommand() *cli.Command {
 	return &cli.Command{
 		Name:      "delete",
-		Usage:     "delete a VM: its process, disk, files and record",
+		Usage:     "delete a VM: its process (killed if it runs), disk, files and record",
 		ArgsUsage: "NAME",
-		Flags:     []cli.Flag{jsonFlag(), &cli.BoolFlag{Name: "force", Aliases: []string{"f"}, Usage: "delete a running VM too (it is killed)"}},
+		Flags:     []cli.Flag{jsonFlag(), &cli.BoolFlag{Name: "force", Aliases: []string{"f"}, Usage: "accepted for scripts; a running VM is always killed"}},
 		Action: action(func(c *cli.Context, s *session) error {
 			a, err := args(c, 1, 1)
 			if err != nil {

@@ -366,9 +366,8 @@ func (s *vmService) deleteVM(ctx context.Context, name string, force bool) (api.
 		return api.VM{}, err
 	}
 	if proc := s.proc(name); proc != nil {
-		if !force {
-			return api.VM{}, rpc.Errorf(rpc.CodeConflict, "vm %q is running; stop it first or delete with --force", name)
-		}
+		// A sandbox is disposable: deleting a running one ends it at once,
+		// as multipass delete does (stop first for a clean shutdown).
 		if err := proc.Kill(ctx); err != nil {
 			return api.VM{}, fmt.Errorf("kill vm %s: %w", name, err)
 		}

@@ -147,10 +147,7 @@ func (s *storeImages) Resolve(ctx context.Context, name string) (vmImage, error)
 	if name == imagestore.DefaultName {
 		img, err = s.store.EnsureDefault(ctx, imagestore.DefaultSpec{AgentBinary: s.agent})
 	} else {
-		img, err = s.store.Get(ctx, name)
-		if rpc.CodeOf(err) == rpc.CodeNotFound {
-			err = rpc.Errorf(rpc.CodeNotFound, "image %q not found; `banger image list` shows the images", name)
-		}
+		img, err = s.get(ctx, name)
 	}
 	if err != nil {
 		return vmImage{}, err
@@ -168,11 +165,17 @@ func (s *storeImages) Exists(ctx context.Context, name string) error {
 	if name == imagestore.DefaultName {
 		return nil
 	}
-	_, err := s.store.Get(ctx, name)
-	if rpc.CodeOf(err) == rpc.CodeNotFound {
-		return rpc.Errorf(rpc.CodeNotFound, "image %q not found; `banger image list` shows the images", name)
-	}
+	_, err := s.get(ctx, name)
 	return err
+}
+
+// get reads an image, with a not-found message that says where to look.
+func (s *storeImages) get(ctx context.Context, name string) (imagestore.Image, error) {
+	img, err := s.store.Get(ctx, name)
+	if rpc.CodeOf(err) == rpc.CodeNotFound {
+		err = rpc.Errorf(rpc.CodeNotFound, "image %q not found; `banger image list` shows the images", name)
+	}
+	return img, err
 }
 
 // prepareKernel turns a compressed kernel into the vmlinux banger boots.

@@ -357,10 +357,10 @@ func (s *vmService) delete(ctx context.Context, p api.VMDelete) (api.VM, error) 
 		return api.VM{}, err
 	}
 	defer release()
-	return s.deleteVM(ctx, p.Name, p.Force)
+	return s.deleteVM(ctx, p.Name)
 }
 
-func (s *vmService) deleteVM(ctx context.Context, name string, force bool) (api.VM, error) {
+func (s *vmService) deleteVM(ctx context.Context, name string) (api.VM, error) {
 	vm, err := s.db.GetVM(ctx, name)
 	if err != nil {
 		return api.VM{}, err
@@ -400,7 +400,7 @@ func (s *vmService) prune(ctx context.Context, _ rpc.NoParams) (api.PruneResult,
 		if err != nil {
 			continue
 		}
-		_, err = s.deleteVM(ctx, vm.Name, false)
+		_, err = s.deleteVM(ctx, vm.Name)
 		release()
 		if err != nil {
 			return res, err

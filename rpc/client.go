@@ -88,6 +88,64 @@ func exchangeConn(ctx context.Context, conn net.Conn, method string, req []byte,
 	return err
 }
 
+// Stream is a stream session (Server.Streams) after its ok response: the
+// connection, whose reads start with what the client read past the
+// response. Closing it ends the session.
+type Stream struct {
+	net.Conn
+	r io.Reader
+}
+
+func (s *Stream) Read(p []byte) (int, error) { return s.r.Read(p) }
+
+// OpenStream dials the socket and starts a stream method, decoding the
+// response's result into result. ctx bounds the start only: the open
+// session is the caller's until it closes it.
+func (c *Client) OpenStream(ctx context.Context, method string, params, result any) (*Stream, error) {
+	var d net.Dialer
+	conn, err := d.DialContext(ctx, "unix", c.Socket)
+	if err != nil {
+		if cerr := ctxErr(ctx); cerr != nil {
+			return nil, fmt.Errorf("call %s: %w", method, cerr)
+		}
+		return nil, fmt.Errorf("%w: %s: %w", ErrUnreachable, c.Socket, unwrapDial(err))
+	}
+	return OpenStreamConn(ctx, conn, method, params, result)
+}
+
+// OpenStreamConn starts a stream method on conn, a connection the caller
+// opened by other means (a yamux stream to the guest agent). On an error
+// conn is closed.
+func OpenStreamConn(ctx context.Context, conn net.Conn, method string, params, result any) (*Stream, error) {
+	req, err := encodeRequest(ctx, method, params)
+	if err != nil {
+		conn.Close()
+		return nil, err
+	}
+	stop := context.AfterFunc(ctx, func() { conn.Close() })
+	if dl, ok := ctx.Deadline(); ok {
+		conn.SetDeadline(dl)
+	}
+	_, werr := conn.Write(req)
+	rest, err := readResponse(conn, result)
+	if !stop() || ctx.Err() != nil {
+		conn.Close()
+		return nil, fmt.Errorf("call %s: %w", method, ctx.Err())
+	}
+	if err != nil {
+		conn.Close()
+		switch {
+		case isServerAnswer(err):
+			return nil, err
+		case werr != nil:
+			return nil, fmt.Errorf("call %s: write request: %w", method, werr)
+		}
+		return nil, fmt.Errorf("call %s: %w", method, err)
+	}
+	conn.SetDeadline(time.Time{})
+	return &Stream{Conn: conn, r: io.MultiReader(rest, conn)}, nil
+}
+
 // CommandClient calls a server that reads one request on its standard input
 // and answers on its standard output, a new process per call: the root
 // helper through `sudo -n banger bangerd-root --stdio`.
@@ -159,25 +217,33 @@ func encodeRequest(ctx context.Context, method string, params any) ([]byte, erro
 // decodeResponse reads one response. A server error is returned as the
 // *ErrorResponse itself so errors.As finds it without unwrapping.
 func decodeResponse(r io.Reader, result any) error {
+	_, err := readResponse(r, result)
+	return err
+}
+
+// readResponse is decodeResponse that also returns the bytes it read past
+// the response (a stream session's first frames).
+func readResponse(r io.Reader, result any) (rest io.Reader, err error) {
 	var resp Response
-	if err := json.NewDecoder(r).Decode(&resp); err != nil {
+	dec := json.NewDecoder(r)
+	if err := dec.Decode(&resp); err != nil {
 		if errors.Is(err, io.EOF) {
-			return errors.New("connection closed without a response")
+			return nil, errors.New("connection closed without a response")
 		}
-		return fmt.Errorf("read response: %w", err)
+		return nil, fmt.Errorf("read response: %w", err)
 	}
 	if !resp.OK {
 		if resp.Error == nil {
-			return &ErrorResponse{Code: CodeOperationFailed, Message: "rpc error"}
+			return nil, &ErrorResponse{Code: CodeOperationFailed, Message: "rpc error"}
 		}
-		return resp.Error
+		return nil, resp.Error
 	}
 	if result != nil && len(resp.Result) > 0 {
 		if err := json.Unmarshal(resp.Result, result); err != nil {
-			return fmt.Errorf("decode result: %w", err)
+			return nil, fmt.Errorf("decode result: %w", err)
 		}
 	}
-	return nil
+	return dec.Buffered(), nil
 }
 
 func isServerAnswer(err error) bool {

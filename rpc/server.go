@@ -25,6 +25,34 @@ type Handler func(ctx context.Context, params json.RawMessage) (any, error)
 // Methods is a server's dispatch table.
 type Methods map[string]Handler
 
+// StreamHandler starts a stream method: it checks params and prepares
+// the session. An error is answered like a Handler's. Otherwise the ok
+// response carries result, and serve then owns the connection: it reads
+// and writes the session's bytes until it returns, and the server closes
+// the connection. A nil serve ends the call after the response.
+type StreamHandler func(ctx context.Context, params json.RawMessage) (result any, serve StreamFunc, err error)
+
+// StreamFunc runs a stream session on the call's connection. Its error,
+// if any, goes to the call's record.
+type StreamFunc func(ctx context.Context, conn net.Conn) error
+
+// Streams is a server's table of stream methods.
+type Streams map[string]StreamHandler
+
+// HandleStream adapts a typed function to a StreamHandler, decoding params
+// as Handle does.
+func HandleStream[P, R any](fn func(ctx context.Context, params P) (R, StreamFunc, error)) StreamHandler {
+	return func(ctx context.Context, raw json.RawMessage) (any, StreamFunc, error) {
+		var p P
+		if len(raw) > 0 && !bytes.Equal(bytes.TrimSpace(raw), []byte("null")) {
+			if err := json.Unmarshal(raw, &p); err != nil {
+				return nil, nil, Errorf(CodeInvalidParams, "params: %v", err)
+			}
+		}
+		return fn(ctx, p)
+	}
+}
+
 // NoParams is the parameter type of methods that take none.
 type NoParams struct{}
 
@@ -95,6 +123,10 @@ func PeerFrom(ctx context.Context) (Peer, bool) {
 // peer: set Authorize.
 type Server struct {
 	Methods Methods
+	// Streams are the methods whose call goes on as a session on its
+	// connection after the response (the client's OpenStream). They are
+	// served only on connections, never over ServeStdio.
+	Streams Streams
 	// Authorize admits peers; nil admits none (fail closed).
 	Authorize PeerPolicy
 	// TrustTransport says the listener's connections were authenticated by
@@ -248,27 +280,42 @@ func (s *Server) ServeStdio(ctx context.Context, r io.Reader, w io.Writer, peer 
 
 // exchange reads, dispatches and answers one request, and writes the one
 // record of the call. The handler's context derives from base; conn, when
-// set, is watched for the peer hanging up.
+// set, is watched for the peer hanging up. A stream method goes on with
+// its session on conn after the answer; the record is written when the
+// session ends.
 func (s *Server) exchange(base context.Context, r io.Reader, w io.Writer, peer Peer, peerErr error, conn net.Conn) {
 	start := time.Now()
 	c := call{opID: NewOpID(), peer: peer}
-	resp := s.dispatch(base, &c, r, peerErr, conn)
+	resp, st := s.dispatch(base, &c, r, peerErr, conn)
 	writeResponse(w, conn, resp)
+	if st != nil {
+		s.runStream(&c, st, conn)
+	}
 	s.logCall(&c, resp, time.Since(start))
 }
 
 type call struct {
-	opID   string
-	method string
-	peer   Peer
-	panic  any
-	stack  []byte
+	opID      string
+	method    string
+	peer      Peer
+	panic     any
+	stack     []byte
+	streamErr error // how a stream session ended, if it failed
 }
 
-func (s *Server) dispatch(base context.Context, c *call, r io.Reader, peerErr error, conn net.Conn) *Response {
-	fail := func(err *ErrorResponse) *Response {
+// pendingStream is a stream method's session, to run once its ok answer
+// is written.
+type pendingStream struct {
+	ctx    context.Context
+	cancel context.CancelFunc
+	serve  StreamFunc
+	rest   io.Reader // request bytes read past the request object
+}
+
+func (s *Server) dispatch(base context.Context, c *call, r io.Reader, peerErr error, conn net.Conn) (*Response, *pendingStream) {
+	fail := func(err *ErrorResponse) (*Response, *pendingStream) {
 		err.OpID = c.opID
-		return &Response{Error: err}
+		return &Response{Error: err}, nil
 	}
 	// A peer whose credentials cannot be read is refused unheard (fail
 	// closed). Otherwise the request is read, bounded in size and time,
@@ -279,7 +326,7 @@ func (s *Server) dispatch(base context.Context, c *call, r io.Reader, peerErr er
 	if peerErr != nil {
 		return fail(Errorf(CodeUnauthorized, "cannot read peer credentials: %v", peerErr))
 	}
-	req, errResp := readRequest(r)
+	req, rest, errResp := readRequest(r)
 	if req != nil {
 		if s.AdoptOpID && ValidOpID(req.OpID) {
 			c.opID = req.OpID
@@ -296,21 +343,64 @@ func (s *Server) dispatch(base context.Context, c *call, r io.Reader, peerErr er
 		return fail(Errorf(CodeBadVersion, "protocol version %d is not supported; this server speaks version %d", req.Version, Version))
 	}
 	h, ok := s.Methods[req.Method]
-	if !ok {
+	sh, isStream := s.Streams[req.Method]
+	if isStream && conn == nil {
+		return fail(Errorf(CodeUnknownMethod, "%q is a stream method, which needs a connection of its own", c.method))
+	}
+	if !ok && !isStream {
 		return fail(Errorf(CodeUnknownMethod, "unknown method %q", c.method))
 	}
 
 	ctx, cancel := context.WithCancel(base)
-	defer cancel()
 	ctx = WithOpID(ctx, c.opID)
 	ctx = context.WithValue(ctx, peerKey{}, c.peer)
 	ctx = logging.WithOp(ctx, s.Logger, c.opID, c.method)
-	if conn != nil {
-		defer watchConn(conn, cancel)()
+	if !isStream {
+		defer cancel()
+		if conn != nil {
+			defer watchConn(conn, cancel)()
+		}
+		return s.invoke(ctx, c, h, req.Params), nil
 	}
-
-	return s.invoke(ctx, c, h, req.Params)
+	// No hang-up watch here: it would eat bytes the client sends after
+	// the request. The session notices a peer that left.
+	var serve StreamFunc
+	resp := s.invoke(ctx, c, func(ctx context.Context, params json.RawMessage) (any, error) {
+		result, fn, err := sh(ctx, params)
+		serve = fn
+		return result, err
+	}, req.Params)
+	if !resp.OK || serve == nil || ctx.Err() != nil {
+		cancel()
+		return resp, nil
+	}
+	return resp, &pendingStream{ctx: ctx, cancel: cancel, serve: serve, rest: rest}
 }
+
+// runStream hands conn to a stream method's session until it returns.
+// Ending the call's context (Shutdown) closes conn, so a session blocked
+// on it returns.
+func (s *Server) runStream(c *call, st *pendingStream, conn net.Conn) {
+	defer st.cancel()
+	conn.SetDeadline(time.Time{})
+	stop := context.AfterFunc(st.ctx, func() { conn.Close() })
+	defer stop()
+	defer func() {
+		if p := recover(); p != nil {
+			c.panic, c.stack = p, debug.Stack()
+		}
+	}()
+	c.streamErr = st.serve(st.ctx, streamConn{Reader: io.MultiReader(st.rest, conn), Conn: conn})
+}
+
+// streamConn is a stream session's connection: reads start with what the
+// server read past the request.
+type streamConn struct {
+	io.Reader
+	net.Conn
+}
+
+func (c streamConn) Read(p []byte) (int, error) { return c.Reader.Read(p) }
 
 // hangupWatchDelay is how long a call runs before its connection is
 // watched for the peer hanging up. Most calls end sooner, and watching
@@ -395,26 +485,28 @@ func logSafe(method string) string {
 	return method[:maxLoggedMethod] + "..."
 }
 
-// readRequest decodes one request of at most MaxRequestSize bytes.
-func readRequest(r io.Reader) (*Request, *ErrorResponse) {
+// readRequest decodes one request of at most MaxRequestSize bytes, and
+// returns the bytes it read past it too (a stream session's first frames).
+func readRequest(r io.Reader) (*Request, io.Reader, *ErrorResponse) {
 	lr := &io.LimitedReader{R: r, N: MaxRequestSize + 1}
 	var req Request
-	err := json.NewDecoder(lr).Decode(&req)
+	dec := json.NewDecoder(lr)
+	err := dec.Decode(&req)
 	switch {
 	case err == nil:
 	case lr.N <= 0:
-		return nil, Errorf(CodeBadRequest, "request larger than %d bytes", MaxRequestSize)
+		return nil, nil, Errorf(CodeBadRequest, "request larger than %d bytes", MaxRequestSize)
 	case errors.Is(err, io.EOF):
-		return nil, Errorf(CodeBadRequest, "empty request")
+		return nil, nil, Errorf(CodeBadRequest, "empty request")
 	case isTimeout(err):
-		return nil, Errorf(CodeBadRequest, "request not received in time")
+		return nil, nil, Errorf(CodeBadRequest, "request not received in time")
 	default:
-		return nil, Errorf(CodeBadRequest, "request is not one JSON object: %v", err)
+		return nil, nil, Errorf(CodeBadRequest, "request is not one JSON object: %v", err)
 	}
 	if req.Method == "" {
-		return nil, Errorf(CodeBadRequest, "request has no method")
+		return nil, nil, Errorf(CodeBadRequest, "request has no method")
 	}
-	return &req, nil
+	return &req, dec.Buffered(), nil
 }
 
 func isTimeout(err error) bool {
@@ -454,6 +546,9 @@ func (s *Server) logCall(c *call, resp *Response, d time.Duration) {
 	}
 	e = e.Str("op_id", c.opID).Str("method", c.method).Float64("duration_ms", logging.Millis(d)).
 		Uint32("uid", c.peer.UID).Int32("pid", c.peer.PID)
+	if c.streamErr != nil {
+		e = e.AnErr("session_error", c.streamErr)
+	}
 	if resp.OK {
 		e.Msg(msgOK)
 		return

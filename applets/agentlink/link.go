@@ -188,6 +188,24 @@ func (l *Link) Call(ctx context.Context, method string, params, result any) erro
 	return rpc.CallConn(ctx, stream, method, params, result)
 }
 
+// OpenSession starts a stream method (agent.exec, agent.untar) on a
+// stream of its own and returns the stream, which then carries session
+// frames. ctx bounds the start only.
+func (l *Link) OpenSession(ctx context.Context, method string, params any) (*rpc.Stream, error) {
+	stream, err := l.session.OpenStream()
+	if err != nil {
+		return nil, fmt.Errorf("call %s: open a stream to the agent: %w", method, err)
+	}
+	return rpc.OpenStreamConn(ctx, stream, method, params, nil)
+}
+
+// Ports lists the guest's listening sockets.
+func (l *Link) Ports(ctx context.Context) ([]Port, error) {
+	var r PortsResult
+	err := l.Call(ctx, MethodPorts, nil, &r)
+	return r.Ports, err
+}
+
 // Ping asks the agent how it is.
 func (l *Link) Ping(ctx context.Context) (PingResult, error) {
 	var r PingResult

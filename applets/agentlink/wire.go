@@ -71,11 +71,28 @@ type Hello struct {
 // AgentName is Hello.Agent.
 const AgentName = "banger"
 
-// Agent methods.
+// Agent methods. Exec and Untar are stream methods: after the response
+// the stream carries session frames (package session).
 const (
 	MethodPing     = "agent.ping"
 	MethodPowerOff = "agent.poweroff"
+	MethodPorts    = "agent.ports"
+	MethodExec     = "agent.exec"  // params session.Exec
+	MethodUntar    = "agent.untar" // params session.Untar
 )
+
+// Port is a listening socket in the guest (agent.ports).
+type Port struct {
+	Proto   string `json:"proto"`   // "tcp" or "tcp6"
+	Address string `json:"address"` // the bound address, e.g. "0.0.0.0"
+	Port    int    `json:"port"`
+}
+
+// PortsResult answers agent.ports, sorted by port, then proto and
+// address.
+type PortsResult struct {
+	Ports []Port `json:"ports"`
+}
 
 // PingResult answers agent.ping.
 type PingResult struct {

@@ -25,7 +25,7 @@ func Table(build api.Build) *registry.Table {
 		Run: func(args []string) int { return agent.Main(build, args) }})
 	t.Register(registry.Applet{Name: api.AppletClient, Summary: "the command line",
 		Run: func(args []string) int {
-			return client.Main(client.Env{Build: build, Applets: t.Names(), Stdout: os.Stdout, Stderr: os.Stderr}, args)
+			return client.Main(client.Env{Build: build, Applets: t.Names(), Stdin: os.Stdin, Stdout: os.Stdout, Stderr: os.Stderr}, args)
 		}})
 	return t
 }

@@ -1,6 +1,8 @@
 package agentlink
 
 import (
+	"banger/applets/api"
+
 	"bytes"
 	"encoding/hex"
 )
@@ -81,12 +83,9 @@ const (
 	MethodUntar    = "agent.untar" // params session.Untar
 )
 
-// Port is a listening socket in the guest (agent.ports).
-type Port struct {
-	Proto   string `json:"proto"`   // "tcp" or "tcp6"
-	Address string `json:"address"` // the bound address, e.g. "0.0.0.0"
-	Port    int    `json:"port"`
-}
+// Port is a listening socket in the guest (agent.ports); the daemon
+// passes it on to the client as it is.
+type Port = api.GuestPort
 
 // PortsResult answers agent.ports, sorted by port, then proto and
 // address.

@@ -56,23 +56,26 @@ type VMCreate struct {
 	MemoryMiB int    `json:"memory_mib,omitempty"`
 	DiskMiB   int    `json:"disk_mib,omitempty"` // 0: the image's size
 	NoStart   bool   `json:"no_start,omitempty"`
+	// Publish forwards host ports to the guest (user-mode networking).
+	Publish []PortForward `json:"publish,omitempty"`
 }
 
 // VM is a VM as the daemon reports it.
 type VM struct {
-	ID          string    `json:"id"`
-	Name        string    `json:"name"`
-	Image       string    `json:"image"`
-	State       string    `json:"state"`
-	CPUs        int       `json:"cpus"`
-	MemoryMiB   int       `json:"memory_mib"`
-	DiskMiB     int       `json:"disk_mib"`
-	Network     string    `json:"network"`
-	Created     time.Time `json:"created"`
-	LastError   string    `json:"last_error,omitempty"`
-	PID         int       `json:"pid,omitempty"`
-	BootID      string    `json:"boot_id,omitempty"`
-	InstanceDir string    `json:"instance_dir"`
+	ID          string        `json:"id"`
+	Name        string        `json:"name"`
+	Image       string        `json:"image"`
+	State       string        `json:"state"`
+	CPUs        int           `json:"cpus"`
+	MemoryMiB   int           `json:"memory_mib"`
+	DiskMiB     int           `json:"disk_mib"`
+	Network     string        `json:"network"`
+	Created     time.Time     `json:"created"`
+	LastError   string        `json:"last_error,omitempty"`
+	PID         int           `json:"pid,omitempty"`
+	BootID      string        `json:"boot_id,omitempty"`
+	InstanceDir string        `json:"instance_dir"`
+	Ports       []PortForward `json:"ports,omitempty"`
 }
 
 // VMRef names a VM.

@@ -30,6 +30,7 @@ import (
 type Env struct {
 	Build   api.Build
 	Applets []string
+	Stdin   io.Reader
 	Stdout  io.Writer
 	Stderr  io.Writer
 }
@@ -40,9 +41,14 @@ func Main(env Env, args []string) int {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	app := newApp(env)
+	app.Metadata[argsKey] = args
 	err := app.RunContext(ctx, args)
 	if err == nil {
 		return ExitOK
+	}
+	var status exitStatus
+	if errors.As(err, &status) {
+		return int(status)
 	}
 	code, exit := classifyRun(err)
 	printError(env.Stderr, wantJSON(args), code, err)
@@ -79,7 +85,16 @@ func newApp(env Env) *cli.App {
 	}
 }
 
-const envKey = "env"
+const (
+	envKey  = "env"
+	argsKey = "args"
+)
+
+// exitStatus ends the client with a command's own exit status (vm exec,
+// vm run), printing nothing: the command said what it had to.
+type exitStatus int
+
+func (e exitStatus) Error() string { return fmt.Sprintf("exit status %d", int(e)) }
 
 func globalFlags() []cli.Flag {
 	return []cli.Flag{

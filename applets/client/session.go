@@ -65,6 +65,20 @@ func (s *session) call(ctx context.Context, method string, params, result any) e
 	return s.unreachable(s.client().Call(ctx, method, params, result))
 }
 
+// stream opens a session (vm.exec, vm.copy) on the daemon's stream
+// socket, starting the daemon first when it is not running.
+func (s *session) stream(ctx context.Context, method string, params any) (*rpc.Stream, error) {
+	c := &rpc.Client{Socket: dirs.StreamSocket(s.socket)}
+	st, err := c.OpenStream(ctx, method, params, nil)
+	if errors.Is(err, rpc.ErrUnreachable) && s.autostart {
+		if err := s.startDaemon(ctx); err != nil {
+			return nil, err
+		}
+		st, err = c.OpenStream(ctx, method, params, nil)
+	}
+	return st, s.unreachable(err)
+}
+
 // callRunning calls the daemon only if it is already running.
 func (s *session) callRunning(ctx context.Context, method string, params, result any) error {
 	return s.unreachable(s.client().Call(ctx, method, params, result))

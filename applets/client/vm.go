@@ -30,6 +30,11 @@ func newVMCommand() *cli.Command {
 			newVMListCommand(),
 			newVMRefCommand("show", "show one VM", api.MethodVMShow),
 			newVMLogsCommand(),
+			newVMRunCommand(),
+			newVMExecCommand(),
+			newVMShellCommand(),
+			newVMPortsCommand(),
+			newVMPortCommand(),
 		},
 	}
 }
@@ -38,30 +43,20 @@ func newVMCreateCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "create",
 		Usage: "create a VM and boot it (stages on stderr; the VM's name on stdout)",
-		Flags: []cli.Flag{
+		Flags: append(vmShapeFlags(),
 			jsonFlag(),
-			&cli.StringFlag{Name: "name", Usage: "the VM's `NAME`, a DNS label (default: generated)"},
-			&cli.StringFlag{Name: "image", Value: api.DefaultImage, Usage: "the `IMAGE` to boot (default: assembled from this host's kernel and busybox on first use)"},
-			&cli.IntFlag{Name: "cpus", Value: api.DefaultCPUs, Usage: "virtual CPUs"},
-			&cli.StringFlag{Name: "memory", Value: strconv.Itoa(api.DefaultMemoryMiB) + "M", Usage: "memory `SIZE` (M or G; a plain number is MiB)"},
-			&cli.StringFlag{Name: "disk-size", Usage: "the VM's disk `SIZE` (M or G; default: the image's size)"},
 			&cli.BoolFlag{Name: "no-start", Usage: "create the VM but do not boot it"},
 			&cli.BoolFlag{Name: "quiet", Aliases: []string{"q"}, Usage: "do not show stages"},
-		},
+		),
 		Action: action(func(c *cli.Context, s *session) error {
 			if _, err := args(c, 0, 0); err != nil {
 				return err
 			}
-			p := api.VMCreate{Name: c.String("name"), Image: c.String("image"), CPUs: c.Int("cpus"), NoStart: c.Bool("no-start")}
-			var err error
-			if p.MemoryMiB, err = parseMiB("--memory", c.String("memory")); err != nil {
+			p, err := createParams(c)
+			if err != nil {
 				return err
 			}
-			if c.String("disk-size") != "" {
-				if p.DiskMiB, err = parseMiB("--disk-size", c.String("disk-size")); err != nil {
-					return err
-				}
-			}
+			p.NoStart = c.Bool("no-start")
 			vm, err := runVMOperation(c, s, api.MethodVMCreateBegin, p)
 			if err != nil {
 				return err

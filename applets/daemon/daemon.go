@@ -17,6 +17,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/rs/zerolog"
 	"github.com/urfave/cli/v2"
 	"golang.org/x/sys/unix"
 
@@ -105,8 +106,11 @@ func run(ctx context.Context, build api.Build, o options) error {
 	} else if err := os.MkdirAll(filepath.Dir(o.socket), 0o700); err != nil {
 		return fail(service.ExitFailed, err)
 	}
-	if err := dirs.CheckSocketPath(o.socket); err != nil {
-		return fail(service.ExitUsage, err)
+	streamSocket := dirs.StreamSocket(o.socket)
+	for _, sock := range []string{o.socket, streamSocket} {
+		if err := dirs.CheckSocketPath(sock); err != nil {
+			return fail(service.ExitUsage, err)
+		}
 	}
 	unlock, err := lock(o.socket + dirs.LockSuffix)
 	if err != nil {
@@ -124,6 +128,12 @@ func run(ctx context.Context, build api.Build, o options) error {
 	if err != nil {
 		return fail(service.ExitConflict, err)
 	}
+	defer ln.Close()
+	streamLn, err := rpc.Listen(streamSocket, 0o600)
+	if err != nil {
+		return fail(service.ExitConflict, err)
+	}
+	defer streamLn.Close()
 	accel, err := engine.ParseAccel(o.accel)
 	if err != nil {
 		return fail(service.ExitUsage, err)
@@ -144,16 +154,16 @@ func run(ctx context.Context, build api.Build, o options) error {
 		return fail(service.ExitFailed, err)
 	}
 	defer d.vms.shutdown()
-	srv := &rpc.Server{
-		Methods:   d.methods(),
-		Authorize: rpc.AllowUIDs(uint32(os.Getuid()), 0),
-		Logger:    log,
-	}
+	authorize := rpc.AllowUIDs(uint32(os.Getuid()), 0)
+	srv := &rpc.Server{Methods: d.methods(), Authorize: authorize, Logger: log}
+	streams := &rpc.Server{Streams: d.streams(), Authorize: authorize, Logger: log,
+		CallLog: rpc.CallLog{Completed: "session ended", Failed: "session failed", Level: zerolog.InfoLevel}}
 
 	ctx, stopSignals := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)
 	defer stopSignals()
-	serveErr := make(chan error, 1)
+	serveErr := make(chan error, 2)
 	go func() { serveErr <- srv.Serve(ln) }()
+	go func() { serveErr <- streams.Serve(streamLn) }()
 	log.Info().Str("socket", o.socket).Str("state_dir", o.stateDir).Int("pid", os.Getpid()).
 		Str("version", build.String()).Str("helper", helper.Describe()).Msg("daemon serving")
 
@@ -167,6 +177,11 @@ func run(ctx context.Context, build api.Build, o options) error {
 		log.Error().Err(err).Msg("serve failed")
 		reason = "serve failed"
 	}
+	// Sessions end at once: the commands they run are in VMs that outlive
+	// the daemon, and their clients see the session end without an exit.
+	ended, endNow := context.WithCancel(context.Background())
+	endNow()
+	streams.Shutdown(ended)
 	shutdownCtx, cancel := context.WithTimeout(context.Background(), ShutdownGrace)
 	defer cancel()
 	if err := srv.Shutdown(shutdownCtx); err != nil {
@@ -178,6 +193,7 @@ func run(ctx context.Context, build api.Build, o options) error {
 		log.Warn().Err(err).Msg("operations still undoing at shutdown were abandoned")
 	}
 	ln.Close() // removes the socket file
+	streamLn.Close()
 	log.Info().Str("reason", reason).Msg("daemon stopped")
 	return nil
 }

@@ -26,6 +26,7 @@ func (d *daemon) methods() rpc.Methods {
 		api.MethodVMList:         rpc.Handle(d.vms.list),
 		api.MethodVMShow:         rpc.Handle(d.vms.show),
 		api.MethodVMLogs:         rpc.Handle(d.vms.logs),
+		api.MethodVMPorts:        rpc.Handle(d.vms.ports),
 
 		api.MethodImageImport: rpc.Handle(d.images.importImage),
 		api.MethodImageList:   rpc.Handle(d.images.list),
@@ -40,6 +41,14 @@ func (d *daemon) methods() rpc.Methods {
 		api.MethodPing:     rpc.Handle(d.ping),
 		api.MethodShutdown: rpc.Handle(d.shutdown),
 		api.MethodVersion:  rpc.Handle(d.version),
+	}
+}
+
+// streams is the dispatch table of the stream socket.
+func (d *daemon) streams() rpc.Streams {
+	return rpc.Streams{
+		api.MethodVMExec: rpc.HandleStream(d.vms.exec),
+		api.MethodVMCopy: rpc.HandleStream(d.vms.copyIn),
 	}
 }
 

@@ -2,7 +2,10 @@ package daemon
 
 import (
 	"context"
+	"net"
 	"time"
+
+	"banger/applets/api"
 )
 
 // What the VM service needs of the engine, the image store and the guest
@@ -44,6 +47,11 @@ type vmProcess interface {
 	Shutdown(ctx context.Context) error
 	// Kill ends the process at once and waits for it.
 	Kill(ctx context.Context) error
+	// OpenSession starts a stream method of the guest agent (agent.exec,
+	// agent.untar) and returns its stream, carrying session frames.
+	OpenSession(ctx context.Context, method string, params any) (net.Conn, error)
+	// GuestPorts lists what listens in the guest.
+	GuestPorts(ctx context.Context) ([]api.GuestPort, error)
 	Close() error
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -12,6 +13,7 @@ import (
 
 	"banger/applets/agent/boot"
 	"banger/applets/agentlink"
+	"banger/applets/api"
 	"banger/applets/daemon/engine"
 	"banger/applets/daemon/imagestore"
 	"banger/applets/daemon/kernel"
@@ -122,6 +124,32 @@ func (p *qemuProcess) Kill(ctx context.Context) error {
 		return nil
 	}
 	return err
+}
+
+// agent is the VM's agent link, once the guest has been ready.
+func (p *qemuProcess) agent() (*agentlink.Link, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.link == nil {
+		return nil, rpc.Errorf(rpc.CodeUnavailable, "the VM's agent is not connected (restart the VM)")
+	}
+	return p.link, nil
+}
+
+func (p *qemuProcess) OpenSession(ctx context.Context, method string, params any) (net.Conn, error) {
+	link, err := p.agent()
+	if err != nil {
+		return nil, err
+	}
+	return link.OpenSession(ctx, method, params)
+}
+
+func (p *qemuProcess) GuestPorts(ctx context.Context) ([]api.GuestPort, error) {
+	link, err := p.agent()
+	if err != nil {
+		return nil, err
+	}
+	return link.Ports(ctx)
 }
 
 func (p *qemuProcess) Close() error {

@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"syscall"
 )
 
@@ -54,6 +55,13 @@ func State() string {
 // DefaultSocket is the user-mode daemon's socket path.
 func DefaultSocket() string {
 	return filepath.Join(Runtime(), DaemonSocket)
+}
+
+// StreamSocket is the path of the daemon's stream socket, beside its
+// rpc socket: exec and copy sessions, which go on after the response
+// (PROTOCOL.md's socket carries one request and one response only).
+func StreamSocket(daemonSocket string) string {
+	return strings.TrimSuffix(daemonSocket, ".sock") + "-stream.sock"
 }
 
 // EnsurePrivate creates dir (and its parents) if needed and makes sure it

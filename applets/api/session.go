@@ -1,0 +1,59 @@
+package api
+
+import "banger/applets/session"
+
+// Methods of the daemon's stream socket (dirs.StreamSocket): their call
+// goes on as a session (package session) after the response.
+const (
+	MethodVMExec = "vm.exec" // params VMExec
+	MethodVMCopy = "vm.copy" // params VMCopy; the session's input is a tar stream
+)
+
+// Port methods (the rpc socket).
+const (
+	MethodVMPorts      = "vm.ports"
+	MethodVMPortAdd    = "vm.port.add"
+	MethodVMPortRemove = "vm.port.remove"
+)
+
+// VMExec is the params of vm.exec: a command to run in a running VM.
+type VMExec struct {
+	Name string `json:"name"`
+	session.Exec
+}
+
+// VMCopy is the params of vm.copy: the session's input, a tar stream, is
+// unpacked into Dir (absolute) in the VM.
+type VMCopy struct {
+	Name string `json:"name"`
+	Dir  string `json:"dir"`
+}
+
+// GuestPort is a listening socket in a guest.
+type GuestPort struct {
+	Proto   string `json:"proto"`   // "tcp" or "tcp6"
+	Address string `json:"address"` // the bound address, e.g. "0.0.0.0"
+	Port    int    `json:"port"`
+}
+
+// PortForward publishes a guest port on the host: connections to
+// HostAddr:HostPort reach the guest's GuestPort.
+type PortForward struct {
+	Proto     string `json:"proto"`               // "tcp"
+	HostAddr  string `json:"host_addr,omitempty"` // default 127.0.0.1
+	HostPort  int    `json:"host_port"`
+	GuestPort int    `json:"guest_port"`
+}
+
+// VMPort is the params of vm.port.add and vm.port.remove.
+type VMPort struct {
+	Name string `json:"name"`
+	PortForward
+}
+
+// VMPorts answers vm.ports: what listens in the guest and what the host
+// publishes.
+type VMPorts struct {
+	Listening []GuestPort   `json:"listening"`
+	Published []PortForward `json:"published"`
+}

@@ -1,0 +1,186 @@
+package client
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+
+	"github.com/urfave/cli/v2"
+	"golang.org/x/term"
+
+	"banger/applets/api"
+	sess "banger/applets/session"
+)
+
+// Commands that run something in a VM: vm exec and vm shell. Their exit
+// status is the command's own; a command killed by a signal gives 128+N,
+// as in a shell.
+
+func newVMExecCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "exec",
+		Usage:     "run a command in a running VM; exits with the command's status",
+		ArgsUsage: "NAME -- COMMAND [ARG...]",
+		Flags: []cli.Flag{
+			&cli.BoolFlag{Name: "tty", Aliases: []string{"t"}, Usage: "run the command on a terminal (needs one here)"},
+			&cli.StringFlag{Name: "workdir", Aliases: []string{"w"}, Usage: "the command's working `DIR` in the VM (default /root)"},
+			&cli.StringSliceFlag{Name: "env", Aliases: []string{"e"}, Usage: "set `K=V` in the command's environment (repeatable)"},
+		},
+		Action: action(func(c *cli.Context, s *session) error {
+			pos, cmd, err := splitCommand(c, 1, 1)
+			if err != nil {
+				return err
+			}
+			if len(cmd) == 0 {
+				return usageError(fmt.Errorf("no command: usage: %s [flags] %s", c.Command.HelpName, c.Command.ArgsUsage))
+			}
+			p := api.VMExec{Name: pos[0], Exec: sess.Exec{Argv: cmd, Dir: c.String("workdir"), TTY: c.Bool("tty")}}
+			if p.Env, err = envFlags(c); err != nil {
+				return err
+			}
+			return runExec(c, s, p)
+		}),
+	}
+}
+
+func newVMShellCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "shell",
+		Usage:     "open a login shell in a running VM (on a terminal when there is one here)",
+		ArgsUsage: "NAME",
+		Flags: []cli.Flag{
+			&cli.StringFlag{Name: "workdir", Aliases: []string{"w"}, Usage: "the shell's working `DIR` in the VM (default /root)"},
+			&cli.StringSliceFlag{Name: "env", Aliases: []string{"e"}, Usage: "set `K=V` in the shell's environment (repeatable)"},
+		},
+		Action: action(func(c *cli.Context, s *session) error {
+			a, err := args(c, 1, 1)
+			if err != nil {
+				return err
+			}
+			p := api.VMExec{Name: a[0], Exec: shellExec(c, c.String("workdir"))}
+			if p.Env, err = envFlags(c); err != nil {
+				return err
+			}
+			return runExec(c, s, p)
+		}),
+	}
+}
+
+// shellExec is a login shell in dir, on a PTY when this side has a
+// terminal; without one (a script piping commands) it reads its input.
+func shellExec(c *cli.Context, dir string) sess.Exec {
+	return sess.Exec{Shell: true, Dir: dir, TTY: isTerminal(envOf(c).Stdin) && isTerminal(envOf(c).Stdout)}
+}
+
+// envFlags checks the --env values.
+func envFlags(c *cli.Context) ([]string, error) {
+	env := c.StringSlice("env")
+	for _, kv := range env {
+		if k, _, ok := strings.Cut(kv, "="); !ok || k == "" {
+			return nil, usageError(fmt.Errorf("--env %q: want K=V", kv))
+		}
+	}
+	return env, nil
+}
+
+// splitCommand splits the arguments at "--" into positional ones (min to
+// max of them) and the command after it. urfave/cli drops a "--" that
+// comes before any argument, so then everything is the command.
+func splitCommand(c *cli.Context, min, max int) (pos, cmd []string, err error) {
+	a := c.Args().Slice()
+	i := -1
+	for j, arg := range a {
+		if arg == "--" {
+			i = j
+			break
+		}
+	}
+	switch {
+	case i >= 0:
+		pos, cmd = a[:i], a[i+1:]
+	case dashDashConsumed(c):
+		cmd = a
+	default:
+		pos = a
+	}
+	for _, arg := range pos {
+		if strings.HasPrefix(arg, "-") && len(arg) > 1 {
+			return nil, nil, usageError(fmt.Errorf("flag %s after an argument: put flags first (%s [flags] %s)", arg, c.Command.HelpName, c.Command.ArgsUsage))
+		}
+	}
+	if len(pos) < min || len(pos) > max {
+		return nil, nil, usageError(fmt.Errorf("usage: %s [flags] %s", c.Command.HelpName, c.Command.ArgsUsage))
+	}
+	return pos, cmd, nil
+}
+
+// dashDashConsumed reports whether the command line had a "--" that the
+// flag parser took: one that is not among the command's arguments.
+func dashDashConsumed(c *cli.Context) bool {
+	raw, _ := c.App.Metadata[argsKey].([]string)
+	for _, a := range raw {
+		if a == "--" {
+			return true
+		}
+	}
+	return false
+}
+
+// runExec runs p in the VM with this process's standard streams and ends
+// the client with the command's status.
+func runExec(c *cli.Context, s *session, p api.VMExec) error {
+	env := envOf(c)
+	if p.TTY {
+		if !isTerminal(env.Stdin) {
+			return usageError(errors.New("--tty needs a terminal on standard input"))
+		}
+		if w, h, err := term.GetSize(fdOf(env.Stdin)); err == nil {
+			p.Window = &sess.WindowSize{Rows: uint16(h), Cols: uint16(w)}
+		}
+		if t := os.Getenv("TERM"); t != "" {
+			p.Env = append([]string{"TERM=" + t}, p.Env...)
+		}
+	}
+	st, err := runSession(c, s, api.MethodVMExec, p, env.Stdin, env.Stdout, p.TTY)
+	if err != nil {
+		return err
+	}
+	if st.Error != "" {
+		fmt.Fprintf(env.Stderr, "banger: %s\n", st.Error)
+	}
+	if st.Code != 0 {
+		return exitStatus(st.Code)
+	}
+	return nil
+}
+
+// runSession opens a session and drives it with stdin and stdout (and the
+// client's stderr), the terminal in raw mode when tty is set, restored on
+// every way out.
+func runSession(c *cli.Context, s *session, method string, params any, stdin io.Reader, stdout io.Writer, tty bool) (sess.ExitStatus, error) {
+	env := envOf(c)
+	conn, err := s.stream(c.Context, method, params)
+	if err != nil {
+		return sess.ExitStatus{}, err
+	}
+	stdio := sess.Stdio{Stdin: stdin, Stdout: stdout, Stderr: env.Stderr}
+	var t *terminal
+	if tty {
+		if t, err = makeRaw(stdin); err != nil {
+			conn.Close()
+			return sess.ExitStatus{}, err
+		}
+		defer t.restore()
+		stdio.Resize = t.resizes()
+	}
+	sig := forwardSignals(conn, tty)
+	defer sig.stop()
+	stdio.Signal = sig.forward
+	st, err := sess.Run(conn, stdio)
+	if n := sig.interrupted(); err != nil && n != 0 {
+		return sess.ExitStatus{}, exitStatus(128 + n)
+	}
+	return st, err
+}

@@ -1,0 +1,116 @@
+package client
+
+import (
+	"fmt"
+	"io"
+	"net"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/urfave/cli/v2"
+
+	"banger/applets/api"
+)
+
+// Ports: what listens in a VM, and the host ports forwarded to it.
+
+func newVMPortsCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "ports",
+		Usage:     "list a running VM's listening TCP ports and its published ports",
+		ArgsUsage: "NAME",
+		Flags:     []cli.Flag{jsonFlag()},
+		Action: action(func(c *cli.Context, s *session) error {
+			a, err := args(c, 1, 1)
+			if err != nil {
+				return err
+			}
+			var res api.VMPorts
+			if err := s.call(c.Context, api.MethodVMPorts, api.VMRef{Name: a[0]}, &res); err != nil {
+				return err
+			}
+			return output(c, res, func(w io.Writer) {
+				published := map[int]string{}
+				for _, f := range res.Published {
+					published[f.GuestPort] = net.JoinHostPort(f.HostAddr, strconv.Itoa(f.HostPort))
+				}
+				tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+				fmt.Fprintln(tw, "PROTO\tADDRESS\tPORT\tPUBLISHED")
+				for _, p := range res.Listening {
+					fmt.Fprintf(tw, "%s\t%s\t%d\t%s\n", p.Proto, p.Address, p.Port, published[p.Port])
+				}
+				tw.Flush()
+			})
+		}),
+	}
+}
+
+func newVMPortCommand() *cli.Command {
+	change := func(name, usage, method string) *cli.Command {
+		return &cli.Command{
+			Name:      name,
+			Usage:     usage,
+			ArgsUsage: "NAME HOST:GUEST",
+			Flags:     []cli.Flag{jsonFlag()},
+			Action: action(func(c *cli.Context, s *session) error {
+				a, err := args(c, 2, 2)
+				if err != nil {
+					return err
+				}
+				f, err := parsePublish(a[1])
+				if err != nil {
+					return err
+				}
+				var vm api.VM
+				if err := s.call(c.Context, method, api.VMPort{Name: a[0], PortForward: f}, &vm); err != nil {
+					return err
+				}
+				return output(c, vm, func(w io.Writer) {})
+			}),
+		}
+	}
+	return &cli.Command{
+		Name:  "port",
+		Usage: "change a VM's published ports (also while it runs)",
+		Subcommands: []*cli.Command{
+			change("add", "forward 127.0.0.1:HOST to the VM's TCP port GUEST", api.MethodVMPortAdd),
+			change("remove", "stop forwarding HOST (GUEST must match)", api.MethodVMPortRemove),
+		},
+	}
+}
+
+// parsePublish reads [ADDR:]HOST:GUEST[/tcp], as docker's -p takes it;
+// ADDR defaults to 127.0.0.1 (user-mode networking publishes on loopback).
+func parsePublish(spec string) (api.PortForward, error) {
+	bad := func(why string) (api.PortForward, error) {
+		return api.PortForward{}, usageError(fmt.Errorf("--publish %q: %s; want HOST:GUEST, e.g. 8080:80", spec, why))
+	}
+	s, proto, _ := strings.Cut(spec, "/")
+	if proto == "" {
+		proto = "tcp"
+	}
+	if proto != "tcp" {
+		return bad("only tcp is supported")
+	}
+	f := api.PortForward{Proto: proto, HostAddr: "127.0.0.1"}
+	i := strings.LastIndex(s, ":")
+	if i < 0 {
+		return bad("no ':'")
+	}
+	host, guest := s[:i], s[i+1:]
+	if j := strings.LastIndex(host, ":"); j >= 0 {
+		f.HostAddr, host = strings.Trim(host[:j], "[]"), host[j+1:]
+		if ip := net.ParseIP(f.HostAddr); ip == nil || !ip.IsLoopback() {
+			return bad("the host address must be a loopback address")
+		}
+	}
+	var err error
+	if f.HostPort, err = strconv.Atoi(host); err != nil || f.HostPort < 1 || f.HostPort > 65535 {
+		return bad("bad host port")
+	}
+	if f.GuestPort, err = strconv.Atoi(guest); err != nil || f.GuestPort < 1 || f.GuestPort > 65535 {
+		return bad("bad guest port")
+	}
+	return f, nil
+}

@@ -1,0 +1,187 @@
+package client
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"strconv"
+	"time"
+
+	"github.com/urfave/cli/v2"
+
+	"banger/applets/api"
+	sess "banger/applets/session"
+)
+
+// vm run: banger's main job. A fresh VM, the workspace copied in, then a
+// shell or one command, whose status becomes banger's.
+
+func newVMRunCommand() *cli.Command {
+	return &cli.Command{
+		Name:  "run",
+		Usage: "create a VM, copy a workspace in, and run a command or open a shell there",
+		ArgsUsage: "[PATH] [-- COMMAND [ARG...]]\n\n" +
+			"   With no PATH and no COMMAND: a shell in a fresh VM.\n" +
+			"   PATH in a git work tree: its tracked files are copied to /root/REPO (--include-untracked\n" +
+			"   adds untracked files that are not ignored); any other directory is copied whole.\n" +
+			"   The shell or COMMAND starts there; banger exits with COMMAND's status.",
+		Flags: append(vmShapeFlags(),
+			&cli.BoolFlag{Name: "rm", Usage: "delete the VM when the command or shell ends (also on Ctrl-C)"},
+			&cli.BoolFlag{Name: "detach", Aliases: []string{"d"}, Usage: "create the VM, copy the workspace, print the VM's name and leave it running"},
+			&cli.BoolFlag{Name: "include-untracked", Usage: "also copy untracked files that git does not ignore"},
+			&cli.StringSliceFlag{Name: "env", Aliases: []string{"e"}, Usage: "set `K=V` in the command's environment (repeatable)"},
+			&cli.BoolFlag{Name: "quiet", Aliases: []string{"q"}, Usage: "do not show stages"},
+		),
+		Action: action(vmRun),
+	}
+}
+
+func vmRun(c *cli.Context, s *session) error {
+	pos, cmd, err := splitCommand(c, 0, 1)
+	if err != nil {
+		return err
+	}
+	detach, rm := c.Bool("detach"), c.Bool("rm")
+	switch {
+	case detach && rm:
+		return usageError(errors.New("--detach and --rm contradict each other: a detached VM stays; delete it later with `banger vm delete`"))
+	case detach && len(cmd) > 0:
+		return usageError(errors.New("--detach runs no command: drop the command, then use `banger vm exec NAME -- COMMAND`"))
+	}
+	env, err := envFlags(c)
+	if err != nil {
+		return err
+	}
+	create, err := createParams(c)
+	if err != nil {
+		return err
+	}
+	// The workspace is listed before the VM exists: a bad path costs no
+	// boot.
+	var ws *workspace
+	if len(pos) == 1 {
+		if ws, err = openWorkspace(pos[0], c.Bool("include-untracked")); err != nil {
+			return err
+		}
+	}
+
+	vm, err := runVMOperation(c, s, api.MethodVMCreateBegin, create)
+	if err != nil {
+		return err
+	}
+	if rm {
+		// Deleting must happen even when Ctrl-C canceled the command's
+		// context.
+		defer deleteAfterRun(c, s, vm.Name)
+	}
+	sw := newStageWriter(c.App.ErrWriter, c.Bool("quiet"))
+	dir := ""
+	if ws != nil {
+		if err := copyWorkspace(c, s, vm.Name, ws, sw.w); err != nil {
+			return err
+		}
+		dir = ws.workdir()
+	}
+	if detach {
+		fmt.Fprintln(c.App.Writer, vm.Name)
+		return nil
+	}
+	p := api.VMExec{Name: vm.Name, Exec: sess.Exec{Argv: cmd, Dir: dir, Env: env}}
+	if len(cmd) == 0 {
+		p.Exec = shellExec(c, dir)
+		p.Env = env
+	}
+	return runExec(c, s, p)
+}
+
+// vmShapeFlags are the flags that say what VM to make, shared by vm
+// create and vm run.
+func vmShapeFlags() []cli.Flag {
+	return []cli.Flag{
+		&cli.StringFlag{Name: "name", Usage: "the VM's `NAME`, a DNS label (default: generated)"},
+		&cli.StringFlag{Name: "image", Value: api.DefaultImage, Usage: "the `IMAGE` to boot (default: assembled from this host's kernel and busybox on first use)"},
+		&cli.IntFlag{Name: "cpus", Value: api.DefaultCPUs, Usage: "virtual CPUs"},
+		&cli.StringFlag{Name: "memory", Value: strconv.Itoa(api.DefaultMemoryMiB) + "M", Usage: "memory `SIZE` (M or G; a plain number is MiB)"},
+		&cli.StringFlag{Name: "disk-size", Usage: "the VM's disk `SIZE` (M or G; default: the image's size)"},
+		&cli.StringSliceFlag{Name: "publish", Aliases: []string{"p"}, Usage: "forward 127.0.0.1:`HOST:GUEST` to the guest's TCP port GUEST (repeatable)"},
+	}
+}
+
+// createParams reads vmShapeFlags.
+func createParams(c *cli.Context) (api.VMCreate, error) {
+	p := api.VMCreate{Name: c.String("name"), Image: c.String("image"), CPUs: c.Int("cpus")}
+	var err error
+	if p.MemoryMiB, err = parseMiB("--memory", c.String("memory")); err != nil {
+		return p, err
+	}
+	if c.String("disk-size") != "" {
+		if p.DiskMiB, err = parseMiB("--disk-size", c.String("disk-size")); err != nil {
+			return p, err
+		}
+	}
+	for _, spec := range c.StringSlice("publish") {
+		f, err := parsePublish(spec)
+		if err != nil {
+			return p, err
+		}
+		p.Publish = append(p.Publish, f)
+	}
+	return p, nil
+}
+
+// copyWorkspace streams the workspace's tar into the VM.
+func copyWorkspace(c *cli.Context, s *session, vm string, ws *workspace, log io.Writer) error {
+	start := time.Now()
+	pr, pw := io.Pipe()
+	stats := make(chan copyStats, 1)
+	go func() {
+		st, err := ws.writeTar(pw)
+		pw.CloseWithError(err)
+		stats <- st
+	}()
+	conn, err := s.stream(c.Context, api.MethodVMCopy, api.VMCopy{Name: vm, Dir: ws.dir()})
+	if err != nil {
+		pr.CloseWithError(err)
+		return err
+	}
+	// Ctrl-C ends the copy (and, with --rm, the VM).
+	stop := context.AfterFunc(c.Context, func() { conn.Close() })
+	defer stop()
+	status, err := sess.Run(conn, sess.Stdio{Stdin: pr, Stderr: c.App.ErrWriter})
+	pr.Close()
+	st := <-stats
+	switch {
+	case c.Context.Err() != nil:
+		return c.Context.Err()
+	case err != nil:
+		return fmt.Errorf("copy the workspace: %w", err)
+	case status.Code != 0:
+		return fmt.Errorf("copy the workspace: %s", status.Error)
+	}
+	fmt.Fprintf(log, "copied %d files (%s) to %s:%s in %s\n", st.files, fmtBytes(st.bytes), vm, ws.dir(),
+		fmtMillis(float64(time.Since(start).Microseconds())/1000))
+	return nil
+}
+
+// deleteAfterRun deletes the VM of vm run --rm, whatever happened.
+func deleteAfterRun(c *cli.Context, s *session, name string) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(c.Context), 2*time.Minute)
+	defer cancel()
+	if err := s.call(ctx, api.MethodVMDelete, api.VMDelete{Name: name, Force: true}, nil); err != nil {
+		fmt.Fprintf(c.App.ErrWriter, "banger: --rm: could not delete %s: %v\n", name, err)
+	}
+}
+
+// fmtBytes is a size for people.
+func fmtBytes(n int64) string {
+	switch {
+	case n >= 1<<30:
+		return fmt.Sprintf("%.1f GiB", float64(n)/(1<<30))
+	case n >= 1<<20:
+		return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
+	case n >= 1<<10:
+		return fmt.Sprintf("%.1f KiB", float64(n)/(1<<10))
+	}
+	return fmt.Sprintf("%d B", n)
+}

@@ -143,7 +143,7 @@ func OpenStreamConn(ctx context.Context, conn net.Conn, method string, params, r
 		return nil, fmt.Errorf("call %s: %w", method, err)
 	}
 	conn.SetDeadline(time.Time{})
-	return &Stream{Conn: conn, r: io.MultiReader(rest, conn)}, nil
+	return &Stream{Conn: conn, r: &skipNewline{r: io.MultiReader(rest, conn)}}, nil
 }
 
 // CommandClient calls a server that reads one request on its standard input

@@ -11,6 +11,7 @@ package rpc
 import (
 	"encoding/json"
 	"fmt"
+	"io"
 )
 
 // Version is the protocol version this package speaks.
@@ -73,4 +74,31 @@ func (e *ErrorResponse) Error() string {
 // message. Handlers use it to pick the code the caller sees.
 func Errorf(code, format string, args ...any) *ErrorResponse {
 	return &ErrorResponse{Code: code, Message: fmt.Sprintf(format, args...)}
+}
+
+// skipNewline drops the newline that customarily ends a request or a
+// response, so a stream session's bytes start right after it. It looks
+// at the first byte only when its reader asks for one: a session may
+// write long before it reads.
+type skipNewline struct {
+	r    io.Reader
+	done bool
+}
+
+func (s *skipNewline) Read(p []byte) (int, error) {
+	if s.done || len(p) == 0 {
+		return s.r.Read(p)
+	}
+	n, err := s.r.Read(p[:1])
+	if n == 0 {
+		return 0, err
+	}
+	s.done = true
+	if p[0] != '\n' {
+		return 1, nil
+	}
+	if err != nil {
+		return 0, err
+	}
+	return s.r.Read(p)
 }

@@ -390,7 +390,7 @@ func (s *Server) runStream(c *call, st *pendingStream, conn net.Conn) {
 			c.panic, c.stack = p, debug.Stack()
 		}
 	}()
-	c.streamErr = st.serve(st.ctx, streamConn{Reader: io.MultiReader(st.rest, conn), Conn: conn})
+	c.streamErr = st.serve(st.ctx, streamConn{Reader: &skipNewline{r: io.MultiReader(st.rest, conn)}, Conn: conn})
 }
 
 // streamConn is a stream session's connection: reads start with what the

@@ -27,6 +27,8 @@ func (d *daemon) methods() rpc.Methods {
 		api.MethodVMShow:         rpc.Handle(d.vms.show),
 		api.MethodVMLogs:         rpc.Handle(d.vms.logs),
 		api.MethodVMPorts:        rpc.Handle(d.vms.ports),
+		api.MethodVMPortAdd:      rpc.Handle(d.vms.portAdd),
+		api.MethodVMPortRemove:   rpc.Handle(d.vms.portRemove),
 
 		api.MethodImageImport: rpc.Handle(d.images.importImage),
 		api.MethodImageList:   rpc.Handle(d.images.list),

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"banger/applets/api"
+	"banger/applets/daemon/state"
 )
 
 // What the VM service needs of the engine, the image store and the guest
@@ -34,6 +35,7 @@ type launchSpec struct {
 	Hostname    string
 	CPUs        int
 	MemoryMiB   int
+	Ports       []state.PortForward
 }
 
 // vmProcess is a running engine process.
@@ -50,6 +52,10 @@ type vmProcess interface {
 	// OpenSession starts a stream method of the guest agent (agent.exec,
 	// agent.untar) and returns its stream, carrying session frames.
 	OpenSession(ctx context.Context, method string, params any) (net.Conn, error)
+	// AddForward and RemoveForward change the published ports of the
+	// running VM.
+	AddForward(ctx context.Context, f state.PortForward) error
+	RemoveForward(ctx context.Context, f state.PortForward) error
 	// GuestPorts lists what listens in the guest.
 	GuestPorts(ctx context.Context) ([]api.GuestPort, error)
 	Close() error

@@ -90,7 +90,7 @@ func (s *vmService) setProc(name string, p vmProcess) {
 func toAPI(v state.VM) api.VM {
 	return api.VM{ID: v.ID, Name: v.Name, Image: v.Image, State: v.State, CPUs: v.CPUs, MemoryMiB: v.MemoryMiB,
 		DiskMiB: v.DiskMiB, Network: v.Network, Created: v.Created, LastError: v.LastError, PID: v.PID,
-		BootID: v.BootID, InstanceDir: v.InstanceDir}
+		BootID: v.BootID, InstanceDir: v.InstanceDir, Ports: portsToAPI(v.Ports)}
 }
 
 // createBegin validates the request, then runs the create as an
@@ -117,13 +117,17 @@ func (s *vmService) createBegin(ctx context.Context, p api.VMCreate) (api.Operat
 	if err := s.images.Exists(ctx, p.Image); err != nil {
 		return api.Operation{}, err
 	}
+	ports, err := checkPublish(p.Publish)
+	if err != nil {
+		return api.Operation{}, err
+	}
 	release, err := s.claim(p.Name, "being created")
 	if err != nil {
 		return api.Operation{}, err
 	}
 	id := "vm-" + ulid.Make().String()
 	vm := state.VM{ID: id, Name: p.Name, Image: p.Image, CPUs: p.CPUs, MemoryMiB: p.MemoryMiB, DiskMiB: p.DiskMiB,
-		State: state.VMCreating, Network: "user", InstanceDir: filepath.Join(s.root, id)}
+		State: state.VMCreating, Network: "user", InstanceDir: filepath.Join(s.root, id), Ports: ports}
 	return s.ops.Begin(ctx, rpc.OpIDFrom(ctx), api.KindVMCreate, p.Name, func(ctx context.Context, prog *operation.Progress) (any, error) {
 		defer release()
 		var img vmImage
@@ -204,6 +208,7 @@ func (s *vmService) bootSteps(name string, img *vmImage) []operation.Step {
 			proc, err = s.engine.Launch(ctx, launchSpec{
 				InstanceDir: vm.InstanceDir, Kernel: img.Kernel, Initrd: img.Initrd, KernelArgs: img.KernelArgs,
 				Disk: filepath.Join(vm.InstanceDir, diskFile), Hostname: vm.Name, CPUs: vm.CPUs, MemoryMiB: vm.MemoryMiB,
+				Ports: vm.Ports,
 			})
 			if err != nil {
 				return err

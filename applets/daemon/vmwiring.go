@@ -36,7 +36,7 @@ func (e *qemuEngine) Launch(ctx context.Context, spec launchSpec) (vmProcess, er
 	inst, err := e.q.Launch(ctx, engine.Spec{
 		Dir: spec.InstanceDir, Name: spec.Hostname, Kernel: spec.Kernel, Initrd: spec.Initrd,
 		Disk: spec.Disk, CPUs: spec.CPUs, MemoryMiB: spec.MemoryMiB, KernelArgs: args,
-		Net: &engine.UserNet{}, Accel: e.accel,
+		Net: &engine.UserNet{HostFwd: portsToEngine(spec.Ports)}, Accel: e.accel,
 	})
 	if err != nil {
 		return nil, err
@@ -142,6 +142,14 @@ func (p *qemuProcess) OpenSession(ctx context.Context, method string, params any
 		return nil, err
 	}
 	return link.OpenSession(ctx, method, params)
+}
+
+func (p *qemuProcess) AddForward(ctx context.Context, f state.PortForward) error {
+	return p.inst.AddHostFwd(ctx, engine.HostFwd(f))
+}
+
+func (p *qemuProcess) RemoveForward(ctx context.Context, f state.PortForward) error {
+	return p.inst.RemoveHostFwd(ctx, engine.HostFwd(f))
 }
 
 func (p *qemuProcess) GuestPorts(ctx context.Context) ([]api.GuestPort, error) {

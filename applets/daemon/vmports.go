@@ -1,0 +1,135 @@
+package daemon
+
+import (
+	"context"
+
+	"banger/applets/api"
+	"banger/applets/daemon/engine"
+	"banger/applets/daemon/state"
+	"banger/rpc"
+)
+
+// Published ports: a host port on loopback forwarded to a guest port by
+// the VM's user-mode network. They are part of the VM's configuration
+// (state.VM.Ports), given to every launch, and changed on a running VM
+// through its engine. The three types that carry one (api, state,
+// engine) have the same fields, so they convert into each other.
+
+// checkPublish validates forwards and checks that their host ports are
+// free now, so a taken one fails the call, not the boot.
+func checkPublish(fs []api.PortForward) ([]state.PortForward, error) {
+	out := make([]state.PortForward, 0, len(fs))
+	seen := map[int]bool{}
+	for _, f := range fs {
+		f = withPortDefaults(f)
+		if err := engine.HostFwd(f).Validate(); err != nil {
+			return nil, err
+		}
+		if seen[f.HostPort] {
+			return nil, rpc.Errorf(rpc.CodeInvalidParams, "host port %d is published twice", f.HostPort)
+		}
+		seen[f.HostPort] = true
+		if err := engine.CheckHostPortFree(f.HostAddr, f.HostPort); err != nil {
+			return nil, err
+		}
+		out = append(out, state.PortForward(f))
+	}
+	return out, nil
+}
+
+func withPortDefaults(f api.PortForward) api.PortForward {
+	if f.Proto == "" {
+		f.Proto = "tcp"
+	}
+	if f.HostAddr == "" {
+		f.HostAddr = "127.0.0.1"
+	}
+	return f
+}
+
+func portsToAPI(ps []state.PortForward) []api.PortForward {
+	var out []api.PortForward
+	for _, p := range ps {
+		out = append(out, api.PortForward(p))
+	}
+	return out
+}
+
+func portsToEngine(ps []state.PortForward) []engine.HostFwd {
+	var out []engine.HostFwd
+	for _, p := range ps {
+		out = append(out, engine.HostFwd(p))
+	}
+	return out
+}
+
+// portAdd publishes a port, at once when the VM runs.
+func (s *vmService) portAdd(ctx context.Context, p api.VMPort) (api.VM, error) {
+	release, err := s.claim(p.Name, "changing its ports")
+	if err != nil {
+		return api.VM{}, err
+	}
+	defer release()
+	add, err := checkPublish([]api.PortForward{p.PortForward})
+	if err != nil {
+		return api.VM{}, err
+	}
+	vm, err := s.db.UpdateVM(ctx, p.Name, func(v *state.VM) error {
+		v.Ports = append(v.Ports, add[0])
+		return nil
+	})
+	if err != nil {
+		return api.VM{}, err
+	}
+	if proc := s.proc(p.Name); proc != nil && vm.State == state.VMRunning {
+		if err := proc.AddForward(ctx, add[0]); err != nil {
+			s.db.UpdateVM(context.WithoutCancel(ctx), p.Name, func(v *state.VM) error {
+				v.Ports = removePort(v.Ports, add[0].HostPort)
+				return nil
+			})
+			return api.VM{}, err
+		}
+	}
+	return toAPI(vm), nil
+}
+
+// portRemove stops publishing a host port.
+func (s *vmService) portRemove(ctx context.Context, p api.VMPort) (api.VM, error) {
+	release, err := s.claim(p.Name, "changing its ports")
+	if err != nil {
+		return api.VM{}, err
+	}
+	defer release()
+	var gone state.PortForward
+	vm, err := s.db.UpdateVM(ctx, p.Name, func(v *state.VM) error {
+		for _, f := range v.Ports {
+			if f.HostPort == p.HostPort {
+				gone = f
+			}
+		}
+		if gone.HostPort == 0 || p.GuestPort != 0 && gone.GuestPort != p.GuestPort {
+			return rpc.Errorf(rpc.CodeNotFound, "vm %q does not publish host port %d to guest port %d; see `banger vm ports %s`", p.Name, p.HostPort, p.GuestPort, p.Name)
+		}
+		v.Ports = removePort(v.Ports, p.HostPort)
+		return nil
+	})
+	if err != nil {
+		return api.VM{}, err
+	}
+	if proc := s.proc(p.Name); proc != nil && vm.State == state.VMRunning {
+		if err := proc.RemoveForward(ctx, gone); err != nil {
+			return api.VM{}, err
+		}
+	}
+	return toAPI(vm), nil
+}
+
+func removePort(ps []state.PortForward, hostPort int) []state.PortForward {
+	var out []state.PortForward
+	for _, p := range ps {
+		if p.HostPort != hostPort {
+			out = append(out, p)
+		}
+	}
+	return out
+}

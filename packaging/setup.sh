@@ -7,10 +7,11 @@ cd "$(dirname "$0")/.."
 
 . packaging/packages.sh
 # sudo: how the daemon reaches the root helper when no helper service runs.
+# git: `vm run PATH` copies a work tree's tracked files (git ls-files).
 # qemu-system-x86, qemu-utils: the VM engine and its disk overlays.
 # linux-image-amd64, busybox-static, e2fsprogs: the default image, made
 # locally from the host's kernel and busybox (no download).
-ensure_packages sudo qemu-system-x86 qemu-utils linux-image-amd64 busybox-static e2fsprogs
+ensure_packages sudo git qemu-system-x86 qemu-utils linux-image-amd64 busybox-static e2fsprogs
 
 # Go: the machine's own toolchain (/usr/local/go), modules from the proxy.
 PATH="$PATH:/usr/local/go/bin"

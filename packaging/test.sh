@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 # containerd: the peer anchor of the process benchmarks (BENCHMARKS.md).
 # The rest boot real guests: QEMU, qcow2 overlays, the host kernel (and its
 # modules) and busybox for the default image, ext4 tools to build images.
-ensure_packages sudo containerd qemu-system-x86 qemu-utils linux-image-amd64 busybox-static e2fsprogs
+ensure_packages sudo git containerd qemu-system-x86 qemu-utils linux-image-amd64 busybox-static e2fsprogs
 
 PATH="$PATH:/usr/local/go/bin"
 unformatted=$(gofmt -l .)

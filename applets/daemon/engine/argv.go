@@ -53,11 +53,11 @@ func buildArgv(bin string, spec Spec, accel Accel, tscKHz int) []string {
 		"-device", "virtio-rng-device",
 	)
 	if spec.Net != nil {
-		netdev := "user,id=net0"
+		netdev := "user,id=" + netdevID
 		for _, f := range spec.Net.HostFwd {
 			netdev += ",hostfwd=" + f.String()
 		}
-		argv = append(argv, "-netdev", netdev, "-device", "virtio-net-device,netdev=net0")
+		argv = append(argv, "-netdev", netdev, "-device", "virtio-net-device,netdev="+netdevID)
 	}
 	return argv
 }

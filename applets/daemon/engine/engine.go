@@ -125,6 +125,11 @@ func (q *QEMU) Launch(ctx context.Context, spec Spec) (*Instance, error) {
 	} else if !errors.Is(err, ErrNotRunning) {
 		return nil, rpc.Errorf(rpc.CodeConflict, "%s may run a VM: %v", dir, err)
 	}
+	if spec.Net != nil {
+		if err := checkHostFwdsFree(spec.Net.HostFwd); err != nil {
+			return nil, fmt.Errorf("launch %s: %w", spec.Name, err)
+		}
+	}
 	if err := CleanRuntime(dir); err != nil {
 		return nil, err
 	}

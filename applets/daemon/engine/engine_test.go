@@ -181,6 +181,12 @@ func TestSpecValidation(t *testing.T) {
 		"space in an arg":   func(s *Spec) { s.KernelArgs = []string{"a b"} },
 		"bad port":          func(s *Spec) { s.Net = &UserNet{HostFwd: []HostFwd{{HostPort: 0, GuestPort: 22}}} },
 		"bad protocol":      func(s *Spec) { s.Net = &UserNet{HostFwd: []HostFwd{{Proto: "sctp", HostPort: 1, GuestPort: 22}}} },
+		"public host addr": func(s *Spec) {
+			s.Net = &UserNet{HostFwd: []HostFwd{{HostAddr: "0.0.0.0", HostPort: 2222, GuestPort: 22}}}
+		},
+		"same host port": func(s *Spec) {
+			s.Net = &UserNet{HostFwd: []HostFwd{{HostPort: 2222, GuestPort: 22}, {Proto: "tcp", HostAddr: "127.0.0.1", HostPort: 2222, GuestPort: 80}}}
+		},
 		"long dir": func(s *Spec) {
 			long := filepath.Join(dir, strings.Repeat("x", 100))
 			os.Mkdir(long, 0o755)
@@ -326,6 +332,24 @@ func hostKernel() string {
 	return k[len(k)-1]
 }
 
+// bootSpec is a TCG spec that boots the host's kernel on an empty raw
+// disk in a fresh instance directory: the guest never finds a root, but
+// QEMU runs. It skips the test where QEMU or a kernel is missing.
+func bootSpec(t *testing.T) Spec {
+	t.Helper()
+	needQEMU(t)
+	kernel := hostKernel()
+	if kernel == "" {
+		t.Skip("no kernel in /boot (Debian: linux-image-amd64)")
+	}
+	dir := shortDir(t)
+	disk := filepath.Join(dir, "disk.raw")
+	if err := os.WriteFile(disk, make([]byte, 1<<20), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return Spec{Dir: dir, Kernel: kernel, Disk: disk, DiskFormat: "raw", Accel: AccelTCG}
+}
+
 // TestLaunchFailureIsReported: QEMU that cannot start its guest (here, a
 // kernel that is not one) exits at once; Launch says why, with QEMU's own
 // words, and leaves no process and no sockets.
@@ -362,17 +386,11 @@ func TestLaunchFailureIsReported(t *testing.T) {
 // TestLaunchCanceled: a Launch whose context ends while QEMU starts kills
 // it.
 func TestLaunchCanceled(t *testing.T) {
-	needQEMU(t)
-	kernel := hostKernel()
-	if kernel == "" {
-		t.Skip("no kernel in /boot (Debian: linux-image-amd64)")
-	}
-	dir := shortDir(t)
-	disk := filepath.Join(dir, "disk.raw")
-	os.WriteFile(disk, make([]byte, 1<<20), 0o644)
+	spec := bootSpec(t)
+	dir := spec.Dir
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
-	_, err := (&QEMU{}).Launch(ctx, Spec{Dir: dir, Kernel: kernel, Disk: disk, DiskFormat: "raw", Accel: AccelTCG})
+	_, err := (&QEMU{}).Launch(ctx, spec)
 	if !errors.Is(err, context.Canceled) {
 		t.Errorf("Launch with a canceled context = %v", err)
 	}

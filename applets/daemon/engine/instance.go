@@ -248,12 +248,32 @@ func (i *Instance) waitQMP(ctx context.Context) error {
 	return err
 }
 
-// qmp runs one QMP command in a session of its own: QEMU serves one QMP
-// client at a time, so holding a session open would lock out a restarted
-// daemon's Attach. The go-qemu monitor takes no context; the session runs
-// in a goroutine that ends when QEMU answers or exits, and the caller
-// stops waiting when ctx ends or QEMU exits.
+// qmp runs one QMP command without arguments; see qmpCall.
 func (i *Instance) qmp(ctx context.Context, command string) (json.RawMessage, error) {
+	return i.qmpCall(ctx, qmp.Command{Execute: command})
+}
+
+// hmp runs a human monitor command line through QMP's
+// human-monitor-command and returns what it printed. HMP commands report
+// their failures as printed text, not as QMP errors: the caller reads it.
+func (i *Instance) hmp(ctx context.Context, line string) (string, error) {
+	raw, err := i.qmpCall(ctx, qmp.Command{Execute: "human-monitor-command", Args: map[string]string{"command-line": line}})
+	if err != nil {
+		return "", err
+	}
+	var out string
+	if err := json.Unmarshal(raw, &out); err != nil {
+		return "", fmt.Errorf("human-monitor-command %q: %w", line, err)
+	}
+	return strings.TrimSpace(out), nil
+}
+
+// qmpCall runs one QMP command in a session of its own: QEMU serves one
+// QMP client at a time, so holding a session open would lock out a
+// restarted daemon's Attach. The go-qemu monitor takes no context; the
+// session runs in a goroutine that ends when QEMU answers or exits, and
+// the caller stops waiting when ctx ends or QEMU exits.
+func (i *Instance) qmpCall(ctx context.Context, cmd qmp.Command) (json.RawMessage, error) {
 	type result struct {
 		raw json.RawMessage
 		err error
@@ -262,9 +282,10 @@ func (i *Instance) qmp(ctx context.Context, command string) (json.RawMessage, er
 	go func() {
 		i.qmpMu.Lock()
 		defer i.qmpMu.Unlock()
-		raw, err := runQMP(i.QMPSocket(), command)
+		raw, err := runQMP(i.QMPSocket(), cmd)
 		done <- result{raw, err}
 	}()
+	command := cmd.Execute
 	select {
 	case r := <-done:
 		if r.err != nil {
@@ -286,7 +307,7 @@ func (i *Instance) qmp(ctx context.Context, command string) (json.RawMessage, er
 // QEMU's answer.
 const qmpDialTimeout = 5 * time.Second
 
-func runQMP(socket, command string) (json.RawMessage, error) {
+func runQMP(socket string, command qmp.Command) (json.RawMessage, error) {
 	var mon *qmp.SocketMonitor
 	var err error
 	// QEMU listens with a backlog of one; a third client in line is
@@ -305,7 +326,7 @@ func runQMP(socket, command string) (json.RawMessage, error) {
 	if err := mon.Connect(); err != nil {
 		return nil, fmt.Errorf("handshake: %w", err)
 	}
-	cmd, err := json.Marshal(qmp.Command{Execute: command})
+	cmd, err := json.Marshal(command)
 	if err != nil {
 		return nil, err
 	}

@@ -1,7 +1,6 @@
 package engine
 
 import (
-	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -42,25 +41,6 @@ type Spec struct {
 // at 10.0.2.2, with a DNS relay at 10.0.2.3, and no root is needed.
 type UserNet struct {
 	HostFwd []HostFwd
-}
-
-// HostFwd forwards a host port to a guest port.
-type HostFwd struct {
-	Proto     string // "tcp" (default) or "udp"
-	HostAddr  string // default 127.0.0.1: never every interface by accident
-	HostPort  int
-	GuestPort int
-}
-
-func (f HostFwd) String() string {
-	proto, addr := f.Proto, f.HostAddr
-	if proto == "" {
-		proto = "tcp"
-	}
-	if addr == "" {
-		addr = "127.0.0.1"
-	}
-	return fmt.Sprintf("%s:%s:%d-:%d", proto, addr, f.HostPort, f.GuestPort)
 }
 
 func (s Spec) withDefaults() Spec {
@@ -131,13 +111,8 @@ func (s Spec) validate() error {
 		}
 	}
 	if s.Net != nil {
-		for _, f := range s.Net.HostFwd {
-			if f.HostPort < 1 || f.HostPort > 65535 || f.GuestPort < 1 || f.GuestPort > 65535 {
-				return bad("port forward %s: ports must be 1 to 65535", f)
-			}
-			if f.Proto != "" && f.Proto != "tcp" && f.Proto != "udp" {
-				return bad("port forward %s: protocol must be tcp or udp", f)
-			}
+		if err := validateHostFwds(s.Net.HostFwd); err != nil {
+			return err
 		}
 	}
 	return nil

@@ -47,6 +47,8 @@ var migrations = []string{
 		error    TEXT NOT NULL DEFAULT ''
 	);
 	CREATE INDEX operations_created ON operations(created);`,
+	// 2: each VM's published ports, a JSON array of PortForward.
+	`ALTER TABLE vms ADD COLUMN ports TEXT NOT NULL DEFAULT '[]';`,
 }
 
 func (d *DB) migrate(ctx context.Context) error {

@@ -40,22 +40,91 @@ type VM struct {
 	PID     int
 	BootID  string
 	Runtime json.RawMessage // engine-specific handles (sockets, forwards)
+	// Ports are the VM's published ports. A host port is published by
+	// one VM at most, running or not, so a stopped VM can start again.
+	Ports []PortForward
+}
+
+// PortForward is one published port: the host's HostAddr:HostPort
+// forwarded to the guest's GuestPort.
+type PortForward struct {
+	Proto     string `json:"proto"` // "tcp" or "udp"; empty is tcp
+	HostAddr  string `json:"host_addr"`
+	HostPort  int    `json:"host_port"`
+	GuestPort int    `json:"guest_port"`
 }
 
 const vmColumns = `id, name, image, cpus, memory_mib, disk_mib, state, network, created, updated,
-	last_error, instance_dir, pid, boot_id, runtime`
+	last_error, instance_dir, pid, boot_id, runtime, ports`
 
 func scanVM(row interface{ Scan(...any) error }) (VM, error) {
 	var v VM
-	var created, updated, runtime string
+	var created, updated, runtime, ports string
 	err := row.Scan(&v.ID, &v.Name, &v.Image, &v.CPUs, &v.MemoryMiB, &v.DiskMiB, &v.State, &v.Network,
-		&created, &updated, &v.LastError, &v.InstanceDir, &v.PID, &v.BootID, &runtime)
+		&created, &updated, &v.LastError, &v.InstanceDir, &v.PID, &v.BootID, &runtime, &ports)
+	if err != nil {
+		return v, err
+	}
 	v.Created, v.Updated, v.Runtime = parseTime(created), parseTime(updated), json.RawMessage(runtime)
-	return v, err
+	if err := json.Unmarshal([]byte(ports), &v.Ports); err != nil {
+		return v, fmt.Errorf("vm %s: ports %q: %w", v.Name, ports, err)
+	}
+	if len(v.Ports) == 0 {
+		v.Ports = nil
+	}
+	return v, nil
+}
+
+// portsJSON is the ports column's text.
+func portsJSON(ports []PortForward) (string, error) {
+	if len(ports) == 0 {
+		return "[]", nil
+	}
+	b, err := json.Marshal(ports)
+	return string(b), err
+}
+
+// checkPorts refuses ports that another VM than v publishes: a host port
+// (per protocol, whatever the loopback address) belongs to one VM.
+func checkPorts(ctx context.Context, tx *sql.Tx, v VM) error {
+	if len(v.Ports) == 0 {
+		return nil
+	}
+	rows, err := tx.QueryContext(ctx, `SELECT name, ports FROM vms WHERE id != ? AND ports != '[]' ORDER BY name`, v.ID)
+	if err != nil {
+		return err
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var name, raw string
+		var theirs []PortForward
+		if err := rows.Scan(&name, &raw); err != nil {
+			return err
+		}
+		if err := json.Unmarshal([]byte(raw), &theirs); err != nil {
+			return fmt.Errorf("vm %s: ports %q: %w", name, raw, err)
+		}
+		for _, p := range v.Ports {
+			for _, q := range theirs {
+				if p.HostPort == q.HostPort && p.proto() == q.proto() {
+					return rpc.Errorf(rpc.CodeConflict, "host port %d (%s) is already published by VM %q; pick another host port, or remove it from %q first",
+						p.HostPort, p.proto(), name, name)
+				}
+			}
+		}
+	}
+	return rows.Err()
+}
+
+func (p PortForward) proto() string {
+	if p.Proto == "" {
+		return "tcp"
+	}
+	return p.Proto
 }
 
 // CreateVM inserts a VM; a taken name is already_exists, an unknown image
-// not_found.
+// not_found, a host port another VM publishes conflict.
 func (d *DB) CreateVM(ctx context.Context, v VM) error {
 	now := time.Now()
 	if v.Created.IsZero() {
@@ -72,13 +141,20 @@ func (d *DB) CreateVM(ctx context.Context, v VM) error {
 		if n == 0 {
 			return notFound("image", v.Image)
 		}
-		_, err := tx.ExecContext(ctx, `INSERT INTO vms (`+vmColumns+`) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)`,
+		ports, err := portsJSON(v.Ports)
+		if err != nil {
+			return err
+		}
+		_, err = tx.ExecContext(ctx, `INSERT INTO vms (`+vmColumns+`) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)`,
 			v.ID, v.Name, v.Image, v.CPUs, v.MemoryMiB, v.DiskMiB, v.State, v.Network,
-			fmtTime(v.Created), fmtTime(now), v.LastError, v.InstanceDir, v.PID, v.BootID, string(v.Runtime))
+			fmtTime(v.Created), fmtTime(now), v.LastError, v.InstanceDir, v.PID, v.BootID, string(v.Runtime), ports)
 		if err != nil && strings.Contains(err.Error(), "UNIQUE constraint failed") {
 			return rpc.Errorf(rpc.CodeAlreadyExists, "a VM named %q already exists; pick another name or delete it first", v.Name)
 		}
-		return err
+		if err != nil {
+			return err
+		}
+		return checkPorts(ctx, tx, v)
 	})
 }
 
@@ -110,7 +186,8 @@ func (d *DB) ListVMs(ctx context.Context) ([]VM, error) {
 }
 
 // UpdateVM reads the VM called name, lets fn change it, and writes it back,
-// in one transaction. fn's error aborts the update and is returned.
+// in one transaction. fn's error aborts the update and is returned; ports
+// changed to a host port another VM publishes are a conflict.
 func (d *DB) UpdateVM(ctx context.Context, name string, fn func(*VM) error) (VM, error) {
 	var out VM
 	err := d.tx(ctx, func(tx *sql.Tx) error {
@@ -121,17 +198,32 @@ func (d *DB) UpdateVM(ctx context.Context, name string, fn func(*VM) error) (VM,
 		if err != nil {
 			return err
 		}
+		before, err := portsJSON(v.Ports)
+		if err != nil {
+			return err
+		}
 		if err := fn(&v); err != nil {
 			return err
 		}
 		if len(v.Runtime) == 0 {
 			v.Runtime = json.RawMessage("{}")
 		}
+		ports, err := portsJSON(v.Ports)
+		if err != nil {
+			return err
+		}
+		// Only a change of ports is checked: a state change never fails
+		// on them.
+		if ports != before {
+			if err := checkPorts(ctx, tx, v); err != nil {
+				return err
+			}
+		}
 		v.Updated = time.Now()
 		_, err = tx.ExecContext(ctx, `UPDATE vms SET cpus=?, memory_mib=?, disk_mib=?, state=?, network=?, updated=?,
-			last_error=?, instance_dir=?, pid=?, boot_id=?, runtime=? WHERE id = ?`,
+			last_error=?, instance_dir=?, pid=?, boot_id=?, runtime=?, ports=? WHERE id = ?`,
 			v.CPUs, v.MemoryMiB, v.DiskMiB, v.State, v.Network, fmtTime(v.Updated),
-			v.LastError, v.InstanceDir, v.PID, v.BootID, string(v.Runtime), v.ID)
+			v.LastError, v.InstanceDir, v.PID, v.BootID, string(v.Runtime), ports, v.ID)
 		out = v
 		return err
 	})

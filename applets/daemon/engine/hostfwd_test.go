@@ -1,0 +1,207 @@
+package engine
+
+import (
+	"context"
+	"errors"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"banger/rpc"
+)
+
+func TestHostFwdValidate(t *testing.T) {
+	for _, f := range []HostFwd{
+		{HostPort: 8080, GuestPort: 80},
+		{Proto: "udp", HostAddr: "127.0.0.2", HostPort: 5353, GuestPort: 53},
+		{Proto: "tcp", HostAddr: "127.255.255.254", HostPort: 65535, GuestPort: 1},
+	} {
+		if err := f.Validate(); err != nil {
+			t.Errorf("%+v: %v", f, err)
+		}
+	}
+	for name, f := range map[string]HostFwd{
+		"sctp":              {Proto: "sctp", HostPort: 8080, GuestPort: 80},
+		"host port 0":       {HostPort: 0, GuestPort: 80},
+		"host port 65536":   {HostPort: 65536, GuestPort: 80},
+		"guest port 0":      {HostPort: 8080},
+		"every interface":   {HostAddr: "0.0.0.0", HostPort: 8080, GuestPort: 80},
+		"a LAN address":     {HostAddr: "192.168.1.10", HostPort: 8080, GuestPort: 80},
+		"IPv6 loopback":     {HostAddr: "::1", HostPort: 8080, GuestPort: 80},
+		"IPv4-mapped":       {HostAddr: "::ffff:127.0.0.1", HostPort: 8080, GuestPort: 80},
+		"a name":            {HostAddr: "localhost", HostPort: 8080, GuestPort: 80},
+		"an option smuggle": {HostAddr: "127.0.0.1,hostfwd=tcp::22", HostPort: 8080, GuestPort: 80},
+	} {
+		if err := f.Validate(); rpc.CodeOf(err) != rpc.CodeInvalidParams {
+			t.Errorf("%s: %v, want invalid_params", name, err)
+		}
+	}
+	// A removal names the host side only.
+	if err := (HostFwd{HostPort: 8080}).validateHost(); err != nil {
+		t.Errorf("host side only: %v", err)
+	}
+	if got := (HostFwd{HostPort: 8080, GuestPort: 80}).String(); got != "tcp:127.0.0.1:8080-:80" {
+		t.Errorf("String = %q", got)
+	}
+}
+
+// listenTCP holds a loopback TCP port for the test.
+func listenTCP(t *testing.T) (net.Listener, int) {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	return l, l.Addr().(*net.TCPAddr).Port
+}
+
+// freePorts returns n loopback TCP ports that were free a moment ago.
+func freePorts(t *testing.T, n int) []int {
+	t.Helper()
+	var ports []int
+	for range n {
+		l, p := listenTCP(t)
+		defer l.Close()
+		ports = append(ports, p)
+	}
+	return ports
+}
+
+func wantPortConflict(t *testing.T, what string, err error, port int) {
+	t.Helper()
+	if rpc.CodeOf(err) != rpc.CodeConflict || !strings.Contains(err.Error(), "host port "+strconv.Itoa(port)+" ") {
+		t.Errorf("%s: %v, want a conflict naming host port %d", what, err, port)
+	}
+}
+
+func TestCheckHostPortFree(t *testing.T) {
+	l, port := listenTCP(t)
+	err := CheckHostPortFree("127.0.0.1", port)
+	wantPortConflict(t, "a held port", err, port)
+	if !strings.Contains(err.Error(), "another host port") {
+		t.Errorf("the error does not say what to do: %v", err)
+	}
+	l.Close()
+	if err := CheckHostPortFree("", port); err != nil {
+		t.Errorf("a freed port: %v", err)
+	}
+	// A UDP forward checks UDP.
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	uport := pc.LocalAddr().(*net.UDPAddr).Port
+	wantPortConflict(t, "a held UDP port", HostFwd{Proto: "udp", HostPort: uport}.checkFree(), uport)
+}
+
+// TestLaunchRefusesTakenHostPort: a forward whose host port is taken is
+// refused before QEMU starts (QEMU would exit saying only that it "could
+// not set up host forwarding rule").
+func TestLaunchRefusesTakenHostPort(t *testing.T) {
+	needQEMU(t)
+	dir := shortDir(t)
+	os.WriteFile(dir+"/k", nil, 0o644)
+	os.WriteFile(dir+"/d", nil, 0o644)
+	_, taken := listenTCP(t)
+	free := freePorts(t, 1)[0]
+	spec := Spec{Dir: dir, Kernel: dir + "/k", Disk: dir + "/d", DiskFormat: "raw", Accel: AccelTCG,
+		Net: &UserNet{HostFwd: []HostFwd{{HostPort: free, GuestPort: 22}, {HostPort: taken, GuestPort: 80}}}}
+	_, err := (&QEMU{}).Launch(context.Background(), spec)
+	t.Logf("Launch: %v", err)
+	wantPortConflict(t, "Launch", err, taken)
+	for _, f := range []string{PIDFile, ArgvFile, EngineLog} {
+		if _, err := os.Stat(filepath.Join(dir, f)); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("%s written: QEMU was started", f)
+		}
+	}
+}
+
+// dialErr connects to a loopback port and hangs up.
+func dialErr(port int) error {
+	c, err := net.DialTimeout("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)), 2*time.Second)
+	if err == nil {
+		c.Close()
+	}
+	return err
+}
+
+// TestHostFwdAtRuntime boots one VM with a forward, adds and removes
+// forwards while it runs, and checks each with a real connection: QEMU
+// listens on a published port, and nothing does once it is removed. No
+// guest listener is needed: the host's kernel completes the handshake on
+// QEMU's listening socket. The guest is paused at once, to spare the CPU;
+// QEMU's user network runs in its main loop all the same.
+func TestHostFwdAtRuntime(t *testing.T) {
+	spec := bootSpec(t)
+	ports := freePorts(t, 3)
+	atLaunch, added, udp := ports[0], ports[1], ports[2]
+	spec.Net = &UserNet{HostFwd: []HostFwd{{HostPort: atLaunch, GuestPort: 22}}}
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	inst, err := (&QEMU{}).Launch(ctx, spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { inst.Kill(context.Background()) })
+	if _, err := inst.qmp(ctx, "stop"); err != nil {
+		t.Fatal(err)
+	}
+
+	if err := dialErr(atLaunch); err != nil {
+		t.Errorf("the forward given at launch: %v", err)
+	}
+	if err := dialErr(added); !errors.Is(err, syscall.ECONNREFUSED) {
+		t.Fatalf("port %d answers before it is added: %v", added, err)
+	}
+	if err := inst.AddHostFwd(ctx, HostFwd{HostPort: added, GuestPort: 80}); err != nil {
+		t.Fatal(err)
+	}
+	if err := dialErr(added); err != nil {
+		t.Errorf("the forward added at runtime: %v", err)
+	}
+	// QEMU's own port, and someone else's, are taken.
+	wantPortConflict(t, "adding a port twice", inst.AddHostFwd(ctx, HostFwd{HostPort: added, GuestPort: 81}), added)
+	_, held := listenTCP(t)
+	wantPortConflict(t, "adding a held port", inst.AddHostFwd(ctx, HostFwd{HostPort: held, GuestPort: 80}), held)
+	if err := inst.AddHostFwd(ctx, HostFwd{HostAddr: "0.0.0.0", HostPort: held + 1, GuestPort: 80}); rpc.CodeOf(err) != rpc.CodeInvalidParams {
+		t.Errorf("adding a public forward: %v", err)
+	}
+
+	if err := inst.RemoveHostFwd(ctx, HostFwd{HostPort: atLaunch}); err != nil {
+		t.Fatal(err)
+	}
+	if err := dialErr(atLaunch); !errors.Is(err, syscall.ECONNREFUSED) {
+		t.Errorf("the removed forward still answers: %v", err)
+	}
+	err = inst.RemoveHostFwd(ctx, HostFwd{HostPort: atLaunch})
+	t.Logf("removing it again: %v", err)
+	if rpc.CodeOf(err) != rpc.CodeNotFound {
+		t.Errorf("removing it again: %v, want not_found", err)
+	}
+	if err := dialErr(added); err != nil {
+		t.Errorf("removing one forward ended another: %v", err)
+	}
+
+	// UDP: QEMU holds the port while the forward exists.
+	fu := HostFwd{Proto: "udp", HostPort: udp, GuestPort: 53}
+	if err := inst.AddHostFwd(ctx, fu); err != nil {
+		t.Fatal(err)
+	}
+	wantPortConflict(t, "the added UDP port", fu.checkFree(), udp)
+	if err := inst.RemoveHostFwd(ctx, fu); err != nil {
+		t.Fatal(err)
+	}
+	if err := fu.checkFree(); err != nil {
+		t.Errorf("the removed UDP port: %v", err)
+	}
+	if !inst.Running() {
+		t.Error("QEMU exited")
+	}
+}

@@ -22,6 +22,9 @@ func checkPublish(fs []api.PortForward) ([]state.PortForward, error) {
 	seen := map[int]bool{}
 	for _, f := range fs {
 		f = withPortDefaults(f)
+		if f.Proto != "tcp" {
+			return nil, rpc.Errorf(rpc.CodeInvalidParams, "publish %d:%d/%s: only tcp ports are published", f.HostPort, f.GuestPort, f.Proto)
+		}
 		if err := engine.HostFwd(f).Validate(); err != nil {
 			return nil, err
 		}

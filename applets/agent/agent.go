@@ -8,7 +8,9 @@
 //     sets the hostname, brings up the network, reaps orphans, and serves
 //     the daemon on its virtio-serial port: first a Hello that says the
 //     guest is ready, then rpc calls on a yamux session (agentlink's wire
-//     format).
+//     format): among them sessions that run commands (agent.exec, on
+//     pipes or a PTY) and unpack tar streams (agent.untar), and the list
+//     of listening ports.
 //
 // It must never run on a host: it refuses unless it is PID 1, because its
 // job is to mount file systems, configure the network and power the

@@ -75,6 +75,7 @@ func newChannel(log zerolog.Logger, port *os.File, a *agent) *channel {
 	c := &channel{log: log, port: port, br: bufio.NewReader(port), agent: a}
 	c.srv = &rpc.Server{
 		Methods: a.methods(),
+		Streams: a.streams(),
 		// Only the host's engine can open the other end of this port.
 		TrustTransport: true,
 		Authorize:      rpc.AllowTrusted,

@@ -27,9 +27,10 @@ func TestImportGraph(t *testing.T) {
 			t.Errorf("the boot contract imports %s", d)
 		}
 	}
-	allowed := []string{"banger/applets/agent", "banger/applets/api", "banger/applets/agentlink", "banger/logging", "banger/rpc",
+	allowed := []string{"banger/applets/agent", "banger/applets/api", "banger/applets/agentlink", "banger/applets/session",
+		"banger/logging", "banger/rpc",
 		"golang.org/x/sys/", "github.com/rs/zerolog", "github.com/mattn/", "github.com/oklog/ulid/",
-		"github.com/hashicorp/yamux", "github.com/vishvananda/"}
+		"github.com/hashicorp/yamux", "github.com/vishvananda/", "github.com/creack/pty", "github.com/prometheus/procfs"}
 	for _, d := range deps("banger/applets/agent") {
 		ok := false
 		for _, a := range allowed {

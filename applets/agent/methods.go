@@ -18,6 +18,9 @@ type agent struct {
 	bootID   string
 	hostname string
 	log      zerolog.Logger
+	// reaper starts the commands of agent.exec and waits for them; nil
+	// in an agent that runs none.
+	reaper *reaper
 	// poweroff receives the reason of the first power-off request; PID 1
 	// waits on it.
 	poweroff chan string
@@ -27,7 +30,16 @@ type agent struct {
 func (a *agent) methods() rpc.Methods {
 	return rpc.Methods{
 		agentlink.MethodPing:     rpc.Handle(a.ping),
+		agentlink.MethodPorts:    rpc.Handle(a.ports),
 		agentlink.MethodPowerOff: rpc.Handle(a.powerOff),
+	}
+}
+
+// streams is the agent's table of session methods.
+func (a *agent) streams() rpc.Streams {
+	return rpc.Streams{
+		agentlink.MethodExec:  rpc.HandleStream(a.exec),
+		agentlink.MethodUntar: rpc.HandleStream(a.untar),
 	}
 }
 

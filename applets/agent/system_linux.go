@@ -25,7 +25,8 @@ func runSystem(log zerolog.Logger, build api.Build) error {
 	}
 	ctx, cancel := context.WithCancel(logging.WithLogger(context.Background(), log))
 	defer cancel()
-	go reapChildren(ctx)
+	reaper := newReaper(true)
+	go reaper.run(ctx)
 
 	cmd, err := readCmdline()
 	if err != nil {
@@ -53,6 +54,7 @@ func runSystem(log zerolog.Logger, build api.Build) error {
 		bootID:   strings.TrimSpace(string(bootID)),
 		hostname: hostname,
 		log:      log,
+		reaper:   reaper,
 		poweroff: make(chan string, 1),
 	}
 	watchPowerButton(log, a.requestPowerOff)

@@ -171,6 +171,12 @@ func (v *vmBench) ping() (api.PingResult, error) {
 // run runs the client and returns its stdout, or an error with its
 // stderr.
 func (v *vmBench) run(args ...string) (string, error) {
+	out, _, err := v.runBoth(args...)
+	return out, err
+}
+
+// runBoth runs the client and returns its stdout and stderr.
+func (v *vmBench) runBoth(args ...string) (stdout, stderr string, err error) {
 	ctx, cancel := context.WithTimeout(context.Background(), vmBenchBoot)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, bangerBin, args...)
@@ -178,9 +184,9 @@ func (v *vmBench) run(args ...string) (string, error) {
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	if err := cmd.Run(); err != nil {
-		return out.String(), fmt.Errorf("banger %s: %v\n%s", strings.Join(args, " "), err, errb.String())
+		return out.String(), errb.String(), fmt.Errorf("banger %s: %v\n%s", strings.Join(args, " "), err, errb.String())
 	}
-	return out.String(), nil
+	return out.String(), errb.String(), nil
 }
 
 func (v *vmBench) mustRun(args ...string) string {

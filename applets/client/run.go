@@ -137,6 +137,7 @@ func copyWorkspace(c *cli.Context, s *session, vm string, ws *workspace, log io.
 	stats := make(chan copyStats, 1)
 	go func() {
 		st, err := ws.writeTar(pw)
+		st.err = err
 		pw.CloseWithError(err)
 		stats <- st
 	}()
@@ -154,6 +155,8 @@ func copyWorkspace(c *cli.Context, s *session, vm string, ws *workspace, log io.
 	switch {
 	case c.Context.Err() != nil:
 		return c.Context.Err()
+	case err != nil && st.err != nil:
+		return fmt.Errorf("copy the workspace: %w", st.err)
 	case err != nil:
 		return fmt.Errorf("copy the workspace: %w", err)
 	case status.Code != 0:

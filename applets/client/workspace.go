@@ -126,6 +126,7 @@ func walkWorkspace(dir string) (*workspace, error) {
 type copyStats struct {
 	files int
 	bytes int64
+	err   error // why the tar stream failed, if it did
 }
 
 // writeTar writes the workspace as a tar stream: regular files and

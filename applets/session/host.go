@@ -33,7 +33,7 @@ func Run(conn net.Conn, s Stdio) (ExitStatus, error) {
 	w := NewWriter(conn)
 	done := make(chan struct{})
 	defer close(done)
-	go sendInput(w, s, done)
+	go sendInput(conn, w, s, done)
 
 	r := NewReader(conn)
 	for {
@@ -69,13 +69,14 @@ func Run(conn net.Conn, s Stdio) (ExitStatus, error) {
 }
 
 // sendInput copies stdin and the terminal's events to the guest until
-// done. A write error means the session is over; Run sees why.
-func sendInput(w *Writer, s Stdio, done <-chan struct{}) {
-	stdinDone := make(chan struct{})
+// done. A write error means the session is over; Run sees why. Input
+// that fails (not one that ends) ends the session: the guest must not
+// take half of it for all of it.
+func sendInput(conn net.Conn, w *Writer, s Stdio, done <-chan struct{}) {
 	go func() {
-		defer close(stdinDone)
 		if s.Stdin != nil {
 			if _, err := io.Copy(w.Stream(Stdin), s.Stdin); err != nil {
+				conn.Close()
 				return
 			}
 		}

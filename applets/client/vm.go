@@ -274,6 +274,11 @@ func printVM(w io.Writer, vm api.VM) {
 		row("disk", strconv.Itoa(vm.DiskMiB)+" MiB")
 	}
 	row("network", vm.Network)
+	var ports []string
+	for _, f := range vm.Ports {
+		ports = append(ports, fmt.Sprintf("%s:%d->%d/%s", f.HostAddr, f.HostPort, f.GuestPort, f.Proto))
+	}
+	row("ports", strings.Join(ports, ", "))
 	row("created", vm.Created.Local().Format(time.RFC3339))
 	if vm.PID > 0 {
 		row("pid", strconv.Itoa(vm.PID))

@@ -1,6 +1,7 @@
 package client
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -136,7 +137,14 @@ func copyWorkspace(c *cli.Context, s *session, vm string, ws *workspace, log io.
 	pr, pw := io.Pipe()
 	stats := make(chan copyStats, 1)
 	go func() {
-		st, err := ws.writeTar(pw)
+		// Full frames: tar writes headers and padding in 512-byte pieces,
+		// and each write would be a frame of its own all the way to the
+		// guest.
+		bw := bufio.NewWriterSize(pw, sess.MaxPayload)
+		st, err := ws.writeTar(bw)
+		if err == nil {
+			err = bw.Flush()
+		}
 		st.err = err
 		pw.CloseWithError(err)
 		stats <- st

@@ -125,6 +125,32 @@ func TestVMExecShellAndPTY(t *testing.T) {
 	}
 	wg.Wait()
 
+	// Ctrl-C reaches a command that does not read its input, even with
+	// megabytes of input queued behind it.
+	cmd := exec.Command(bangerBin, "vm", "exec", "box", "--", "sleep", "1000")
+	cmd.Env = s.env
+	cmd.Stdin = bytes.NewReader(make([]byte, 8<<20))
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, time.Minute, func() bool {
+		return s.banger("vm", "exec", "box", "--", "sh", "-c", "ps | grep -q '[s]leep 1000'").code == 0
+	})
+	cmd.Process.Signal(syscall.SIGINT)
+	if err := waitExit(cmd, 30*time.Second); err != 130 {
+		t.Errorf("exec of sleep after Ctrl-C: exit %d, want 130", err)
+	}
+	if s.banger("vm", "exec", "box", "--", "sh", "-c", "ps | grep -q '[s]leep 1000'").code == 0 {
+		t.Errorf("sleep still runs in the guest")
+	}
+
+	// A reader that stops (| head) ends the command, not banger.
+	sh := exec.Command("sh", "-c", bangerBin+" vm exec box -- yes | head -c 3")
+	sh.Env = s.env
+	if out, err := sh.Output(); err != nil || string(out) != "y\ny" {
+		t.Errorf("yes | head: %q, %v", out, err)
+	}
+
 	// Bad calls.
 	s.banger("vm", "exec", "box").want(t, 2)
 	s.banger("vm", "exec", "ghost", "--", "true").want(t, 4)
@@ -132,6 +158,21 @@ func TestVMExecShellAndPTY(t *testing.T) {
 	s.banger("vm", "exec", "cold", "--", "true").want(t, 5)
 
 	t.Run("pty", func(t *testing.T) { testShellOnPTY(t, s, "box") })
+}
+
+// waitExit waits, at most d, for cmd and returns its exit code (-1 if it
+// did not end, and it is killed).
+func waitExit(cmd *exec.Cmd, d time.Duration) int {
+	done := make(chan struct{})
+	go func() { cmd.Wait(); close(done) }()
+	select {
+	case <-done:
+		return cmd.ProcessState.ExitCode()
+	case <-time.After(d):
+		cmd.Process.Kill()
+		<-done
+		return -1
+	}
 }
 
 // testShellOnPTY drives `banger vm shell` on a pseudo-terminal: tty, a

@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -22,6 +23,7 @@ import (
 	"time"
 
 	"banger/applets/api"
+	"banger/applets/dirs"
 	"banger/rpc"
 )
 
@@ -122,8 +124,9 @@ func TestCreateDeleteCycles(t *testing.T) {
 	if kids := childrenOf(d.Process.Pid); len(kids) != 0 {
 		t.Errorf("the daemon still has children (zombies are state Z): %v", kids)
 	}
-	if socks := socketsUnder(s.dir); len(socks) != 1 || socks[0] != s.socket() {
-		t.Errorf("sockets under the sandbox: %v, want only %s", socks, s.socket())
+	// The daemon's two sockets (rpc and stream), nothing of a VM.
+	if socks := socketsUnder(s.dir); len(socks) != 2 || !slices.Contains(socks, s.socket()) || !slices.Contains(socks, dirs.StreamSocket(s.socket())) {
+		t.Errorf("sockets under the sandbox: %v, want only %s and its stream socket", socks, s.socket())
 	}
 	// The database's connection pool may have grown (to its bound, 4
 	// connections); anything else open now and not before is a leak.

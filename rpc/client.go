@@ -61,7 +61,7 @@ func CallConn(ctx context.Context, conn net.Conn, method string, params, result 
 // exchange.
 func exchangeConn(ctx context.Context, conn net.Conn, method string, req []byte, result any) error {
 	defer conn.Close()
-	stop := context.AfterFunc(ctx, func() { conn.Close() })
+	stop := context.AfterFunc(ctx, func() { interrupt(conn) })
 	defer stop()
 	if dl, ok := ctx.Deadline(); ok {
 		conn.SetDeadline(dl)
@@ -122,15 +122,15 @@ func OpenStreamConn(ctx context.Context, conn net.Conn, method string, params, r
 		conn.Close()
 		return nil, err
 	}
-	stop := context.AfterFunc(ctx, func() { conn.Close() })
+	stop := context.AfterFunc(ctx, func() { interrupt(conn) })
 	if dl, ok := ctx.Deadline(); ok {
 		conn.SetDeadline(dl)
 	}
 	_, werr := conn.Write(req)
 	rest, err := readResponse(conn, result)
-	if !stop() || ctx.Err() != nil {
+	if !stop() || ctxErr(ctx) != nil {
 		conn.Close()
-		return nil, fmt.Errorf("call %s: %w", method, ctx.Err())
+		return nil, fmt.Errorf("call %s: %w", method, ctxErr(ctx))
 	}
 	if err != nil {
 		conn.Close()
@@ -144,6 +144,14 @@ func OpenStreamConn(ctx context.Context, conn net.Conn, method string, params, r
 	}
 	conn.SetDeadline(time.Time{})
 	return &Stream{Conn: conn, r: &skipNewline{r: io.MultiReader(rest, conn)}}, nil
+}
+
+// interrupt ends a call at once: a deadline in the past wakes a blocked
+// read, which closing alone does not for every conn (a yamux stream's
+// Close only ends the writing side).
+func interrupt(conn net.Conn) {
+	conn.SetDeadline(time.Now())
+	conn.Close()
 }
 
 // CommandClient calls a server that reads one request on its standard input
@@ -225,8 +233,14 @@ func decodeResponse(r io.Reader, result any) error {
 // the response (a stream session's first frames).
 func readResponse(r io.Reader, result any) (rest io.Reader, err error) {
 	var resp Response
-	dec := json.NewDecoder(r)
+	// Bounded like a request: a response comes from a peer that may not
+	// be trusted (a guest's agent).
+	lr := &io.LimitedReader{R: r, N: MaxResponseSize + 1}
+	dec := json.NewDecoder(lr)
 	if err := dec.Decode(&resp); err != nil {
+		if lr.N <= 0 {
+			return nil, fmt.Errorf("read response: larger than %d bytes", MaxResponseSize)
+		}
 		if errors.Is(err, io.EOF) {
 			return nil, errors.New("connection closed without a response")
 		}

@@ -1,6 +1,9 @@
 // Package rpc implements banger's wire protocol (PROTOCOL.md, version 1):
 // one JSON request and one JSON response per Unix-socket connection, with
-// op ids that tie a CLI command to every log record it caused.
+// op ids that tie a CLI command to every log record it caused. A server
+// may also serve stream methods (Server.Streams) on a socket of their
+// own: the call starts with the same request and response, then the
+// connection carries the method's session.
 //
 // The package holds the envelope types, the error type and its codes, op ids
 // on contexts, a client (Client for sockets, CommandClient for the sudo stdio
@@ -19,6 +22,10 @@ const Version = 1
 
 // MaxRequestSize bounds one request in bytes; a larger one is a bad_request.
 const MaxRequestSize = 1 << 20
+
+// MaxResponseSize bounds one response a client reads (vm.logs pages and
+// lists stay far below it).
+const MaxResponseSize = 64 << 20
 
 // Request is the one JSON object a caller writes on a connection.
 type Request struct {

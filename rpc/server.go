@@ -10,6 +10,7 @@ import (
 	"net"
 	"runtime/debug"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -43,11 +44,9 @@ type Streams map[string]StreamHandler
 // as Handle does.
 func HandleStream[P, R any](fn func(ctx context.Context, params P) (R, StreamFunc, error)) StreamHandler {
 	return func(ctx context.Context, raw json.RawMessage) (any, StreamFunc, error) {
-		var p P
-		if len(raw) > 0 && !bytes.Equal(bytes.TrimSpace(raw), []byte("null")) {
-			if err := json.Unmarshal(raw, &p); err != nil {
-				return nil, nil, Errorf(CodeInvalidParams, "params: %v", err)
-			}
+		p, err := decodeParams[P](raw)
+		if err != nil {
+			return nil, nil, err
 		}
 		return fn(ctx, p)
 	}
@@ -61,14 +60,25 @@ type NoParams struct{}
 // and a decode error is answered with invalid_params.
 func Handle[P, R any](fn func(ctx context.Context, params P) (R, error)) Handler {
 	return func(ctx context.Context, raw json.RawMessage) (any, error) {
-		var p P
-		if len(raw) > 0 && !bytes.Equal(bytes.TrimSpace(raw), []byte("null")) {
-			if err := json.Unmarshal(raw, &p); err != nil {
-				return nil, Errorf(CodeInvalidParams, "params: %v", err)
-			}
+		p, err := decodeParams[P](raw)
+		if err != nil {
+			return nil, err
 		}
 		return fn(ctx, p)
 	}
+}
+
+// decodeParams decodes raw params into P: absent or null give P's zero
+// value, unknown fields are ignored, anything else that does not decode
+// is invalid_params.
+func decodeParams[P any](raw json.RawMessage) (P, error) {
+	var p P
+	if len(raw) > 0 && !bytes.Equal(bytes.TrimSpace(raw), []byte("null")) {
+		if err := json.Unmarshal(raw, &p); err != nil {
+			return p, Errorf(CodeInvalidParams, "params: %v", err)
+		}
+	}
+	return p, nil
 }
 
 // Peer is the process on the other end of a connection.
@@ -401,6 +411,16 @@ type streamConn struct {
 }
 
 func (c streamConn) Read(p []byte) (int, error) { return c.Reader.Read(p) }
+
+// SyscallConn reaches the socket itself, for a session that watches it
+// for a hang-up without reading.
+func (c streamConn) SyscallConn() (syscall.RawConn, error) {
+	sc, ok := c.Conn.(syscall.Conn)
+	if !ok {
+		return nil, errors.New("rpc: the connection has no file descriptor")
+	}
+	return sc.SyscallConn()
+}
 
 // hangupWatchDelay is how long a call runs before its connection is
 // watched for the peer hanging up. Most calls end sooner, and watching

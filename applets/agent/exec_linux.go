@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -38,11 +39,15 @@ func (a *agent) exec(_ context.Context, p session.Exec) (struct{}, rpc.StreamFun
 		return struct{}{}, nil, rpc.Errorf(rpc.CodeInvalidParams, "%v", err)
 	}
 	return struct{}{}, func(ctx context.Context, conn net.Conn) error {
-		return runExec(logging.From(ctx), a.reaper, spec, conn)
+		return runExec(logging.From(ctx), a.reaper, spec, conn, func(c *command) func() {
+			return a.sessions.add(rpc.OpIDFrom(ctx), c)
+		})
 	}, nil
 }
 
-func runExec(log *zerolog.Logger, r *reaper, spec execSpec, conn net.Conn) error {
+// runExec runs one session; track registers its command for agent.signal
+// while it runs.
+func runExec(log *zerolog.Logger, r *reaper, spec execSpec, conn net.Conn, track func(*command) func()) error {
 	w := session.NewWriter(conn)
 	start := time.Now()
 	c, err := startCommand(r, spec)
@@ -54,7 +59,9 @@ func runExec(log *zerolog.Logger, r *reaper, spec execSpec, conn net.Conn) error
 		log.Debug().Strs("argv", spec.argv).Int("code", se.code).Str("error", se.msg).Msg("command did not start")
 		return w.WriteJSON(session.Exit, session.ExitStatus{Code: se.code, Error: se.msg})
 	}
+	untrack := track(c)
 	st, err := c.serve(conn, w)
+	untrack()
 	log.Debug().Strs("argv", spec.argv).Int("pid", c.proc.Pid).Int("code", st.Code).Int("signal", st.Signal).
 		Float64("duration_ms", logging.Millis(time.Since(start))).Err(err).Msg("command ended")
 	return err
@@ -224,12 +231,15 @@ func (c *command) wait(gone <-chan error) (unix.WaitStatus, error) {
 
 // input applies the host's frames until its connection fails, which
 // before the command's end means that the host is gone (it never
-// half-closes). A write to an input that the command does not read holds
-// up the frames behind it, as a full pipe holds up its writer: the host
-// is held back by the stream's flow control.
+// half-closes). The command's input is written by a goroutine of its
+// own, behind a bounded queue, so that a command that does not read its
+// input holds up only later input, never a signal, a resize or the
+// host's leaving.
 func (c *command) input(conn net.Conn) error {
+	feed := make(chan []byte, stdinQueue)
+	defer close(feed)
+	go c.feedStdin(feed)
 	r := session.NewReader(conn)
-	stdin := c.stdin // nil once closed or broken: later input is dropped
 	for {
 		f, err := r.Next()
 		if err != nil {
@@ -237,23 +247,11 @@ func (c *command) input(conn net.Conn) error {
 		}
 		switch f.Kind {
 		case session.Stdin:
-			if stdin != nil {
-				if _, err := stdin.Write(f.Payload); err != nil {
-					stdin = nil
-				}
+			if len(f.Payload) > 0 {
+				feed <- bytes.Clone(f.Payload)
 			}
 		case session.StdinEOF:
-			switch {
-			case stdin == nil:
-			case c.pty != nil:
-				// A terminal has no end of input; ^D is what a user types.
-				if _, err := stdin.Write([]byte{0x04}); err != nil {
-					stdin = nil
-				}
-			default:
-				stdin.Close()
-				stdin = nil
-			}
+			feed <- nil
 		case session.Resize:
 			var size session.WindowSize
 			if c.pty != nil && json.Unmarshal(f.Payload, &size) == nil && size.Rows > 0 && size.Cols > 0 {
@@ -263,6 +261,35 @@ func (c *command) input(conn net.Conn) error {
 			if len(f.Payload) == 1 && f.Payload[0] >= 1 && f.Payload[0] <= 64 {
 				c.r.signalGroup(c.proc.Pid, unix.Signal(f.Payload[0]))
 			}
+		}
+	}
+}
+
+// stdinQueue bounds the input frames queued for a command that is not
+// reading them (64 KiB each at most).
+const stdinQueue = 64
+
+// feedStdin writes the queued input to the command; nil is the end of
+// input. Once the input is closed or broken, the rest is dropped.
+func (c *command) feedStdin(feed <-chan []byte) {
+	stdin := c.stdin
+	for p := range feed {
+		if stdin == nil {
+			continue
+		}
+		switch {
+		case p != nil:
+			if _, err := stdin.Write(p); err != nil {
+				stdin = nil
+			}
+		case c.pty != nil:
+			// A terminal has no end of input; ^D is what a user types.
+			if _, err := stdin.Write([]byte{0x04}); err != nil {
+				stdin = nil
+			}
+		default:
+			stdin.Close()
+			stdin = nil
 		}
 	}
 }

@@ -21,6 +21,9 @@ type agent struct {
 	// reaper starts the commands of agent.exec and waits for them; nil
 	// in an agent that runs none.
 	reaper *reaper
+	// sessions are the running exec commands by the op id of their call,
+	// for agent.signal.
+	sessions sessionTable
 	// poweroff receives the reason of the first power-off request; PID 1
 	// waits on it.
 	poweroff chan string
@@ -32,6 +35,7 @@ func (a *agent) methods() rpc.Methods {
 		agentlink.MethodPing:     rpc.Handle(a.ping),
 		agentlink.MethodPorts:    rpc.Handle(a.ports),
 		agentlink.MethodPowerOff: rpc.Handle(a.powerOff),
+		agentlink.MethodSignal:   rpc.Handle(a.signal),
 	}
 }
 

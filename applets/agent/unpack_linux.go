@@ -349,9 +349,10 @@ func removeEntry(pfd int, base string) error {
 	return fmt.Errorf("remove the old %s: %w", base, err)
 }
 
-// entryMode is an entry's permission bits, set-id and sticky bits with
-// them.
-func entryMode(hdr *tar.Header) uint32 { return uint32(hdr.Mode) & 0o7777 }
+// entryMode is an entry's permission bits with the sticky bit, never the
+// set-id bits: everything unpacked is root's, and a user's set-uid file
+// must not become a set-uid root one.
+func entryMode(hdr *tar.Header) uint32 { return uint32(hdr.Mode) & 0o1777 }
 
 // setTimes sets the entry's times on base in pfd, itself if a symlink.
 func setTimes(pfd int, base string, hdr *tar.Header) error {

@@ -199,6 +199,11 @@ func (l *Link) OpenSession(ctx context.Context, method string, params any) (*rpc
 	return rpc.OpenStreamConn(ctx, stream, method, params, nil)
 }
 
+// Signal sends sig to the command of the exec session opID.
+func (l *Link) Signal(ctx context.Context, opID string, sig int) error {
+	return l.Call(ctx, MethodSignal, SignalParams{OpID: opID, Signal: sig}, nil)
+}
+
 // Ports lists the guest's listening sockets.
 func (l *Link) Ports(ctx context.Context) ([]Port, error) {
 	var r PortsResult

@@ -81,7 +81,16 @@ const (
 	MethodPorts    = "agent.ports"
 	MethodExec     = "agent.exec"  // params session.Exec
 	MethodUntar    = "agent.untar" // params session.Untar
+	MethodSignal   = "agent.signal" // params SignalParams
 )
+
+// SignalParams is the params of agent.signal: a signal for the command of
+// the exec session whose call had the op id OpID. It travels on a stream
+// of its own, so it never waits behind the session's input.
+type SignalParams struct {
+	OpID   string `json:"op_id"`
+	Signal int    `json:"signal"`
+}
 
 // Port is a listening socket in the guest (agent.ports); the daemon
 // passes it on to the client as it is.

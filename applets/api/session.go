@@ -9,8 +9,9 @@ const (
 	MethodVMCopy = "vm.copy" // params VMCopy; the session's input is a tar stream
 )
 
-// Port methods (the rpc socket).
+// Port methods, and the signal to an exec session (the rpc socket).
 const (
+	MethodVMExecSignal = "vm.exec.signal" // params VMExecSignal
 	MethodVMPorts      = "vm.ports"
 	MethodVMPortAdd    = "vm.port.add"
 	MethodVMPortRemove = "vm.port.remove"
@@ -20,6 +21,22 @@ const (
 type VMExec struct {
 	Name string `json:"name"`
 	session.Exec
+}
+
+// VMExecResult is the result of vm.exec, before its session starts.
+type VMExecResult struct {
+	// OpID is the op id of the exec call: vm.exec.signal names the
+	// session with it, and `banger trace` finds the session's records.
+	OpID string `json:"op_id"`
+}
+
+// VMExecSignal is the params of vm.exec.signal: a signal for the command
+// of a running exec session. It goes on the rpc socket, apart from the
+// session, so it never waits behind the session's input.
+type VMExecSignal struct {
+	Name   string `json:"name"`
+	OpID   string `json:"op_id"`
+	Signal int    `json:"signal"`
 }
 
 // VMCopy is the params of vm.copy: the session's input, a tar stream, is

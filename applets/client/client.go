@@ -38,8 +38,13 @@ type Env struct {
 // Main runs the client with args (args[0] is the applet's name) and returns
 // the exit code.
 func Main(env Env, args []string) int {
-	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGQUIT)
 	defer stop()
+	// A closed pipe on stdout must not kill the client outright, as Go
+	// does by default: vm run --rm still has a VM to delete, and a raw
+	// terminal to restore. Writes then fail with EPIPE instead. (Notify,
+	// not Ignore: an ignored signal would stay ignored in what we start.)
+	signal.Notify(make(chan os.Signal, 1), syscall.SIGPIPE)
 	app := newApp(env)
 	app.Metadata[argsKey] = args
 	err := app.RunContext(ctx, args)
@@ -196,13 +201,21 @@ func output(c *cli.Context, v any, human func(w io.Writer)) error {
 // after one would be silently taken as an argument: refuse it with a hint.
 func args(c *cli.Context, min, max int) ([]string, error) {
 	a := c.Args().Slice()
-	for _, arg := range a {
-		if strings.HasPrefix(arg, "-") && len(arg) > 1 {
-			return nil, usageError(fmt.Errorf("flag %s after an argument: put flags first (%s [flags] %s)", arg, c.Command.HelpName, c.Command.ArgsUsage))
-		}
+	if err := noFlagsIn(c, a); err != nil {
+		return nil, err
 	}
 	if len(a) < min || len(a) > max {
 		return nil, usageError(fmt.Errorf("usage: %s [flags] %s", c.Command.HelpName, c.Command.ArgsUsage))
 	}
 	return a, nil
+}
+
+// noFlagsIn refuses a flag among positional arguments, with a hint.
+func noFlagsIn(c *cli.Context, a []string) error {
+	for _, arg := range a {
+		if strings.HasPrefix(arg, "-") && len(arg) > 1 {
+			return usageError(fmt.Errorf("flag %s after an argument: put flags first (%s [flags] %s)", arg, c.Command.HelpName, c.Command.ArgsUsage))
+		}
+	}
+	return nil
 }

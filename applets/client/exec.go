@@ -1,11 +1,15 @@
 package client
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strings"
+	"syscall"
+	"time"
 
 	"github.com/urfave/cli/v2"
 	"golang.org/x/term"
@@ -87,28 +91,21 @@ func envFlags(c *cli.Context) ([]string, error) {
 
 // splitCommand splits the arguments at "--" into positional ones (min to
 // max of them) and the command after it. urfave/cli drops a "--" that
-// comes before any argument, so then everything is the command.
+// comes before any argument, so then everything is the command, a "--"
+// inside the command included (vm run -- cargo test -- --nocapture).
 func splitCommand(c *cli.Context, min, max int) (pos, cmd []string, err error) {
 	a := c.Args().Slice()
-	i := -1
-	for j, arg := range a {
-		if arg == "--" {
-			i = j
-			break
-		}
-	}
-	switch {
+	raw, _ := c.App.Metadata[argsKey].([]string)
+	switch i := slices.Index(a, "--"); {
+	case countDashDash(raw) > countDashDash(a):
+		cmd = a
 	case i >= 0:
 		pos, cmd = a[:i], a[i+1:]
-	case dashDashConsumed(c):
-		cmd = a
 	default:
 		pos = a
 	}
-	for _, arg := range pos {
-		if strings.HasPrefix(arg, "-") && len(arg) > 1 {
-			return nil, nil, usageError(fmt.Errorf("flag %s after an argument: put flags first (%s [flags] %s)", arg, c.Command.HelpName, c.Command.ArgsUsage))
-		}
+	if err := noFlagsIn(c, pos); err != nil {
+		return nil, nil, err
 	}
 	if len(pos) < min || len(pos) > max {
 		return nil, nil, usageError(fmt.Errorf("usage: %s [flags] %s", c.Command.HelpName, c.Command.ArgsUsage))
@@ -116,16 +113,14 @@ func splitCommand(c *cli.Context, min, max int) (pos, cmd []string, err error) {
 	return pos, cmd, nil
 }
 
-// dashDashConsumed reports whether the command line had a "--" that the
-// flag parser took: one that is not among the command's arguments.
-func dashDashConsumed(c *cli.Context) bool {
-	raw, _ := c.App.Metadata[argsKey].([]string)
-	for _, a := range raw {
+func countDashDash(args []string) int {
+	n := 0
+	for _, a := range args {
 		if a == "--" {
-			return true
+			n++
 		}
 	}
-	return false
+	return n
 }
 
 // runExec runs p in the VM with this process's standard streams and ends
@@ -161,7 +156,8 @@ func runExec(c *cli.Context, s *session, p api.VMExec) error {
 // every way out.
 func runSession(c *cli.Context, s *session, method string, params any, stdin io.Reader, stdout io.Writer, tty bool) (sess.ExitStatus, error) {
 	env := envOf(c)
-	conn, err := s.stream(c.Context, method, params)
+	var started api.VMExecResult
+	conn, err := s.stream(c.Context, method, params, &started)
 	if err != nil {
 		return sess.ExitStatus{}, err
 	}
@@ -175,12 +171,23 @@ func runSession(c *cli.Context, s *session, method string, params any, stdin io.
 		defer t.restore()
 		stdio.Resize = t.resizes()
 	}
-	sig := forwardSignals(conn, tty)
+	// Signals go beside the session, so that input the command does not
+	// read cannot hold them up.
+	vm, _ := params.(api.VMExec)
+	sig := forwardSignals(conn, tty, func(n int) {
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(c.Context), 10*time.Second)
+		defer cancel()
+		s.call(ctx, api.MethodVMExecSignal, api.VMExecSignal{Name: vm.Name, OpID: started.OpID, Signal: n}, nil)
+	})
 	defer sig.stop()
-	stdio.Signal = sig.forward
 	st, err := sess.Run(conn, stdio)
 	if n := sig.interrupted(); err != nil && n != 0 {
 		return sess.ExitStatus{}, exitStatus(128 + n)
+	}
+	if errors.Is(err, syscall.EPIPE) {
+		// Whoever read our output stopped (| head): end like the command
+		// would have, killed by SIGPIPE.
+		return sess.ExitStatus{}, exitStatus(128 + int(syscall.SIGPIPE))
 	}
 	return st, err
 }

@@ -31,14 +31,14 @@ func newVMPortsCommand() *cli.Command {
 				return err
 			}
 			return output(c, res, func(w io.Writer) {
-				published := map[int]string{}
+				published := map[int][]string{}
 				for _, f := range res.Published {
-					published[f.GuestPort] = net.JoinHostPort(f.HostAddr, strconv.Itoa(f.HostPort))
+					published[f.GuestPort] = append(published[f.GuestPort], net.JoinHostPort(f.HostAddr, strconv.Itoa(f.HostPort)))
 				}
 				tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 				fmt.Fprintln(tw, "PROTO\tADDRESS\tPORT\tPUBLISHED")
 				for _, p := range res.Listening {
-					fmt.Fprintf(tw, "%s\t%s\t%d\t%s\n", p.Proto, p.Address, p.Port, published[p.Port])
+					fmt.Fprintf(tw, "%s\t%s\t%d\t%s\n", p.Proto, p.Address, p.Port, strings.Join(published[p.Port], ", "))
 				}
 				tw.Flush()
 			})
@@ -101,8 +101,9 @@ func parsePublish(spec string) (api.PortForward, error) {
 	host, guest := s[:i], s[i+1:]
 	if j := strings.LastIndex(host, ":"); j >= 0 {
 		f.HostAddr, host = strings.Trim(host[:j], "[]"), host[j+1:]
-		if ip := net.ParseIP(f.HostAddr); ip == nil || !ip.IsLoopback() {
-			return bad("the host address must be a loopback address")
+		// QEMU's user network forwards only from IPv4.
+		if ip := net.ParseIP(f.HostAddr); ip == nil || ip.To4() == nil || !ip.IsLoopback() {
+			return bad("the host address must be an IPv4 loopback address (127.0.0.0/8)")
 		}
 	}
 	var err error

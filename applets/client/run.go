@@ -149,7 +149,7 @@ func copyWorkspace(c *cli.Context, s *session, vm string, ws *workspace, log io.
 		pw.CloseWithError(err)
 		stats <- st
 	}()
-	conn, err := s.stream(c.Context, api.MethodVMCopy, api.VMCopy{Name: vm, Dir: ws.dir()})
+	conn, err := s.stream(c.Context, api.MethodVMCopy, api.VMCopy{Name: vm, Dir: ws.dir()}, nil)
 	if err != nil {
 		pr.CloseWithError(err)
 		return err

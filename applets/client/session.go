@@ -67,14 +67,14 @@ func (s *session) call(ctx context.Context, method string, params, result any) e
 
 // stream opens a session (vm.exec, vm.copy) on the daemon's stream
 // socket, starting the daemon first when it is not running.
-func (s *session) stream(ctx context.Context, method string, params any) (*rpc.Stream, error) {
+func (s *session) stream(ctx context.Context, method string, params, result any) (*rpc.Stream, error) {
 	c := &rpc.Client{Socket: dirs.StreamSocket(s.socket)}
-	st, err := c.OpenStream(ctx, method, params, nil)
+	st, err := c.OpenStream(ctx, method, params, result)
 	if errors.Is(err, rpc.ErrUnreachable) && s.autostart {
 		if err := s.startDaemon(ctx); err != nil {
 			return nil, err
 		}
-		st, err = c.OpenStream(ctx, method, params, nil)
+		st, err = c.OpenStream(ctx, method, params, result)
 	}
 	return st, s.unreachable(err)
 }

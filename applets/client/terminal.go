@@ -83,13 +83,13 @@ func (t *terminal) resizes() <-chan sess.WindowSize {
 // session at once.
 type signalForwarder struct {
 	ch      chan os.Signal
-	forward chan int
 	mu      sync.Mutex
 	aborted syscall.Signal
 }
 
-func forwardSignals(conn net.Conn, tty bool) *signalForwarder {
-	f := &signalForwarder{ch: make(chan os.Signal, 4), forward: make(chan int, 4)}
+// forwardSignals passes signals on with send, which must not block long.
+func forwardSignals(conn net.Conn, tty bool, send func(sig int)) *signalForwarder {
+	f := &signalForwarder{ch: make(chan os.Signal, 4)}
 	signal.Notify(f.ch, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGQUIT)
 	go func() {
 		sent := map[os.Signal]bool{}
@@ -103,10 +103,7 @@ func forwardSignals(conn net.Conn, tty bool) *signalForwarder {
 				continue
 			}
 			sent[s] = true
-			select {
-			case f.forward <- int(sig):
-			default:
-			}
+			go send(int(sig))
 		}
 	}()
 	return f

@@ -40,6 +40,11 @@ func openWorkspace(p string, includeUntracked bool) (*workspace, error) {
 	if err != nil {
 		return nil, err
 	}
+	// git names the top of the work tree with symlinks resolved: so must
+	// we, for PATH's place in it.
+	if abs, err = filepath.EvalSymlinks(abs); err != nil {
+		return nil, usageError(fmt.Errorf("workspace: %w", err))
+	}
 	fi, err := os.Stat(abs)
 	if err != nil {
 		return nil, usageError(fmt.Errorf("workspace: %w", err))
@@ -49,7 +54,7 @@ func openWorkspace(p string, includeUntracked bool) (*workspace, error) {
 	}
 	top, err := gitOutput(abs, "rev-parse", "--show-toplevel")
 	if err != nil {
-		if errors.Is(err, errNotGit) {
+		if errors.Is(err, errNotGit) || errors.Is(err, exec.ErrNotFound) {
 			return walkWorkspace(abs)
 		}
 		return nil, err
@@ -81,15 +86,19 @@ func openWorkspace(p string, includeUntracked bool) (*workspace, error) {
 
 var errNotGit = errors.New("not in a git work tree")
 
-// gitOutput runs git in dir. Outside a work tree it returns errNotGit.
+// gitOutput runs git in dir. Outside a work tree it returns errNotGit;
+// without git, an error that wraps exec.ErrNotFound (a plain directory is
+// then copied whole).
 func gitOutput(dir string, args ...string) ([]byte, error) {
 	cmd := exec.Command("git", append([]string{"-C", dir}, args...)...)
+	// Untranslated messages: "not a git repository" is matched below.
+	cmd.Env = append(os.Environ(), "LC_ALL=C")
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()
 	if err != nil {
 		if errors.Is(err, exec.ErrNotFound) {
-			return nil, fmt.Errorf("workspace: git is not installed: %w", err)
+			return nil, err
 		}
 		if strings.Contains(stderr.String(), "not a git repository") {
 			return nil, errNotGit
@@ -106,13 +115,11 @@ func walkWorkspace(dir string) (*workspace, error) {
 		if err != nil {
 			return err
 		}
-		if d.IsDir() {
-			return nil
-		}
 		rel, err := filepath.Rel(dir, p)
-		if err != nil {
+		if err != nil || rel == "." {
 			return err
 		}
+		// Directories too: an empty one is part of the tree.
 		w.files = append(w.files, filepath.ToSlash(rel))
 		return nil
 	})
@@ -136,6 +143,13 @@ func (w *workspace) writeTar(out io.Writer) (copyStats, error) {
 	var st copyStats
 	tw := tar.NewWriter(out)
 	dirs := map[string]bool{}
+	// PATH's place in the copy exists even when no copied file is in it
+	// (an ignored build directory): the command starts there.
+	if w.sub != "." {
+		if err := writeParents(tw, w.root, w.sub+"/.", dirs); err != nil {
+			return st, err
+		}
+	}
 	for _, f := range w.files {
 		full := filepath.Join(w.root, filepath.FromSlash(f))
 		fi, err := os.Lstat(full)
@@ -145,37 +159,90 @@ func (w *workspace) writeTar(out io.Writer) (copyStats, error) {
 		if err != nil {
 			return st, err
 		}
-		if !fi.Mode().IsRegular() && fi.Mode()&fs.ModeSymlink == 0 {
-			continue // a submodule's directory, a socket, a device
-		}
 		if err := writeParents(tw, w.root, f, dirs); err != nil {
 			return st, err
 		}
-		link := ""
-		if fi.Mode()&fs.ModeSymlink != 0 {
-			if link, err = os.Readlink(full); err != nil {
-				return st, err
+		switch {
+		case fi.IsDir():
+			// In a git tree, a directory listed is a submodule: left out.
+			if !w.git {
+				if err := writeParents(tw, w.root, f+"/.", dirs); err != nil {
+					return st, err
+				}
 			}
+			continue
+		case fi.Mode()&fs.ModeSymlink != 0:
+			err = writeSymlink(tw, full, f, fi)
+		case fi.Mode().IsRegular():
+			var n int64
+			n, err = writeRegular(tw, full, f)
+			st.bytes += n
+		default:
+			continue // a socket, a device
 		}
-		hdr, err := tar.FileInfoHeader(fi, link)
 		if err != nil {
 			return st, err
-		}
-		hdr.Name = f
-		hdr.Uid, hdr.Gid, hdr.Uname, hdr.Gname = 0, 0, "", ""
-		if err := tw.WriteHeader(hdr); err != nil {
-			return st, err
-		}
-		if fi.Mode().IsRegular() {
-			n, err := copyFile(tw, full)
-			if err != nil {
-				return st, err
-			}
-			st.bytes += n
 		}
 		st.files++
 	}
 	return st, tw.Close()
+}
+
+func writeSymlink(tw *tar.Writer, full, name string, fi fs.FileInfo) error {
+	link, err := os.Readlink(full)
+	if err != nil {
+		return err
+	}
+	hdr, err := tar.FileInfoHeader(fi, link)
+	if err != nil {
+		return err
+	}
+	return writeHeader(tw, hdr, name)
+}
+
+// writeRegular writes one file as it is when it is opened: the size of
+// the open file is the entry's, and exactly that many bytes are written
+// (zeros if it shrank meanwhile), so a file that changes during the copy
+// cannot break the stream. Something that is no longer a regular file
+// (a FIFO now) is not read.
+func writeRegular(tw *tar.Writer, full, name string) (int64, error) {
+	f, err := os.Open(full)
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return 0, err
+	}
+	if !fi.Mode().IsRegular() {
+		return 0, fmt.Errorf("workspace: %s changed into something that is not a file during the copy", name)
+	}
+	hdr, err := tar.FileInfoHeader(fi, "")
+	if err != nil {
+		return 0, err
+	}
+	if err := writeHeader(tw, hdr, name); err != nil {
+		return 0, err
+	}
+	n, err := io.CopyN(tw, f, hdr.Size)
+	if errors.Is(err, io.EOF) {
+		_, err = io.CopyN(tw, zeros{}, hdr.Size-n)
+	}
+	return hdr.Size, err
+}
+
+func writeHeader(tw *tar.Writer, hdr *tar.Header, name string) error {
+	hdr.Name = name
+	hdr.Uid, hdr.Gid, hdr.Uname, hdr.Gname = 0, 0, "", ""
+	return tw.WriteHeader(hdr)
+}
+
+type zeros struct{}
+
+func (zeros) Read(p []byte) (int, error) {
+	clear(p)
+	return len(p), nil
 }
 
 // writeParents writes the directories above f that are not written yet,
@@ -198,13 +265,4 @@ func writeParents(tw *tar.Writer, root, f string, done map[string]bool) error {
 		}
 	}
 	return nil
-}
-
-func copyFile(w io.Writer, name string) (int64, error) {
-	f, err := os.Open(name)
-	if err != nil {
-		return 0, err
-	}
-	defer f.Close()
-	return io.Copy(w, f)
 }

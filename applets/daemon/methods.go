@@ -27,6 +27,7 @@ func (d *daemon) methods() rpc.Methods {
 		api.MethodVMShow:         rpc.Handle(d.vms.show),
 		api.MethodVMLogs:         rpc.Handle(d.vms.logs),
 		api.MethodVMPorts:        rpc.Handle(d.vms.ports),
+		api.MethodVMExecSignal:   rpc.Handle(d.vms.execSignal),
 		api.MethodVMPortAdd:      rpc.Handle(d.vms.portAdd),
 		api.MethodVMPortRemove:   rpc.Handle(d.vms.portRemove),
 

@@ -56,6 +56,9 @@ type vmProcess interface {
 	// running VM.
 	AddForward(ctx context.Context, f state.PortForward) error
 	RemoveForward(ctx context.Context, f state.PortForward) error
+	// SignalSession signals the command of the exec session whose call
+	// had the op id opID.
+	SignalSession(ctx context.Context, opID string, sig int) error
 	// GuestPorts lists what listens in the guest.
 	GuestPorts(ctx context.Context) ([]api.GuestPort, error)
 	Close() error

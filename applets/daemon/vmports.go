@@ -78,6 +78,11 @@ func (s *vmService) portAdd(ctx context.Context, p api.VMPort) (api.VM, error) {
 		return api.VM{}, err
 	}
 	vm, err := s.db.UpdateVM(ctx, p.Name, func(v *state.VM) error {
+		for _, f := range v.Ports {
+			if f.HostPort == add[0].HostPort {
+				return rpc.Errorf(rpc.CodeConflict, "vm %q already publishes host port %d (to guest port %d)", p.Name, f.HostPort, f.GuestPort)
+			}
+		}
 		v.Ports = append(v.Ports, add[0])
 		return nil
 	})
@@ -121,6 +126,11 @@ func (s *vmService) portRemove(ctx context.Context, p api.VMPort) (api.VM, error
 	}
 	if proc := s.proc(p.Name); proc != nil && vm.State == state.VMRunning {
 		if err := proc.RemoveForward(ctx, gone); err != nil {
+			// The VM still forwards it: so must its record say.
+			s.db.UpdateVM(context.WithoutCancel(ctx), p.Name, func(v *state.VM) error {
+				v.Ports = append(v.Ports, gone)
+				return nil
+			})
 			return api.VM{}, err
 		}
 	}

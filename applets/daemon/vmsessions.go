@@ -5,8 +5,13 @@ import (
 	"errors"
 	"io"
 	"net"
+	"os"
 	"path"
+	"sync"
+	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"banger/applets/agentlink"
 	"banger/applets/api"
@@ -25,26 +30,38 @@ import (
 // answers in milliseconds, even under TCG.
 const sessionOpenTimeout = 30 * time.Second
 
-// running returns the engine process of a VM that must be running.
-func (s *vmService) running(ctx context.Context, name string) (vmProcess, error) {
+// running returns a VM that must be running and its engine process.
+func (s *vmService) running(ctx context.Context, name string) (state.VM, vmProcess, error) {
 	vm, err := s.db.GetVM(ctx, name)
 	if err != nil {
-		return nil, err
+		return vm, nil, err
 	}
 	p := s.proc(name)
 	if vm.State != state.VMRunning || p == nil {
-		return nil, rpc.Errorf(rpc.CodeNotRunning, "vm %q is %s; start it with `banger vm start %s`", name, vm.State, name)
+		return vm, nil, rpc.Errorf(rpc.CodeNotRunning, "vm %q is %s; start it with `banger vm start %s`", name, vm.State, name)
 	}
-	return p, nil
+	return vm, p, nil
 }
 
-// exec starts a command in the VM.
-func (s *vmService) exec(ctx context.Context, p api.VMExec) (struct{}, rpc.StreamFunc, error) {
+// exec starts a command in the VM. The agent knows the session by this
+// call's op id (it adopts the op id the daemon forwards), which the
+// result gives the client for vm.exec.signal.
+func (s *vmService) exec(ctx context.Context, p api.VMExec) (api.VMExecResult, rpc.StreamFunc, error) {
+	res := api.VMExecResult{OpID: rpc.OpIDFrom(ctx)}
 	if len(p.Argv) == 0 && !p.Shell {
-		return struct{}{}, nil, rpc.Errorf(rpc.CodeInvalidParams, "no command to run")
+		return res, nil, rpc.Errorf(rpc.CodeInvalidParams, "no command to run")
 	}
 	serve, err := s.openSession(ctx, p.Name, agentlink.MethodExec, p.Exec)
-	return struct{}{}, serve, err
+	return res, serve, err
+}
+
+// execSignal signals the command of a running exec session.
+func (s *vmService) execSignal(ctx context.Context, p api.VMExecSignal) (struct{}, error) {
+	_, proc, err := s.running(ctx, p.Name)
+	if err != nil {
+		return struct{}{}, err
+	}
+	return struct{}{}, proc.SignalSession(ctx, p.OpID, p.Signal)
 }
 
 // copyIn unpacks the session's tar stream into a directory of the VM.
@@ -59,7 +76,7 @@ func (s *vmService) copyIn(ctx context.Context, p api.VMCopy) (struct{}, rpc.Str
 // openSession opens method on the VM's agent and returns the session
 // that splices the caller's connection to it.
 func (s *vmService) openSession(ctx context.Context, name, method string, params any) (rpc.StreamFunc, error) {
-	proc, err := s.running(ctx, name)
+	_, proc, err := s.running(ctx, name)
 	if err != nil {
 		return nil, err
 	}
@@ -73,37 +90,103 @@ func (s *vmService) openSession(ctx context.Context, name, method string, params
 		}
 		return nil, rpc.Errorf(rpc.CodeUnavailable, "cannot reach the VM's agent: %v", err)
 	}
+	opID := rpc.OpIDFrom(ctx)
 	return func(ctx context.Context, client net.Conn) error {
-		return splice(ctx, client, guest)
+		// A client gone for good: the command is killed through a call of
+		// its own, which no input queued on the session can hold up.
+		kill := func() {
+			kctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+			defer cancel()
+			if method == agentlink.MethodExec {
+				proc.SignalSession(kctx, opID, int(syscall.SIGKILL))
+			}
+		}
+		return splice(ctx, client, guest, kill)
 	}, nil
 }
 
 // splice copies frames both ways until the guest ends the session (after
 // its Exit frame). A client that leaves ends the guest's side, which
-// kills the command; a guest that does not close within a grace period
-// after that is abandoned.
-func splice(ctx context.Context, client, guest net.Conn) error {
+// kills the command, also when the guest is not reading (a command that
+// ignores its input: then the copy toward it blocks and would never see
+// the client go), so the client's hang-up is watched for apart. A guest
+// that does not close within a grace period after that is abandoned.
+func splice(ctx context.Context, client, guest net.Conn, kill func()) error {
 	defer guest.Close()
+	guestDone := make(chan struct{})
+	var once sync.Once
+	leave := func() {
+		once.Do(func() {
+			select {
+			case <-guestDone: // the session ended first: nothing to kill
+				return
+			default:
+			}
+			go kill()
+			guest.SetDeadline(time.Now().Add(10 * time.Second))
+			guest.Close()
+		})
+	}
 	go func() {
 		io.Copy(guest, client)
-		guest.SetDeadline(time.Now().Add(10 * time.Second))
-		guest.Close()
+		leave()
 	}()
+	stopWatch := watchHangup(client, leave)
+	defer stopWatch()
 	n, err := io.Copy(client, guest)
+	close(guestDone)
 	logging.From(ctx).Debug().Int64("bytes_out", n).Msg("session ended")
-	if errors.Is(err, net.ErrClosed) {
+	if errors.Is(err, net.ErrClosed) || errors.Is(err, os.ErrDeadlineExceeded) {
 		return nil
 	}
 	return err
 }
 
+// hangupPoll is how often a session's client is checked for a hang-up
+// that its reader may not see.
+const hangupPoll = time.Second
+
+// watchHangup calls gone once conn's peer has hung up, looking without
+// reading (the session's reader owns the bytes). It returns the function
+// that stops the watch.
+func watchHangup(conn net.Conn, gone func()) (stop func()) {
+	sc, ok := conn.(syscall.Conn)
+	if !ok {
+		return func() {}
+	}
+	raw, err := sc.SyscallConn()
+	if err != nil {
+		return func() {}
+	}
+	done := make(chan struct{})
+	go func() {
+		t := time.NewTicker(hangupPoll)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-t.C:
+			}
+			hup := false
+			raw.Control(func(fd uintptr) {
+				p := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLRDHUP}}
+				if n, err := unix.Poll(p, 0); err == nil && n > 0 {
+					hup = p[0].Revents&(unix.POLLRDHUP|unix.POLLHUP|unix.POLLERR) != 0
+				}
+			})
+			if hup {
+				gone()
+				return
+			}
+		}
+	}()
+	return func() { close(done) }
+}
+
 // ports lists the guest's listening sockets and the VM's published ports.
 func (s *vmService) ports(ctx context.Context, p api.VMRef) (api.VMPorts, error) {
-	proc, err := s.running(ctx, p.Name)
-	if err != nil {
-		return api.VMPorts{}, err
-	}
-	vm, err := s.show(ctx, p)
+	vm, proc, err := s.running(ctx, p.Name)
 	if err != nil {
 		return api.VMPorts{}, err
 	}
@@ -111,7 +194,7 @@ func (s *vmService) ports(ctx context.Context, p api.VMRef) (api.VMPorts, error)
 	if err != nil {
 		return api.VMPorts{}, err
 	}
-	res := api.VMPorts{Listening: listening, Published: vm.Ports}
+	res := api.VMPorts{Listening: listening, Published: portsToAPI(vm.Ports)}
 	if res.Listening == nil {
 		res.Listening = []api.GuestPort{}
 	}

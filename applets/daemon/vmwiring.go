@@ -152,6 +152,14 @@ func (p *qemuProcess) RemoveForward(ctx context.Context, f state.PortForward) er
 	return p.inst.RemoveHostFwd(ctx, engine.HostFwd(f))
 }
 
+func (p *qemuProcess) SignalSession(ctx context.Context, opID string, sig int) error {
+	link, err := p.agent()
+	if err != nil {
+		return err
+	}
+	return link.Signal(ctx, opID, sig)
+}
+
 func (p *qemuProcess) GuestPorts(ctx context.Context) ([]api.GuestPort, error) {
 	link, err := p.agent()
 	if err != nil {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"syscall"
 )
 
 // Stdio is the host end of a session: where its input comes from and its
@@ -33,12 +34,18 @@ func Run(conn net.Conn, s Stdio) (ExitStatus, error) {
 	w := NewWriter(conn)
 	done := make(chan struct{})
 	defer close(done)
-	go sendInput(conn, w, s, done)
+	inputErr := make(chan error, 1)
+	go sendInput(conn, w, s, done, inputErr)
 
 	r := NewReader(conn)
 	for {
 		f, err := r.Next()
 		if err != nil {
+			select {
+			case ierr := <-inputErr:
+				return ExitStatus{}, fmt.Errorf("session: read the input: %w", ierr)
+			default:
+			}
 			if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, net.ErrClosed) {
 				return ExitStatus{}, ErrNoExit
 			}
@@ -72,10 +79,18 @@ func Run(conn net.Conn, s Stdio) (ExitStatus, error) {
 // done. A write error means the session is over; Run sees why. Input
 // that fails (not one that ends) ends the session: the guest must not
 // take half of it for all of it.
-func sendInput(conn net.Conn, w *Writer, s Stdio, done <-chan struct{}) {
+func sendInput(conn net.Conn, w *Writer, s Stdio, done <-chan struct{}, inputErr chan<- error) {
 	go func() {
 		if s.Stdin != nil {
-			if _, err := io.Copy(w.Stream(Stdin), s.Stdin); err != nil {
+			_, err := io.Copy(w.Stream(Stdin), s.Stdin)
+			var werr *streamWriteError
+			switch {
+			case errors.As(err, &werr):
+				return // the session is over; Run says why
+			case err == nil, errors.Is(err, syscall.EBADF):
+				// A closed standard input (cmd <&-) is an empty one.
+			default:
+				inputErr <- err
 				conn.Close()
 				return
 			}

@@ -168,10 +168,17 @@ func (s stream) Write(p []byte) (int, error) {
 		return 0, nil
 	}
 	if err := s.w.Write(s.k, p); err != nil {
-		return 0, err
+		return 0, &streamWriteError{err}
 	}
 	return len(p), nil
 }
+
+// streamWriteError marks a failed frame write in io.Copy's error, apart
+// from a failed read of what was copied.
+type streamWriteError struct{ err error }
+
+func (e *streamWriteError) Error() string { return e.err.Error() }
+func (e *streamWriteError) Unwrap() error { return e.err }
 
 // ExitStatus is the payload of Exit: how the session ended.
 type ExitStatus struct {

@@ -98,6 +98,9 @@ func TestVMExecShellAndPTY(t *testing.T) {
 		t.Errorf("cat of 10 MiB: exit %d, %d bytes back, equal %v; stderr %q", r.code, len(r.stdout), bytes.Equal([]byte(r.stdout), blob), r.stderr)
 	}
 
+	if r := s.bangerIn([]byte("not for cat"), "vm", "exec", "--no-stdin", "box", "--", "cat"); r.code != 0 || r.stdout != "" {
+		t.Errorf("--no-stdin: exit %d, stdout %q", r.code, r.stdout)
+	}
 	s.banger("vm", "exec", "box", "--", "sh", "-c", "kill -9 $$").want(t, 137)
 	if r := s.banger("vm", "exec", "box", "--", "no-such-command"); r.code != 127 || !strings.Contains(r.stderr, "no-such-command") {
 		t.Errorf("command not found: exit %d, stderr %q", r.code, r.stderr)

@@ -31,6 +31,7 @@ func newVMExecCommand() *cli.Command {
 			&cli.BoolFlag{Name: "tty", Aliases: []string{"t"}, Usage: "run the command on a terminal (needs one here)"},
 			&cli.StringFlag{Name: "workdir", Aliases: []string{"w"}, Usage: "the command's working `DIR` in the VM (default /root)"},
 			&cli.StringSliceFlag{Name: "env", Aliases: []string{"e"}, Usage: "set `K=V` in the command's environment (repeatable)"},
+			&cli.BoolFlag{Name: "no-stdin", Aliases: []string{"n"}, Usage: "give the command an empty input instead of this one (as ssh -n; for loops that read their own input)"},
 		},
 		Action: action(func(c *cli.Context, s *session) error {
 			pos, cmd, err := splitCommand(c, 1, 1)
@@ -43,6 +44,12 @@ func newVMExecCommand() *cli.Command {
 			p := api.VMExec{Name: pos[0], Exec: sess.Exec{Argv: cmd, Dir: c.String("workdir"), TTY: c.Bool("tty")}}
 			if p.Env, err = envFlags(c); err != nil {
 				return err
+			}
+			if c.Bool("no-stdin") {
+				if p.TTY {
+					return usageError(errors.New("--no-stdin and --tty contradict each other"))
+				}
+				return runExecWith(c, s, p, nil)
 			}
 			return runExec(c, s, p)
 		}),
@@ -126,6 +133,11 @@ func countDashDash(args []string) int {
 // runExec runs p in the VM with this process's standard streams and ends
 // the client with the command's status.
 func runExec(c *cli.Context, s *session, p api.VMExec) error {
+	return runExecWith(c, s, p, envOf(c).Stdin)
+}
+
+// runExecWith is runExec with the command's input from stdin (nil: none).
+func runExecWith(c *cli.Context, s *session, p api.VMExec, stdin io.Reader) error {
 	env := envOf(c)
 	if p.TTY {
 		if !isTerminal(env.Stdin) {
@@ -138,7 +150,7 @@ func runExec(c *cli.Context, s *session, p api.VMExec) error {
 			p.Env = append([]string{"TERM=" + t}, p.Env...)
 		}
 	}
-	st, err := runSession(c, s, api.MethodVMExec, p, env.Stdin, env.Stdout, p.TTY)
+	st, err := runSession(c, s, api.MethodVMExec, p, stdin, env.Stdout, p.TTY)
 	if err != nil {
 		return err
 	}

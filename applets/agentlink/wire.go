@@ -79,8 +79,8 @@ const (
 	MethodPing     = "agent.ping"
 	MethodPowerOff = "agent.poweroff"
 	MethodPorts    = "agent.ports"
-	MethodExec     = "agent.exec"  // params session.Exec
-	MethodUntar    = "agent.untar" // params session.Untar
+	MethodExec     = "agent.exec"   // params session.Exec
+	MethodUntar    = "agent.untar"  // params session.Untar
 	MethodSignal   = "agent.signal" // params SignalParams
 )
 

@@ -5,7 +5,9 @@
 // exactly one "helper rpc completed" or "helper rpc failed" record per call.
 //
 // It must not grow general-purpose methods: every method validates every
-// field and does one banger-shaped thing.
+// field and does one banger-shaped thing. The network methods (bridge,
+// taps, NAT) check their params with the rules of policy.go, all in one
+// place, before they touch anything.
 package helper
 
 import (
@@ -90,17 +92,7 @@ func run(ctx context.Context, build api.Build, o options) error {
 		log.Error().Err(err).Msg("helper not started")
 		return cli.Exit(err.Error(), service.ExitFailed)
 	}
-	allowed := []uint32{0}
-	if owner >= 0 {
-		allowed = append(allowed, uint32(owner))
-	}
-	srv := &rpc.Server{
-		Methods:   methods(build),
-		Authorize: rpc.AllowUIDs(allowed...),
-		Logger:    log,
-		AdoptOpID: true,
-		CallLog:   rpc.CallLog{Completed: "helper rpc completed", Failed: "helper rpc failed", Level: zerolog.InfoLevel},
-	}
+	srv := newServer(build, owner, log)
 
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
@@ -109,6 +101,24 @@ func run(ctx context.Context, build api.Build, o options) error {
 		return nil
 	}
 	return serveSocket(ctx, srv, o.socket, owner, log)
+}
+
+// newServer is the helper's server: root and owner (when >= 0) may call
+// its closed list of methods, and each call writes one record.
+func newServer(build api.Build, owner int, log zerolog.Logger) *rpc.Server {
+	allowed := []uint32{0}
+	tapOwner := uint32(0) // with no owner only root calls, and root's engine opens the taps
+	if owner >= 0 {
+		allowed = append(allowed, uint32(owner))
+		tapOwner = uint32(owner)
+	}
+	return &rpc.Server{
+		Methods:   methods(build, newNetwork(tapOwner)),
+		Authorize: rpc.AllowUIDs(allowed...),
+		Logger:    log,
+		AdoptOpID: true,
+		CallLog:   rpc.CallLog{Completed: "helper rpc completed", Failed: "helper rpc failed", Level: zerolog.InfoLevel},
+	}
 }
 
 func serveSocket(ctx context.Context, srv *rpc.Server, path string, owner int, log zerolog.Logger) error {

@@ -9,11 +9,17 @@ import (
 )
 
 // methods is the helper's closed list of operations.
-func methods(build api.Build) rpc.Methods {
+func methods(build api.Build, net *network) rpc.Methods {
 	return rpc.Methods{
 		api.MethodPrivPing: rpc.Handle(func(ctx context.Context, _ rpc.NoParams) (api.PrivPingResult, error) {
 			return privPing(build)
 		}),
+		api.MethodPrivEnsureBridge: checkThen(net, checkEnsureBridge, net.ensureBridge),
+		api.MethodPrivCreateTap:    checkThen(net, checkCreateTap, net.createTap),
+		api.MethodPrivDeleteTap:    checkThen(net, checkDeleteTap, net.deleteTap),
+		api.MethodPrivEnsureNAT:    checkThen(net, checkEnsureNAT, net.ensureNAT),
+		api.MethodPrivClearNAT:     checkThen(net, checkClearNAT, net.clearNAT),
+		api.MethodPrivResetNetwork: rpc.Handle(net.resetNetwork),
 	}
 }
 

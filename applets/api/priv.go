@@ -1,0 +1,84 @@
+package api
+
+// The helper's network methods. Each is idempotent: asking for what is
+// already there succeeds and says so (Changed false). The helper checks
+// every field against its rules (applets/helper/policy.go) before it acts
+// and answers invalid_params for anything outside them.
+const (
+	MethodPrivEnsureBridge = "priv.ensure_bridge"
+	MethodPrivCreateTap    = "priv.create_tap"
+	MethodPrivDeleteTap    = "priv.delete_tap"
+	MethodPrivEnsureNAT    = "priv.ensure_nat"
+	MethodPrivClearNAT     = "priv.clear_nat"
+	MethodPrivResetNetwork = "priv.reset_network"
+)
+
+// PrivBridge is the params of priv.ensure_bridge. Name is "banger0" or
+// "banger-" and 1 to 8 of [a-z0-9-], the first not a "-" (Linux names
+// are at most 15 bytes). CIDR is the bridge's network, a
+// private (RFC 1918) IPv4 network address with a prefix from /16 to /30,
+// e.g. "10.77.0.0/24"; it must not overlap a route of the host other than
+// this bridge's own. The bridge's own address is the first host of the
+// CIDR ("10.77.0.1/24"), which the guests use as their gateway.
+type PrivBridge struct {
+	Name string `json:"name"`
+	CIDR string `json:"cidr"`
+}
+
+// PrivBridgeResult answers priv.ensure_bridge.
+type PrivBridgeResult struct {
+	Name string `json:"name"`
+	// Address is the bridge's own address with the CIDR's prefix.
+	Address string `json:"address"`
+	// Changed is false when the bridge was already there, up, with
+	// Address.
+	Changed bool `json:"changed"`
+}
+
+// PrivTap is the params of priv.create_tap and priv.delete_tap. Name is
+// "bgtap-" and up to 9 of [a-z0-9]. Bridge (create_tap only) is an
+// existing banger bridge the tap is attached to. The tap is owned by the
+// helper's owner uid, so the VM engine, running as the owner, can open it.
+type PrivTap struct {
+	Name   string `json:"name"`
+	Bridge string `json:"bridge,omitempty"`
+}
+
+// PrivTapResult answers priv.create_tap and priv.delete_tap.
+type PrivTapResult struct {
+	Name   string `json:"name"`
+	Bridge string `json:"bridge,omitempty"`
+	// Owner is the uid that may open the tap (create_tap).
+	Owner uint32 `json:"owner"`
+	// Changed is false when there was nothing to do: the tap was already
+	// there as asked (create) or already gone (delete).
+	Changed bool `json:"changed"`
+}
+
+// PrivNAT is the params of priv.ensure_nat and priv.clear_nat: masquerade
+// traffic from CIDR leaving through any interface but Bridge. For
+// ensure_nat, Bridge must exist and carry the CIDR's first host; CIDR
+// follows PrivBridge's rules.
+type PrivNAT struct {
+	Bridge string `json:"bridge"`
+	CIDR   string `json:"cidr"`
+}
+
+// PrivNATResult answers priv.ensure_nat and priv.clear_nat.
+type PrivNATResult struct {
+	Bridge string `json:"bridge"`
+	CIDR   string `json:"cidr"`
+	// Changed is false when the rule (and, for ensure_nat, IPv4
+	// forwarding) was already as asked.
+	Changed bool `json:"changed"`
+}
+
+// PrivResetResult answers priv.reset_network, which takes no params and
+// removes every banger tap and bridge and banger's nftables table.
+type PrivResetResult struct {
+	// Removed names the links removed, taps first.
+	Removed []string `json:"removed"`
+	// NATTable is true when banger's nftables table was there and removed.
+	NATTable bool `json:"nat_table"`
+	Changed  bool `json:"changed"`
+}

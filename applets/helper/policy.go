@@ -1,0 +1,289 @@
+package helper
+
+// The helper's rules: every name, CIDR and link a network method may
+// touch is checked here, and only here, before anything is changed. The
+// peer rule (root and the owner only) is the server's Authorize, set in
+// run; the closed method list is methods. Everything else is refused with
+// invalid_params, not_found or conflict, and the server's one record per
+// call logs the refusal with its code.
+
+import (
+	"net/netip"
+	"regexp"
+	"strings"
+
+	"banger/applets/api"
+	"banger/rpc"
+)
+
+// Linux interface names are at most 15 bytes (IFNAMSIZ 16 with the NUL),
+// so the suffixes are bounded to fit: "banger-" + 8, "bgtap-" + 9.
+var (
+	bridgeNameRE = regexp.MustCompile(`^(banger0|banger-[a-z0-9][a-z0-9-]{0,7})$`)
+	tapNameRE    = regexp.MustCompile(`^bgtap-[a-z0-9]{1,9}$`)
+)
+
+// privateNets are the RFC 1918 networks a banger CIDR must lie in.
+var privateNets = []netip.Prefix{
+	netip.MustParsePrefix("10.0.0.0/8"),
+	netip.MustParsePrefix("172.16.0.0/12"),
+	netip.MustParsePrefix("192.168.0.0/16"),
+}
+
+// The prefix lengths a banger CIDR may have: at least a /30's two hosts
+// (bridge and one guest), at most a /16.
+const (
+	minPrefix = 16
+	maxPrefix = 30
+)
+
+// hostLink is what the rules and the network methods read of a link.
+type hostLink struct {
+	Name   string
+	Index  int
+	Kind   string // netlink's link type ("bridge", "veth", "device", ...), but "tap" or "tun" for a tuntap
+	Master int    // the index of the link's master, 0 for none
+	Owner  uint32 // a tap's owner uid
+	Up     bool
+	Addrs  []netip.Prefix // IPv4 addresses with their prefix
+}
+
+// hostRoute is one IPv4 route of the host, from any routing table.
+type hostRoute struct {
+	Dst netip.Prefix
+	Dev string // the route's device, "" for none (blackhole, unreachable)
+}
+
+// hostView is what the rules read of the host. It never changes anything.
+type hostView interface {
+	// routes lists the IPv4 routes of every table.
+	routes() ([]hostRoute, error)
+	// link finds the link called name; ok is false when there is none.
+	link(name string) (l hostLink, ok bool, err error)
+}
+
+func invalid(format string, args ...any) error {
+	return rpc.Errorf(rpc.CodeInvalidParams, format, args...)
+}
+
+// checkBridgeName admits "banger0" and "banger-[a-z0-9][a-z0-9-]{0,7}".
+func checkBridgeName(name string) error {
+	if !bridgeNameRE.MatchString(name) {
+		return invalid("bridge name %q is not a banger bridge (banger0 or banger- and up to 8 of a-z, 0-9, -)", name)
+	}
+	return nil
+}
+
+// checkTapName admits "bgtap-[a-z0-9]{1,9}".
+func checkTapName(name string) error {
+	if !tapNameRE.MatchString(name) {
+		return invalid("tap name %q is not a banger tap (bgtap- and up to 9 of a-z, 0-9)", name)
+	}
+	return nil
+}
+
+// checkCIDR parses a banger network: a private IPv4 network address with
+// a prefix from /16 to /30.
+func checkCIDR(s string) (netip.Prefix, error) {
+	p, err := netip.ParsePrefix(s)
+	if err != nil {
+		return netip.Prefix{}, invalid("cidr %q: %v", s, err)
+	}
+	if !p.Addr().Is4() {
+		return netip.Prefix{}, invalid("cidr %q is not IPv4", s)
+	}
+	if p.Bits() < minPrefix || p.Bits() > maxPrefix {
+		return netip.Prefix{}, invalid("cidr %q: the prefix must be /%d to /%d", s, minPrefix, maxPrefix)
+	}
+	if p.Masked() != p {
+		return netip.Prefix{}, invalid("cidr %q is not a network address (did you mean %s?)", s, p.Masked())
+	}
+	for _, n := range privateNets {
+		if n.Contains(p.Addr()) {
+			return p, nil
+		}
+	}
+	return netip.Prefix{}, invalid("cidr %q is not private (10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16)", s)
+}
+
+// checkBridgeNet checks a bridge's name and its network.
+func checkBridgeNet(name, cidr string) (netip.Prefix, error) {
+	if err := checkBridgeName(name); err != nil {
+		return netip.Prefix{}, err
+	}
+	return checkCIDR(cidr)
+}
+
+// bridgeAddress is a bridge's own address on cidr: its first host.
+func bridgeAddress(cidr netip.Prefix) netip.Prefix {
+	return netip.PrefixFrom(cidr.Addr().Next(), cidr.Bits())
+}
+
+// checkNoOverlap refuses a cidr that overlaps a route of the host, other
+// than a default route and the routes on bridge itself (which are there
+// when the bridge already is).
+func checkNoOverlap(cidr netip.Prefix, bridge string, routes []hostRoute) error {
+	for _, r := range routes {
+		if r.Dst.Bits() == 0 || r.Dev == bridge {
+			continue
+		}
+		if r.Dst.Overlaps(cidr) {
+			dev := r.Dev
+			if dev == "" {
+				dev = "no device"
+			}
+			return invalid("cidr %s overlaps the host's route %s (%s)", cidr, r.Dst, dev)
+		}
+	}
+	return nil
+}
+
+// bridgePlan is a checked priv.ensure_bridge.
+type bridgePlan struct {
+	name string
+	addr netip.Prefix // the bridge's own address
+	link *hostLink    // the bridge when it is already there
+}
+
+func checkEnsureBridge(v hostView, p api.PrivBridge) (bridgePlan, error) {
+	cidr, err := checkBridgeNet(p.Name, p.CIDR)
+	if err != nil {
+		return bridgePlan{}, err
+	}
+	routes, err := v.routes()
+	if err != nil {
+		return bridgePlan{}, err
+	}
+	if err := checkNoOverlap(cidr, p.Name, routes); err != nil {
+		return bridgePlan{}, err
+	}
+	plan := bridgePlan{name: p.Name, addr: bridgeAddress(cidr)}
+	l, ok, err := v.link(p.Name)
+	if err != nil || !ok {
+		return plan, err
+	}
+	if l.Kind != "bridge" {
+		return bridgePlan{}, rpc.Errorf(rpc.CodeConflict, "%s exists and is a %s, not a bridge", p.Name, l.Kind)
+	}
+	for _, a := range l.Addrs {
+		if a != plan.addr {
+			return bridgePlan{}, rpc.Errorf(rpc.CodeConflict, "bridge %s already has %s, not %s; reset banger's network to change it", p.Name, a, plan.addr)
+		}
+	}
+	plan.link = &l
+	return plan, nil
+}
+
+// existingBridge finds the bridge a tap or a NAT rule is for.
+func existingBridge(v hostView, name string) (hostLink, error) {
+	br, ok, err := v.link(name)
+	switch {
+	case err != nil:
+		return hostLink{}, err
+	case !ok:
+		return hostLink{}, rpc.Errorf(rpc.CodeNotFound, "bridge %s does not exist; ensure it first", name)
+	case br.Kind != "bridge":
+		return hostLink{}, invalid("%s is a %s, not a bridge", name, br.Kind)
+	}
+	return br, nil
+}
+
+// tapPlan is a checked priv.create_tap or priv.delete_tap.
+type tapPlan struct {
+	name   string
+	bridge *hostLink // create_tap: the bridge to attach to
+	link   *hostLink // the tap when it is already there
+}
+
+func checkCreateTap(v hostView, p api.PrivTap) (tapPlan, error) {
+	if err := checkTapName(p.Name); err != nil {
+		return tapPlan{}, err
+	}
+	if err := checkBridgeName(p.Bridge); err != nil {
+		return tapPlan{}, err
+	}
+	br, err := existingBridge(v, p.Bridge)
+	if err != nil {
+		return tapPlan{}, err
+	}
+	plan, err := checkDeleteTap(v, p)
+	plan.bridge = &br
+	return plan, err
+}
+
+func checkDeleteTap(v hostView, p api.PrivTap) (tapPlan, error) {
+	if err := checkTapName(p.Name); err != nil {
+		return tapPlan{}, err
+	}
+	plan := tapPlan{name: p.Name}
+	l, ok, err := v.link(p.Name)
+	if err != nil || !ok {
+		return plan, err
+	}
+	if l.Kind != "tap" {
+		return tapPlan{}, rpc.Errorf(rpc.CodeConflict, "%s exists and is a %s, not a tap", p.Name, l.Kind)
+	}
+	plan.link = &l
+	return plan, nil
+}
+
+// natPlan is a checked priv.ensure_nat or priv.clear_nat.
+type natPlan struct {
+	bridge string
+	cidr   netip.Prefix
+}
+
+func checkClearNAT(_ hostView, p api.PrivNAT) (natPlan, error) {
+	cidr, err := checkBridgeNet(p.Bridge, p.CIDR)
+	if err != nil {
+		return natPlan{}, err
+	}
+	return natPlan{bridge: p.Bridge, cidr: cidr}, nil
+}
+
+// checkEnsureNAT also wants the bridge there with the CIDR's first host:
+// NAT is only ever for a banger bridge's own network.
+func checkEnsureNAT(v hostView, p api.PrivNAT) (natPlan, error) {
+	plan, err := checkClearNAT(v, p)
+	if err != nil {
+		return natPlan{}, err
+	}
+	br, err := existingBridge(v, p.Bridge)
+	if err != nil {
+		return natPlan{}, err
+	}
+	want := bridgeAddress(plan.cidr)
+	for _, a := range br.Addrs {
+		if a == want {
+			return plan, nil
+		}
+	}
+	return natPlan{}, invalid("bridge %s does not carry %s, so %s is not its network", p.Bridge, want, plan.cidr)
+}
+
+// isBangerLink says whether reset_network may remove l: a banger-named
+// bridge or tap of the right kind. Nothing else is ever removed.
+func isBangerLink(l hostLink) bool {
+	switch {
+	case l.Kind == "bridge" && bridgeNameRE.MatchString(l.Name):
+		return true
+	case l.Kind == "tap" && tapNameRE.MatchString(l.Name):
+		return true
+	}
+	return false
+}
+
+// natComment tags banger's masquerade rule for bridge, so that ensure_nat
+// finds it again and clear_nat removes only it.
+func natComment(bridge string, cidr netip.Prefix) string {
+	return natCommentPrefix(bridge) + cidr.String()
+}
+
+func natCommentPrefix(bridge string) string {
+	return "banger " + bridge + " "
+}
+
+// natRuleFor reports whether comment tags a rule of bridge.
+func natRuleFor(comment, bridge string) bool {
+	return strings.HasPrefix(comment, natCommentPrefix(bridge))
+}

@@ -1,7 +1,9 @@
 // Package packaging installs banger on a host: the applet links beside the
-// one binary now; the systemd units, the sudoers rule and the .deb recipe
-// as they come. It works on paths given to it and knows nothing of the
-// daemon or the CLI.
+// one binary, and the system install (the binary, install.toml, the
+// systemd units and the sudoers rule, rendered from the templates beside
+// it) under a root directory; the .deb recipe (nfpm.yaml, deb.sh) sits
+// beside it too. It works on paths and values given to it and knows
+// nothing of the CLI.
 package packaging
 
 import (

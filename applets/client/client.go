@@ -80,6 +80,7 @@ func newApp(env Env) *cli.App {
 			newOperationCommand(),
 			newVMCommand(),
 			newImageCommand(),
+			newSystemCommand(),
 		},
 		Metadata: map[string]any{envKey: env},
 		// Errors are printed once, by Main, with their exit code.

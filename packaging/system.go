@@ -1,0 +1,145 @@
+package packaging
+
+import (
+	"bytes"
+	"embed"
+	"errors"
+	"fmt"
+	"path"
+	"regexp"
+	"text/template"
+
+	"banger/applets/dirs"
+)
+
+// Helper modes of a system install: how the owner's daemon reaches the
+// root helper.
+const (
+	HelperService = "service" // bangerd-root.service on its socket
+	HelperSudo    = "sudo"    // sudo -n, per call, allowed by a sudoers rule
+)
+
+// Paths of a system install, from the root of the file system.
+const (
+	DefaultPrefix = "/usr/local"
+	ConfigDir     = "/etc/banger"
+	ConfigFile    = ConfigDir + "/install.toml" // what the helper reads for the owner's uid
+	UnitDir       = "/etc/systemd/system"
+	HelperUnit    = "bangerd-root.service"
+	DaemonUnit    = "bangerd.service"
+	SudoersFile   = "/etc/sudoers.d/banger"
+	StateDir      = "/var/lib/banger"          // the daemon's, owned by the owner (StateDirectory=)
+	DaemonSocket  = "/run/banger/bangerd.sock" // the daemon's (RuntimeDirectory=)
+	HelperSocket  = dirs.SystemHelperSocket    // the helper's, in a root-owned 0711 directory
+)
+
+// Config is a system install, as /etc/banger/install.toml keeps it.
+type Config struct {
+	Owner  string `toml:"owner" json:"owner"`
+	UID    int    `toml:"uid" json:"uid"`
+	GID    int    `toml:"gid" json:"gid"`
+	Prefix string `toml:"prefix" json:"prefix"`
+	Helper string `toml:"helper" json:"helper"`
+}
+
+// Names go into units and a sudoers rule: keep them to what needs no
+// quoting in either.
+var (
+	ownerName  = regexp.MustCompile(`^[a-z_][a-z0-9_.-]*$`)
+	prefixPath = regexp.MustCompile(`^/[A-Za-z0-9/._+-]*$`)
+)
+
+// Validate checks the fields that end up in units and in the sudoers rule.
+func (c Config) Validate() error {
+	switch {
+	case !ownerName.MatchString(c.Owner) || len(c.Owner) > 32:
+		return fmt.Errorf("owner %q: want a plain user name (lower case letters, digits, _ . -)", c.Owner)
+	case c.UID <= 0:
+		return fmt.Errorf("owner %s: uid %d; the owner must not be root", c.Owner, c.UID)
+	case !prefixPath.MatchString(c.Prefix) || path.Clean(c.Prefix) != c.Prefix:
+		return fmt.Errorf("prefix %q: want a clean absolute path (letters, digits, / . _ + -)", c.Prefix)
+	case c.Helper != HelperService && c.Helper != HelperSudo:
+		return fmt.Errorf("helper %q: want %s or %s", c.Helper, HelperService, HelperSudo)
+	}
+	return nil
+}
+
+// Binary is the installed binary's path.
+func (c Config) Binary() string { return path.Join(c.Prefix, "bin", "banger") }
+
+// BinDir is where the binary and its applet links are.
+func (c Config) BinDir() string { return path.Join(c.Prefix, "bin") }
+
+// Units lists the unit files this install has, helper first.
+func (c Config) Units() []string {
+	if c.Helper == HelperService {
+		return []string{HelperUnit, DaemonUnit}
+	}
+	return []string{DaemonUnit}
+}
+
+//go:embed systemd/bangerd-root.service systemd/bangerd.service sudoers/banger
+var templateFiles embed.FS
+
+var templates = template.Must(template.New("").Option("missingkey=error").ParseFS(templateFiles,
+	"systemd/*.service", "sudoers/banger"))
+
+// unitData is what the templates see.
+type unitData struct {
+	Config
+	HelperSocket, HelperRuntimeDir string
+	DaemonSocket, DaemonRuntimeDir string
+	StateDir, StateDirName         string
+	HelperFlags                    string
+}
+
+func render(name string, c Config) ([]byte, error) {
+	d := unitData{
+		Config:           c,
+		HelperSocket:     HelperSocket,
+		HelperRuntimeDir: runtimeDirName(HelperSocket),
+		DaemonSocket:     DaemonSocket,
+		DaemonRuntimeDir: runtimeDirName(DaemonSocket),
+		StateDir:         StateDir,
+		StateDirName:     path.Base(StateDir),
+		HelperFlags:      "--helper " + HelperSudo,
+	}
+	if c.Helper == HelperService {
+		d.HelperFlags = "--helper socket --helper-socket " + HelperSocket
+	}
+	var b bytes.Buffer
+	if err := templates.ExecuteTemplate(&b, name, d); err != nil {
+		return nil, fmt.Errorf("render %s: %w", name, err)
+	}
+	return b.Bytes(), nil
+}
+
+// runtimeDirName is a /run socket's directory as RuntimeDirectory= names
+// it (relative to /run).
+func runtimeDirName(socket string) string { return path.Base(path.Dir(socket)) }
+
+// Render returns the files of a system install that are made from
+// templates, by path from the root: the units, and the sudoers rule in
+// sudo mode. The owner may be a unit specifier (%i) for a template unit;
+// such a config is rendered without validation.
+func Render(c Config) (map[string][]byte, error) {
+	if c.Owner == "" || c.Prefix == "" {
+		return nil, errors.New("render: owner and prefix are required")
+	}
+	out := map[string][]byte{}
+	for _, u := range c.Units() {
+		b, err := render(u, c)
+		if err != nil {
+			return nil, err
+		}
+		out[path.Join(UnitDir, u)] = b
+	}
+	if c.Helper == HelperSudo {
+		b, err := render(path.Base(SudoersFile), c)
+		if err != nil {
+			return nil, err
+		}
+		out[SudoersFile] = b
+	}
+	return out, nil
+}

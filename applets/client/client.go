@@ -81,6 +81,7 @@ func newApp(env Env) *cli.App {
 			newVMCommand(),
 			newImageCommand(),
 			newSystemCommand(),
+			newDoctorCommand(),
 		},
 		Metadata: map[string]any{envKey: env},
 		// Errors are printed once, by Main, with their exit code.

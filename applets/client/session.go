@@ -15,6 +15,7 @@ import (
 	"banger/applets/api"
 	"banger/applets/dirs"
 	"banger/logging"
+	"banger/packaging"
 	"banger/rpc"
 )
 
@@ -27,6 +28,9 @@ type session struct {
 	stateDir  string
 	logLevel  string
 	autostart bool
+	// system is set when socket is the system install's daemon, which
+	// systemd runs: the client never starts a daemon of its own there.
+	system bool
 }
 
 func newSession(c *cli.Context) (*session, error) {
@@ -38,6 +42,12 @@ func newSession(c *cli.Context) (*session, error) {
 	}
 	if s.socket == "" {
 		s.socket = dirs.DefaultSocket()
+		if sock, ok := systemSocket(packaging.System{Root: "/"}, os.Getuid()); ok {
+			s.socket, s.system, s.autostart = sock, true, false
+			if s.stateDir == "" {
+				s.stateDir = packaging.StateDir // its logs, for trace
+			}
+		}
 	}
 	if s.stateDir == "" {
 		s.stateDir = dirs.State()
@@ -48,6 +58,23 @@ func newSession(c *cli.Context) (*session, error) {
 		}
 	}
 	return s, nil
+}
+
+// systemSocket returns the system install's daemon socket when a client
+// given no --socket (BANGER_SOCKET) should use it: install.toml is there,
+// names the caller as the owner (or the caller is root), and the daemon's
+// socket exists.
+func systemSocket(sys packaging.System, uid int) (string, bool) {
+	cfg, err := sys.ReadConfig()
+	if err != nil || (cfg.UID != uid && uid != 0) {
+		return "", false
+	}
+	sock := sys.Path(packaging.DaemonSocket)
+	fi, err := os.Stat(sock)
+	if err != nil || fi.Mode().Type() != os.ModeSocket {
+		return "", false
+	}
+	return sock, true
 }
 
 func (s *session) client() *rpc.Client { return &rpc.Client{Socket: s.socket} }
@@ -88,15 +115,28 @@ func (s *session) callRunning(ctx context.Context, method string, params, result
 func (s *session) unreachable(err error) error {
 	if errors.Is(err, rpc.ErrUnreachable) {
 		return &cliError{code: codeUnreachable, exit: ExitUnreachable,
-			err: fmt.Errorf("bangerd is not running on %s (start it with `banger daemon start`): %w", s.socket, err)}
+			err: fmt.Errorf("bangerd is not running on %s (start it with %s): %w", s.socket, s.startHint(), err)}
 	}
 	return err
+}
+
+// startHint says how to start the daemon this session talks to.
+func (s *session) startHint() string {
+	if s.system {
+		return "`sudo systemctl start " + packaging.DaemonUnit + "`"
+	}
+	return "`banger daemon start`"
 }
 
 // startDaemon starts bangerd in the background, detached in its own
 // session so it outlives this command, and waits until it answers ping.
 // It re-executes /proc/self/exe, never a binary found on PATH.
 func (s *session) startDaemon(ctx context.Context) error {
+	if s.system {
+		// systemd runs that daemon, as the owner, with the install's flags.
+		return &cliError{code: codeUnreachable, exit: ExitUnreachable,
+			err: fmt.Errorf("the system daemon does not answer on %s: start it with %s (journalctl -u %s), or give --socket for a daemon of your own", s.socket, s.startHint(), packaging.DaemonUnit)}
+	}
 	args := []string{api.AppletDaemon, "--socket", s.socket, "--state-dir", s.stateDir}
 	if s.logLevel != "" {
 		args = append(args, "--log-level", s.logLevel)

@@ -186,10 +186,22 @@ func envOf(c *cli.Context) Env {
 	return c.App.Metadata[envKey].(Env)
 }
 
+// jsonOutput reports whether --json was given to the command or before
+// it (banger --json vm list): a command's own --json flag hides the
+// global one from c.Bool.
+func jsonOutput(c *cli.Context) bool {
+	for _, ctx := range c.Lineage() {
+		if ctx.Bool("json") {
+			return true
+		}
+	}
+	return false
+}
+
 // output prints v as JSON, or calls human to print it for people.
 func output(c *cli.Context, v any, human func(w io.Writer)) error {
 	w := c.App.Writer
-	if c.Bool("json") {
+	if jsonOutput(c) {
 		enc := json.NewEncoder(w)
 		enc.SetIndent("", "  ")
 		return enc.Encode(v)

@@ -165,7 +165,7 @@ func newDaemonCommand() *cli.Command {
 					var res api.PingResult
 					err := s.callRunning(c.Context, api.MethodPing, nil, &res)
 					if err != nil {
-						if c.Bool("json") {
+						if jsonOutput(c) {
 							output(c, daemonStatus(s, nil), nil)
 						}
 						return err

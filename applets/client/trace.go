@@ -45,7 +45,7 @@ func newTraceCommand() *cli.Command {
 			if len(recs) == 0 {
 				return rpc.Errorf(rpc.CodeNotFound, "no records of %s in %v", opID, names)
 			}
-			if c.Bool("json") {
+			if jsonOutput(c) {
 				return trace.WriteJSON(c.App.Writer, recs)
 			}
 			return trace.WriteTimeline(c.App.Writer, opID, recs)

@@ -559,9 +559,13 @@ func (s *Server) logCall(c *call, resp *Response, d time.Duration) {
 		msgFail = "rpc failed"
 	}
 	var e *zerolog.Event
-	if resp.OK {
+	switch {
+	case resp.OK && c.streamErr != nil:
+		// The call was answered, but its session broke.
+		e = l.WithLevel(max(s.CallLog.Level, zerolog.WarnLevel))
+	case resp.OK:
 		e = l.WithLevel(s.CallLog.Level)
-	} else {
+	default:
 		e = l.WithLevel(max(s.CallLog.Level, zerolog.WarnLevel))
 	}
 	e = e.Str("op_id", c.opID).Str("method", c.method).Float64("duration_ms", logging.Millis(d)).

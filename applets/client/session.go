@@ -97,12 +97,21 @@ func (s *session) call(ctx context.Context, method string, params, result any) e
 func (s *session) stream(ctx context.Context, method string, params, result any) (*rpc.Stream, error) {
 	c := &rpc.Client{Socket: dirs.StreamSocket(s.socket)}
 	st, err := c.OpenStream(ctx, method, params, result)
-	if errors.Is(err, rpc.ErrUnreachable) && s.autostart {
-		if err := s.startDaemon(ctx); err != nil {
-			return nil, err
-		}
-		st, err = c.OpenStream(ctx, method, params, result)
+	if !errors.Is(err, rpc.ErrUnreachable) {
+		return st, err
 	}
+	// No stream socket: no daemon, or one older than this client.
+	if perr := s.client().Call(ctx, api.MethodPing, nil, nil); perr == nil {
+		return nil, &cliError{code: codeUnreachable, exit: ExitUnreachable,
+			err: fmt.Errorf("the daemon on %s serves no sessions (it is older than this client): restart it with `banger daemon stop` and run the command again", s.socket)}
+	}
+	if !s.autostart {
+		return nil, s.unreachable(err)
+	}
+	if err := s.startDaemon(ctx); err != nil {
+		return nil, err
+	}
+	st, err = c.OpenStream(ctx, method, params, result)
 	return st, s.unreachable(err)
 }
 

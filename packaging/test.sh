@@ -9,9 +9,12 @@ cd "$(dirname "$0")/.."
 . packaging/packages.sh
 # sudo: the daemon's sudo path to the helper is tested for real.
 # containerd: the peer anchor of the process benchmarks (BENCHMARKS.md).
+# git: vm run copies work trees. iproute2: network tests run in
+# namespaces of their own (ip netns). systemd: systemd-analyze verify of
+# the units (nothing is started). dpkg-deb, visudo: in dpkg and sudo.
 # The rest boot real guests: QEMU, qcow2 overlays, the host kernel (and its
 # modules) and busybox for the default image, ext4 tools to build images.
-ensure_packages sudo git containerd qemu-system-x86 qemu-utils linux-image-amd64 busybox-static e2fsprogs
+ensure_packages sudo git iproute2 systemd containerd qemu-system-x86 qemu-utils linux-image-amd64 busybox-static e2fsprogs
 
 PATH="$PATH:/usr/local/go/bin"
 unformatted=$(gofmt -l .)

@@ -20,6 +20,8 @@ const (
 	MethodVMShow         = "vm.show"
 	MethodVMLogs         = "vm.logs"
 
+	MethodNetworkReset = "network.reset"
+
 	MethodImageImport = "image.import"
 	MethodImageList   = "image.list"
 	MethodImageShow   = "image.show"
@@ -40,6 +42,17 @@ const (
 	DefaultMemoryMiB = 256
 )
 
+// A VM's network (VMCreate.Network, VM.Network).
+const (
+	// NetworkUser is QEMU's user-mode network: no root needed, the guest
+	// behind a NAT, reached through published ports. The default.
+	NetworkUser = "user"
+	// NetworkBridge puts the guest on banger's bridge through a tap the
+	// root helper makes: an address of its own, reachable from the host
+	// and from other bridged VMs, outbound traffic through NAT.
+	NetworkBridge = "bridge"
+)
+
 // Bounds of vm create, checked by the daemon.
 const (
 	MaxCPUs      = 64
@@ -58,18 +71,23 @@ type VMCreate struct {
 	NoStart   bool   `json:"no_start,omitempty"`
 	// Publish forwards host ports to the guest (user-mode networking).
 	Publish []PortForward `json:"publish,omitempty"`
+	// Network is NetworkUser (when empty) or NetworkBridge.
+	Network string `json:"network,omitempty"`
 }
 
 // VM is a VM as the daemon reports it.
 type VM struct {
-	ID          string        `json:"id"`
-	Name        string        `json:"name"`
-	Image       string        `json:"image"`
-	State       string        `json:"state"`
-	CPUs        int           `json:"cpus"`
-	MemoryMiB   int           `json:"memory_mib"`
-	DiskMiB     int           `json:"disk_mib"`
-	Network     string        `json:"network"`
+	ID        string `json:"id"`
+	Name      string `json:"name"`
+	Image     string `json:"image"`
+	State     string `json:"state"`
+	CPUs      int    `json:"cpus"`
+	MemoryMiB int    `json:"memory_mib"`
+	DiskMiB   int    `json:"disk_mib"`
+	Network   string `json:"network"`
+	// Address is a bridged VM's IPv4 address on the bridge (no prefix),
+	// the same for every boot; empty for user-mode networking.
+	Address     string        `json:"address,omitempty"`
 	Created     time.Time     `json:"created"`
 	LastError   string        `json:"last_error,omitempty"`
 	PID         int           `json:"pid,omitempty"`
@@ -108,6 +126,10 @@ type VMLogsResult struct {
 	Next    int64  `json:"next"`
 	Running bool   `json:"running"`
 }
+
+// NetworkResetResult answers network.reset: what the root helper
+// removed (banger's taps, bridges and NAT table).
+type NetworkResetResult = PrivResetResult
 
 // PruneResult lists what vm.prune deleted.
 type PruneResult struct {

@@ -105,13 +105,19 @@ func vmShapeFlags() []cli.Flag {
 		&cli.IntFlag{Name: "cpus", Value: api.DefaultCPUs, Usage: "virtual CPUs"},
 		&cli.StringFlag{Name: "memory", Value: strconv.Itoa(api.DefaultMemoryMiB) + "M", Usage: "memory `SIZE` (M or G; a plain number is MiB)"},
 		&cli.StringFlag{Name: "disk-size", Usage: "the VM's disk `SIZE` (M or G; default: the image's size)"},
-		&cli.StringSliceFlag{Name: "publish", Aliases: []string{"p"}, Usage: "forward 127.0.0.1:`HOST:GUEST` to the guest's TCP port GUEST (repeatable)"},
+		&cli.StringSliceFlag{Name: "publish", Aliases: []string{"p"}, Usage: "forward 127.0.0.1:`HOST:GUEST` to the guest's TCP port GUEST (repeatable; user network only)"},
+		&cli.StringFlag{Name: "network", Value: api.NetworkUser, Usage: "`user` (QEMU's user-mode network, published ports) or bridge (an address of its own on banger's bridge; needs the root helper)"},
 	}
 }
 
 // createParams reads vmShapeFlags.
 func createParams(c *cli.Context) (api.VMCreate, error) {
-	p := api.VMCreate{Name: c.String("name"), Image: c.String("image"), CPUs: c.Int("cpus")}
+	p := api.VMCreate{Name: c.String("name"), Image: c.String("image"), CPUs: c.Int("cpus"), Network: c.String("network")}
+	switch p.Network {
+	case api.NetworkUser, api.NetworkBridge:
+	default:
+		return p, usageError(fmt.Errorf("--network %q: want %s or %s", p.Network, api.NetworkUser, api.NetworkBridge))
+	}
 	var err error
 	if p.MemoryMiB, err = parseMiB("--memory", c.String("memory")); err != nil {
 		return p, err

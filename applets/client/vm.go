@@ -274,6 +274,7 @@ func printVM(w io.Writer, vm api.VM) {
 		row("disk", strconv.Itoa(vm.DiskMiB)+" MiB")
 	}
 	row("network", vm.Network)
+	row("address", vm.Address)
 	var ports []string
 	for _, f := range vm.Ports {
 		ports = append(ports, fmt.Sprintf("%s:%d->%d/%s", f.HostAddr, f.HostPort, f.GuestPort, f.Proto))

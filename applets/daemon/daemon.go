@@ -46,6 +46,7 @@ func Main(build api.Build, args []string) int {
 			&cli.StringFlag{Name: "log-level", EnvVars: []string{logging.EnvLevel}, Value: "info", Usage: "trace, debug, info, warn or error"},
 			&cli.StringFlag{Name: "helper", EnvVars: []string{"BANGER_HELPER"}, Value: HelperAuto, Usage: "how to reach the root helper: auto, socket, sudo or none"},
 			&cli.StringFlag{Name: "accel", EnvVars: []string{"BANGER_ACCEL"}, Value: "auto", Usage: "VM accelerator: auto (KVM when it can really run a guest, else TCG), kvm or tcg"},
+			&cli.StringFlag{Name: "bridge-cidr", EnvVars: []string{"BANGER_BRIDGE_CIDR"}, Value: DefaultBridgeCIDR, Usage: "the `CIDR` of bridge " + DefaultBridge + " (bridged VMs): the bridge is its first host, VMs get the next ones"},
 			&cli.StringFlag{Name: "helper-socket", EnvVars: []string{"BANGER_HELPER_SOCKET"}, Usage: "the root helper's socket `PATH` (default " + dirs.SystemHelperSocket + " when it exists)"},
 		},
 		Action: func(c *cli.Context) error {
@@ -56,6 +57,7 @@ func Main(build api.Build, args []string) int {
 				helperMode:   c.String("helper"),
 				helperSocket: c.String("helper-socket"),
 				accel:        c.String("accel"),
+				bridgeCIDR:   c.String("bridge-cidr"),
 			})
 		},
 	}
@@ -66,6 +68,7 @@ type options struct {
 	socket, stateDir, level  string
 	helperMode, helperSocket string
 	accel                    string
+	bridgeCIDR               string
 }
 
 func run(ctx context.Context, build api.Build, o options) error {
@@ -138,6 +141,10 @@ func run(ctx context.Context, build api.Build, o options) error {
 	if err != nil {
 		return fail(service.ExitUsage, err)
 	}
+	bridge, err := parseBridgeNet(DefaultBridge, o.bridgeCIDR)
+	if err != nil {
+		return fail(service.ExitUsage, err)
+	}
 	db, err := state.Open(ctx, filepath.Join(o.stateDir, state.FileName))
 	if err != nil {
 		return fail(service.ExitFailed, err)
@@ -150,7 +157,7 @@ func run(ctx context.Context, build api.Build, o options) error {
 	if err != nil {
 		return fail(service.ExitFailed, fmt.Errorf("recover operations: %w", err))
 	}
-	if d.vms, d.images, err = newVMs(startCtx, o.stateDir, accel, db, d.ops, interruptedCreates(interrupted)); err != nil {
+	if d.vms, d.images, err = newVMs(startCtx, o.stateDir, accel, db, d.ops, helper, bridge, interruptedCreates(interrupted)); err != nil {
 		return fail(service.ExitFailed, err)
 	}
 	defer d.vms.shutdown()

@@ -81,6 +81,9 @@ func (h *helperLink) Describe() string {
 	return h.mode + ": " + h.path
 }
 
+// Configured reports whether there is a helper to call at all.
+func (h *helperLink) Configured() bool { return h.mode != HelperNone }
+
 // Close releases the helper log.
 func (h *helperLink) Close() error {
 	if h.logFile != nil {

@@ -31,6 +31,8 @@ func (d *daemon) methods() rpc.Methods {
 		api.MethodVMPortAdd:      rpc.Handle(d.vms.portAdd),
 		api.MethodVMPortRemove:   rpc.Handle(d.vms.portRemove),
 
+		api.MethodNetworkReset: rpc.Handle(d.vms.networkReset),
+
 		api.MethodImageImport: rpc.Handle(d.images.importImage),
 		api.MethodImageList:   rpc.Handle(d.images.list),
 		api.MethodImageShow:   rpc.Handle(d.images.show),

@@ -3,6 +3,7 @@ package daemon
 import (
 	"context"
 	"net"
+	"net/netip"
 	"time"
 
 	"banger/applets/api"
@@ -36,6 +37,28 @@ type launchSpec struct {
 	CPUs        int
 	MemoryMiB   int
 	Ports       []state.PortForward
+	// Tap is a bridged VM's network; nil gives it user-mode networking
+	// with Ports.
+	Tap *launchTap
+}
+
+// launchTap is a VM's network device on an existing tap, and the guest's
+// static configuration.
+type launchTap struct {
+	Name    string
+	MAC     string
+	Address netip.Prefix // the guest's address on the bridge
+	Gateway netip.Addr
+	DNS     netip.Addr // none when invalid
+}
+
+// vmHelper is the root helper as the VM service uses it (helperLink).
+type vmHelper interface {
+	// Call makes one priv.* call with ctx's op id.
+	Call(ctx context.Context, method string, params, result any) error
+	// Configured is false when the daemon runs without a helper
+	// (--helper none): bridged networking is then unavailable.
+	Configured() bool
 }
 
 // vmProcess is a running engine process.

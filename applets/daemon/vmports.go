@@ -78,6 +78,9 @@ func (s *vmService) portAdd(ctx context.Context, p api.VMPort) (api.VM, error) {
 		return api.VM{}, err
 	}
 	vm, err := s.db.UpdateVM(ctx, p.Name, func(v *state.VM) error {
+		if v.Network == api.NetworkBridge {
+			return rpc.Errorf(rpc.CodeInvalidParams, "vm %q is bridged: it is reached at its own address (%s), not through published ports", p.Name, v.Address)
+		}
 		for _, f := range v.Ports {
 			if f.HostPort == add[0].HostPort {
 				return rpc.Errorf(rpc.CodeConflict, "vm %q already publishes host port %d (to guest port %d)", p.Name, f.HostPort, f.GuestPort)

@@ -40,15 +40,17 @@ type vmService struct {
 	ops    *operation.Registry
 	engine vmEngine
 	images vmImages
-	root   string // instance directories: root/<vm id>
+	root   string    // instance directories: root/<vm id>
+	helper vmHelper  // the root helper: bridges, taps, NAT
+	bridge bridgeNet // where bridged VMs go
 
 	mu    sync.Mutex           // guards busy and procs
 	busy  map[string]string    // VM name -> what is being done to it
 	procs map[string]vmProcess // VM name -> its running engine process
 }
 
-func newVMService(db *state.DB, ops *operation.Registry, eng vmEngine, images vmImages, root string) *vmService {
-	return &vmService{db: db, ops: ops, engine: eng, images: images, root: root,
+func newVMService(db *state.DB, ops *operation.Registry, eng vmEngine, images vmImages, root string, helper vmHelper, bridge bridgeNet) *vmService {
+	return &vmService{db: db, ops: ops, engine: eng, images: images, root: root, helper: helper, bridge: bridge,
 		busy: map[string]string{}, procs: map[string]vmProcess{}}
 }
 
@@ -89,7 +91,7 @@ func (s *vmService) setProc(name string, p vmProcess) {
 
 func toAPI(v state.VM) api.VM {
 	return api.VM{ID: v.ID, Name: v.Name, Image: v.Image, State: v.State, CPUs: v.CPUs, MemoryMiB: v.MemoryMiB,
-		DiskMiB: v.DiskMiB, Network: v.Network, Created: v.Created, LastError: v.LastError, PID: v.PID,
+		DiskMiB: v.DiskMiB, Network: v.Network, Address: v.Address, Created: v.Created, LastError: v.LastError, PID: v.PID,
 		BootID: v.BootID, InstanceDir: v.InstanceDir, Ports: portsToAPI(v.Ports)}
 }
 
@@ -117,6 +119,10 @@ func (s *vmService) createBegin(ctx context.Context, p api.VMCreate) (api.Operat
 	if err := s.images.Exists(ctx, p.Image); err != nil {
 		return api.Operation{}, err
 	}
+	network, err := s.checkNetwork(p)
+	if err != nil {
+		return api.Operation{}, err
+	}
 	ports, err := checkPublish(p.Publish)
 	if err != nil {
 		return api.Operation{}, err
@@ -127,7 +133,7 @@ func (s *vmService) createBegin(ctx context.Context, p api.VMCreate) (api.Operat
 	}
 	id := "vm-" + ulid.Make().String()
 	vm := state.VM{ID: id, Name: p.Name, Image: p.Image, CPUs: p.CPUs, MemoryMiB: p.MemoryMiB, DiskMiB: p.DiskMiB,
-		State: state.VMCreating, Network: "user", InstanceDir: filepath.Join(s.root, id), Ports: ports}
+		State: state.VMCreating, Network: network, InstanceDir: filepath.Join(s.root, id), Ports: ports}
 	return s.ops.Begin(ctx, rpc.OpIDFrom(ctx), api.KindVMCreate, p.Name, func(ctx context.Context, prog *operation.Progress) (any, error) {
 		defer release()
 		var img vmImage
@@ -142,8 +148,13 @@ func (s *vmService) createBegin(ctx context.Context, p api.VMCreate) (api.Operat
 			{Name: "record vm", Do: func(ctx context.Context) error {
 				return s.db.CreateVM(ctx, vm)
 			}, Undo: func(ctx context.Context) error {
-				return s.db.DeleteVM(ctx, vm.Name)
+				return s.forgetCreate(ctx, vm.Name)
 			}},
+		}
+		if network == api.NetworkBridge {
+			steps = append(steps, s.allocateStep(vm.Name))
+		}
+		steps = append(steps, []operation.Step{
 			{Name: "make disk", Do: func(ctx context.Context) error {
 				if err := os.MkdirAll(vm.InstanceDir, 0o700); err != nil {
 					return err
@@ -152,20 +163,36 @@ func (s *vmService) createBegin(ctx context.Context, p api.VMCreate) (api.Operat
 			}, Undo: func(ctx context.Context) error {
 				return os.RemoveAll(vm.InstanceDir)
 			}},
-		}
+		}...)
 		if p.NoStart {
 			steps = append(steps, operation.Step{Name: "mark stopped", Do: func(ctx context.Context) error {
 				_, err := s.db.UpdateVM(ctx, vm.Name, func(v *state.VM) error { v.State = state.VMStopped; return nil })
 				return err
 			}})
 		} else {
-			steps = append(steps, s.bootSteps(vm.Name, &img)...)
+			steps = append(steps, s.bootSteps(vm.Name, network, &img)...)
 		}
 		if err := prog.Run(ctx, steps); err != nil {
 			return nil, err
 		}
 		return s.show(ctx, api.VMRef{Name: vm.Name})
 	}), nil
+}
+
+// forgetCreate undoes "record vm": the row goes, unless a tap is still
+// recorded (its removal failed), in which case the VM stays, failed, so
+// that `vm delete` or the next daemon retries rather than leak the tap.
+func (s *vmService) forgetCreate(ctx context.Context, name string) error {
+	vm, err := s.db.GetVM(ctx, name)
+	if err != nil {
+		return err
+	}
+	if vm.Tap == "" {
+		return s.db.DeleteVM(ctx, name)
+	}
+	why := fmt.Sprintf("create undone, but tap %s may remain; `banger vm delete %s` removes it", vm.Tap, name)
+	s.db.UpdateVM(ctx, name, func(v *state.VM) error { v.State, v.LastError = state.VMFailed, why; return nil })
+	return errors.New(why)
 }
 
 func validateCreate(p api.VMCreate) error {
@@ -186,12 +213,17 @@ func validateCreate(p api.VMCreate) error {
 	return nil
 }
 
-// bootSteps launch the engine and wait for the guest agent. The pid is
-// recorded as soon as the process exists (the engine's pidfile already
-// holds it, for a daemon that dies in between).
-func (s *vmService) bootSteps(name string, img *vmImage) []operation.Step {
+// bootSteps launch the engine and wait for the guest agent; a bridged VM
+// gets its bridge and tap first. The pid is recorded as soon as the
+// process exists (the engine's pidfile already holds it, for a daemon
+// that dies in between).
+func (s *vmService) bootSteps(name, network string, img *vmImage) []operation.Step {
 	var proc vmProcess
-	return []operation.Step{
+	var steps []operation.Step
+	if network == api.NetworkBridge {
+		steps = s.bridgeSteps(name)
+	}
+	return append(steps, []operation.Step{
 		{Name: "launch", Do: func(ctx context.Context) error {
 			vm, err := s.db.UpdateVM(ctx, name, func(v *state.VM) error {
 				v.State, v.LastError = state.VMStarting, ""
@@ -205,11 +237,17 @@ func (s *vmService) bootSteps(name string, img *vmImage) []operation.Step {
 					return err
 				}
 			}
-			proc, err = s.engine.Launch(ctx, launchSpec{
+			spec := launchSpec{
 				InstanceDir: vm.InstanceDir, Kernel: img.Kernel, Initrd: img.Initrd, KernelArgs: img.KernelArgs,
 				Disk: filepath.Join(vm.InstanceDir, diskFile), Hostname: vm.Name, CPUs: vm.CPUs, MemoryMiB: vm.MemoryMiB,
 				Ports: vm.Ports,
-			})
+			}
+			if vm.Network == api.NetworkBridge {
+				if spec.Tap, err = s.launchTap(vm); err != nil {
+					return err
+				}
+			}
+			proc, err = s.engine.Launch(ctx, spec)
 			if err != nil {
 				return err
 			}
@@ -243,7 +281,7 @@ func (s *vmService) bootSteps(name string, img *vmImage) []operation.Step {
 			s.setProc(name, proc)
 			return nil
 		}},
-	}
+	}...)
 }
 
 // startBegin boots a stopped VM as an operation.
@@ -278,7 +316,7 @@ func (s *vmService) bootBegin(ctx context.Context, name, kind string, restart bo
 			}})
 		}
 		var img vmImage
-		steps = append(steps, s.bootSteps(name, &img)...)
+		steps = append(steps, s.bootSteps(name, vm.Network, &img)...)
 		if err := prog.Run(ctx, steps); err != nil {
 			s.db.UpdateVM(context.WithoutCancel(ctx), name, func(v *state.VM) error { v.LastError = err.Error(); return nil })
 			return nil, err
@@ -330,10 +368,20 @@ func (s *vmService) markStopped(ctx context.Context, name string) (api.VM, error
 		v.State, v.PID, v.BootID = state.VMStopped, 0, ""
 		return nil
 	})
-	if err == nil {
-		s.engine.Leftovers(vm.InstanceDir)
+	if err != nil {
+		return toAPI(vm), err
 	}
-	return toAPI(vm), err
+	s.engine.Leftovers(vm.InstanceDir)
+	// The tap goes with the process; one the helper cannot remove now
+	// stays recorded, for the next stop, delete or daemon start.
+	if vm.Tap != "" {
+		if err := s.removeTap(ctx, name); err != nil {
+			logging.From(ctx).Warn().Err(err).Str("vm", name).Msg("tap not removed; it is removed later")
+		} else {
+			vm.Tap = ""
+		}
+	}
+	return toAPI(vm), nil
 }
 
 func (s *vmService) kill(ctx context.Context, p api.VMRef) (api.VM, error) {
@@ -378,9 +426,12 @@ func (s *vmService) deleteVM(ctx context.Context, name string) (api.VM, error) {
 		}
 		s.setProc(name, nil)
 	}
-	// Files first, row last: a crash in between leaves a row whose
-	// directory is gone, which a retry deletes; never a directory no row
-	// points at.
+	// Tap and files first, row last (it holds the address): a crash in
+	// between leaves a row whose tap or directory is gone, which a retry
+	// deletes; never a tap or a directory no row points at.
+	if err := s.removeTap(ctx, name); err != nil {
+		return api.VM{}, err
+	}
 	if err := os.RemoveAll(vm.InstanceDir); err != nil {
 		return api.VM{}, fmt.Errorf("remove %s: %w", vm.InstanceDir, err)
 	}
@@ -464,14 +515,18 @@ func (s *vmService) logs(ctx context.Context, p api.VMLogs) (api.VMLogsResult, e
 
 // reconcile runs at daemon start: VMs recorded as running are re-attached
 // when their engine process is alive and ours, and marked stopped (their
-// runtime leftovers removed) when not; VMs a dead daemon was creating are
-// removed with their files, as the create's undo would have (interrupted
-// names the VMs whose create operation was running).
+// runtime leftovers and tap removed) when not; VMs a dead daemon was
+// creating are removed with their files and tap, as the create's undo
+// would have (interrupted names the VMs whose create operation was
+// running); a tap still recorded for a VM that does not run is removed.
+// Its helper calls share one op id, logged with the records.
 func (s *vmService) reconcile(ctx context.Context, interrupted map[string]bool) error {
 	vms, err := s.db.ListVMs(ctx)
 	if err != nil {
 		return err
 	}
+	opID := rpc.NewOpID()
+	ctx = logging.WithOp(rpc.WithOpID(ctx, opID), *logging.From(ctx), opID, "reconcile")
 	log := logging.From(ctx)
 	for _, vm := range vms {
 		st := vm.State
@@ -483,6 +538,13 @@ func (s *vmService) reconcile(ctx context.Context, interrupted map[string]bool) 
 			if proc, err := s.engine.Attach(ctx, vm.InstanceDir); err == nil {
 				proc.Kill(ctx)
 				proc.Close()
+			}
+			if err := s.removeTap(ctx, vm.Name); err != nil {
+				// Kept, failed, with its tap recorded: vm delete retries.
+				why := "its create was interrupted and " + err.Error() + "; `banger vm delete " + vm.Name + "` retries"
+				s.db.UpdateVM(ctx, vm.Name, func(v *state.VM) error { v.State, v.LastError = state.VMFailed, why; return nil })
+				log.Warn().Err(err).Str("vm", vm.Name).Msg("a VM whose create was interrupted keeps its tap; marked failed")
+				continue
 			}
 			os.RemoveAll(vm.InstanceDir)
 			if err := s.db.DeleteVM(ctx, vm.Name); err != nil {
@@ -506,6 +568,14 @@ func (s *vmService) reconcile(ctx context.Context, interrupted map[string]bool) 
 				return err
 			}
 			log.Warn().Str("vm", vm.Name).Str("was", vm.State).Msg("VM found not running; marked stopped")
+		default:
+			if vm.Tap != "" {
+				if err := s.removeTap(ctx, vm.Name); err != nil {
+					log.Warn().Err(err).Str("vm", vm.Name).Msg("tap of a VM that does not run not removed")
+				} else {
+					log.Info().Str("vm", vm.Name).Str("tap", vm.Tap).Msg("removed the tap of a VM that does not run")
+				}
+			}
 		}
 	}
 	return nil

@@ -33,11 +33,16 @@ type qemuEngine struct {
 
 func (e *qemuEngine) Launch(ctx context.Context, spec launchSpec) (vmProcess, error) {
 	args := append(strings.Fields(spec.KernelArgs), boot.ParamHostname+"="+spec.Hostname)
-	inst, err := e.q.Launch(ctx, engine.Spec{
+	es := engine.Spec{
 		Dir: spec.InstanceDir, Name: spec.Hostname, Kernel: spec.Kernel, Initrd: spec.Initrd,
-		Disk: spec.Disk, CPUs: spec.CPUs, MemoryMiB: spec.MemoryMiB, KernelArgs: args,
-		Net: &engine.UserNet{HostFwd: portsToEngine(spec.Ports)}, Accel: e.accel,
-	})
+		Disk: spec.Disk, CPUs: spec.CPUs, MemoryMiB: spec.MemoryMiB, KernelArgs: args, Accel: e.accel,
+	}
+	if t := spec.Tap; t != nil {
+		es.Tap = &engine.TapNet{Name: t.Name, MAC: t.MAC, Guest: boot.Network{Address: t.Address, Gateway: t.Gateway, DNS: t.DNS}}
+	} else {
+		es.Net = &engine.UserNet{HostFwd: portsToEngine(spec.Ports)}
+	}
+	inst, err := e.q.Launch(ctx, es)
 	if err != nil {
 		return nil, err
 	}
@@ -256,7 +261,7 @@ func initrdBuilder(agent string) func(ctx context.Context, kernelPath, dst strin
 
 // newVMs opens the image store and the engine under stateDir and
 // reconciles the VMs a previous daemon left.
-func newVMs(ctx context.Context, stateDir string, accel engine.Accel, db *state.DB, ops *operation.Registry, interrupted map[string]bool) (*vmService, *imageMethods, error) {
+func newVMs(ctx context.Context, stateDir string, accel engine.Accel, db *state.DB, ops *operation.Registry, helper vmHelper, bridge bridgeNet, interrupted map[string]bool) (*vmService, *imageMethods, error) {
 	self, err := os.Executable()
 	if err != nil {
 		return nil, nil, fmt.Errorf("find this binary (the guest agent): %w", err)
@@ -269,7 +274,7 @@ func newVMs(ctx context.Context, stateDir string, accel engine.Accel, db *state.
 		return nil, nil, fmt.Errorf("open the image store: %w", err)
 	}
 	eng := &qemuEngine{q: &engine.QEMU{StateDir: stateDir}, accel: accel}
-	s := newVMService(db, ops, eng, &storeImages{store: store, agent: self}, filepath.Join(stateDir, "vms"))
+	s := newVMService(db, ops, eng, &storeImages{store: store, agent: self}, filepath.Join(stateDir, "vms"), helper, bridge)
 	if err := s.reconcile(ctx, interrupted); err != nil {
 		return nil, nil, fmt.Errorf("reconcile VMs: %w", err)
 	}

@@ -1,6 +1,7 @@
 package boot
 
 import (
+	"net/netip"
 	"slices"
 	"strings"
 	"testing"
@@ -36,6 +37,19 @@ func TestNetworkRoundTrip(t *testing.T) {
 	}
 	if args := (Network{}).Args(); len(args) != 0 {
 		t.Errorf("empty network args %v", args)
+	}
+}
+
+// A bridged guest's network: an address and a gateway, no name server
+// until the daemon serves one (the agent then leaves resolv.conf alone).
+func TestBridgedNetworkRoundTrip(t *testing.T) {
+	n := Network{Address: netip.MustParsePrefix("10.77.0.2/24"), Gateway: netip.MustParseAddr("10.77.0.1")}
+	if args := n.Args(); !slices.Equal(args, []string{"banger.ip=10.77.0.2/24", "banger.gw=10.77.0.1"}) {
+		t.Errorf("args %v", args)
+	}
+	got, ok, err := ParseCmdline("console=ttyS0 " + strings.Join(n.Args(), " ")).Network()
+	if err != nil || !ok || got != n || got.DNS.IsValid() {
+		t.Errorf("Network() = %+v, %v, %v; want %+v", got, ok, err, n)
 	}
 }
 

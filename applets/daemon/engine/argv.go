@@ -59,6 +59,13 @@ func buildArgv(bin string, spec Spec, accel Accel, tscKHz int) []string {
 		}
 		argv = append(argv, "-netdev", netdev, "-device", "virtio-net-device,netdev="+netdevID)
 	}
+	if spec.Tap != nil {
+		// script=no, downscript=no: QEMU opens the tap the helper made
+		// and configures nothing on the host.
+		argv = append(argv,
+			"-netdev", "tap,id="+netdevID+",ifname="+spec.Tap.Name+",script=no,downscript=no",
+			"-device", "virtio-net-device,netdev="+netdevID+",mac="+spec.Tap.MAC)
+	}
 	return argv
 }
 
@@ -82,6 +89,9 @@ func kernelArgs(spec Spec, accel Accel, tscKHz int) []string {
 	}
 	if spec.Net != nil {
 		args = append(args, boot.UserNetwork().Args()...)
+	}
+	if spec.Tap != nil {
+		args = append(args, spec.Tap.Guest.Args()...)
 	}
 	return append(args, spec.KernelArgs...)
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -14,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"banger/applets/agent/boot"
 	"banger/applets/dirs"
 	"banger/rpc"
 )
@@ -147,6 +149,31 @@ func TestArgvKVMNoInitrdNoNet(t *testing.T) {
 	}
 }
 
+func TestArgvTap(t *testing.T) {
+	s := testSpec("/i/box")
+	s.Net = nil
+	s.Tap = &TapNet{Name: "bgtap-0abc123de", MAC: "02:11:22:33:44:55", Guest: boot.Network{
+		Address: netip.MustParsePrefix("10.77.0.2/24"), Gateway: netip.MustParseAddr("10.77.0.1")}}
+	argv := buildArgv("/usr/bin/qemu-system-x86_64", s, AccelTCG, 2096018)
+	if got := argAfter(argv, "-netdev"); !slices.Equal(got, []string{"tap,id=net0,ifname=bgtap-0abc123de,script=no,downscript=no"}) {
+		t.Errorf("-netdev %q", got)
+	}
+	if devs := argAfter(argv, "-device"); !slices.Contains(devs, "virtio-net-device,netdev=net0,mac=02:11:22:33:44:55") {
+		t.Errorf("devices %q lack the tap's", devs)
+	}
+	cmdline := strings.Fields(argAfter(argv, "-append")[0])
+	for _, a := range []string{"banger.ip=10.77.0.2/24", "banger.gw=10.77.0.1"} {
+		if !slices.Contains(cmdline, a) {
+			t.Errorf("kernel command line %q lacks %s", cmdline, a)
+		}
+	}
+	for _, a := range cmdline {
+		if strings.HasPrefix(a, "banger.dns=") || a == "banger.ip=10.0.2.15/24" {
+			t.Errorf("kernel command line %q has %s", cmdline, a)
+		}
+	}
+}
+
 func TestHostTSC(t *testing.T) {
 	khz, err := hostTSCkHz()
 	if err != nil {
@@ -166,6 +193,11 @@ func TestSpecValidation(t *testing.T) {
 	good := Spec{Dir: dir, Kernel: kernel, Disk: disk}
 	if err := good.withDefaults().validate(); err != nil {
 		t.Fatalf("good spec: %v", err)
+	}
+	withTap := good
+	withTap.Tap = goodTap()
+	if err := withTap.withDefaults().validate(); err != nil {
+		t.Fatalf("good spec with a tap: %v", err)
 	}
 	for name, change := range map[string]func(*Spec){
 		"relative dir":      func(s *Spec) { s.Dir = "vm" },
@@ -187,6 +219,14 @@ func TestSpecValidation(t *testing.T) {
 		"same host port": func(s *Spec) {
 			s.Net = &UserNet{HostFwd: []HostFwd{{HostPort: 2222, GuestPort: 22}, {Proto: "tcp", HostAddr: "127.0.0.1", HostPort: 2222, GuestPort: 80}}}
 		},
+		"tap and user net": func(s *Spec) { s.Net, s.Tap = &UserNet{}, goodTap() },
+		"host's tap":       func(s *Spec) { s.Tap = goodTap(); s.Tap.Name = "eth0" },
+		"long tap name":    func(s *Spec) { s.Tap = goodTap(); s.Tap.Name = "bgtap-0123456789" },
+		"option in tap":    func(s *Spec) { s.Tap = goodTap(); s.Tap.Name = "bgtap-a,script=/x" },
+		"global mac":       func(s *Spec) { s.Tap = goodTap(); s.Tap.MAC = "00:11:22:33:44:55" },
+		"multicast mac":    func(s *Spec) { s.Tap = goodTap(); s.Tap.MAC = "03:11:22:33:44:55" },
+		"option in mac":    func(s *Spec) { s.Tap = goodTap(); s.Tap.MAC = "02:11:22:33:44:55,x=y" },
+		"no guest address": func(s *Spec) { s.Tap = goodTap(); s.Tap.Guest = boot.Network{} },
 		"long dir": func(s *Spec) {
 			long := filepath.Join(dir, strings.Repeat("x", 100))
 			os.Mkdir(long, 0o755)
@@ -200,6 +240,10 @@ func TestSpecValidation(t *testing.T) {
 			t.Errorf("%s: %v, want invalid_params", name, err)
 		}
 	}
+}
+
+func goodTap() *TapNet {
+	return &TapNet{Name: "bgtap-a1", MAC: "02:00:00:00:00:01", Guest: boot.Network{Address: netip.MustParsePrefix("10.77.0.2/24")}}
 }
 
 func TestParseAccel(t *testing.T) {

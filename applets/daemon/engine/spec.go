@@ -3,8 +3,10 @@ package engine
 import (
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 
+	"banger/applets/agent/boot"
 	"banger/rpc"
 )
 
@@ -35,6 +37,41 @@ type Spec struct {
 	Accel Accel
 	// Net is the guest's user-mode network (eth0); nil gives it none.
 	Net *UserNet
+	// Tap puts the guest's eth0 on a tap instead (bridged networking);
+	// at most one of Net and Tap is set.
+	Tap *TapNet
+}
+
+// TapNet is a network device on an existing tap, opened by QEMU through
+// /dev/net/tun (no scripts run): the tap's owner must be QEMU's user.
+type TapNet struct {
+	// Name is the tap: "bgtap-" and 1 to 9 of [a-z0-9], the names the
+	// root helper makes.
+	Name string
+	// MAC is the guest's hardware address, "02:xx:xx:xx:xx:xx" (locally
+	// administered, unicast), stable for one VM.
+	MAC string
+	// Guest is the guest's static network, given to the agent on the
+	// kernel command line.
+	Guest boot.Network
+}
+
+// Names and addresses a TapNet may carry.
+var (
+	tapNameRE = regexp.MustCompile(`^bgtap-[a-z0-9]{1,9}$`)
+	macRE     = regexp.MustCompile(`^[0-9a-f][26ae](:[0-9a-f]{2}){5}$`)
+)
+
+func (t *TapNet) validate() error {
+	switch {
+	case !tapNameRE.MatchString(t.Name):
+		return rpc.Errorf(rpc.CodeInvalidParams, "tap name %q is not a banger tap (bgtap- and 1 to 9 of a-z, 0-9)", t.Name)
+	case !macRE.MatchString(t.MAC):
+		return rpc.Errorf(rpc.CodeInvalidParams, "mac %q is not a locally administered unicast address in lowercase (02:xx:xx:xx:xx:xx)", t.MAC)
+	case !t.Guest.Address.IsValid() || !t.Guest.Address.Addr().Is4():
+		return rpc.Errorf(rpc.CodeInvalidParams, "tap network: the guest's address %q is not IPv4 with a prefix", t.Guest.Address)
+	}
+	return nil
 }
 
 // UserNet is QEMU's user-mode network: the guest is 10.0.2.15 behind a NAT
@@ -112,6 +149,14 @@ func (s Spec) validate() error {
 	}
 	if s.Net != nil {
 		if err := validateHostFwds(s.Net.HostFwd); err != nil {
+			return err
+		}
+	}
+	if s.Tap != nil {
+		if s.Net != nil {
+			return bad("a VM has one network: user-mode or a tap, not both")
+		}
+		if err := s.Tap.validate(); err != nil {
 			return err
 		}
 	}

@@ -49,6 +49,13 @@ var migrations = []string{
 	CREATE INDEX operations_created ON operations(created);`,
 	// 2: each VM's published ports, a JSON array of PortForward.
 	`ALTER TABLE vms ADD COLUMN ports TEXT NOT NULL DEFAULT '[]';`,
+	// 3: a bridged VM's address (held while its row exists, one VM each)
+	// and its tap (recorded before the tap is made, cleared once it is
+	// gone, so a restarted daemon removes what a dead one left).
+	`ALTER TABLE vms ADD COLUMN address TEXT NOT NULL DEFAULT '';
+	ALTER TABLE vms ADD COLUMN tap TEXT NOT NULL DEFAULT '';
+	CREATE UNIQUE INDEX vms_address ON vms(address) WHERE address != '';
+	CREATE UNIQUE INDEX vms_tap ON vms(tap) WHERE tap != '';`,
 }
 
 func (d *DB) migrate(ctx context.Context) error {

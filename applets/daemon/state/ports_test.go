@@ -2,8 +2,6 @@ package state
 
 import (
 	"context"
-	"database/sql"
-	"path/filepath"
 	"reflect"
 	"slices"
 	"strings"
@@ -110,24 +108,7 @@ func TestVMPortsConflict(t *testing.T) {
 // rows, and gives them no ports.
 func TestMigrateFromSchema1(t *testing.T) {
 	ctx := context.Background()
-	path := filepath.Join(t.TempDir(), FileName)
-	old, err := sql.Open("sqlite", "file:"+path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, q := range []string{
-		migrations[0],
-		`PRAGMA user_version = 1`,
-		`INSERT INTO images (name, digest, size_bytes, created) VALUES ('img', 'd', 1, '2024-01-01T00:00:00Z')`,
-		`INSERT INTO vms (id, name, image, cpus, memory_mib, disk_mib, state, network, created, updated, instance_dir)
-			VALUES ('id-old', 'old', 'img', 1, 256, 1024, 'stopped', 'user', '2024-01-01T00:00:00Z', '2024-01-01T00:00:00Z', '/x')`,
-	} {
-		if _, err := old.Exec(q); err != nil {
-			t.Fatalf("%s: %v", q, err)
-		}
-	}
-	old.Close()
-
+	path := oldDatabase(t, 1, "old")
 	db, err := Open(ctx, path)
 	if err != nil {
 		t.Fatal(err)

@@ -40,6 +40,13 @@ type VM struct {
 	PID     int
 	BootID  string
 	Runtime json.RawMessage // engine-specific handles (sockets, forwards)
+	// Address is a bridged VM's IPv4 address ("10.77.0.2"), empty for
+	// none: unique among the rows, so deleting the row releases it
+	// (AllocateAddress, ReleaseAddress).
+	Address string
+	// Tap is the name of the VM's tap while one may exist: set before the
+	// tap is made, cleared after it is removed. Unique among the rows.
+	Tap string
 	// Ports are the VM's published ports. A host port is published by
 	// one VM at most, running or not, so a stopped VM can start again.
 	Ports []PortForward
@@ -55,13 +62,13 @@ type PortForward struct {
 }
 
 const vmColumns = `id, name, image, cpus, memory_mib, disk_mib, state, network, created, updated,
-	last_error, instance_dir, pid, boot_id, runtime, ports`
+	last_error, instance_dir, pid, boot_id, runtime, ports, address, tap`
 
 func scanVM(row interface{ Scan(...any) error }) (VM, error) {
 	var v VM
 	var created, updated, runtime, ports string
 	err := row.Scan(&v.ID, &v.Name, &v.Image, &v.CPUs, &v.MemoryMiB, &v.DiskMiB, &v.State, &v.Network,
-		&created, &updated, &v.LastError, &v.InstanceDir, &v.PID, &v.BootID, &runtime, &ports)
+		&created, &updated, &v.LastError, &v.InstanceDir, &v.PID, &v.BootID, &runtime, &ports, &v.Address, &v.Tap)
 	if err != nil {
 		return v, err
 	}
@@ -145,17 +152,32 @@ func (d *DB) CreateVM(ctx context.Context, v VM) error {
 		if err != nil {
 			return err
 		}
-		_, err = tx.ExecContext(ctx, `INSERT INTO vms (`+vmColumns+`) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)`,
+		_, err = tx.ExecContext(ctx, `INSERT INTO vms (`+vmColumns+`) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)`,
 			v.ID, v.Name, v.Image, v.CPUs, v.MemoryMiB, v.DiskMiB, v.State, v.Network,
-			fmtTime(v.Created), fmtTime(now), v.LastError, v.InstanceDir, v.PID, v.BootID, string(v.Runtime), ports)
-		if err != nil && strings.Contains(err.Error(), "UNIQUE constraint failed") {
-			return rpc.Errorf(rpc.CodeAlreadyExists, "a VM named %q already exists; pick another name or delete it first", v.Name)
-		}
-		if err != nil {
+			fmtTime(v.Created), fmtTime(now), v.LastError, v.InstanceDir, v.PID, v.BootID, string(v.Runtime), ports, v.Address, v.Tap)
+		if err := uniqueConflict(err, v); err != nil {
 			return err
 		}
 		return checkPorts(ctx, tx, v)
 	})
+}
+
+// uniqueConflict turns a unique constraint's failure into the protocol's
+// error for what is taken; other errors pass as they are.
+func uniqueConflict(err error, v VM) error {
+	if err == nil || !strings.Contains(err.Error(), "UNIQUE constraint failed") {
+		return err
+	}
+	msg := err.Error()
+	switch {
+	case strings.Contains(msg, "vms.name"):
+		return rpc.Errorf(rpc.CodeAlreadyExists, "a VM named %q already exists; pick another name or delete it first", v.Name)
+	case strings.Contains(msg, "vms.address"):
+		return rpc.Errorf(rpc.CodeConflict, "address %s is held by another VM", v.Address)
+	case strings.Contains(msg, "vms.tap"):
+		return rpc.Errorf(rpc.CodeConflict, "tap %s is recorded for another VM", v.Tap)
+	}
+	return err
 }
 
 // GetVM returns the VM called name.
@@ -221,11 +243,11 @@ func (d *DB) UpdateVM(ctx context.Context, name string, fn func(*VM) error) (VM,
 		}
 		v.Updated = time.Now()
 		_, err = tx.ExecContext(ctx, `UPDATE vms SET cpus=?, memory_mib=?, disk_mib=?, state=?, network=?, updated=?,
-			last_error=?, instance_dir=?, pid=?, boot_id=?, runtime=?, ports=? WHERE id = ?`,
+			last_error=?, instance_dir=?, pid=?, boot_id=?, runtime=?, ports=?, address=?, tap=? WHERE id = ?`,
 			v.CPUs, v.MemoryMiB, v.DiskMiB, v.State, v.Network, fmtTime(v.Updated),
-			v.LastError, v.InstanceDir, v.PID, v.BootID, string(v.Runtime), ports, v.ID)
+			v.LastError, v.InstanceDir, v.PID, v.BootID, string(v.Runtime), ports, v.Address, v.Tap, v.ID)
 		out = v
-		return err
+		return uniqueConflict(err, v)
 	})
 	return out, err
 }

@@ -1,0 +1,307 @@
+package applets_test
+
+import (
+	"bytes"
+	"crypto/rand"
+	"encoding/hex"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"banger/applets/api"
+)
+
+// Bridged networking end to end, with real guests: the root helper and
+// the daemon run inside a network namespace of the test's own, so the
+// bridge, the taps, the NAT table and ip_forward are the namespace's,
+// never the host's. QEMU, started by the daemon, opens its tap there.
+
+// netns is a network namespace the test made, deleted when it ends.
+type netns struct {
+	t    *testing.T
+	name string
+}
+
+func newNetns(t *testing.T) *netns {
+	t.Helper()
+	if _, err := exec.LookPath("ip"); err != nil {
+		t.Skip("needs ip(8) (iproute2) to make a network namespace")
+	}
+	suffix := make([]byte, 4)
+	rand.Read(suffix)
+	ns := &netns{t: t, name: "bangere2e-" + hex.EncodeToString(suffix)}
+	if out, err := exec.Command("ip", "netns", "add", ns.name).CombinedOutput(); err != nil {
+		t.Skipf("cannot make a network namespace: %v: %s", err, out)
+	}
+	t.Cleanup(func() {
+		if out, err := exec.Command("ip", "netns", "del", ns.name).CombinedOutput(); err != nil {
+			t.Errorf("ip netns del %s: %v: %s", ns.name, err, out)
+		}
+	})
+	ns.ip("link", "set", "lo", "up")
+	return ns
+}
+
+// ip runs `ip -n NS args...` and returns its output.
+func (ns *netns) ip(args ...string) string {
+	ns.t.Helper()
+	out, err := exec.Command("ip", append([]string{"-n", ns.name}, args...)...).CombinedOutput()
+	if err != nil {
+		ns.t.Fatalf("ip -n %s %v: %v: %s", ns.name, args, err, out)
+	}
+	return string(out)
+}
+
+// exec runs a command inside the namespace.
+func (ns *netns) exec(args ...string) (string, error) {
+	out, err := exec.Command("ip", append([]string{"netns", "exec", ns.name}, args...)...).CombinedOutput()
+	return string(out), err
+}
+
+var bangerLinkRE = regexp.MustCompile(`\b(bgtap-[a-z0-9]+|banger0)\b`)
+
+// links lists the namespace's banger links (taps and the bridge).
+func (ns *netns) links() []string {
+	ns.t.Helper()
+	var out []string
+	for _, m := range bangerLinkRE.FindAllString(ns.ip("-o", "link", "show"), -1) {
+		if !slices.Contains(out, m) {
+			out = append(out, m)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+func (ns *netns) taps() []string {
+	var out []string
+	for _, l := range ns.links() {
+		if strings.HasPrefix(l, "bgtap-") {
+			out = append(out, l)
+		}
+	}
+	return out
+}
+
+// bridgedSandbox is a sandbox whose helper and daemon run in ns; the
+// client stays outside (it only needs the socket) and never starts a
+// daemon of its own.
+func bridgedSandbox(t *testing.T) (*sandbox, *netns, string) {
+	t.Helper()
+	needGuests(t)
+	s := newSandbox(t)
+	ns := newNetns(t)
+	s.env = append(s.env, "BANGER_NO_AUTOSTART=1")
+	hsock := filepath.Join(s.dir, "helper.sock")
+	hlog := filepath.Join(s.dir, "helper.log")
+	s.startProcess(0, &bytes.Buffer{}, "ip", "netns", "exec", ns.name, bangerBin, "bangerd-root", "--socket", hsock, "--owner-uid", "0", "--log-file", hlog)
+	waitSocket(t, hsock)
+	return s, ns, hlog
+}
+
+// bridgedDaemon starts the daemon inside ns, on the helper's socket.
+func (s *sandbox) bridgedDaemon(ns *netns) *exec.Cmd {
+	s.t.Helper()
+	cmd := s.startProcess(0, &bytes.Buffer{}, "ip", "netns", "exec", ns.name, bangerBin, "bangerd",
+		"--helper", "socket", "--helper-socket", filepath.Join(s.dir, "helper.sock"))
+	waitSocket(s.t, s.socket())
+	return cmd
+}
+
+// createBridged creates a bridged VM through the API, so the test knows
+// the create's op id, and returns the VM and that id.
+func createBridged(t *testing.T, s *sandbox, name string) (api.VM, string) {
+	t.Helper()
+	var op api.Operation
+	if err := s.call(api.MethodVMCreateBegin, api.VMCreate{Name: name, Network: api.NetworkBridge}, &op); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.call(api.MethodOperationWait, api.OperationWait{ID: op.ID, TimeoutMS: 60000}, &op); err != nil {
+		t.Fatal(err)
+	}
+	for !op.Done() {
+		if err := s.call(api.MethodOperationWait, api.OperationWait{ID: op.ID, TimeoutMS: 60000}, &op); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if op.State != api.OpSucceeded {
+		t.Fatalf("create %s: %+v", name, op.Error)
+	}
+	var vm api.VM
+	s.banger("vm", "show", "--json", name).want(t, 0).json(t, &vm)
+	return vm, op.ID
+}
+
+func TestBridgedVMs(t *testing.T) {
+	s, ns, hlog := bridgedSandbox(t)
+	d := s.bridgedDaemon(ns)
+	start := time.Now()
+
+	// Two bridged VMs, each with its own address and tap.
+	a, opA := createBridged(t, s, "a")
+	t.Logf("first bridged VM (with the default image) in %s", time.Since(start))
+	b, _ := createBridged(t, s, "b")
+	if a.Network != "bridge" || a.Address != "10.77.0.2" || b.Address != "10.77.0.3" || a.State != "running" {
+		t.Fatalf("addresses: a %+v, b %+v", a, b)
+	}
+	if got := ns.links(); len(got) != 3 || got[0] != "banger0" {
+		t.Fatalf("links in the namespace: %v, want banger0 and two taps", got)
+	}
+	if r := s.banger("vm", "show", "a").want(t, 0); !strings.Contains(r.stdout, "10.77.0.2") {
+		t.Errorf("vm show lacks the address:\n%s", r.stdout)
+	}
+	if out := ns.ip("-4", "addr", "show", "banger0"); !strings.Contains(out, "10.77.0.1/24") {
+		t.Errorf("bridge address: %s", out)
+	}
+	if out, _ := ns.exec("cat", "/proc/sys/net/ipv4/ip_forward"); strings.TrimSpace(out) != "1" {
+		t.Errorf("ip_forward in the namespace: %q", out)
+	}
+
+	// The guest has its address; VM to VM and VM to bridge work.
+	if r := s.banger("vm", "exec", "a", "--", "ip", "-4", "addr", "show", "eth0").want(t, 0); !strings.Contains(r.stdout, "10.77.0.2/24") {
+		t.Errorf("a's eth0:\n%s", r.stdout)
+	}
+	s.banger("vm", "exec", "a", "--", "ping", "-c1", "-W5", b.Address).want(t, 0)
+	s.banger("vm", "exec", "b", "--", "ping", "-c1", "-W5", a.Address).want(t, 0)
+	s.banger("vm", "exec", "a", "--", "ping", "-c1", "-W5", "10.77.0.1").want(t, 0)
+
+	// The host (the namespace) reaches a server in a guest at its address.
+	s.banger("vm", "exec", "b", "--", "sh", "-c", "mkdir -p /tmp/www && echo hello-bridge > /tmp/www/index.html && httpd -p 8080 -h /tmp/www").want(t, 0)
+	var out string
+	var err error
+	for range 20 {
+		// bash's /dev/tcp: a plain TCP connect, from the namespace.
+		get := `exec 3<>/dev/tcp/` + b.Address + `/8080 && printf 'GET / HTTP/1.0\r\n\r\n' >&3 && timeout 5 cat <&3`
+		if out, err = ns.exec("bash", "-c", get); err == nil {
+			break
+		}
+		time.Sleep(time.Second)
+	}
+	if err != nil {
+		r := s.banger("vm", "exec", "b", "--", "sh", "-c", "ps; netstat -ltn")
+		t.Fatalf("from the host: %v: %s\nin b: %s", err, out, r.stdout)
+	}
+	if !strings.HasSuffix(strings.TrimSpace(out), "\nhello-bridge") {
+		t.Errorf("from the host: %q", out)
+	}
+
+	// One op id: the daemon's stages and one record per helper call.
+	hrecs := withOp(readRecords(t, hlog), opA)
+	var methods []string
+	for _, r := range hrecs {
+		if r.Msg != "helper rpc completed" {
+			t.Errorf("helper record of the create: %+v", r)
+		}
+		methods = append(methods, r.Method)
+	}
+	if !slices.Equal(methods, []string{api.MethodPrivEnsureBridge, api.MethodPrivEnsureNAT, api.MethodPrivCreateTap}) {
+		t.Errorf("helper calls of the create: %v", methods)
+	}
+	tr := s.banger("trace", "--log", hlog, opA).want(t, 0)
+	for _, want := range []string{"helper rpc completed", "[allocate address]", "[ensure bridge]", "[create tap]", "[wait for agent]", "priv.create_tap", "bangerd-root"} {
+		if !strings.Contains(tr.stdout, want) {
+			t.Errorf("trace lacks %q:\n%s", want, tr.stdout)
+		}
+	}
+
+	// Ports are for the user network.
+	s.banger("vm", "port", "add", "a", "18080:80").want(t, 2)
+	s.banger("vm", "create", "--network", "bridge", "--publish", "18080:80", "--no-start").want(t, 2)
+	s.banger("vm", "create", "--network", "carrier-pigeon", "--no-start").want(t, 2)
+
+	// Stop removes the tap, start makes it again; the address stays.
+	s.banger("vm", "stop", "b").want(t, 0)
+	if got := ns.taps(); len(got) != 1 {
+		t.Errorf("taps after stopping b: %v", got)
+	}
+	s.banger("vm", "start", "--json", "b").want(t, 0).json(t, &b)
+	if b.Address != "10.77.0.3" || len(ns.taps()) != 2 {
+		t.Errorf("after start: %+v, taps %v", b, ns.taps())
+	}
+	s.banger("vm", "exec", "b", "--", "ping", "-c1", "-W5", a.Address).want(t, 0)
+
+	// Delete removes the tap and frees the address.
+	s.banger("vm", "delete", "a").want(t, 0)
+	if got := ns.links(); len(got) != 2 {
+		t.Errorf("links after deleting a: %v, want the bridge and b's tap", got)
+	}
+
+	// The daemon dies after a create made its tap, before the VM is up:
+	// the next daemon removes the VM, its tap and its address.
+	var op api.Operation
+	if err := s.call(api.MethodVMCreateBegin, api.VMCreate{Name: "c", Network: api.NetworkBridge}, &op); err != nil {
+		t.Fatal(err)
+	}
+	waitStage(t, s, op.ID, "wait for agent")
+	if got := ns.taps(); len(got) != 2 {
+		t.Fatalf("taps while c boots: %v", got)
+	}
+	d.Process.Signal(syscall.SIGKILL)
+	waitFor(t, 10*time.Second, func() bool { return syscall.Kill(d.Process.Pid, 0) != nil })
+	s.bridgedDaemon(ns)
+	s.banger("vm", "show", "c").want(t, 4)
+	if got := ns.taps(); len(got) != 1 {
+		t.Errorf("taps after the restart: %v, want b's only", got)
+	}
+	if len(s.enginePIDs()) != 1 {
+		t.Errorf("engines after the restart: %v, want b's only", s.enginePIDs())
+	}
+	var d2 api.VM
+	s.banger("vm", "create", "--network", "bridge", "--no-start", "--name", "d", "--json").want(t, 0).json(t, &d2)
+	if d2.Address != "10.77.0.2" || d2.State != "stopped" {
+		t.Errorf("d: %+v, want the lowest free address (a's and c's)", d2)
+	}
+
+	// vm run takes --network too; --rm takes the tap and address back.
+	if r := s.banger("vm", "run", "--rm", "-q", "--network", "bridge", "--", "ip", "-4", "addr", "show", "eth0").want(t, 0); !strings.Contains(r.stdout, "10.77.0.4/24") {
+		t.Errorf("vm run --network bridge:\n%s", r.stdout)
+	}
+	if got := ns.taps(); len(got) != 1 {
+		t.Errorf("taps after vm run --rm: %v, want b's only", got)
+	}
+
+	// Reset is refused while a bridged VM runs; then it removes it all.
+	if r := s.banger("network", "reset").want(t, 5); !strings.Contains(r.stderr, "b") {
+		t.Errorf("reset while b runs: %s", r.stderr)
+	}
+	s.banger("vm", "delete", "b").want(t, 0)
+	s.banger("vm", "prune").want(t, 0)
+	if got := ns.links(); !slices.Equal(got, []string{"banger0"}) {
+		t.Errorf("after the last VM: %v, want the bridge left", got)
+	}
+	var res api.NetworkResetResult
+	s.banger("network", "reset", "--json").want(t, 0).json(t, &res)
+	if !slices.Equal(res.Removed, []string{"banger0"}) || !res.NATTable {
+		t.Errorf("reset: %+v", res)
+	}
+	if got := ns.links(); len(got) != 0 {
+		t.Errorf("after reset: %v", got)
+	}
+	if r := s.banger("network", "reset").want(t, 0); !strings.Contains(r.stdout, "nothing") {
+		t.Errorf("second reset: %q", r.stdout)
+	}
+	if len(s.enginePIDs()) != 0 || len(s.vmDirs()) != 0 {
+		t.Errorf("left behind: engines %v, dirs %v", s.enginePIDs(), s.vmDirs())
+	}
+}
+
+func TestBridgeRefusedWithoutHelper(t *testing.T) {
+	s := newSandbox(t)
+	s.daemon() // --helper none
+	r := s.banger("vm", "create", "--network", "bridge", "--no-start").want(t, 7)
+	if !strings.Contains(r.stderr, "--helper none") || !strings.Contains(r.stderr, "--network user") {
+		t.Errorf("refusal without a hint: %s", r.stderr)
+	}
+	s.banger("network", "reset").want(t, 7)
+	s.banger("vm", "create", "--network", "nope").want(t, 2)
+	var vms []api.VM
+	s.banger("vm", "list", "--json").want(t, 0).json(t, &vms)
+	if len(vms) != 0 {
+		t.Errorf("VMs after refusals: %+v", vms)
+	}
+}

@@ -1,0 +1,249 @@
+package daemon
+
+import (
+	"context"
+	"crypto/sha256"
+	"fmt"
+	"net/netip"
+	"strings"
+
+	"banger/applets/api"
+	"banger/applets/daemon/operation"
+	"banger/applets/daemon/state"
+	"banger/logging"
+	"banger/rpc"
+)
+
+// Bridged networking: a VM on banger's bridge through a tap of its own,
+// with an address of its own. The root helper makes the bridge, the NAT
+// rule and the taps (priv.*); the daemon decides names and addresses and
+// records each tap before asking for it, so that a daemon that dies at
+// any point leaves a record of every tap that may exist.
+//
+// Addresses: the bridge is the first host of the CIDR (the guests'
+// gateway); VMs get the lowest free address from the second host up,
+// held in the VM's row (state.AllocateAddress) from create to delete, so
+// a VM keeps its address across boots.
+//
+// Taps: "bgtap-" and 9 characters of the VM's id, made at each boot and
+// removed when the VM stops, is deleted, or is found not running by a
+// restarted daemon (reconcile). The bridge and the NAT rule stay when the
+// last VM goes (cheap, shared); `banger network reset` removes them.
+
+// Defaults of the bridge.
+const (
+	DefaultBridge     = "banger0"
+	DefaultBridgeCIDR = "10.77.0.0/24"
+)
+
+// tapPrefix starts every tap name; the helper admits "bgtap-" and up to 9
+// of [a-z0-9].
+const tapPrefix = "bgtap-"
+
+// bridgeNet is the bridge the daemon puts bridged VMs on.
+type bridgeNet struct {
+	name    string
+	cidr    netip.Prefix
+	gateway netip.Addr // the bridge's own address: the CIDR's first host
+	first   netip.Addr // the range VMs get addresses from
+	last    netip.Addr
+	// dns is the name server bridged guests are given, none while it is
+	// invalid. Hook: when the daemon serves DNS for its VMs on the bridge
+	// (applets/daemon/vmdns), set it to gateway; until then a bridged
+	// guest resolves nothing by name.
+	dns netip.Addr
+}
+
+// parseBridgeNet checks a bridge CIDR: an IPv4 network address with a
+// prefix from /16 to /30 (the helper also wants it private and free of
+// the host's routes, and says so when it is not).
+func parseBridgeNet(name, cidr string) (bridgeNet, error) {
+	p, err := netip.ParsePrefix(cidr)
+	switch {
+	case err != nil:
+		return bridgeNet{}, fmt.Errorf("bridge cidr %q: %v", cidr, err)
+	case !p.Addr().Is4():
+		return bridgeNet{}, fmt.Errorf("bridge cidr %q is not IPv4", cidr)
+	case p.Bits() < 16 || p.Bits() > 30:
+		return bridgeNet{}, fmt.Errorf("bridge cidr %q: the prefix must be /16 to /30", cidr)
+	case p.Masked() != p:
+		return bridgeNet{}, fmt.Errorf("bridge cidr %q is not a network address (did you mean %s?)", cidr, p.Masked())
+	}
+	gw := p.Addr().Next()
+	b := p.Addr().As4()
+	host := uint32(1)<<(32-p.Bits()) - 1
+	for i := range 4 {
+		b[3-i] |= byte(host >> (8 * i))
+	}
+	broadcast := netip.AddrFrom4(b)
+	return bridgeNet{name: name, cidr: p, gateway: gw, first: gw.Next(), last: broadcast.Prev()}, nil
+}
+
+// tapName is a VM's tap: "bgtap-" and the last 9 letters and digits of
+// its id (the random end of a ULID), lowercase. The tap column's unique
+// index turns the unlikely collision into an error, never a shared tap.
+func tapName(vmID string) string {
+	id := strings.Map(func(r rune) rune {
+		switch {
+		case r >= 'a' && r <= 'z', r >= '0' && r <= '9':
+			return r
+		case r >= 'A' && r <= 'Z':
+			return r - 'A' + 'a'
+		}
+		return -1
+	}, vmID)
+	if len(id) > 9 {
+		id = id[len(id)-9:]
+	}
+	return tapPrefix + id
+}
+
+// macAddress is a VM's stable MAC: locally administered, unicast, the
+// rest from a hash of its id.
+func macAddress(vmID string) string {
+	h := sha256.Sum256([]byte(vmID))
+	return fmt.Sprintf("02:%02x:%02x:%02x:%02x:%02x", h[0], h[1], h[2], h[3], h[4])
+}
+
+// checkNetwork validates a create's network: "" is user-mode; a bridge
+// needs a helper, and publishes no ports (it has an address).
+func (s *vmService) checkNetwork(p api.VMCreate) (string, error) {
+	switch p.Network {
+	case "", api.NetworkUser:
+		return api.NetworkUser, nil
+	case api.NetworkBridge:
+		if !s.helper.Configured() {
+			return "", rpc.Errorf(rpc.CodeUnavailable, "--network bridge needs the root helper, and this daemon runs without one (--helper none); use --network user, or run bangerd with a helper (banger system install sets one up)")
+		}
+		if len(p.Publish) > 0 {
+			return "", rpc.Errorf(rpc.CodeInvalidParams, "--publish is for --network user: a bridged VM is reached at its own address")
+		}
+		return api.NetworkBridge, nil
+	}
+	return "", rpc.Errorf(rpc.CodeInvalidParams, "network %q: want %s or %s", p.Network, api.NetworkUser, api.NetworkBridge)
+}
+
+// allocateStep gives a new bridged VM its address.
+func (s *vmService) allocateStep(name string) operation.Step {
+	return operation.Step{Name: "allocate address", Do: func(ctx context.Context) error {
+		a, err := s.db.AllocateAddress(ctx, name, s.bridge.first, s.bridge.last)
+		if err == nil {
+			logging.From(ctx).Debug().Str("vm", name).Str("address", a.String()).Msg("address allocated")
+		}
+		return err
+	}, Undo: func(ctx context.Context) error {
+		return s.db.ReleaseAddress(ctx, name)
+	}}
+}
+
+// bridgeSteps come before a bridged VM's launch: the bridge and its NAT
+// (idempotent, shared, never undone), then the VM's tap.
+func (s *vmService) bridgeSteps(name string) []operation.Step {
+	return []operation.Step{
+		{Name: "ensure bridge", Do: func(ctx context.Context) error {
+			var res api.PrivBridgeResult
+			return s.helper.Call(ctx, api.MethodPrivEnsureBridge, api.PrivBridge{Name: s.bridge.name, CIDR: s.bridge.cidr.String()}, &res)
+		}},
+		{Name: "ensure nat", Do: func(ctx context.Context) error {
+			var res api.PrivNATResult
+			return s.helper.Call(ctx, api.MethodPrivEnsureNAT, api.PrivNAT{Bridge: s.bridge.name, CIDR: s.bridge.cidr.String()}, &res)
+		}},
+		{Name: "create tap", Do: func(ctx context.Context) error {
+			return s.createTap(ctx, name)
+		}, Undo: func(ctx context.Context) error {
+			return s.removeTap(ctx, name)
+		}},
+	}
+}
+
+// createTap records the VM's tap, then asks the helper for it. The VM's
+// address is checked first: one outside the bridge's network (the
+// daemon's --bridge-cidr changed) is replaced.
+func (s *vmService) createTap(ctx context.Context, name string) error {
+	if _, err := s.db.AllocateAddress(ctx, name, s.bridge.first, s.bridge.last); err != nil {
+		return err
+	}
+	vm, err := s.db.UpdateVM(ctx, name, func(v *state.VM) error {
+		v.Tap = tapName(v.ID)
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	var res api.PrivTapResult
+	if err := s.helper.Call(ctx, api.MethodPrivCreateTap, api.PrivTap{Name: vm.Tap, Bridge: s.bridge.name}, &res); err != nil {
+		// A failed step is not undone: take back what may have been made
+		// (delete_tap of a missing tap succeeds) and the record with it.
+		if rerr := s.removeTap(context.WithoutCancel(ctx), name); rerr != nil {
+			logging.From(ctx).Warn().Err(rerr).Str("vm", name).Msg("tap not removed after a failed create; it is removed later")
+		}
+		return fmt.Errorf("create tap %s: %w", vm.Tap, err)
+	}
+	return nil
+}
+
+// removeTap asks the helper to delete the VM's recorded tap, then forgets
+// it. A VM with no tap recorded has nothing to remove.
+func (s *vmService) removeTap(ctx context.Context, name string) error {
+	vm, err := s.db.GetVM(ctx, name)
+	if err != nil || vm.Tap == "" {
+		return err
+	}
+	var res api.PrivTapResult
+	if err := s.helper.Call(ctx, api.MethodPrivDeleteTap, api.PrivTap{Name: vm.Tap}, &res); err != nil {
+		return fmt.Errorf("delete tap %s: %w", vm.Tap, err)
+	}
+	_, err = s.db.UpdateVM(ctx, name, func(v *state.VM) error { v.Tap = ""; return nil })
+	return err
+}
+
+// launchTap is the bridged network of a VM about to boot.
+func (s *vmService) launchTap(vm state.VM) (*launchTap, error) {
+	addr, err := netip.ParseAddr(vm.Address)
+	if err != nil || vm.Tap == "" {
+		return nil, fmt.Errorf("vm %s has no address or no tap (address %q, tap %q)", vm.Name, vm.Address, vm.Tap)
+	}
+	return &launchTap{Name: vm.Tap, MAC: macAddress(vm.ID), Address: netip.PrefixFrom(addr, s.bridge.cidr.Bits()),
+		Gateway: s.bridge.gateway, DNS: s.bridge.dns}, nil
+}
+
+// networkReset removes banger's taps, bridges and NAT through the helper.
+// It refuses while a bridged VM runs or is being changed: their taps would
+// go from under them.
+func (s *vmService) networkReset(ctx context.Context, _ rpc.NoParams) (api.NetworkResetResult, error) {
+	if !s.helper.Configured() {
+		return api.NetworkResetResult{}, rpc.Errorf(rpc.CodeUnavailable, "network reset needs the root helper, and this daemon runs without one (--helper none)")
+	}
+	vms, err := s.db.ListVMs(ctx)
+	if err != nil {
+		return api.NetworkResetResult{}, err
+	}
+	var inUse []string
+	s.mu.Lock()
+	for _, vm := range vms {
+		if vm.Network != api.NetworkBridge {
+			continue
+		}
+		if _, busy := s.busy[vm.Name]; busy || (vm.State != state.VMStopped && vm.State != state.VMFailed) {
+			inUse = append(inUse, vm.Name)
+		}
+	}
+	s.mu.Unlock()
+	if len(inUse) > 0 {
+		return api.NetworkResetResult{}, rpc.Errorf(rpc.CodeConflict, "bridged VMs are running or changing: %s; stop or delete them first", strings.Join(inUse, ", "))
+	}
+	var res api.NetworkResetResult
+	if err := s.helper.Call(ctx, api.MethodPrivResetNetwork, nil, &res); err != nil {
+		return res, err
+	}
+	// Every banger tap is gone: no record may say otherwise.
+	for _, vm := range vms {
+		if vm.Tap != "" {
+			if _, err := s.db.UpdateVM(ctx, vm.Name, func(v *state.VM) error { v.Tap = ""; return nil }); err != nil {
+				return res, err
+			}
+		}
+	}
+	logging.From(ctx).Info().Strs("removed", res.Removed).Bool("nat_table", res.NATTable).Msg("network reset")
+	return res, nil
+}

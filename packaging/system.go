@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"path"
 	"regexp"
+	"sync"
 	"text/template"
 
 	"banger/applets/dirs"
@@ -81,8 +82,12 @@ func (c Config) Units() []string {
 //go:embed systemd/bangerd-root.service systemd/bangerd.service sudoers/banger
 var templateFiles embed.FS
 
-var templates = template.Must(template.New("").Option("missingkey=error").ParseFS(templateFiles,
-	"systemd/*.service", "sudoers/banger"))
+// templates are parsed on first use, not at start-up: every banger
+// command would pay for them, and only the install commands use them.
+var templates = sync.OnceValue(func() *template.Template {
+	return template.Must(template.New("").Option("missingkey=error").ParseFS(templateFiles,
+		"systemd/*.service", "sudoers/banger"))
+})
 
 // unitData is what the templates see.
 type unitData struct {
@@ -108,7 +113,7 @@ func render(name string, c Config) ([]byte, error) {
 		d.HelperFlags = "--helper socket --helper-socket " + HelperSocket
 	}
 	var b bytes.Buffer
-	if err := templates.ExecuteTemplate(&b, name, d); err != nil {
+	if err := templates().ExecuteTemplate(&b, name, d); err != nil {
 		return nil, fmt.Errorf("render %s: %w", name, err)
 	}
 	return b.Bytes(), nil

@@ -380,7 +380,9 @@ func (s *Server) dispatch(base context.Context, c *call, r io.Reader, peerErr er
 		serve = fn
 		return result, err
 	}, req.Params)
-	if !resp.OK || serve == nil || ctx.Err() != nil {
+	// A session prepared as the server shuts down still runs: on a
+	// closed connection it ends at once, and releases what it prepared.
+	if !resp.OK || serve == nil {
 		cancel()
 		return resp, nil
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"path/filepath"
@@ -90,6 +91,13 @@ func (p *qemuProcess) WaitAgent(ctx context.Context) (string, error) {
 	select {
 	case r := <-ch:
 		if r.err != nil {
+			// The channel closes as QEMU exits: when it did, that is the
+			// news, not the closed channel.
+			select {
+			case <-p.inst.Done():
+				return "", p.exitedDuringBoot()
+			case <-time.After(time.Second):
+			}
 			return "", r.err
 		}
 		p.mu.Lock()
@@ -99,9 +107,40 @@ func (p *qemuProcess) WaitAgent(ctx context.Context) (string, error) {
 	case <-p.inst.Done():
 		// QEMU exited before its agent spoke: say so, rather than wait out
 		// the boot timeout.
-		return "", rpc.Errorf(rpc.CodeOperationFailed, "the VM's engine exited during boot; see %s and %s",
-			p.inst.ConsoleLog(), filepath.Join(p.inst.Dir, engine.EngineLog))
+		return "", p.exitedDuringBoot()
 	}
+}
+
+// exitedDuringBoot says that QEMU exited before the agent was ready, with
+// the end of the console and of QEMU's own log in the message: a failed
+// create's undo removes the instance directory, and the files with it.
+func (p *qemuProcess) exitedDuringBoot() error {
+	return rpc.Errorf(rpc.CodeOperationFailed, "the VM's engine exited during boot; its console ended with: %s; qemu said: %s",
+		lastLines(p.inst.ConsoleLog(), 6), lastLines(filepath.Join(p.inst.Dir, engine.EngineLog), 3))
+}
+
+// lastLines is the last n non-empty lines of a file, joined with " | ",
+// read from its last 4 KiB.
+func lastLines(path string, n int) string {
+	f, err := os.Open(path)
+	if err != nil {
+		return "(" + err.Error() + ")"
+	}
+	defer f.Close()
+	if fi, err := f.Stat(); err == nil && fi.Size() > 4096 {
+		f.Seek(fi.Size()-4096, io.SeekStart)
+	}
+	b, _ := io.ReadAll(io.LimitReader(f, 4096))
+	var lines []string
+	for _, l := range strings.Split(string(b), "\n") {
+		if l = strings.TrimSpace(l); l != "" {
+			lines = append(lines, l)
+		}
+	}
+	if len(lines) == 0 {
+		return "(nothing)"
+	}
+	return strings.Join(lines[max(0, len(lines)-n):], " | ")
 }
 
 func (p *qemuProcess) Shutdown(ctx context.Context) error {

@@ -4,16 +4,23 @@ import (
 	"bytes"
 	"crypto/rand"
 	"encoding/hex"
+	"net"
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"runtime"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/miekg/dns"
+	nsh "github.com/vishvananda/netns"
+
 	"banger/applets/api"
+	"banger/applets/daemon"
 )
 
 // Bridged networking end to end, with real guests: the root helper and
@@ -61,6 +68,49 @@ func (ns *netns) ip(args ...string) string {
 func (ns *netns) exec(args ...string) (string, error) {
 	out, err := exec.Command("ip", append([]string{"netns", "exec", ns.name}, args...)...).CombinedOutput()
 	return string(out), err
+}
+
+// wantName asks the daemon's loopback DNS port, from inside the
+// namespace, for name's A record: want is the address, "" for NXDOMAIN.
+func (ns *netns) wantName(t *testing.T, name, want string) {
+	t.Helper()
+	var r *dns.Msg
+	var err error
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		// The thread stays locked, so it ends with the goroutine and no
+		// other goroutine runs in the namespace.
+		runtime.LockOSThread()
+		var h nsh.NsHandle
+		if h, err = nsh.GetFromName(ns.name); err != nil {
+			return
+		}
+		defer h.Close()
+		if err = nsh.Set(h); err != nil {
+			return
+		}
+		c := &dns.Client{Timeout: 5 * time.Second}
+		r, _, err = c.Exchange(new(dns.Msg).SetQuestion(name, dns.TypeA), net.JoinHostPort("127.0.0.1", strconv.Itoa(daemon.DefaultDNSPort)))
+	}()
+	<-done
+	if err != nil {
+		t.Errorf("query %s in %s: %v", name, ns.name, err)
+		return
+	}
+	var got string
+	if len(r.Answer) == 1 {
+		if a, ok := r.Answer[0].(*dns.A); ok {
+			got = a.A.String()
+		}
+	}
+	wantRcode := dns.RcodeSuccess
+	if want == "" {
+		wantRcode = dns.RcodeNameError
+	}
+	if got != want || r.Rcode != wantRcode {
+		t.Errorf("%s from the daemon's loopback port: %s %v, want %q", name, dns.RcodeToString[r.Rcode], r.Answer, want)
+	}
 }
 
 var bangerLinkRE = regexp.MustCompile(`\b(bgtap-[a-z0-9]+|banger0)\b`)
@@ -170,6 +220,29 @@ func TestBridgedVMs(t *testing.T) {
 	s.banger("vm", "exec", "b", "--", "ping", "-c1", "-W5", a.Address).want(t, 0)
 	s.banger("vm", "exec", "a", "--", "ping", "-c1", "-W5", "10.77.0.1").want(t, 0)
 
+	// Names: a bridged VM is NAME.vm, for the other guests (their name
+	// server is the bridge, whose port 53 the helper redirects to the
+	// daemon) and for the host (the daemon's loopback port).
+	if a.DNSName != "a.vm" || b.DNSName != "b.vm" {
+		t.Errorf("dns names: %q, %q", a.DNSName, b.DNSName)
+	}
+	if r := s.banger("vm", "show", "b").want(t, 0); !regexp.MustCompile(`dns name:\s+b\.vm`).MatchString(r.stdout) {
+		t.Errorf("vm show lacks the dns name:\n%s", r.stdout)
+	}
+	if r := s.banger("vm", "exec", "a", "--", "cat", "/etc/resolv.conf").want(t, 0); r.stdout != "nameserver 10.77.0.1\nsearch vm\n" {
+		t.Errorf("a's resolv.conf: %q", r.stdout)
+	}
+	if r := s.banger("vm", "exec", "a", "--", "nslookup", "b.vm").want(t, 0); !strings.Contains(r.stdout, "Address: "+b.Address) {
+		t.Errorf("nslookup b.vm in a:\n%s", r.stdout)
+	}
+	s.banger("vm", "exec", "a", "--", "ping", "-c1", "-W5", "b.vm").want(t, 0)
+	s.banger("vm", "exec", "b", "--", "ping", "-c1", "-W5", "a").want(t, 0) // search vm
+	if r := s.banger("vm", "exec", "a", "--", "nslookup", "nope.vm"); strings.Contains(r.stdout, "Address: 10.77.") {
+		t.Errorf("nslookup nope.vm in a:\n%s", r.stdout)
+	}
+	ns.wantName(t, "b.vm.", b.Address)
+	ns.wantName(t, "nope.vm.", "")
+
 	// The host (the namespace) reaches a server in a guest at its address.
 	s.banger("vm", "exec", "b", "--", "sh", "-c", "mkdir -p /tmp/www && echo hello-bridge > /tmp/www/index.html && httpd -p 8080 -h /tmp/www").want(t, 0)
 	var out string
@@ -256,6 +329,13 @@ func TestBridgedVMs(t *testing.T) {
 	if d2.Address != "10.77.0.2" || d2.State != "stopped" {
 		t.Errorf("d: %+v, want the lowest free address (a's and c's)", d2)
 	}
+	// The new daemon answers the guests that outlived the old one, and
+	// names a VM that is not running.
+	if r := s.banger("vm", "exec", "b", "--", "nslookup", "d.vm").want(t, 0); !strings.Contains(r.stdout, "Address: 10.77.0.2") {
+		t.Errorf("nslookup d.vm in b after the restart:\n%s", r.stdout)
+	}
+	ns.wantName(t, "d.vm.", "10.77.0.2")
+	ns.wantName(t, "c.vm.", "")
 
 	// vm run takes --network too; --rm takes the tap and address back.
 	if r := s.banger("vm", "run", "--rm", "-q", "--network", "bridge", "--", "ip", "-4", "addr", "show", "eth0").want(t, 0); !strings.Contains(r.stdout, "10.77.0.4/24") {
@@ -281,6 +361,9 @@ func TestBridgedVMs(t *testing.T) {
 	}
 	if got := ns.links(); len(got) != 0 {
 		t.Errorf("after reset: %v", got)
+	}
+	if out, err := ns.exec("nft", "list", "tables"); err == nil && strings.Contains(out, "banger") {
+		t.Errorf("nftables after reset: %s", out)
 	}
 	if r := s.banger("network", "reset").want(t, 0); !strings.Contains(r.stdout, "nothing") {
 		t.Errorf("second reset: %q", r.stdout)

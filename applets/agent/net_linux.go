@@ -67,7 +67,7 @@ func setupNetwork(log zerolog.Logger, cmd boot.Cmdline) error {
 	}
 	step("route")
 	if n.DNS.IsValid() {
-		if err := writeResolvConf(n.DNS.String()); err != nil {
+		if err := writeResolvConf(n.DNS.String(), n.Search); err != nil {
 			return err
 		}
 	}
@@ -75,16 +75,21 @@ func setupNetwork(log zerolog.Logger, cmd boot.Cmdline) error {
 	return nil
 }
 
-// writeResolvConf points the resolver at server. An image's resolv.conf
-// is often a symlink into a resolver daemon's runtime directory, which
-// does not run here, so a link is replaced by a file.
-func writeResolvConf(server string) error {
+// writeResolvConf points the resolver at server, with a search domain
+// when search is not "". An image's resolv.conf is often a symlink into a
+// resolver daemon's runtime directory, which does not run here, so a link
+// is replaced by a file.
+func writeResolvConf(server, search string) error {
 	const path = "/etc/resolv.conf"
 	if fi, err := os.Lstat(path); err == nil && fi.Mode()&os.ModeSymlink != 0 {
 		os.Remove(path)
 	}
 	os.MkdirAll("/etc", 0o755)
-	if err := os.WriteFile(path, []byte("nameserver "+server+"\n"), 0o644); err != nil {
+	conf := "nameserver " + server + "\n"
+	if search != "" {
+		conf += "search " + search + "\n"
+	}
+	if err := os.WriteFile(path, []byte(conf), 0o644); err != nil {
 		return fmt.Errorf("write %s: %w", path, err)
 	}
 	return nil

@@ -121,7 +121,9 @@ type Stage struct {
 	State      string    `json:"state"`
 	Started    time.Time `json:"started"`
 	DurationMS float64   `json:"duration_ms"`
-	Error      string    `json:"error,omitempty"`
+	// Detail is a running stage's progress ("45% (600/1300 objects)").
+	Detail string `json:"detail,omitempty"`
+	Error  string `json:"error,omitempty"`
 }
 
 // Done reports whether the operation has ended.

@@ -59,17 +59,24 @@ type PrivTapResult struct {
 // traffic from CIDR leaving through any interface but Bridge. For
 // ensure_nat, Bridge must exist and carry the CIDR's first host; CIDR
 // follows PrivBridge's rules.
+//
+// DNSPort (ensure_nat), when not 0, also redirects the guests' DNS: UDP
+// and TCP from Bridge to the bridge's own address, port 53, go to that
+// address's DNSPort (1024 to 65535), where the daemon, which cannot bind
+// 53, answers NAME.vm. 0 removes the bridge's redirect; clear_nat always
+// does.
 type PrivNAT struct {
-	Bridge string `json:"bridge"`
-	CIDR   string `json:"cidr"`
+	Bridge  string `json:"bridge"`
+	CIDR    string `json:"cidr"`
+	DNSPort int    `json:"dns_port,omitempty"`
 }
 
 // PrivNATResult answers priv.ensure_nat and priv.clear_nat.
 type PrivNATResult struct {
 	Bridge string `json:"bridge"`
 	CIDR   string `json:"cidr"`
-	// Changed is false when the rule (and, for ensure_nat, IPv4
-	// forwarding) was already as asked.
+	// Changed is false when the rules (and, for ensure_nat, IPv4
+	// forwarding) were already as asked.
 	Changed bool `json:"changed"`
 }
 

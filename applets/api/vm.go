@@ -87,7 +87,10 @@ type VM struct {
 	Network   string `json:"network"`
 	// Address is a bridged VM's IPv4 address on the bridge (no prefix),
 	// the same for every boot; empty for user-mode networking.
-	Address     string        `json:"address,omitempty"`
+	Address string `json:"address,omitempty"`
+	// DNSName is a bridged VM's name in DNS, NAME.vm, which the daemon
+	// answers for the host (loopback, --dns-port) and for bridged guests.
+	DNSName     string        `json:"dns_name,omitempty"`
 	Created     time.Time     `json:"created"`
 	LastError   string        `json:"last_error,omitempty"`
 	PID         int           `json:"pid,omitempty"`
@@ -175,8 +178,11 @@ type Image struct {
 // ImageImport is the params of image.import: absolute paths the daemon
 // reads, exactly one root file system source.
 type ImageImport struct {
-	Name       string `json:"name"`
-	Kernel     string `json:"kernel"`
+	Name   string `json:"name"`
+	Kernel string `json:"kernel"`
+	// KernelName names a built kernel (kernel.build.begin) instead of
+	// a Kernel file.
+	KernelName string `json:"kernel_name,omitempty"`
 	Initrd     string `json:"initrd,omitempty"`
 	RootfsDir  string `json:"rootfs_dir,omitempty"`
 	RootfsTar  string `json:"rootfs_tar,omitempty"`

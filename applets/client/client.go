@@ -80,6 +80,7 @@ func newApp(env Env) *cli.App {
 			newOperationCommand(),
 			newVMCommand(),
 			newImageCommand(),
+			newKernelCommand(),
 			newNetworkCommand(),
 			newSystemCommand(),
 			newDoctorCommand(),

@@ -14,26 +14,30 @@ import (
 	"banger/applets/api"
 )
 
-func newImageCommand() *cli.Command {
-	byName := func(method, done string) cli.ActionFunc {
-		return action(func(c *cli.Context, s *session) error {
-			a, err := args(c, 1, 1)
-			if err != nil {
-				return err
+// byName is the action of a `show NAME` or `delete NAME` command: it
+// calls method with the name and prints the result, or "NAME done" when
+// done is set.
+func byName[T any](method, done string, print func(io.Writer, T)) cli.ActionFunc {
+	return action(func(c *cli.Context, s *session) error {
+		a, err := args(c, 1, 1)
+		if err != nil {
+			return err
+		}
+		var v T
+		if err := s.call(c.Context, method, api.VMRef{Name: a[0]}, &v); err != nil {
+			return err
+		}
+		return output(c, v, func(w io.Writer) {
+			if done != "" {
+				fmt.Fprintf(w, "%s %s\n", a[0], done)
+				return
 			}
-			var im api.Image
-			if err := s.call(c.Context, method, api.VMRef{Name: a[0]}, &im); err != nil {
-				return err
-			}
-			return output(c, im, func(w io.Writer) {
-				if done != "" {
-					fmt.Fprintf(w, "%s %s\n", im.Name, done)
-					return
-				}
-				printImage(w, im)
-			})
+			print(w, v)
 		})
-	}
+	})
+}
+
+func newImageCommand() *cli.Command {
 	return &cli.Command{
 		Name:  "image",
 		Usage: "the images VMs boot: a kernel, an optional initrd and a root file system",
@@ -56,8 +60,8 @@ func newImageCommand() *cli.Command {
 					})
 				}),
 			},
-			{Name: "show", Usage: "show one image", ArgsUsage: "NAME", Flags: []cli.Flag{jsonFlag()}, Action: byName(api.MethodImageShow, "")},
-			{Name: "delete", Usage: "delete an image no VM uses", ArgsUsage: "NAME", Flags: []cli.Flag{jsonFlag()}, Action: byName(api.MethodImageDelete, "deleted")},
+			{Name: "show", Usage: "show one image", ArgsUsage: "NAME", Flags: []cli.Flag{jsonFlag()}, Action: byName(api.MethodImageShow, "", printImage)},
+			{Name: "delete", Usage: "delete an image no VM uses", ArgsUsage: "NAME", Flags: []cli.Flag{jsonFlag()}, Action: byName(api.MethodImageDelete, "deleted", printImage)},
 		},
 	}
 }
@@ -69,7 +73,8 @@ func newImageImportCommand() *cli.Command {
 		ArgsUsage: "NAME",
 		Flags: []cli.Flag{
 			jsonFlag(),
-			&cli.StringFlag{Name: "kernel", Required: true, Usage: "the kernel `FILE` (bzImage or vmlinux; a bzImage is uncompressed once, here)"},
+			&cli.StringFlag{Name: "kernel", Usage: "the kernel `FILE` (bzImage or vmlinux; a bzImage is uncompressed once, here)"},
+			&cli.StringFlag{Name: "kernel-name", Usage: "a kernel built by `banger kernel build` (its `NAME`), instead of --kernel"},
 			&cli.StringFlag{Name: "initrd", Usage: "an initramfs `FILE` (default: one made of the kernel's guest modules, when it has them as modules)"},
 			&cli.StringFlag{Name: "rootfs-dir", Usage: "the root file system as a `DIR`"},
 			&cli.StringFlag{Name: "rootfs-tar", Usage: "the root file system as a tarball `FILE` (plain, gzip, xz, zstd, bzip2)"},
@@ -82,7 +87,10 @@ func newImageImportCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
-			p := api.ImageImport{Name: a[0], KernelArgs: c.String("kernel-args")}
+			p := api.ImageImport{Name: a[0], KernelArgs: c.String("kernel-args"), KernelName: c.String("kernel-name")}
+			if (c.String("kernel") == "") == (p.KernelName == "") {
+				return usageError(errors.New("give one of --kernel or --kernel-name"))
+			}
 			sources := 0
 			for _, f := range []struct {
 				flag string

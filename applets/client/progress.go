@@ -7,6 +7,7 @@ import (
 	"os"
 	"time"
 
+	"github.com/urfave/cli/v2"
 	"golang.org/x/term"
 
 	"banger/applets/api"
@@ -41,6 +42,9 @@ func (sw *stageWriter) update(op api.Operation) {
 		if st.State == api.StageRunning {
 			if sw.tty {
 				fmt.Fprintf(sw.w, "\r\033[K  … %s  %s", st.Name, fmtMillis(st.DurationMS))
+				if st.Detail != "" {
+					fmt.Fprintf(sw.w, "  %s", st.Detail)
+				}
 				sw.live = true
 			}
 			return
@@ -85,6 +89,26 @@ func follow(ctx context.Context, s *session, op api.Operation, sw *stageWriter) 
 		sw.update(op)
 	}
 	return op, nil
+}
+
+// runOperation begins an operation with method, follows its stages on
+// stderr (unless --quiet or --json) and decodes its result.
+func runOperation[T any](c *cli.Context, s *session, method string, params any) (T, api.Operation, *stageWriter, error) {
+	var result T
+	sw := newStageWriter(c.App.ErrWriter, c.Bool("quiet") || c.Bool("json"))
+	var op api.Operation
+	if err := s.call(c.Context, method, params, &op); err != nil {
+		return result, op, sw, err
+	}
+	op, err := follow(c.Context, s, op, sw)
+	if err != nil {
+		return result, op, sw, err
+	}
+	if err := operationError(op); err != nil {
+		return result, op, sw, err
+	}
+	err = decodeResult(op, &result)
+	return result, op, sw, err
 }
 
 func cancelAndWait(s *session, op api.Operation, sw *stageWriter) (api.Operation, error) {

@@ -69,20 +69,8 @@ func newVMCreateCommand() *cli.Command {
 // runVMOperation begins a VM operation, follows its stages and returns the
 // VM it ends with.
 func runVMOperation(c *cli.Context, s *session, method string, params any) (api.VM, error) {
-	sw := newStageWriter(c.App.ErrWriter, c.Bool("quiet") || c.Bool("json"))
-	var op api.Operation
-	if err := s.call(c.Context, method, params, &op); err != nil {
-		return api.VM{}, err
-	}
-	op, err := follow(c.Context, s, op, sw)
+	vm, op, sw, err := runOperation[api.VM](c, s, method, params)
 	if err != nil {
-		return api.VM{}, err
-	}
-	if err := operationError(op); err != nil {
-		return api.VM{}, err
-	}
-	var vm api.VM
-	if err := decodeResult(op, &vm); err != nil {
 		return api.VM{}, err
 	}
 	if op.Finished != nil {
@@ -275,6 +263,7 @@ func printVM(w io.Writer, vm api.VM) {
 	}
 	row("network", vm.Network)
 	row("address", vm.Address)
+	row("dns name", vm.DNSName)
 	var ports []string
 	for _, f := range vm.Ports {
 		ports = append(ports, fmt.Sprintf("%s:%d->%d/%s", f.HostAddr, f.HostPort, f.GuestPort, f.Proto))

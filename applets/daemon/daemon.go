@@ -48,6 +48,7 @@ func Main(build api.Build, args []string) int {
 			&cli.StringFlag{Name: "accel", EnvVars: []string{"BANGER_ACCEL"}, Value: "auto", Usage: "VM accelerator: auto (KVM when it can really run a guest, else TCG), kvm or tcg"},
 			&cli.StringFlag{Name: "bridge-cidr", EnvVars: []string{"BANGER_BRIDGE_CIDR"}, Value: DefaultBridgeCIDR, Usage: "the `CIDR` of bridge " + DefaultBridge + " (bridged VMs): the bridge is its first host, VMs get the next ones"},
 			&cli.StringFlag{Name: "helper-socket", EnvVars: []string{"BANGER_HELPER_SOCKET"}, Usage: "the root helper's socket `PATH` (default " + dirs.SystemHelperSocket + " when it exists)"},
+			&cli.IntFlag{Name: "dns-port", EnvVars: []string{"BANGER_DNS_PORT"}, Value: DefaultDNSPort, Usage: "answer NAME.vm for bridged VMs on 127.0.0.1:`PORT` and the bridge's address (0: a free port, -1: none)"},
 		},
 		Action: func(c *cli.Context) error {
 			return run(c.Context, build, options{
@@ -58,6 +59,7 @@ func Main(build api.Build, args []string) int {
 				helperSocket: c.String("helper-socket"),
 				accel:        c.String("accel"),
 				bridgeCIDR:   c.String("bridge-cidr"),
+				dnsPort:      c.Int("dns-port"),
 			})
 		},
 	}
@@ -69,6 +71,7 @@ type options struct {
 	helperMode, helperSocket string
 	accel                    string
 	bridgeCIDR               string
+	dnsPort                  int // -1: no DNS responder
 }
 
 func run(ctx context.Context, build api.Build, o options) error {
@@ -145,11 +148,24 @@ func run(ctx context.Context, build api.Build, o options) error {
 	if err != nil {
 		return fail(service.ExitUsage, err)
 	}
+	if o.dnsPort < -1 || o.dnsPort > 65535 || (o.dnsPort > 0 && o.dnsPort < 1024) {
+		return fail(service.ExitUsage, fmt.Errorf("--dns-port %d: want 1024 to 65535, 0 (a free port) or -1 (none)", o.dnsPort))
+	}
 	db, err := state.Open(ctx, filepath.Join(o.stateDir, state.FileName))
 	if err != nil {
 		return fail(service.ExitFailed, err)
 	}
 	defer db.Close()
+	// NAME.vm is for bridged VMs, which need the helper. A port that is
+	// taken (another user's daemon) costs the names, not the daemon.
+	if helper.Configured() && o.dnsPort >= 0 {
+		stopDNS, err := serveDNS(ctx, log, o.dnsPort, &bridge, db)
+		if err != nil {
+			log.Warn().Err(err).Msg("dns responder not started: bridged VMs get no name server")
+		} else {
+			defer stopDNS()
+		}
+	}
 	d := &daemon{build: build, started: time.Now(), helper: helper, stop: make(chan struct{}), db: db}
 	d.ops = operation.NewRegistry(d.persistOperation)
 	startCtx := logging.WithLogger(ctx, log)
@@ -161,6 +177,7 @@ func run(ctx context.Context, build api.Build, o options) error {
 		return fail(service.ExitFailed, err)
 	}
 	defer d.vms.shutdown()
+	d.kernels = newKernelMethods(d.images, d.ops)
 	authorize := rpc.AllowUIDs(uint32(os.Getuid()), 0)
 	srv := &rpc.Server{Methods: d.methods(), Authorize: authorize, Logger: log}
 	streams := &rpc.Server{Streams: d.streams(), Authorize: authorize, Logger: log,
@@ -236,4 +253,5 @@ type daemon struct {
 	ops      *operation.Registry
 	vms      *vmService
 	images   *imageMethods
+	kernels  *kernelMethods
 }

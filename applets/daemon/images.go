@@ -5,6 +5,7 @@ import (
 
 	"banger/applets/api"
 	"banger/applets/daemon/imagestore"
+	"banger/applets/daemon/kernel/kernelbuild"
 	"banger/applets/daemon/state"
 	"banger/logging"
 	"banger/rpc"
@@ -13,9 +14,10 @@ import (
 // imageMethods serve image.*: the image store, with the state database
 // as the index VMs refer to.
 type imageMethods struct {
-	store *imagestore.Store
-	db    *state.DB
-	agent string
+	store   *imagestore.Store
+	db      *state.DB
+	agent   string
+	kernels *kernelbuild.Store // for imports that name a built kernel
 }
 
 func toAPIImage(im imagestore.Image) api.Image {
@@ -41,6 +43,16 @@ func (m *imageMethods) show(ctx context.Context, p api.VMRef) (api.Image, error)
 }
 
 func (m *imageMethods) importImage(ctx context.Context, p api.ImageImport) (api.Image, error) {
+	if p.KernelName != "" {
+		if p.Kernel != "" {
+			return api.Image{}, rpc.Errorf(rpc.CodeInvalidParams, "give a kernel file or a kernel name, not both")
+		}
+		k, err := m.kernels.Get(p.KernelName)
+		if err != nil {
+			return api.Image{}, err
+		}
+		p.Kernel = k.VmlinuxPath
+	}
 	var im imagestore.Image
 	err := logging.Stage(ctx, "import image", func(ctx context.Context) (err error) {
 		im, err = m.store.Import(ctx, imagestore.ImportSpec{Name: p.Name, KernelPath: p.Kernel, InitrdPath: p.Initrd,

@@ -38,6 +38,11 @@ func (d *daemon) methods() rpc.Methods {
 		api.MethodImageShow:   rpc.Handle(d.images.show),
 		api.MethodImageDelete: rpc.Handle(d.images.delete),
 
+		api.MethodKernelBuildBegin: rpc.Handle(d.kernels.buildBegin),
+		api.MethodKernelList:       rpc.Handle(d.kernels.list),
+		api.MethodKernelShow:       rpc.Handle(d.kernels.show),
+		api.MethodKernelDelete:     rpc.Handle(d.kernels.delete),
+
 		api.MethodOperationCancel: rpc.Handle(d.operationCancel),
 		api.MethodOperationList:   rpc.Handle(d.operationList),
 		api.MethodOperationStatus: rpc.Handle(d.operationStatus),

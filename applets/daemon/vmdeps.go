@@ -50,6 +50,7 @@ type launchTap struct {
 	Address netip.Prefix // the guest's address on the bridge
 	Gateway netip.Addr
 	DNS     netip.Addr // none when invalid
+	Search  string     // the guest's search domain, "" for none
 }
 
 // vmHelper is the root helper as the VM service uses it (helperLink).

@@ -4,12 +4,18 @@ import (
 	"context"
 	"crypto/sha256"
 	"fmt"
+	"net"
 	"net/netip"
+	"strconv"
 	"strings"
+	"time"
+
+	"github.com/rs/zerolog"
 
 	"banger/applets/api"
 	"banger/applets/daemon/operation"
 	"banger/applets/daemon/state"
+	"banger/applets/daemon/vmdns"
 	"banger/logging"
 	"banger/rpc"
 )
@@ -24,6 +30,11 @@ import (
 // gateway); VMs get the lowest free address from the second host up,
 // held in the VM's row (state.AllocateAddress) from create to delete, so
 // a VM keeps its address across boots.
+//
+// Names: the daemon answers NAME.vm for its bridged VMs (vmdns) on
+// 127.0.0.1:PORT for the host and on GATEWAY:PORT for the guests, whose
+// DNS to GATEWAY:53 the helper's NAT redirects there (the daemon is not
+// root and cannot bind 53).
 //
 // Taps: "bgtap-" and 9 characters of the VM's id, made at each boot and
 // removed when the VM stops, is deleted, or is found not running by a
@@ -48,10 +59,14 @@ type bridgeNet struct {
 	first   netip.Addr // the range VMs get addresses from
 	last    netip.Addr
 	// dns is the name server bridged guests are given, none while it is
-	// invalid. Hook: when the daemon serves DNS for its VMs on the bridge
-	// (applets/daemon/vmdns), set it to gateway; until then a bridged
-	// guest resolves nothing by name.
+	// invalid: the gateway when the daemon serves NAME.vm (serveDNS).
 	dns netip.Addr
+	// search is the guests' search domain with dns: "vm", so that NAME
+	// resolves as NAME.vm.
+	search string
+	// dnsPort is where the responder listens on the gateway (and on
+	// loopback); the helper redirects the guests' port 53 to it. 0: none.
+	dnsPort uint16
 }
 
 // parseBridgeNet checks a bridge CIDR: an IPv4 network address with a
@@ -146,7 +161,7 @@ func (s *vmService) bridgeSteps(name string) []operation.Step {
 		}},
 		{Name: "ensure nat", Do: func(ctx context.Context) error {
 			var res api.PrivNATResult
-			return s.helper.Call(ctx, api.MethodPrivEnsureNAT, api.PrivNAT{Bridge: s.bridge.name, CIDR: s.bridge.cidr.String()}, &res)
+			return s.helper.Call(ctx, api.MethodPrivEnsureNAT, api.PrivNAT{Bridge: s.bridge.name, CIDR: s.bridge.cidr.String(), DNSPort: int(s.bridge.dnsPort)}, &res)
 		}},
 		{Name: "create tap", Do: func(ctx context.Context) error {
 			return s.createTap(ctx, name)
@@ -204,7 +219,7 @@ func (s *vmService) launchTap(vm state.VM) (*launchTap, error) {
 		return nil, fmt.Errorf("vm %s has no address or no tap (address %q, tap %q)", vm.Name, vm.Address, vm.Tap)
 	}
 	return &launchTap{Name: vm.Tap, MAC: macAddress(vm.ID), Address: netip.PrefixFrom(addr, s.bridge.cidr.Bits()),
-		Gateway: s.bridge.gateway, DNS: s.bridge.dns}, nil
+		Gateway: s.bridge.gateway, DNS: s.bridge.dns, Search: s.bridge.search}, nil
 }
 
 // networkReset removes banger's taps, bridges and NAT through the helper.
@@ -246,4 +261,67 @@ func (s *vmService) networkReset(ctx context.Context, _ rpc.NoParams) (api.Netwo
 	}
 	logging.From(ctx).Info().Strs("removed", res.Removed).Bool("nat_table", res.NATTable).Msg("network reset")
 	return res, nil
+}
+
+// DefaultDNSPort is where the daemon answers NAME.vm, on loopback and on
+// the bridge's address: unprivileged, below Linux's ephemeral ports, and
+// clear of mDNS (5353) and LLMNR (5355).
+const DefaultDNSPort = 7753
+
+// dnsLookupTimeout bounds one query's read of the state database.
+const dnsLookupTimeout = 2 * time.Second
+
+// serveDNS starts the NAME.vm responder on 127.0.0.1:port and on the
+// bridge's address, the same port (port 0: the one loopback gets), and
+// records in b that bridged guests have it. It serves whether or not the
+// bridge exists yet (vmdns binds a missing address) until stop. A VM is
+// found by name in db, running or not: a bridged VM holds its address
+// from create to delete.
+func serveDNS(ctx context.Context, log zerolog.Logger, port int, b *bridgeNet, db *state.DB) (stop func(), err error) {
+	lookup := func(name string) (netip.Addr, bool) {
+		ctx, cancel := context.WithTimeout(context.Background(), dnsLookupTimeout)
+		defer cancel()
+		return lookupVM(ctx, log, db, name)
+	}
+	srv, err := vmdns.Start(ctx, log, lookup, net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
+	if err != nil {
+		return nil, err
+	}
+	bound, err := netip.ParseAddrPort(srv.Addrs()[0])
+	if err != nil {
+		srv.Close()
+		return nil, err
+	}
+	onBridge, err := vmdns.Start(ctx, log, lookup, netip.AddrPortFrom(b.gateway, bound.Port()).String())
+	if err != nil {
+		srv.Close()
+		return nil, err
+	}
+	b.dns, b.search, b.dnsPort = b.gateway, strings.TrimSuffix(vmdns.Zone, "."), bound.Port()
+	return func() { onBridge.Close(); srv.Close() }, nil
+}
+
+// lookupVM is the responder's view of the state database: the address of
+// a bridged VM (none yet when it has none), or not found.
+func lookupVM(ctx context.Context, log zerolog.Logger, db *state.DB, name string) (netip.Addr, bool) {
+	vm, err := db.GetVM(ctx, name)
+	if err != nil {
+		if rpc.CodeOf(err) != rpc.CodeNotFound {
+			log.Warn().Err(err).Str("vm", name).Msg("dns lookup failed")
+		}
+		return netip.Addr{}, false
+	}
+	if vm.Network != api.NetworkBridge {
+		return netip.Addr{}, false
+	}
+	a, _ := netip.ParseAddr(vm.Address)
+	return a, true
+}
+
+// dnsName is a bridged VM's name in DNS, "" for a VM on the user network.
+func dnsName(vm state.VM) string {
+	if vm.Network != api.NetworkBridge {
+		return ""
+	}
+	return vm.Name + "." + strings.TrimSuffix(vmdns.Zone, ".")
 }

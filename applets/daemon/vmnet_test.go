@@ -3,6 +3,7 @@ package daemon
 import (
 	"context"
 	"errors"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -11,6 +12,9 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/miekg/dns"
+	"github.com/rs/zerolog"
 
 	"banger/applets/api"
 	"banger/applets/daemon/operation"
@@ -353,5 +357,68 @@ func TestNetworkResetRefusedWhileBridgedVMsRun(t *testing.T) {
 	}
 	if v, _ := s.db.GetVM(ctx, "br"); v.Tap != "" {
 		t.Errorf("tap still recorded after a reset: %+v", v)
+	}
+}
+
+// The responder answers a bridged VM's name from the state database, on
+// loopback, running or not; a VM on the user network has no name there.
+func TestServeDNSAnswersBridgedVMs(t *testing.T) {
+	s, _, _ := testService(t)
+	ctx := context.Background()
+	for _, vm := range []state.VM{
+		{ID: "vm-1", Name: "web", Network: api.NetworkBridge},
+		{ID: "vm-2", Name: "booting", Network: api.NetworkBridge},
+		{ID: "vm-3", Name: "user", Network: api.NetworkUser},
+	} {
+		vm.Image, vm.State, vm.Created, vm.InstanceDir = api.DefaultImage, state.VMStopped, time.Now(), t.TempDir()
+		if err := s.db.CreateVM(ctx, vm); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := s.db.AllocateAddress(ctx, "web", s.bridge.first, s.bridge.last); err != nil {
+		t.Fatal(err)
+	}
+	stop, err := serveDNS(ctx, zerolog.Nop(), 0, &s.bridge, s.db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stop()
+	if s.bridge.dns != s.bridge.gateway || s.bridge.dnsPort < 1024 {
+		t.Fatalf("bridge after serveDNS: dns %s port %d", s.bridge.dns, s.bridge.dnsPort)
+	}
+	server := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), s.bridge.dnsPort).String()
+	for _, tc := range []struct {
+		name   string
+		rcode  int
+		answer string
+	}{
+		{"web.vm.", dns.RcodeSuccess, "10.77.0.2"},
+		{"booting.vm.", dns.RcodeSuccess, ""}, // no address yet: no records
+		{"user.vm.", dns.RcodeNameError, ""},
+		{"nope.vm.", dns.RcodeNameError, ""},
+	} {
+		c := &dns.Client{Timeout: 5 * time.Second}
+		r, _, err := c.Exchange(new(dns.Msg).SetQuestion(tc.name, dns.TypeA), server)
+		if err != nil {
+			t.Fatalf("%s: %v", tc.name, err)
+		}
+		var got string
+		if len(r.Answer) == 1 {
+			got = r.Answer[0].(*dns.A).A.String()
+		}
+		if r.Rcode != tc.rcode || got != tc.answer {
+			t.Errorf("%s: rcode %s answer %q, want %s %q", tc.name, dns.RcodeToString[r.Rcode], got, dns.RcodeToString[tc.rcode], tc.answer)
+		}
+	}
+	web, err := s.db.GetVM(ctx, "web")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := toAPI(web).DNSName; got != "web.vm" {
+		t.Errorf("dns name %q", got)
+	}
+	web.Tap = "bgtap-1"
+	if lt, err := s.launchTap(web); err != nil || lt.DNS.String() != "10.77.0.1" || lt.Search != "vm" {
+		t.Errorf("launchTap: %+v, %v; want the bridge as the name server", lt, err)
 	}
 }

@@ -91,7 +91,7 @@ func (s *vmService) setProc(name string, p vmProcess) {
 
 func toAPI(v state.VM) api.VM {
 	return api.VM{ID: v.ID, Name: v.Name, Image: v.Image, State: v.State, CPUs: v.CPUs, MemoryMiB: v.MemoryMiB,
-		DiskMiB: v.DiskMiB, Network: v.Network, Address: v.Address, Created: v.Created, LastError: v.LastError, PID: v.PID,
+		DiskMiB: v.DiskMiB, Network: v.Network, Address: v.Address, DNSName: dnsName(v), Created: v.Created, LastError: v.LastError, PID: v.PID,
 		BootID: v.BootID, InstanceDir: v.InstanceDir, Ports: portsToAPI(v.Ports)}
 }
 

@@ -18,6 +18,7 @@ import (
 	"banger/applets/daemon/engine"
 	"banger/applets/daemon/imagestore"
 	"banger/applets/daemon/kernel"
+	"banger/applets/daemon/kernel/kernelbuild"
 	"banger/applets/daemon/operation"
 	"banger/applets/daemon/state"
 	"banger/rpc"
@@ -39,7 +40,7 @@ func (e *qemuEngine) Launch(ctx context.Context, spec launchSpec) (vmProcess, er
 		Disk: spec.Disk, CPUs: spec.CPUs, MemoryMiB: spec.MemoryMiB, KernelArgs: args, Accel: e.accel,
 	}
 	if t := spec.Tap; t != nil {
-		es.Tap = &engine.TapNet{Name: t.Name, MAC: t.MAC, Guest: boot.Network{Address: t.Address, Gateway: t.Gateway, DNS: t.DNS}}
+		es.Tap = &engine.TapNet{Name: t.Name, MAC: t.MAC, Guest: boot.Network{Address: t.Address, Gateway: t.Gateway, DNS: t.DNS, Search: t.Search}}
 	} else {
 		es.Net = &engine.UserNet{HostFwd: portsToEngine(spec.Ports)}
 	}
@@ -225,15 +226,16 @@ func (p *qemuProcess) Close() error {
 // storeImages is the vmImages of the image store; the default image is
 // assembled from the host on first use.
 type storeImages struct {
-	store *imagestore.Store
-	agent string // this binary, placed into images
+	store   *imagestore.Store
+	agent   string             // this binary, placed into images
+	kernels *kernelbuild.Store // a built default kernel is the default image's
 }
 
 func (s *storeImages) Resolve(ctx context.Context, name string) (vmImage, error) {
 	var img imagestore.Image
 	var err error
 	if name == imagestore.DefaultName {
-		img, err = s.store.EnsureDefault(ctx, imagestore.DefaultSpec{AgentBinary: s.agent})
+		img, err = s.store.EnsureDefault(ctx, imagestore.DefaultSpec{AgentBinary: s.agent, Kernel: defaultImageKernel(s.kernels)})
 	} else {
 		img, err = s.get(ctx, name)
 	}
@@ -274,12 +276,19 @@ func prepareKernel(ctx context.Context, src, dst string) error {
 
 // initrdBuilder makes an initramfs of the guest modules a kernel keeps as
 // modules (Debian's: virtio, ext4), with this binary as the agent; a
-// kernel with them built in needs none.
-func initrdBuilder(agent string) func(ctx context.Context, kernelPath, dst string) (bool, error) {
+// kernel with them built in needs none, except banger's own (from the
+// kernel store) gets one of the agent alone: the agent's system stage
+// expects /proc, /sys and /dev from its initramfs stage, and fails on the
+// /dev the kernel mounts itself (CONFIG_DEVTMPFS_MOUNT) without one.
+func initrdBuilder(agent string, kernels *kernelbuild.Store) func(ctx context.Context, kernelPath, dst string) (bool, error) {
 	return func(ctx context.Context, kernelPath, dst string) (bool, error) {
 		release, err := kernel.Release(kernelPath)
 		if err != nil {
 			return false, fmt.Errorf("read the kernel's release: %w", err)
+		}
+		if kernels.Contains(kernelPath) {
+			_, err := kernel.WriteInitramfs(dst, kernel.InitramfsSpec{Agent: agent, Release: release})
+			return err == nil, err
 		}
 		modules := filepath.Join("/lib/modules", release)
 		ix, err := kernel.ReadModuleIndex(modules)
@@ -305,17 +314,21 @@ func newVMs(ctx context.Context, stateDir string, accel engine.Accel, db *state.
 	if err != nil {
 		return nil, nil, fmt.Errorf("find this binary (the guest agent): %w", err)
 	}
+	kernels, err := kernelbuild.Open(filepath.Join(stateDir, "kernels"))
+	if err != nil {
+		return nil, nil, err
+	}
 	store, err := imagestore.Open(ctx, filepath.Join(stateDir, "images"), imagestore.Options{
 		PrepareKernel: prepareKernel,
-		BuildInitrd:   initrdBuilder(self),
+		BuildInitrd:   initrdBuilder(self, kernels),
 	})
 	if err != nil {
 		return nil, nil, fmt.Errorf("open the image store: %w", err)
 	}
 	eng := &qemuEngine{q: &engine.QEMU{StateDir: stateDir}, accel: accel}
-	s := newVMService(db, ops, eng, &storeImages{store: store, agent: self}, filepath.Join(stateDir, "vms"), helper, bridge)
+	s := newVMService(db, ops, eng, &storeImages{store: store, agent: self, kernels: kernels}, filepath.Join(stateDir, "vms"), helper, bridge)
 	if err := s.reconcile(ctx, interrupted); err != nil {
 		return nil, nil, fmt.Errorf("reconcile VMs: %w", err)
 	}
-	return s, &imageMethods{store: store, db: db, agent: self}, nil
+	return s, &imageMethods{store: store, db: db, agent: self, kernels: kernels}, nil
 }

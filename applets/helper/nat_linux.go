@@ -6,20 +6,28 @@ import (
 	"strings"
 
 	"github.com/google/nftables"
+	"github.com/google/nftables/binaryutil"
 	"github.com/google/nftables/expr"
 	"github.com/google/nftables/userdata"
 	"golang.org/x/sys/unix"
 )
 
 // banger's NAT lives in an nftables table of its own, "ip banger", with
-// one postrouting nat chain and one masquerade rule per bridge:
+// two nat chains. postrouting has one masquerade rule per bridge:
 //
 //	ip saddr CIDR oifname != BRIDGE masquerade comment "banger BRIDGE CIDR"
+//
+// and prerouting, when the daemon serves DNS to the guests, two redirect
+// rules per bridge (udp and tcp), from port 53 of the bridge's own
+// address to the unprivileged port the daemon listens on:
+//
+//	iifname BRIDGE ip daddr ADDR udp dport 53 redirect to :PORT comment "banger BRIDGE dns udp ADDR:53 redirect to :PORT"
 //
 // Nothing outside that table is read or changed.
 const (
 	natTable = "banger"
 	natChain = "postrouting"
+	dnsChain = "prerouting"
 )
 
 // ipForward is IPv4 forwarding of the helper's network namespace (a
@@ -31,52 +39,77 @@ func natTableRef() *nftables.Table {
 }
 
 func natChainRef(t *nftables.Table) *nftables.Chain {
-	return &nftables.Chain{
-		Name:     natChain,
-		Table:    t,
-		Type:     nftables.ChainTypeNAT,
-		Hooknum:  nftables.ChainHookPostrouting,
-		Priority: nftables.ChainPriorityNATSource,
-	}
+	return natChainOf(t, natChain, nftables.ChainHookPostrouting, nftables.ChainPriorityNATSource)
 }
 
-// openNAT connects to nftables and reads banger's rules (natRules).
-func openNAT() (c *nftables.Conn, rules []*nftables.Rule, present bool, err error) {
-	c, err = nftables.New()
+func dnsChainRef(t *nftables.Table) *nftables.Chain {
+	return natChainOf(t, dnsChain, nftables.ChainHookPrerouting, nftables.ChainPriorityNATDest)
+}
+
+func natChainOf(t *nftables.Table, name string, hook *nftables.ChainHook, prio *nftables.ChainPriority) *nftables.Chain {
+	return &nftables.Chain{Name: name, Table: t, Type: nftables.ChainTypeNAT, Hooknum: hook, Priority: prio}
+}
+
+// natState is banger's table as read from the kernel.
+type natState struct {
+	present bool                        // the table is there
+	chains  map[string][]*nftables.Rule // the rules of each of its chains
+}
+
+// openNAT connects to nftables and reads banger's table (readNAT).
+func openNAT() (*nftables.Conn, natState, error) {
+	c, err := nftables.New()
 	if err != nil {
-		return nil, nil, false, fmt.Errorf("open nftables: %w", err)
+		return nil, natState{}, fmt.Errorf("open nftables: %w", err)
 	}
-	rules, present, err = natRules(c)
-	return c, rules, present, err
+	st, err := readNAT(c)
+	return c, st, err
 }
 
-// natRules lists the rules of banger's chain; present is false when
-// banger's table is not there.
-func natRules(c *nftables.Conn) (rules []*nftables.Rule, present bool, err error) {
+// readNAT reads the chains of banger's table and their rules.
+func readNAT(c *nftables.Conn) (natState, error) {
+	st := natState{chains: map[string][]*nftables.Rule{}}
 	tables, err := c.ListTablesOfFamily(nftables.TableFamilyIPv4)
 	if err != nil {
-		return nil, false, fmt.Errorf("list nftables tables: %w", err)
+		return st, fmt.Errorf("list nftables tables: %w", err)
 	}
 	for _, t := range tables {
-		if t.Name != natTable {
+		st.present = st.present || t.Name == natTable
+	}
+	if !st.present {
+		return st, nil
+	}
+	chains, err := c.ListChainsOfTableFamily(nftables.TableFamilyIPv4)
+	if err != nil {
+		return st, fmt.Errorf("list nftables chains: %w", err)
+	}
+	for _, ch := range chains {
+		if ch.Table.Name != natTable {
 			continue
 		}
-		chains, err := c.ListChainsOfTableFamily(nftables.TableFamilyIPv4)
+		rules, err := c.GetRules(natTableRef(), &nftables.Chain{Name: ch.Name, Table: natTableRef()})
 		if err != nil {
-			return nil, true, fmt.Errorf("list nftables chains: %w", err)
+			return st, fmt.Errorf("list the rules of %s %s: %w", natTable, ch.Name, err)
 		}
-		for _, ch := range chains {
-			if ch.Table.Name == natTable && ch.Name == natChain {
-				rules, err := c.GetRules(natTableRef(), natChainRef(natTableRef()))
-				if err != nil {
-					return nil, true, fmt.Errorf("list the rules of %s %s: %w", natTable, natChain, err)
-				}
-				return rules, true, nil
-			}
-		}
-		return nil, true, nil
+		st.chains[ch.Name] = rules
 	}
-	return nil, false, nil
+	return st, nil
+}
+
+// natRules lists the rules of banger's postrouting chain; present is
+// false when banger's table is not there.
+func natRules(c *nftables.Conn) (rules []*nftables.Rule, present bool, err error) {
+	st, err := readNAT(c)
+	return st.chains[natChain], st.present, err
+}
+
+// rules counts the rules of every chain.
+func (st natState) rules() int {
+	n := 0
+	for _, rs := range st.chains {
+		n += len(rs)
+	}
+	return n
 }
 
 func ruleComment(r *nftables.Rule) string {
@@ -84,37 +117,64 @@ func ruleComment(r *nftables.Rule) string {
 	return s
 }
 
-// ensureMasquerade adds plan's rule unless it is there, and drops the
-// bridge's rules for any other CIDR (the bridge carries plan's CIDR, so
-// they are stale). It reports whether it changed anything.
+// syncRules queues the changes that make chain ch hold each of want's
+// rules (by comment) once, and no other rule that owned claims: stale
+// rules of the same bridge are dropped, others' are left. It reports
+// how many rules it queues to add or remove.
+func syncRules(c *nftables.Conn, ch *nftables.Chain, rules []*nftables.Rule, want map[string][]expr.Any, owned func(comment string) bool) (int, error) {
+	found := map[string]bool{}
+	n := 0
+	for _, r := range rules {
+		comment := ruleComment(r)
+		_, wanted := want[comment]
+		switch {
+		case wanted && !found[comment]:
+			found[comment] = true
+		case wanted || owned(comment):
+			if err := c.DelRule(&nftables.Rule{Table: ch.Table, Chain: ch, Handle: r.Handle}); err != nil {
+				return n, fmt.Errorf("remove stale nat rule %q: %w", comment, err)
+			}
+			n++
+		}
+	}
+	for comment, exprs := range want {
+		if !found[comment] {
+			c.AddRule(&nftables.Rule{Table: ch.Table, Chain: ch, Exprs: exprs, UserData: userdata.AppendString(nil, userdata.TypeComment, comment)})
+			n++
+		}
+	}
+	return n, nil
+}
+
+// ensureMasquerade adds plan's masquerade rule, and its DNS redirect
+// when it has a port, unless they are there, and drops the bridge's
+// other rules (the bridge carries plan's CIDR, so they are stale). It
+// reports whether it changed anything.
 func ensureMasquerade(plan natPlan) (bool, error) {
-	c, rules, _, err := openNAT()
+	c, st, err := openNAT()
 	if err != nil {
 		return false, err
 	}
-	want := natComment(plan.bridge, plan.cidr)
 	t := c.AddTable(natTableRef())
-	ch := c.AddChain(natChainRef(t))
-	found, changed := false, false
-	for _, r := range rules {
-		switch comment := ruleComment(r); {
-		case comment == want && !found:
-			found = true
-		case comment == want || natRuleFor(comment, plan.bridge):
-			if err := c.DelRule(&nftables.Rule{Table: t, Chain: ch, Handle: r.Handle}); err != nil {
-				return false, fmt.Errorf("remove stale nat rule %q: %w", comment, err)
-			}
-			changed = true
-		}
+	post := c.AddChain(natChainRef(t))
+	n, err := syncRules(c, post, st.chains[natChain], map[string][]expr.Any{natComment(plan.bridge, plan.cidr): masquerade(plan)},
+		func(comment string) bool { return natRuleFor(comment, plan.bridge) })
+	if err != nil {
+		return false, err
 	}
-	if !found {
-		c.AddRule(&nftables.Rule{Table: t, Chain: ch, Exprs: masquerade(plan), UserData: userdata.AppendString(nil, userdata.TypeComment, want)})
-		changed = true
+	want := dnsRedirects(plan)
+	if len(want) > 0 || len(st.chains[dnsChain]) > 0 {
+		pre := c.AddChain(dnsChainRef(t))
+		m, err := syncRules(c, pre, st.chains[dnsChain], want, func(comment string) bool { return dnsRuleFor(comment, plan.bridge) })
+		if err != nil {
+			return false, err
+		}
+		n += m
 	}
 	if err := c.Flush(); err != nil {
-		return false, fmt.Errorf("add the masquerade rule for %s: %w", plan.cidr, err)
+		return false, fmt.Errorf("add the nat rules for %s: %w", plan.cidr, err)
 	}
-	return changed, nil
+	return n > 0, nil
 }
 
 // masquerade is `ip saddr CIDR oifname != BRIDGE masquerade`.
@@ -124,51 +184,85 @@ func masquerade(plan natPlan) []expr.Any {
 		mask[i/8] |= 0x80 >> (i % 8)
 	}
 	network := plan.cidr.Addr().As4()
-	ifname := make([]byte, unix.IFNAMSIZ)
-	copy(ifname, plan.bridge)
 	return []expr.Any{
 		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 12, Len: 4}, // saddr
 		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: mask, Xor: make([]byte, 4)},
 		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: network[:]},
 		&expr.Meta{Key: expr.MetaKeyOIFNAME, Register: 1},
-		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: ifname},
+		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: ifname(plan.bridge)},
 		&expr.Masq{},
 	}
 }
 
-// clearMasquerade removes plan's rule, and banger's table once it holds no
-// rule. It reports whether it changed anything.
+// dnsRedirects are plan's DNS redirect rules by comment, none without a
+// port: `iifname BRIDGE ip daddr ADDR udp dport 53 redirect to :PORT`,
+// and the same for tcp.
+func dnsRedirects(plan natPlan) map[string][]expr.Any {
+	if plan.dnsPort == 0 {
+		return nil
+	}
+	to := bridgeAddress(plan.cidr).Addr()
+	addr := to.As4()
+	rules := map[string][]expr.Any{}
+	for _, p := range []struct {
+		name  string
+		proto byte
+	}{{"udp", unix.IPPROTO_UDP}, {"tcp", unix.IPPROTO_TCP}} {
+		rules[dnsComment(plan.bridge, p.name, to, plan.dnsPort)] = []expr.Any{
+			&expr.Meta{Key: expr.MetaKeyIIFNAME, Register: 1},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: ifname(plan.bridge)},
+			&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 16, Len: 4}, // daddr
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: addr[:]},
+			&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{p.proto}},
+			&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2}, // dport
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binaryutil.BigEndian.PutUint16(53)},
+			&expr.Immediate{Register: 1, Data: binaryutil.BigEndian.PutUint16(plan.dnsPort)},
+			&expr.Redir{RegisterProtoMin: 1},
+		}
+	}
+	return rules
+}
+
+// ifname is name as nftables compares interface names: IFNAMSIZ bytes,
+// NUL padded.
+func ifname(name string) []byte {
+	b := make([]byte, unix.IFNAMSIZ)
+	copy(b, name)
+	return b
+}
+
+// clearMasquerade removes plan's masquerade rule and every DNS redirect
+// of its bridge, and banger's table once it holds no rule. It reports
+// whether it changed anything.
 func clearMasquerade(plan natPlan) (bool, error) {
-	c, rules, present, err := openNAT()
-	if err != nil || !present {
+	c, st, err := openNAT()
+	if err != nil || !st.present {
 		return false, err
 	}
-	want := natComment(plan.bridge, plan.cidr)
 	t := natTableRef()
-	ch := natChainRef(t)
-	left := 0
-	for _, r := range rules {
-		if ruleComment(r) != want {
-			left++
-			continue
-		}
-		if err := c.DelRule(&nftables.Rule{Table: t, Chain: ch, Handle: r.Handle}); err != nil {
-			return false, fmt.Errorf("remove the masquerade rule for %s: %w", plan.cidr, err)
-		}
+	want := natComment(plan.bridge, plan.cidr)
+	n, err := syncRules(c, natChainRef(t), st.chains[natChain], nil, func(comment string) bool { return comment == want })
+	if err != nil {
+		return false, err
 	}
-	if left == 0 {
+	m, err := syncRules(c, dnsChainRef(t), st.chains[dnsChain], nil, func(comment string) bool { return dnsRuleFor(comment, plan.bridge) })
+	if err != nil {
+		return false, err
+	}
+	if n+m == st.rules() {
 		c.DelTable(t)
 	}
 	if err := c.Flush(); err != nil {
-		return false, fmt.Errorf("remove the masquerade rule for %s: %w", plan.cidr, err)
+		return false, fmt.Errorf("remove the nat rules for %s: %w", plan.cidr, err)
 	}
-	return left < len(rules), nil
+	return n+m > 0, nil
 }
 
 // deleteNATTable removes banger's table, and reports whether it was there.
 func deleteNATTable() (bool, error) {
-	c, _, present, err := openNAT()
-	if err != nil || !present {
+	c, st, err := openNAT()
+	if err != nil || !st.present {
 		return false, err
 	}
 	c.DelTable(natTableRef())

@@ -4,9 +4,11 @@ import (
 	"net"
 	"net/netip"
 	"runtime"
+	"slices"
 	"testing"
 	"time"
 
+	"github.com/google/nftables"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 
@@ -98,6 +100,22 @@ func plug(t *testing.T, here, there string, ns netns.NsHandle, addr netip.Prefix
 	return link
 }
 
+// guestOnBridge makes a "guest" namespace on banger0, at 10.77.0.2/24
+// with its default route via the bridge's 10.77.0.1.
+func guestOnBridge(t *testing.T) netns.NsHandle {
+	t.Helper()
+	guest := newNetns(t)
+	port := plug(t, "vguest0", "vguest1", guest, netip.MustParsePrefix("10.77.0.2/24"), netip.MustParseAddr("10.77.0.1"))
+	br, err := netlink.LinkByName("banger0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := netlink.LinkSetMaster(port, br); err != nil {
+		t.Fatal(err)
+	}
+	return guest
+}
+
 // TestMasqueradeCarriesTraffic routes a guest's connection through banger's
 // bridge and NAT: the test's namespace is the host, with banger0 and an
 // uplink; a "guest" namespace sits on banger0 and an "internet" namespace,
@@ -113,21 +131,14 @@ func TestMasqueradeCarriesTraffic(t *testing.T) {
 	nat := api.PrivNAT{Bridge: "banger0", CIDR: "10.77.0.0/24"}
 	mustCall(t, srv, api.MethodPrivEnsureNAT, nat, nil)
 
-	guest, internet := newNetns(t), newNetns(t)
-	port := plug(t, "vguest0", "vguest1", guest, netip.MustParsePrefix("10.77.0.2/24"), netip.MustParseAddr("10.77.0.1"))
-	br, err := netlink.LinkByName("banger0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := netlink.LinkSetMaster(port, br); err != nil {
-		t.Fatal(err)
-	}
+	guest, internet := guestOnBridge(t), newNetns(t)
 	uplink := plug(t, "vup0", "vup1", internet, netip.MustParsePrefix("10.60.0.2/24"), netip.Addr{})
 	if err := netlink.AddrAdd(uplink, &netlink.Addr{IPNet: ipNet(netip.MustParsePrefix("10.60.0.1/24"))}); err != nil {
 		t.Fatal(err)
 	}
 
 	var ln net.Listener
+	var err error
 	onThreadIn(t, internet, func() { ln, err = net.Listen("tcp4", "10.60.0.2:0") })
 	if err != nil {
 		t.Fatal(err)
@@ -156,5 +167,130 @@ func TestMasqueradeCarriesTraffic(t *testing.T) {
 	mustCall(t, srv, api.MethodPrivClearNAT, nat, nil)
 	if err := dial(time.Second); err == nil {
 		t.Fatal("the guest reached the internet with banger's NAT cleared")
+	}
+}
+
+// TestDNSRedirectCarriesQueries sends a guest's UDP and TCP to the
+// bridge's port 53 and sees them arrive at the unprivileged port that
+// ensure_nat's dns_port names, where the daemon listens; a changed port
+// replaces the rules, dns_port 0 and clear_nat remove them.
+func TestDNSRedirectCarriesQueries(t *testing.T) {
+	if !inNetns(t) {
+		return
+	}
+	srv := testServer()
+	mustCall(t, srv, api.MethodPrivEnsureBridge, api.PrivBridge{Name: "banger0", CIDR: "10.77.0.0/24"}, nil)
+	nat := api.PrivNAT{Bridge: "banger0", CIDR: "10.77.0.0/24", DNSPort: 5354}
+	idempotent(t, srv, api.MethodPrivEnsureNAT, nat, nil)
+	wantDNSRules(t, "banger banger0 dns tcp 10.77.0.1:53 redirect to :5354", "banger banger0 dns udp 10.77.0.1:53 redirect to :5354")
+
+	guest := guestOnBridge(t)
+
+	// The "daemon": a UDP echo and a TCP listener on the bridge's address.
+	pc, err := net.ListenPacket("udp4", "10.77.0.1:5354")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close()
+	go func() {
+		buf := make([]byte, 512)
+		for {
+			n, from, err := pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			pc.WriteTo(append([]byte("echo "), buf[:n]...), from)
+		}
+	}()
+	ln, err := net.Listen("tcp4", "10.77.0.1:5354")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+
+	query := func(timeout time.Duration) (string, error) {
+		var reply string
+		onThreadIn(t, guest, func() {
+			var c net.Conn
+			if c, err = net.DialTimeout("udp4", "10.77.0.1:53", timeout); err != nil {
+				return
+			}
+			defer c.Close()
+			c.SetDeadline(time.Now().Add(timeout))
+			if _, err = c.Write([]byte("q")); err != nil {
+				return
+			}
+			buf := make([]byte, 512)
+			var n int
+			n, err = c.Read(buf)
+			reply = string(buf[:n])
+		})
+		return reply, err
+	}
+	if got, err := query(5 * time.Second); err != nil || got != "echo q" {
+		t.Fatalf("udp to the bridge's port 53: %q, %v", got, err)
+	}
+	var c net.Conn
+	onThreadIn(t, guest, func() { c, err = net.DialTimeout("tcp4", "10.77.0.1:53", 5*time.Second) })
+	if err != nil {
+		t.Fatalf("tcp to the bridge's port 53: %v", err)
+	}
+	c.Close()
+	a, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.Close()
+
+	// Another port replaces the rules; 0 removes them, the masquerade stays.
+	nat.DNSPort = 5355
+	idempotent(t, srv, api.MethodPrivEnsureNAT, nat, nil)
+	wantDNSRules(t, "banger banger0 dns tcp 10.77.0.1:53 redirect to :5355", "banger banger0 dns udp 10.77.0.1:53 redirect to :5355")
+	if _, err := query(time.Second); err == nil {
+		t.Error("a query reached the old port after the redirect moved")
+	}
+	nat.DNSPort = 0
+	idempotent(t, srv, api.MethodPrivEnsureNAT, nat, nil)
+	wantDNSRules(t)
+	if got := bangerRules(t); len(got) != 1 {
+		t.Errorf("masquerade rules after dns_port 0: %d, want 1", len(got))
+	}
+
+	// clear_nat takes the redirect with it, and then the table.
+	nat.DNSPort = 5354
+	mustCall(t, srv, api.MethodPrivEnsureNAT, nat, nil)
+	if !mustCall(t, srv, api.MethodPrivClearNAT, api.PrivNAT{Bridge: "banger0", CIDR: "10.77.0.0/24"}, nil) {
+		t.Error("clear_nat changed nothing")
+	}
+	if slices.Contains(nftTables(t), natTable) {
+		t.Error("banger's table is left after clear_nat")
+	}
+	if _, err := query(time.Second); err == nil {
+		t.Error("a query reached the daemon's port after clear_nat")
+	}
+}
+
+// wantDNSRules reads banger's DNS redirect rules back from the kernel and
+// compares their comments, sorted.
+func wantDNSRules(t *testing.T, want ...string) {
+	t.Helper()
+	c, err := nftables.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := readNAT(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, r := range st.chains[dnsChain] {
+		got = append(got, ruleComment(r))
+	}
+	slices.Sort(got)
+	if !slices.Equal(got, want) {
+		t.Errorf("dns rules: %q, want %q", got, want)
+		for _, r := range st.chains[dnsChain] {
+			t.Log(dumpExprs(r.Exprs))
+		}
 	}
 }

@@ -8,6 +8,7 @@ package helper
 // call logs the refusal with its code.
 
 import (
+	"fmt"
 	"net/netip"
 	"regexp"
 	"strings"
@@ -231,14 +232,27 @@ func checkDeleteTap(v hostView, p api.PrivTap) (tapPlan, error) {
 type natPlan struct {
 	bridge string
 	cidr   netip.Prefix
+	// dnsPort is where the guests' DNS to the bridge's port 53 goes; 0
+	// for no redirect.
+	dnsPort uint16
 }
+
+// DNS redirects go to an unprivileged port: the daemon, which is not
+// root, listens there; a port below 1024 could be a system service's.
+const (
+	minDNSPort = 1024
+	maxDNSPort = 65535
+)
 
 func checkClearNAT(_ hostView, p api.PrivNAT) (natPlan, error) {
 	cidr, err := checkBridgeNet(p.Bridge, p.CIDR)
 	if err != nil {
 		return natPlan{}, err
 	}
-	return natPlan{bridge: p.Bridge, cidr: cidr}, nil
+	if p.DNSPort != 0 && (p.DNSPort < minDNSPort || p.DNSPort > maxDNSPort) {
+		return natPlan{}, invalid("dns port %d: want 0 (none) or %d to %d", p.DNSPort, minDNSPort, maxDNSPort)
+	}
+	return natPlan{bridge: p.Bridge, cidr: cidr, dnsPort: uint16(p.DNSPort)}, nil
 }
 
 // checkEnsureNAT also wants the bridge there with the CIDR's first host:
@@ -286,4 +300,19 @@ func natCommentPrefix(bridge string) string {
 // natRuleFor reports whether comment tags a rule of bridge.
 func natRuleFor(comment, bridge string) bool {
 	return strings.HasPrefix(comment, natCommentPrefix(bridge))
+}
+
+// dnsComment tags one of banger's DNS redirect rules for bridge (proto is
+// udp or tcp), so that ensure_nat finds it again and clear_nat removes it.
+func dnsComment(bridge, proto string, to netip.Addr, port uint16) string {
+	return fmt.Sprintf("%s%s %s:53 redirect to :%d", dnsCommentPrefix(bridge), proto, to, port)
+}
+
+func dnsCommentPrefix(bridge string) string {
+	return natCommentPrefix(bridge) + "dns "
+}
+
+// dnsRuleFor reports whether comment tags a DNS redirect rule of bridge.
+func dnsRuleFor(comment, bridge string) bool {
+	return strings.HasPrefix(comment, dnsCommentPrefix(bridge))
 }

@@ -171,6 +171,18 @@ var hostileCases = []struct {
 	{"clear nat on eth0", 0, api.MethodPrivClearNAT, `{"bridge":"eth0","cidr":"10.77.0.0/24"}`, rpc.CodeInvalidParams},
 	{"clear nat for everything", 0, api.MethodPrivClearNAT, `{"bridge":"banger0","cidr":"0.0.0.0/0"}`, rpc.CodeInvalidParams},
 	{"clear nat injection", 0, api.MethodPrivClearNAT, `{"bridge":"banger0","cidr":"10.77.0.0/24\" accept"}`, rpc.CodeInvalidParams},
+	{"dns port 53", 0, api.MethodPrivEnsureNAT, `{"bridge":"banger0","cidr":"10.77.0.0/24","dns_port":53}`, rpc.CodeInvalidParams},
+	{"dns port 1023", 0, api.MethodPrivEnsureNAT, `{"bridge":"banger0","cidr":"10.77.0.0/24","dns_port":1023}`, rpc.CodeInvalidParams},
+	{"dns port 22", 0, api.MethodPrivEnsureNAT, `{"bridge":"banger0","cidr":"10.77.0.0/24","dns_port":22}`, rpc.CodeInvalidParams},
+	{"dns port negative", 0, api.MethodPrivEnsureNAT, `{"bridge":"banger0","cidr":"10.77.0.0/24","dns_port":-1}`, rpc.CodeInvalidParams},
+	{"dns port 65536", 0, api.MethodPrivEnsureNAT, `{"bridge":"banger0","cidr":"10.77.0.0/24","dns_port":65536}`, rpc.CodeInvalidParams},
+	{"dns port wraps to 53", 0, api.MethodPrivEnsureNAT, `{"bridge":"banger0","cidr":"10.77.0.0/24","dns_port":65589}`, rpc.CodeInvalidParams},
+	{"dns port huge", 0, api.MethodPrivEnsureNAT, `{"bridge":"banger0","cidr":"10.77.0.0/24","dns_port":1e30}`, rpc.CodeInvalidParams},
+	{"dns port fraction", 0, api.MethodPrivEnsureNAT, `{"bridge":"banger0","cidr":"10.77.0.0/24","dns_port":5353.5}`, rpc.CodeInvalidParams},
+	{"dns port a string", 0, api.MethodPrivEnsureNAT, `{"bridge":"banger0","cidr":"10.77.0.0/24","dns_port":"5353"}`, rpc.CodeInvalidParams},
+	{"dns port on eth0", 0, api.MethodPrivEnsureNAT, `{"bridge":"eth0","cidr":"10.77.0.0/24","dns_port":5353}`, rpc.CodeInvalidParams},
+	{"dns port on a missing bridge", 0, api.MethodPrivEnsureNAT, `{"bridge":"banger-gone","cidr":"10.66.0.0/24","dns_port":5353}`, rpc.CodeNotFound},
+	{"clear dns port 53", 0, api.MethodPrivClearNAT, `{"bridge":"banger0","cidr":"10.77.0.0/24","dns_port":53}`, rpc.CodeInvalidParams},
 }
 
 // callStdio sends one request to srv as peer uid and returns the response
@@ -250,6 +262,8 @@ func TestSaneRequestsPassTheRules(t *testing.T) {
 		{testOwner, api.MethodPrivCreateTap, `{"name":"bgtap-123456789","bridge":"banger0"}`},
 		{0, api.MethodPrivDeleteTap, `{"name":"bgtap-gone"}`},
 		{0, api.MethodPrivEnsureNAT, `{"bridge":"banger0","cidr":"10.77.0.0/24"}`},
+		{0, api.MethodPrivEnsureNAT, `{"bridge":"banger0","cidr":"10.77.0.0/24","dns_port":1024}`},
+		{testOwner, api.MethodPrivEnsureNAT, `{"bridge":"banger0","cidr":"10.77.0.0/24","dns_port":65535}`},
 		{0, api.MethodPrivClearNAT, `{"bridge":"banger-gone","cidr":"10.66.0.0/24"}`},
 	} {
 		resp, rec := callStdio(t, srv, tc.uid, tc.method, tc.params)

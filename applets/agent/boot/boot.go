@@ -28,6 +28,7 @@ const (
 	ParamAddress  = "banger.ip"       // eth0's address, CIDR: 10.0.2.15/24
 	ParamGateway  = "banger.gw"       // the default route's gateway
 	ParamDNS      = "banger.dns"      // the name server for /etc/resolv.conf
+	ParamSearch   = "banger.search"   // its search domain ("vm": NAME resolves as NAME.vm)
 	// ParamInit and the root parameters are the kernel's own; the
 	// initramfs's /init honors them as the kernel would without one.
 	ParamInit       = "init"
@@ -41,6 +42,9 @@ type Network struct {
 	Address netip.Prefix
 	Gateway netip.Addr
 	DNS     netip.Addr
+	// Search is resolv.conf's search domain, "" for none: letters,
+	// digits, '-' and '.', as a DNS name is.
+	Search string
 }
 
 // UserNetwork is QEMU's user-mode network as the guest sees it.
@@ -63,6 +67,9 @@ func (n Network) Args() []string {
 	}
 	if n.DNS.IsValid() {
 		args = append(args, ParamDNS+"="+n.DNS.String())
+	}
+	if n.Search != "" {
+		args = append(args, ParamSearch+"="+n.Search)
 	}
 	return args
 }
@@ -107,5 +114,30 @@ func (c Cmdline) Network() (n Network, ok bool, err error) {
 			return n, false, fmt.Errorf("%s=%s: %w", ParamDNS, v, err)
 		}
 	}
+	if v, has := c[ParamSearch]; has {
+		if !validDomain(v) {
+			return n, false, fmt.Errorf("%s=%s: not a domain name", ParamSearch, v)
+		}
+		n.Search = v
+	}
 	return n, true, nil
+}
+
+// validDomain reports whether s is a domain name made of letters, digits,
+// '-' and '.', with no empty label: it is written into resolv.conf.
+func validDomain(s string) bool {
+	if s == "" || len(s) > 253 {
+		return false
+	}
+	for _, label := range strings.Split(s, ".") {
+		if label == "" || len(label) > 63 {
+			return false
+		}
+		for _, r := range label {
+			if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-') {
+				return false
+			}
+		}
+	}
+	return true
 }

@@ -40,8 +40,8 @@ func TestNetworkRoundTrip(t *testing.T) {
 	}
 }
 
-// A bridged guest's network: an address and a gateway, no name server
-// until the daemon serves one (the agent then leaves resolv.conf alone).
+// A bridged guest's network: an address and a gateway, and no name server
+// when the daemon serves none (the agent then leaves resolv.conf alone).
 func TestBridgedNetworkRoundTrip(t *testing.T) {
 	n := Network{Address: netip.MustParsePrefix("10.77.0.2/24"), Gateway: netip.MustParseAddr("10.77.0.1")}
 	if args := n.Args(); !slices.Equal(args, []string{"banger.ip=10.77.0.2/24", "banger.gw=10.77.0.1"}) {
@@ -50,6 +50,30 @@ func TestBridgedNetworkRoundTrip(t *testing.T) {
 	got, ok, err := ParseCmdline("console=ttyS0 " + strings.Join(n.Args(), " ")).Network()
 	if err != nil || !ok || got != n || got.DNS.IsValid() {
 		t.Errorf("Network() = %+v, %v, %v; want %+v", got, ok, err, n)
+	}
+}
+
+// A bridged guest of a daemon that serves NAME.vm: the bridge is its name
+// server, and vm its search domain.
+func TestBridgedNetworkWithNamesRoundTrip(t *testing.T) {
+	n := Network{Address: netip.MustParsePrefix("10.77.0.2/24"), Gateway: netip.MustParseAddr("10.77.0.1"),
+		DNS: netip.MustParseAddr("10.77.0.1"), Search: "vm"}
+	if args := n.Args(); !slices.Equal(args, []string{"banger.ip=10.77.0.2/24", "banger.gw=10.77.0.1", "banger.dns=10.77.0.1", "banger.search=vm"}) {
+		t.Errorf("args %v", args)
+	}
+	got, ok, err := ParseCmdline("console=ttyS0 " + strings.Join(n.Args(), " ")).Network()
+	if err != nil || !ok || got != n {
+		t.Errorf("Network() = %+v, %v, %v; want %+v", got, ok, err, n)
+	}
+	for _, bad := range []string{"", "vm.", ".vm", "vm\\nnameserver", "a..b", "vm;x", strings.Repeat("a", 64)} {
+		if _, _, err := ParseCmdline("banger.ip=10.77.0.2/24 banger.search=" + bad).Network(); err == nil {
+			t.Errorf("search %q accepted", bad)
+		}
+	}
+	for _, good := range []string{"vm", "corp.example", "a-1.b2"} {
+		if n, _, err := ParseCmdline("banger.ip=10.77.0.2/24 banger.search=" + good).Network(); err != nil || n.Search != good {
+			t.Errorf("search %q: %+v, %v", good, n, err)
+		}
 	}
 }
 

@@ -100,6 +100,16 @@ func (p *Progress) stage(ctx context.Context, name string, fn func(context.Conte
 	return err
 }
 
+// Detail sets the progress text of the stage running now (a percentage,
+// a count), which status shows beside its name.
+func (p *Progress) Detail(detail string) {
+	p.r.mu.Lock()
+	defer p.r.mu.Unlock()
+	if n := len(p.o.view.Stages); n > 0 && p.o.view.Stages[n-1].State == api.StageRunning {
+		p.o.view.Stages[n-1].Detail = detail
+	}
+}
+
 // mark sets the state of the latest stage called name.
 func (p *Progress) mark(name, state string) {
 	p.r.mu.Lock()

@@ -53,9 +53,11 @@ type Server struct {
 const shutdownWait = 5 * time.Second
 
 // Start serves DNS over UDP and TCP on each address (host:port; port 0
-// picks a free port, the same for UDP and TCP, see Addrs). It serves
-// until Close or until ctx is done. A failure to bind any address closes
-// what was bound and returns the error.
+// picks a free port, the same for UDP and TCP, see Addrs). An address
+// need not be the host's yet (IP_FREEBIND): a bridge's address answers
+// once the bridge has it. It serves until Close or until ctx is done. A
+// failure to bind any address closes what was bound and returns the
+// error.
 func Start(ctx context.Context, log zerolog.Logger, lookup Lookup, addrs ...string) (*Server, error) {
 	if lookup == nil {
 		return nil, errors.New("dns responder: no lookup")
@@ -104,7 +106,7 @@ func listen(ctx context.Context, addr string) (net.PacketConn, net.Listener, err
 		return nil, nil, err
 	}
 	anyPort := port == "" || port == "0"
-	var lc net.ListenConfig
+	lc := net.ListenConfig{Control: freebind}
 	for try := 1; ; try++ {
 		pc, err := lc.ListenPacket(ctx, "udp", addr)
 		if err != nil {

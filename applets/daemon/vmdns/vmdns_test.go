@@ -478,3 +478,16 @@ func TestLookupPanicIsServerFailure(t *testing.T) {
 		}
 	}
 }
+
+// A bridge's address is bound before the bridge has it (IP_FREEBIND):
+// 192.0.2.1 (TEST-NET-1) is never the host's.
+func TestStartBindsAnAddressTheHostLacks(t *testing.T) {
+	s, err := Start(context.Background(), zerolog.Nop(), newVMs().lookup, "192.0.2.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if a := s.Addrs(); len(a) != 1 || !strings.HasPrefix(a[0], "192.0.2.1:") {
+		t.Errorf("bound %v", a)
+	}
+}

@@ -127,6 +127,11 @@ func mountAll(specs []mountSpec) error {
 			return fmt.Errorf("mount %s on %s: %w", m.fstype, m.target, err)
 		}
 		mounted[m.target] = true
+		if m.target == "/proc" {
+			// Now the kernel's own mounts can be read: booted without an
+			// initramfs, it mounted /dev (devtmpfs.mount) before us.
+			mounted = mountPoints()
+		}
 	}
 	return nil
 }

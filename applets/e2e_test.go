@@ -91,10 +91,20 @@ func (s *sandbox) banger(args ...string) result {
 
 func (s *sandbox) run(bin string, args ...string) result {
 	s.t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	return s.runIn(nil, time.Minute, bin, args...)
+}
+
+// runIn runs bin with stdin (nil: none), bounded by timeout, and returns
+// its output and exit code.
+func (s *sandbox) runIn(stdin []byte, timeout time.Duration, bin string, args ...string) result {
+	s.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, bin, args...)
 	cmd.Env = s.env
+	if stdin != nil {
+		cmd.Stdin = bytes.NewReader(stdin)
+	}
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	err := cmd.Run()

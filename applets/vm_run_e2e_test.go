@@ -2,7 +2,6 @@ package applets_test
 
 import (
 	"bytes"
-	"context"
 	"crypto/rand"
 	"errors"
 	"fmt"
@@ -31,22 +30,7 @@ import (
 // code.
 func (s *sandbox) bangerIn(stdin []byte, args ...string) result {
 	s.t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, bangerBin, args...)
-	cmd.Env = s.env
-	cmd.Stdin = bytes.NewReader(stdin)
-	var out, errb bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &errb
-	err := cmd.Run()
-	code := 0
-	var ee *exec.ExitError
-	if errors.As(err, &ee) {
-		code = ee.ExitCode()
-	} else if err != nil {
-		s.t.Fatalf("banger %v: %v", args, err)
-	}
-	return result{out.String(), errb.String(), code}
+	return s.runIn(stdin, 2*time.Minute, bangerBin, args...)
 }
 
 // assertNothingLeft checks that no VM, instance directory or engine

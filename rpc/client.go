@@ -88,15 +88,32 @@ func exchangeConn(ctx context.Context, conn net.Conn, method string, req []byte,
 	return err
 }
 
-// Stream is a stream session (Server.Streams) after its ok response: the
-// connection, whose reads start with what the client read past the
-// response. Closing it ends the session.
+// Stream is a stream session (Server.Streams) after the request and its
+// ok response, on either end: the connection, whose reads start with
+// what was read past the request or response. Closing it ends the
+// session.
 type Stream struct {
 	net.Conn
 	r io.Reader
 }
 
+// newStream is conn, read from rest first, past the newline that ends
+// the request or response.
+func newStream(conn net.Conn, rest io.Reader) *Stream {
+	return &Stream{Conn: conn, r: &skipNewline{r: io.MultiReader(rest, conn)}}
+}
+
 func (s *Stream) Read(p []byte) (int, error) { return s.r.Read(p) }
+
+// SyscallConn reaches the socket itself, for a session that watches it
+// for a hang-up without reading.
+func (s *Stream) SyscallConn() (syscall.RawConn, error) {
+	sc, ok := s.Conn.(syscall.Conn)
+	if !ok {
+		return nil, errors.New("rpc: the connection has no file descriptor")
+	}
+	return sc.SyscallConn()
+}
 
 // OpenStream dials the socket and starts a stream method, decoding the
 // response's result into result. ctx bounds the start only: the open
@@ -143,7 +160,7 @@ func OpenStreamConn(ctx context.Context, conn net.Conn, method string, params, r
 		return nil, fmt.Errorf("call %s: %w", method, err)
 	}
 	conn.SetDeadline(time.Time{})
-	return &Stream{Conn: conn, r: &skipNewline{r: io.MultiReader(rest, conn)}}, nil
+	return newStream(conn, rest), nil
 }
 
 // interrupt ends a call at once: a deadline in the past wakes a blocked

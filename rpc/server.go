@@ -10,7 +10,6 @@ import (
 	"net"
 	"runtime/debug"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -402,26 +401,7 @@ func (s *Server) runStream(c *call, st *pendingStream, conn net.Conn) {
 			c.panic, c.stack = p, debug.Stack()
 		}
 	}()
-	c.streamErr = st.serve(st.ctx, streamConn{Reader: &skipNewline{r: io.MultiReader(st.rest, conn)}, Conn: conn})
-}
-
-// streamConn is a stream session's connection: reads start with what the
-// server read past the request.
-type streamConn struct {
-	io.Reader
-	net.Conn
-}
-
-func (c streamConn) Read(p []byte) (int, error) { return c.Reader.Read(p) }
-
-// SyscallConn reaches the socket itself, for a session that watches it
-// for a hang-up without reading.
-func (c streamConn) SyscallConn() (syscall.RawConn, error) {
-	sc, ok := c.Conn.(syscall.Conn)
-	if !ok {
-		return nil, errors.New("rpc: the connection has no file descriptor")
-	}
-	return sc.SyscallConn()
+	c.streamErr = st.serve(st.ctx, newStream(conn, st.rest))
 }
 
 // hangupWatchDelay is how long a call runs before its connection is

@@ -140,7 +140,7 @@ func TestChannelSessions(t *testing.T) {
 	port, host := socketPort(t)
 	defer host.Close()
 	log := zerolog.New(io.Discard)
-	a := &agent{build: api.Build{Version: "v-test"}, bootID: "boot-1", hostname: "guest", log: log, poweroff: make(chan string, 1)}
+	a := &agent{build: api.Build{Version: "v-test"}, id: identity{bootID: "boot-1", hostname: "guest"}, log: log, poweroff: make(chan string, 1)}
 	ch := newChannel(log, port, a)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})

@@ -156,12 +156,13 @@ func (c *channel) scanReset() (string, error) {
 }
 
 func (c *channel) writeHello(nonce string) error {
+	hostname, bootID := c.agent.id.get()
 	h := agentlink.Hello{
 		Agent:    agentlink.AgentName,
 		Ready:    true,
 		Version:  c.agent.build.Version,
-		BootID:   c.agent.bootID,
-		Hostname: c.agent.hostname,
+		BootID:   bootID,
+		Hostname: hostname,
 		Nonce:    nonce,
 	}
 	b, err := json.Marshal(h)

@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"sync"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -14,10 +15,10 @@ import (
 
 // agent holds what the agent's methods answer with.
 type agent struct {
-	build    api.Build
-	bootID   string
-	hostname string
-	log      zerolog.Logger
+	build api.Build
+	log   zerolog.Logger
+	// id is who the guest is; agent.resume changes it.
+	id identity
 	// reaper starts the commands of agent.exec and waits for them; nil
 	// in an agent that runs none.
 	reaper *reaper
@@ -35,6 +36,7 @@ func (a *agent) methods() rpc.Methods {
 		agentlink.MethodPing:     rpc.Handle(a.ping),
 		agentlink.MethodPorts:    rpc.Handle(a.ports),
 		agentlink.MethodPowerOff: rpc.Handle(a.powerOff),
+		agentlink.MethodResume:   rpc.Handle(a.resume),
 		agentlink.MethodSignal:   rpc.Handle(a.signal),
 	}
 }
@@ -48,10 +50,11 @@ func (a *agent) streams() rpc.Streams {
 }
 
 func (a *agent) ping(context.Context, rpc.NoParams) (agentlink.PingResult, error) {
+	hostname, bootID := a.id.get()
 	return agentlink.PingResult{
 		Version:  a.build.Version,
-		BootID:   a.bootID,
-		Hostname: a.hostname,
+		BootID:   bootID,
+		Hostname: hostname,
 		UptimeMS: float64(uptime().Microseconds()) / 1000,
 	}, nil
 }
@@ -77,4 +80,24 @@ func uptime() time.Duration {
 		return 0
 	}
 	return time.Duration(ts.Nano())
+}
+
+// identity is the guest's hostname and boot id as the agent reports
+// them.
+type identity struct {
+	mu       sync.Mutex
+	hostname string
+	bootID   string
+}
+
+func (i *identity) get() (hostname, bootID string) {
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	return i.hostname, i.bootID
+}
+
+func (i *identity) set(hostname, bootID string) {
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	i.hostname, i.bootID = hostname, bootID
 }

@@ -19,8 +19,7 @@ import (
 const ifaceWait = 3 * time.Second
 
 // setupNetwork brings lo up and, when the kernel command line carries a
-// network (boot.Network), configures eth0 with it: address, default route
-// and /etc/resolv.conf.
+// network (boot.Network), configures eth0 with it.
 func setupNetwork(log zerolog.Logger, cmd boot.Cmdline) error {
 	lo, err := netlink.LinkByName("lo")
 	if err != nil {
@@ -33,11 +32,20 @@ func setupNetwork(log zerolog.Logger, cmd boot.Cmdline) error {
 	if err != nil || !ok {
 		return err
 	}
+	return configureEth0(log, n, "")
+}
+
+// configureEth0 gives eth0 the network n: address, default route and
+// /etc/resolv.conf, and the hardware address mac unless it is "". What
+// eth0 had before goes: a restored guest has the network of the guest
+// its snapshot was taken from.
+func configureEth0(log zerolog.Logger, n boot.Network, mac string) error {
 	start := time.Now()
 	step := func(what string) {
 		log.Debug().Str("step", what).Float64("duration_ms", logging.Millis(time.Since(start))).Msg("network")
 	}
 	var eth netlink.Link
+	var err error
 	deadline := time.Now().Add(ifaceWait)
 	for {
 		eth, err = netlink.LinkByName("eth0")
@@ -50,8 +58,28 @@ func setupNetwork(log zerolog.Logger, cmd boot.Cmdline) error {
 		time.Sleep(10 * time.Millisecond)
 	}
 	step("found eth0")
-	addr := &netlink.Addr{IPNet: &net.IPNet{IP: n.Address.Addr().AsSlice(), Mask: net.CIDRMask(n.Address.Bits(), n.Address.Addr().BitLen())}}
-	if err := netlink.AddrAdd(eth, addr); err != nil && !errors.Is(err, unix.EEXIST) {
+	if mac != "" && mac != eth.Attrs().HardwareAddr.String() {
+		hw, err := net.ParseMAC(mac)
+		if err != nil {
+			return fmt.Errorf("eth0's address %q: %w", mac, err)
+		}
+		// virtio-net takes a new address while up only with a feature
+		// QEMU may not offer; down, it always does.
+		netlink.LinkSetDown(eth)
+		if err := netlink.LinkSetHardwareAddr(eth, hw); err != nil {
+			return fmt.Errorf("set eth0's address to %s: %w", mac, err)
+		}
+		step("mac")
+	}
+	want := &net.IPNet{IP: n.Address.Addr().AsSlice(), Mask: net.CIDRMask(n.Address.Bits(), n.Address.Addr().BitLen())}
+	if addrs, err := netlink.AddrList(eth, netlink.FAMILY_V4); err == nil {
+		for _, a := range addrs {
+			if !a.IPNet.IP.Equal(want.IP) || a.IPNet.String() != want.String() {
+				netlink.AddrDel(eth, &a)
+			}
+		}
+	}
+	if err := netlink.AddrAdd(eth, &netlink.Addr{IPNet: want}); err != nil && !errors.Is(err, unix.EEXIST) {
 		return fmt.Errorf("add %s to eth0: %w", n.Address, err)
 	}
 	step("address")
@@ -61,8 +89,8 @@ func setupNetwork(log zerolog.Logger, cmd boot.Cmdline) error {
 	step("up")
 	if n.Gateway.IsValid() {
 		route := &netlink.Route{LinkIndex: eth.Attrs().Index, Gw: n.Gateway.AsSlice()}
-		if err := netlink.RouteAdd(route); err != nil && !errors.Is(err, unix.EEXIST) {
-			return fmt.Errorf("add the default route via %s: %w", n.Gateway, err)
+		if err := netlink.RouteReplace(route); err != nil {
+			return fmt.Errorf("set the default route via %s: %w", n.Gateway, err)
 		}
 	}
 	step("route")
@@ -71,7 +99,7 @@ func setupNetwork(log zerolog.Logger, cmd boot.Cmdline) error {
 			return err
 		}
 	}
-	log.Info().Str("address", n.Address.String()).Str("gateway", n.Gateway.String()).Msg("network up")
+	log.Info().Str("address", n.Address.String()).Str("gateway", n.Gateway.String()).Str("mac", mac).Msg("network up")
 	return nil
 }
 

@@ -51,8 +51,7 @@ func runSystem(log zerolog.Logger, build api.Build) error {
 
 	a := &agent{
 		build:    build,
-		bootID:   strings.TrimSpace(string(bootID)),
-		hostname: hostname,
+		id:       identity{hostname: hostname, bootID: strings.TrimSpace(string(bootID))},
 		log:      log,
 		reaper:   reaper,
 		poweroff: make(chan string, 1),
@@ -64,7 +63,7 @@ func runSystem(log zerolog.Logger, build api.Build) error {
 	}
 	ch := newChannel(log, port, a)
 	go ch.run(ctx)
-	log.Info().Str("hostname", hostname).Str("boot_id", a.bootID).
+	log.Info().Str("hostname", hostname).Str("boot_id", a.id.bootID).
 		Float64("mounts_ms", logging.Millis(mounted)).Float64("network_ms", logging.Millis(netTook)).
 		Float64("duration_ms", logging.Millis(time.Since(start))).Msg("agent up; waiting for the host")
 

@@ -73,6 +73,9 @@ type VMCreate struct {
 	Publish []PortForward `json:"publish,omitempty"`
 	// Network is NetworkUser (when empty) or NetworkBridge.
 	Network string `json:"network,omitempty"`
+	// Cold boots the VM even when its image has a warm snapshot, and
+	// saves none.
+	Cold bool `json:"cold,omitempty"`
 }
 
 // VM is a VM as the daemon reports it.
@@ -173,6 +176,8 @@ type Image struct {
 	Dir        string    `json:"dir"`
 	Notes      []string  `json:"notes,omitempty"`
 	Problem    string    `json:"problem,omitempty"` // an image that cannot be read
+	// Warm is the image's warm snapshot, when it has one.
+	Warm *WarmSnapshot `json:"warm,omitempty"`
 }
 
 // ImageImport is the params of image.import: absolute paths the daemon

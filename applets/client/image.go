@@ -61,6 +61,7 @@ func newImageCommand() *cli.Command {
 				}),
 			},
 			{Name: "show", Usage: "show one image", ArgsUsage: "NAME", Flags: []cli.Flag{jsonFlag()}, Action: byName(api.MethodImageShow, "", printImage)},
+			newImageWarmCommand(),
 			{Name: "delete", Usage: "delete an image no VM uses", ArgsUsage: "NAME", Flags: []cli.Flag{jsonFlag()}, Action: byName(api.MethodImageDelete, "deleted", printImage)},
 		},
 	}
@@ -139,6 +140,9 @@ func printImage(w io.Writer, im api.Image) {
 	}
 	if im.Problem != "" {
 		fmt.Fprintf(tw, "problem:\t%s\n", im.Problem)
+	}
+	if w := im.Warm; w != nil {
+		fmt.Fprintf(tw, "warm snapshot:\t%s\n", warmSummary(*w))
 	}
 	tw.Flush()
 }

@@ -107,12 +107,13 @@ func vmShapeFlags() []cli.Flag {
 		&cli.StringFlag{Name: "disk-size", Usage: "the VM's disk `SIZE` (M or G; default: the image's size)"},
 		&cli.StringSliceFlag{Name: "publish", Aliases: []string{"p"}, Usage: "forward 127.0.0.1:`HOST:GUEST` to the guest's TCP port GUEST (repeatable; user network only)"},
 		&cli.StringFlag{Name: "network", Value: api.NetworkUser, Usage: "`user` (QEMU's user-mode network, published ports) or bridge (an address of its own on banger's bridge; needs the root helper)"},
+		&cli.BoolFlag{Name: "cold", Usage: "boot, even when the image has a warm snapshot for this shape (and save none)"},
 	}
 }
 
 // createParams reads vmShapeFlags.
 func createParams(c *cli.Context) (api.VMCreate, error) {
-	p := api.VMCreate{Name: c.String("name"), Image: c.String("image"), CPUs: c.Int("cpus"), Network: c.String("network")}
+	p := api.VMCreate{Name: c.String("name"), Image: c.String("image"), CPUs: c.Int("cpus"), Network: c.String("network"), Cold: c.Bool("cold")}
 	switch p.Network {
 	case api.NetworkUser, api.NetworkBridge:
 	default:

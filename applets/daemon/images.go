@@ -7,6 +7,7 @@ import (
 	"banger/applets/daemon/imagestore"
 	"banger/applets/daemon/kernel/kernelbuild"
 	"banger/applets/daemon/state"
+	"banger/applets/daemon/warm"
 	"banger/logging"
 	"banger/rpc"
 )
@@ -18,6 +19,18 @@ type imageMethods struct {
 	db      *state.DB
 	agent   string
 	kernels *kernelbuild.Store // for imports that name a built kernel
+	// snapshots are the images' warm snapshots; nil keeps none.
+	snapshots *warm.Store
+}
+
+// withWarm adds the image's warm snapshot to what is reported of it.
+func (m *imageMethods) withWarm(im api.Image) api.Image {
+	if m.snapshots != nil {
+		if w, ok := m.snapshots.Get(im.Name); ok {
+			im.Warm = toAPIWarm(w)
+		}
+	}
+	return im
 }
 
 func toAPIImage(im imagestore.Image) api.Image {
@@ -32,14 +45,14 @@ func (m *imageMethods) list(ctx context.Context, _ rpc.NoParams) ([]api.Image, e
 	}
 	out := make([]api.Image, 0, len(ims))
 	for _, im := range ims {
-		out = append(out, toAPIImage(im))
+		out = append(out, m.withWarm(toAPIImage(im)))
 	}
 	return out, nil
 }
 
 func (m *imageMethods) show(ctx context.Context, p api.VMRef) (api.Image, error) {
 	im, err := m.store.Get(ctx, p.Name)
-	return toAPIImage(im), err
+	return m.withWarm(toAPIImage(im)), err
 }
 
 func (m *imageMethods) importImage(ctx context.Context, p api.ImageImport) (api.Image, error) {
@@ -76,6 +89,11 @@ func (m *imageMethods) delete(ctx context.Context, p api.VMRef) (api.Image, erro
 	}
 	if err := m.store.Delete(ctx, p.Name, m.db.ImageUsers); err != nil {
 		return api.Image{}, err
+	}
+	if m.snapshots != nil {
+		if err := m.snapshots.Delete(p.Name); err != nil {
+			return api.Image{}, err
+		}
 	}
 	if err := m.db.DeleteImage(ctx, p.Name); err != nil && rpc.CodeOf(err) != rpc.CodeNotFound {
 		return api.Image{}, err

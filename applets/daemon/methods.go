@@ -33,10 +33,11 @@ func (d *daemon) methods() rpc.Methods {
 
 		api.MethodNetworkReset: rpc.Handle(d.vms.networkReset),
 
-		api.MethodImageImport: rpc.Handle(d.images.importImage),
-		api.MethodImageList:   rpc.Handle(d.images.list),
-		api.MethodImageShow:   rpc.Handle(d.images.show),
-		api.MethodImageDelete: rpc.Handle(d.images.delete),
+		api.MethodImageImport:    rpc.Handle(d.images.importImage),
+		api.MethodImageList:      rpc.Handle(d.images.list),
+		api.MethodImageShow:      rpc.Handle(d.images.show),
+		api.MethodImageDelete:    rpc.Handle(d.images.delete),
+		api.MethodImageWarmBegin: rpc.Handle(d.vms.warmBegin),
 
 		api.MethodKernelBuildBegin: rpc.Handle(d.kernels.buildBegin),
 		api.MethodKernelList:       rpc.Handle(d.kernels.list),

@@ -24,6 +24,9 @@ type vmEngine interface {
 	// Leftovers removes the runtime files (sockets, pidfile) of an
 	// instance whose process is gone, keeping its disk.
 	Leftovers(instanceDir string) error
+	// Identity names the engine's build, for warm snapshots' keys: a
+	// state saved by one engine is loaded only by the same.
+	Identity() (string, error)
 }
 
 // launchSpec is one boot of a VM.
@@ -39,6 +42,22 @@ type launchSpec struct {
 	Ports       []state.PortForward
 	// Tap is a bridged VM's network; nil gives it user-mode networking
 	// with Ports.
+	Tap *launchTap
+	// Incoming launches the VM to load a saved state (vmProcess.LoadState)
+	// instead of booting.
+	Incoming bool
+}
+
+// guestIdentity is what a guest restored from a warm snapshot is told it
+// is: the snapshot's memory holds the identity of the guest it was taken
+// from.
+type guestIdentity struct {
+	Hostname  string
+	MachineID string
+	BootID    string
+	Seed      []byte
+	Time      time.Time
+	// Tap is the bridged network; nil is user-mode networking.
 	Tap *launchTap
 }
 
@@ -85,6 +104,16 @@ type vmProcess interface {
 	SignalSession(ctx context.Context, opID string, sig int) error
 	// GuestPorts lists what listens in the guest.
 	GuestPorts(ctx context.Context) ([]api.GuestPort, error)
+	// SaveState pauses the guest and saves its state to a file; it
+	// stays paused until Continue, its disk then matching the state.
+	SaveState(ctx context.Context, path string) error
+	Continue(ctx context.Context) error
+	// LoadState loads a saved state into a process launched Incoming and
+	// returns once the guest runs.
+	LoadState(ctx context.Context, path string) error
+	// Resume waits for the restored guest's agent and gives it its
+	// identity; it returns the boot id the agent then reports.
+	Resume(ctx context.Context, id guestIdentity) (bootID string, err error)
 	Close() error
 }
 

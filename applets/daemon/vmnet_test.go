@@ -78,6 +78,7 @@ func (e *fakeEngine) Attach(ctx context.Context, dir string) (vmProcess, error) 
 }
 
 func (e *fakeEngine) Leftovers(dir string) error { return nil }
+func (e *fakeEngine) Identity() (string, error)  { return "fake", nil }
 
 type fakeImages struct{}
 

@@ -40,9 +40,10 @@ type vmService struct {
 	ops    *operation.Registry
 	engine vmEngine
 	images vmImages
-	root   string    // instance directories: root/<vm id>
-	helper vmHelper  // the root helper: bridges, taps, NAT
-	bridge bridgeNet // where bridged VMs go
+	root   string      // instance directories: root/<vm id>
+	helper vmHelper    // the root helper: bridges, taps, NAT
+	bridge bridgeNet   // where bridged VMs go
+	warm   *warmStarts // nil: every VM boots
 
 	mu    sync.Mutex           // guards busy and procs
 	busy  map[string]string    // VM name -> what is being done to it
@@ -134,49 +135,68 @@ func (s *vmService) createBegin(ctx context.Context, p api.VMCreate) (api.Operat
 	id := "vm-" + ulid.Make().String()
 	vm := state.VM{ID: id, Name: p.Name, Image: p.Image, CPUs: p.CPUs, MemoryMiB: p.MemoryMiB, DiskMiB: p.DiskMiB,
 		State: state.VMCreating, Network: network, InstanceDir: filepath.Join(s.root, id), Ports: ports}
+	var plan *warmPlan
+	if !p.Cold && !p.NoStart {
+		plan = &warmPlan{}
+	}
 	return s.ops.Begin(ctx, rpc.OpIDFrom(ctx), api.KindVMCreate, p.Name, func(ctx context.Context, prog *operation.Progress) (any, error) {
 		defer release()
-		var img vmImage
-		steps := []operation.Step{
-			{Name: "resolve image", Do: func(ctx context.Context) (err error) {
-				img, err = s.images.Resolve(ctx, p.Image)
-				if err != nil {
-					return err
-				}
-				return s.db.PutImage(ctx, state.Image{Name: img.Name, Digest: img.Digest, SizeBytes: img.SizeBytes, Created: img.Created, KernelArgs: img.KernelArgs})
-			}},
-			{Name: "record vm", Do: func(ctx context.Context) error {
-				return s.db.CreateVM(ctx, vm)
-			}, Undo: func(ctx context.Context) error {
-				return s.forgetCreate(ctx, vm.Name)
-			}},
-		}
-		if network == api.NetworkBridge {
-			steps = append(steps, s.allocateStep(vm.Name))
-		}
-		steps = append(steps, []operation.Step{
-			{Name: "make disk", Do: func(ctx context.Context) error {
-				if err := os.MkdirAll(vm.InstanceDir, 0o700); err != nil {
-					return err
-				}
-				return s.images.Overlay(ctx, img, filepath.Join(vm.InstanceDir, diskFile), p.DiskMiB)
-			}, Undo: func(ctx context.Context) error {
-				return os.RemoveAll(vm.InstanceDir)
-			}},
-		}...)
-		if p.NoStart {
-			steps = append(steps, operation.Step{Name: "mark stopped", Do: func(ctx context.Context) error {
-				_, err := s.db.UpdateVM(ctx, vm.Name, func(v *state.VM) error { v.State = state.VMStopped; return nil })
-				return err
-			}})
-		} else {
-			steps = append(steps, s.bootSteps(vm.Name, network, &img)...)
-		}
-		if err := prog.Run(ctx, steps); err != nil {
+		v, err := s.create(ctx, prog, p, vm, plan)
+		if err != nil {
 			return nil, err
 		}
-		return s.show(ctx, api.VMRef{Name: vm.Name})
+		return v, nil
 	}), nil
+}
+
+// create runs the steps of a create whose params are checked and whose
+// name is claimed.
+func (s *vmService) create(ctx context.Context, prog *operation.Progress, p api.VMCreate, vm state.VM, plan *warmPlan) (api.VM, error) {
+	network := vm.Network
+	var img vmImage
+	steps := []operation.Step{
+		{Name: "resolve image", Do: func(ctx context.Context) (err error) {
+			img, err = s.images.Resolve(ctx, p.Image)
+			if err != nil {
+				return err
+			}
+			s.planWarm(ctx, plan, img, vmShape{CPUs: vm.CPUs, MemoryMiB: vm.MemoryMiB, DiskMiB: vm.DiskMiB})
+			return s.db.PutImage(ctx, state.Image{Name: img.Name, Digest: img.Digest, SizeBytes: img.SizeBytes, Created: img.Created, KernelArgs: img.KernelArgs})
+		}},
+		{Name: "record vm", Do: func(ctx context.Context) error {
+			return s.db.CreateVM(ctx, vm)
+		}, Undo: func(ctx context.Context) error {
+			return s.forgetCreate(ctx, vm.Name)
+		}},
+	}
+	if network == api.NetworkBridge {
+		steps = append(steps, s.allocateStep(vm.Name))
+	}
+	steps = append(steps, []operation.Step{
+		{Name: "make disk", Do: func(ctx context.Context) error {
+			if err := os.MkdirAll(vm.InstanceDir, 0o700); err != nil {
+				return err
+			}
+			if s.checkoutDisk(ctx, plan, vm.InstanceDir) {
+				return nil
+			}
+			return s.images.Overlay(ctx, img, filepath.Join(vm.InstanceDir, diskFile), p.DiskMiB)
+		}, Undo: func(ctx context.Context) error {
+			return os.RemoveAll(vm.InstanceDir)
+		}},
+	}...)
+	if p.NoStart {
+		steps = append(steps, operation.Step{Name: "mark stopped", Do: func(ctx context.Context) error {
+			_, err := s.db.UpdateVM(ctx, vm.Name, func(v *state.VM) error { v.State = state.VMStopped; return nil })
+			return err
+		}})
+	} else {
+		steps = append(steps, s.bootSteps(vm.Name, network, &img, plan)...)
+	}
+	if err := prog.Run(ctx, steps); err != nil {
+		return api.VM{}, err
+	}
+	return s.show(ctx, api.VMRef{Name: vm.Name})
 }
 
 // forgetCreate undoes "record vm": the row goes, unless a tap is still
@@ -216,14 +236,16 @@ func validateCreate(p api.VMCreate) error {
 // bootSteps launch the engine and wait for the guest agent; a bridged VM
 // gets its bridge and tap first. The pid is recorded as soon as the
 // process exists (the engine's pidfile already holds it, for a daemon
-// that dies in between).
-func (s *vmService) bootSteps(name, network string, img *vmImage) []operation.Step {
+// that dies in between). With a plan whose disk came from a warm snapshot, the launch loads the
+// snapshot instead of booting; without one, a boot may save one.
+func (s *vmService) bootSteps(name, network string, img *vmImage, plan *warmPlan) []operation.Step {
 	var proc vmProcess
+	var spec launchSpec
 	var steps []operation.Step
 	if network == api.NetworkBridge {
 		steps = s.bridgeSteps(name)
 	}
-	return append(steps, []operation.Step{
+	steps = append(steps, []operation.Step{
 		{Name: "launch", Do: func(ctx context.Context) error {
 			vm, err := s.db.UpdateVM(ctx, name, func(v *state.VM) error {
 				v.State, v.LastError = state.VMStarting, ""
@@ -237,10 +259,10 @@ func (s *vmService) bootSteps(name, network string, img *vmImage) []operation.St
 					return err
 				}
 			}
-			spec := launchSpec{
+			spec = launchSpec{
 				InstanceDir: vm.InstanceDir, Kernel: img.Kernel, Initrd: img.Initrd, KernelArgs: img.KernelArgs,
 				Disk: filepath.Join(vm.InstanceDir, diskFile), Hostname: vm.Name, CPUs: vm.CPUs, MemoryMiB: vm.MemoryMiB,
-				Ports: vm.Ports,
+				Ports: vm.Ports, Incoming: plan.restoring(),
 			}
 			if vm.Network == api.NetworkBridge {
 				if spec.Tap, err = s.launchTap(vm); err != nil {
@@ -262,7 +284,10 @@ func (s *vmService) bootSteps(name, network string, img *vmImage) []operation.St
 			})
 			return err
 		}},
-		{Name: "wait for agent", Do: func(ctx context.Context) error {
+	}...)
+	steps = append(steps, s.restoreSteps(name, plan, &proc, &spec)...)
+	return append(steps, []operation.Step{
+		{Name: "wait for agent", When: func() bool { return !plan.restoring() }, Do: func(ctx context.Context) error {
 			ctx, cancel := context.WithTimeout(ctx, bootTimeout)
 			defer cancel()
 			bootID, err := proc.WaitAgent(ctx)
@@ -272,16 +297,22 @@ func (s *vmService) bootSteps(name, network string, img *vmImage) []operation.St
 				}
 				return err
 			}
-			if _, err := s.db.UpdateVM(ctx, name, func(v *state.VM) error {
-				v.State, v.BootID = state.VMRunning, bootID
-				return nil
-			}); err != nil {
-				return err
-			}
-			s.setProc(name, proc)
-			return nil
+			return s.markRunning(ctx, name, proc, bootID)
 		}},
+		s.saveStep(plan, &proc, func() string { return spec.Disk }),
 	}...)
+}
+
+// markRunning records a VM whose guest is ready.
+func (s *vmService) markRunning(ctx context.Context, name string, proc vmProcess, bootID string) error {
+	if _, err := s.db.UpdateVM(ctx, name, func(v *state.VM) error {
+		v.State, v.BootID = state.VMRunning, bootID
+		return nil
+	}); err != nil {
+		return err
+	}
+	s.setProc(name, proc)
+	return nil
 }
 
 // startBegin boots a stopped VM as an operation.
@@ -316,7 +347,7 @@ func (s *vmService) bootBegin(ctx context.Context, name, kind string, restart bo
 			}})
 		}
 		var img vmImage
-		steps = append(steps, s.bootSteps(name, vm.Network, &img)...)
+		steps = append(steps, s.bootSteps(name, vm.Network, &img, nil)...)
 		if err := prog.Run(ctx, steps); err != nil {
 			s.db.UpdateVM(context.WithoutCancel(ctx), name, func(v *state.VM) error { v.LastError = err.Error(); return nil })
 			return nil, err

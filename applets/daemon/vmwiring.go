@@ -21,6 +21,7 @@ import (
 	"banger/applets/daemon/kernel/kernelbuild"
 	"banger/applets/daemon/operation"
 	"banger/applets/daemon/state"
+	"banger/applets/daemon/warm"
 	"banger/rpc"
 )
 
@@ -38,6 +39,7 @@ func (e *qemuEngine) Launch(ctx context.Context, spec launchSpec) (vmProcess, er
 	es := engine.Spec{
 		Dir: spec.InstanceDir, Name: spec.Hostname, Kernel: spec.Kernel, Initrd: spec.Initrd,
 		Disk: spec.Disk, CPUs: spec.CPUs, MemoryMiB: spec.MemoryMiB, KernelArgs: args, Accel: e.accel,
+		Incoming: spec.Incoming,
 	}
 	if t := spec.Tap; t != nil {
 		es.Tap = &engine.TapNet{Name: t.Name, MAC: t.MAC, Guest: boot.Network{Address: t.Address, Gateway: t.Gateway, DNS: t.DNS, Search: t.Search}}
@@ -68,6 +70,17 @@ func (e *qemuEngine) Attach(ctx context.Context, dir string) (vmProcess, error) 
 }
 
 func (e *qemuEngine) Leftovers(dir string) error { return engine.CleanRuntime(dir) }
+
+// Identity is QEMU's binary and the accelerator setting: a state saved
+// under TCG does not load under KVM.
+func (e *qemuEngine) Identity() (string, error) {
+	bin, err := e.q.Path()
+	if err != nil {
+		return "", err
+	}
+	id, err := warm.FileID(bin)
+	return id + " accel=" + string(e.accel), err
+}
 
 // qemuProcess is one running QEMU and, once ready, its agent link.
 type qemuProcess struct {
@@ -213,6 +226,37 @@ func (p *qemuProcess) GuestPorts(ctx context.Context) ([]api.GuestPort, error) {
 	return link.Ports(ctx)
 }
 
+func (p *qemuProcess) SaveState(ctx context.Context, path string) error {
+	return p.inst.SaveState(ctx, path)
+}
+
+func (p *qemuProcess) Continue(ctx context.Context) error { return p.inst.Continue(ctx) }
+
+func (p *qemuProcess) LoadState(ctx context.Context, path string) error {
+	return p.inst.LoadState(ctx, path)
+}
+
+func (p *qemuProcess) Resume(ctx context.Context, id guestIdentity) (string, error) {
+	if _, err := p.WaitAgent(ctx); err != nil {
+		return "", err
+	}
+	link, err := p.agent()
+	if err != nil {
+		return "", err
+	}
+	n := boot.UserNetwork()
+	net := &agentlink.ResumeNetwork{Address: n.Address, Gateway: n.Gateway, DNS: n.DNS}
+	if t := id.Tap; t != nil {
+		net = &agentlink.ResumeNetwork{Address: t.Address, Gateway: t.Gateway, DNS: t.DNS, Search: t.Search, MAC: t.MAC}
+	}
+	_, err = link.Resume(ctx, agentlink.ResumeParams{Hostname: id.Hostname, MachineID: id.MachineID, BootID: id.BootID,
+		Seed: id.Seed, TimeUnixNS: id.Time.UnixNano(), Network: net})
+	if err != nil {
+		return "", fmt.Errorf("give the restored guest its identity: %w", err)
+	}
+	return id.BootID, nil
+}
+
 func (p *qemuProcess) Close() error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -309,7 +353,7 @@ func initrdBuilder(agent string, kernels *kernelbuild.Store) func(ctx context.Co
 
 // newVMs opens the image store and the engine under stateDir and
 // reconciles the VMs a previous daemon left.
-func newVMs(ctx context.Context, stateDir string, accel engine.Accel, db *state.DB, ops *operation.Registry, helper vmHelper, bridge bridgeNet, interrupted map[string]bool) (*vmService, *imageMethods, error) {
+func newVMs(ctx context.Context, stateDir string, accel engine.Accel, autoWarm bool, db *state.DB, ops *operation.Registry, helper vmHelper, bridge bridgeNet, interrupted map[string]bool) (*vmService, *imageMethods, error) {
 	self, err := os.Executable()
 	if err != nil {
 		return nil, nil, fmt.Errorf("find this binary (the guest agent): %w", err)
@@ -325,10 +369,19 @@ func newVMs(ctx context.Context, stateDir string, accel engine.Accel, db *state.
 	if err != nil {
 		return nil, nil, fmt.Errorf("open the image store: %w", err)
 	}
+	snaps, err := warm.Open(filepath.Join(stateDir, "snapshots"))
+	if err != nil {
+		return nil, nil, err
+	}
+	agentID, err := warm.FileID(self)
+	if err != nil {
+		return nil, nil, fmt.Errorf("find this binary (the guest agent): %w", err)
+	}
 	eng := &qemuEngine{q: &engine.QEMU{StateDir: stateDir}, accel: accel}
 	s := newVMService(db, ops, eng, &storeImages{store: store, agent: self, kernels: kernels}, filepath.Join(stateDir, "vms"), helper, bridge)
+	s.warm = &warmStarts{store: snaps, auto: autoWarm, agent: agentID}
 	if err := s.reconcile(ctx, interrupted); err != nil {
 		return nil, nil, fmt.Errorf("reconcile VMs: %w", err)
 	}
-	return s, &imageMethods{store: store, db: db, agent: self, kernels: kernels}, nil
+	return s, &imageMethods{store: store, db: db, agent: self, kernels: kernels, snapshots: snaps}, nil
 }

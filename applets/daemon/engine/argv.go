@@ -59,6 +59,9 @@ func buildArgv(bin string, spec Spec, accel Accel, tscKHz int) []string {
 		}
 		argv = append(argv, "-netdev", netdev, "-device", "virtio-net-device,netdev="+netdevID)
 	}
+	if spec.Incoming {
+		argv = append(argv, "-incoming", "defer")
+	}
 	if spec.Tap != nil {
 		// script=no, downscript=no: QEMU opens the tap the helper made
 		// and configures nothing on the host.

@@ -83,6 +83,9 @@ func (q *QEMU) binary() (string, error) {
 	return filepath.Abs(p)
 }
 
+// Path is the QEMU binary Launch runs.
+func (q *QEMU) Path() (string, error) { return q.binary() }
+
 // resolveAccel turns auto into kvm or tcg.
 func (q *QEMU) resolveAccel(ctx context.Context, bin string, spec Spec) Accel {
 	if spec.Accel != AccelAuto {

@@ -40,6 +40,12 @@ type Spec struct {
 	// Tap puts the guest's eth0 on a tap instead (bridged networking);
 	// at most one of Net and Tap is set.
 	Tap *TapNet
+	// Incoming launches QEMU waiting for a saved state (Instance.LoadState)
+	// instead of booting: the guest then continues where SaveState left
+	// it. Every other field must match the saved guest's, but the paths,
+	// the network's backend (user-mode or tap), its forwards and the
+	// kernel arguments, which only a boot reads.
+	Incoming bool
 }
 
 // TapNet is a network device on an existing tap, opened by QEMU through

@@ -176,3 +176,25 @@ func TestAdoptKeepsAnEndedOperationReadable(t *testing.T) {
 		t.Fatalf("adopted: %+v %v", v, err)
 	}
 }
+
+// A step whose When says no is skipped without a stage, and an earlier
+// step can decide it.
+func TestWhenSkipsAStepAnEarlierOneDecided(t *testing.T) {
+	reg := NewRegistry(nil)
+	rec := &recorder{}
+	restore := false
+	steps := rec.steps("resolve", "restore", "boot")
+	steps[0].Do = func(context.Context) error { rec.add("do resolve"); restore = true; return nil }
+	steps[1].When = func() bool { return restore }
+	steps[2].When = func() bool { return !restore }
+	reg.Begin(context.Background(), "op-w", "test", "", func(ctx context.Context, p *Progress) (any, error) {
+		return nil, p.Run(ctx, steps)
+	})
+	v := wait(t, reg, "op-w")
+	if v.State != api.OpSucceeded || len(v.Stages) != 2 || v.Stages[1].Name != "restore" {
+		t.Fatalf("final: %+v", v)
+	}
+	if !slices.Equal(rec.log, []string{"do resolve", "do restore"}) {
+		t.Errorf("log: %v", rec.log)
+	}
+}

@@ -21,6 +21,10 @@ type Step struct {
 	Name string
 	Do   func(ctx context.Context) error
 	Undo func(ctx context.Context) error
+	// When (may be nil) is asked just before the step would run; false
+	// skips it, and it leaves no stage: for a step that an earlier one
+	// decides on (a warm start restores instead of booting).
+	When func() bool
 }
 
 // Progress is an operation's handle to record its stages.
@@ -37,6 +41,9 @@ type Progress struct {
 func (p *Progress) Run(ctx context.Context, steps []Step) error {
 	var done []Step
 	for _, s := range steps {
+		if s.When != nil && ctx.Err() == nil && !s.When() {
+			continue
+		}
 		err := ctx.Err()
 		if err == nil {
 			err = p.stage(ctx, s.Name, s.Do)

@@ -1,0 +1,139 @@
+package engine
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/digitalocean/go-qemu/qmp"
+
+	"banger/rpc"
+)
+
+// Warm starts save a running guest's memory and device state to a file
+// with QEMU's migration to a file (an exec: URI: QEMU 7.2 has no file:
+// URI), and a new QEMU, launched with Spec.Incoming and the same devices,
+// loads it instead of booting. The disk is the caller's business: the
+// restored guest's disk must hold what the saved guest's held when it was
+// saved.
+
+// statePoll is how often a save or a load is asked how far it got.
+const statePoll = 5 * time.Millisecond
+
+// migrateURI is QEMU's exec: URI for a shell command on path, which must
+// be absolute and free of the shell's quote.
+func migrateURI(command, path string) (string, error) {
+	if !filepath.IsAbs(path) || strings.ContainsAny(path, "'\n") {
+		return "", rpc.Errorf(rpc.CodeInvalidParams, "state file %q: want an absolute path without quotes", path)
+	}
+	return "exec:" + command + " '" + path + "'", nil
+}
+
+// SaveState pauses the guest and writes its state to path. The guest
+// stays paused, its disks flushed and released, until Continue: that is
+// when a copy of its disk matches the saved state.
+func (i *Instance) SaveState(ctx context.Context, path string) error {
+	uri, err := migrateURI("cat >", path)
+	if err != nil {
+		return err
+	}
+	if _, err := i.qmp(ctx, "stop"); err != nil {
+		return fmt.Errorf("save state: %w", err)
+	}
+	// Migration is throttled to 128 MiB/s by default, for a guest that
+	// runs on while it moves; a paused guest to a local file wants none.
+	if _, err := i.qmpCall(ctx, qmp.Command{Execute: "migrate-set-parameters", Args: map[string]any{"max-bandwidth": int64(1) << 40}}); err != nil {
+		return fmt.Errorf("save state: %w", err)
+	}
+	if _, err := i.qmpCall(ctx, qmp.Command{Execute: "migrate", Args: map[string]any{"uri": uri}}); err != nil {
+		return fmt.Errorf("save state: %w", err)
+	}
+	for {
+		var m struct {
+			Status string `json:"status"`
+			Error  string `json:"error-desc"`
+		}
+		raw, err := i.qmp(ctx, "query-migrate")
+		if err != nil {
+			return fmt.Errorf("save state: %w", err)
+		}
+		if err := json.Unmarshal(raw, &m); err != nil {
+			return fmt.Errorf("save state: query-migrate: %w", err)
+		}
+		switch m.Status {
+		case "completed":
+			return nil
+		case "failed", "cancelled":
+			return fmt.Errorf("save state to %s: migration %s: %s", path, m.Status, m.Error)
+		}
+		if err := sleepCtx(ctx, statePoll); err != nil {
+			return fmt.Errorf("save state: %w", err)
+		}
+	}
+}
+
+// Continue runs a guest that SaveState paused (taking its disks back).
+func (i *Instance) Continue(ctx context.Context) error {
+	if _, err := i.qmp(ctx, "cont"); err != nil {
+		return fmt.Errorf("continue after saving: %w", err)
+	}
+	return nil
+}
+
+// LoadState loads the state SaveState wrote into an instance launched
+// with Spec.Incoming, and returns once the guest runs. A state QEMU
+// cannot load makes it exit: the error then carries its log's end.
+func (i *Instance) LoadState(ctx context.Context, path string) error {
+	uri, err := migrateURI("cat", path)
+	if err != nil {
+		return err
+	}
+	if _, err := i.qmpCall(ctx, qmp.Command{Execute: "migrate-incoming", Args: map[string]any{"uri": uri}}); err != nil {
+		return i.loadFailed(err)
+	}
+	for {
+		st, err := i.Status(ctx)
+		if err != nil {
+			return i.loadFailed(err)
+		}
+		switch st.Status {
+		case "running":
+			return nil
+		case "paused":
+			// Saved paused (SaveState stops the guest first), so loaded
+			// paused: QEMU keeps the source's run state.
+			if _, err := i.qmp(ctx, "cont"); err != nil {
+				return i.loadFailed(err)
+			}
+			return nil
+		case "inmigrate", "prelaunch":
+		default:
+			return fmt.Errorf("load state from %s: the VM is %s", path, st.Status)
+		}
+		if err := sleepCtx(ctx, statePoll); err != nil {
+			return fmt.Errorf("load state: %w", err)
+		}
+	}
+}
+
+func (i *Instance) loadFailed(err error) error {
+	// A failed load ends QEMU; its QMP may go first.
+	if i.waitFor(context.Background(), time.Second) {
+		return rpc.Errorf(rpc.CodeOperationFailed, "load state: QEMU exited: %s", tail(filepath.Join(i.Dir, EngineLog)))
+	}
+	return fmt.Errorf("load state: %w", err)
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}

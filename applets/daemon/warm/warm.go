@@ -1,0 +1,235 @@
+// Package warm keeps warm snapshots: for an image, the saved state of a
+// guest that booted to agent-ready and the disk it had then, so a new VM
+// of that image restores instead of booting.
+//
+// A snapshot is valid only for the Key it was taken with: the image, the
+// kernel, the engine, the agent and the VM's shape. One that no longer
+// matches is removed when it is looked up, never used. Each image has at
+// most one snapshot, replaced whole: a VM checks a snapshot out (its own
+// copy of the disk, a link to the memory file) in one step under the
+// store's lock, so a replacement never gives it a disk and a memory of
+// two different guests.
+package warm
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/oklog/ulid/v2"
+)
+
+// Files of a snapshot's directory.
+const (
+	MemoryFile   = "memory"
+	DiskFile     = "disk.qcow2"
+	ManifestFile = "snapshot.json"
+)
+
+// partialPrefix marks a snapshot being saved; Open removes leftovers.
+const partialPrefix = ".partial-"
+
+// Key is what a snapshot was taken from. File identities are "path size
+// mtime", cheap to compare and changed by any rewrite.
+type Key struct {
+	Image       string `json:"image"`
+	ImageDigest string `json:"image_digest"`
+	Kernel      string `json:"kernel"`
+	Initrd      string `json:"initrd"`
+	Engine      string `json:"engine"`
+	Agent       string `json:"agent"`
+	CPUs        int    `json:"cpus"`
+	MemoryMiB   int    `json:"memory_mib"`
+	DiskMiB     int    `json:"disk_mib"`
+}
+
+// FileID is a file's identity for a Key; a missing file gives "" and
+// the error.
+func FileID(path string) (string, error) {
+	if path == "" {
+		return "", nil
+	}
+	fi, err := os.Stat(path)
+	if err != nil {
+		return "", err
+	}
+	return fmt.Sprintf("%s %d %d", path, fi.Size(), fi.ModTime().UnixNano()), nil
+}
+
+// Manifest describes a saved snapshot.
+type Manifest struct {
+	Key         Key       `json:"key"`
+	Created     time.Time `json:"created"`
+	MemoryBytes int64     `json:"memory_bytes"`
+	DiskBytes   int64     `json:"disk_bytes"`
+}
+
+// Store is the snapshots under one directory: DIR/IMAGE/.
+type Store struct {
+	dir string
+	mu  sync.Mutex // orders check-outs and replacements
+}
+
+// Open opens the store at dir, creating it, and removes the leftovers of
+// saves a previous daemon did not finish.
+func Open(dir string) (*Store, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("open the snapshot store: %w", err)
+	}
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, fmt.Errorf("open the snapshot store: %w", err)
+	}
+	for _, e := range entries {
+		if strings.HasPrefix(e.Name(), partialPrefix) {
+			os.RemoveAll(filepath.Join(dir, e.Name()))
+		}
+	}
+	return &Store{dir: dir}, nil
+}
+
+func (s *Store) path(image string, file ...string) string {
+	return filepath.Join(append([]string{s.dir, image}, file...)...)
+}
+
+// manifest reads image's manifest; a missing or unreadable one is none.
+func (s *Store) manifest(image string) (Manifest, bool) {
+	var m Manifest
+	data, err := os.ReadFile(s.path(image, ManifestFile))
+	if err != nil || json.Unmarshal(data, &m) != nil {
+		return m, false
+	}
+	return m, true
+}
+
+// valid reports whether image has a snapshot taken with key, removing
+// one that was taken with another. The caller holds mu.
+func (s *Store) valid(key Key) bool {
+	m, ok := s.manifest(key.Image)
+	if ok && m.Key == key {
+		return true
+	}
+	os.RemoveAll(s.path(key.Image))
+	return false
+}
+
+// Has reports whether a snapshot valid for key exists (and removes a
+// stale one).
+func (s *Store) Has(key Key) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.valid(key)
+}
+
+// Get returns the manifest of image's snapshot, if it has one.
+func (s *Store) Get(image string) (Manifest, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.manifest(image)
+}
+
+// Checkout gives a new VM the snapshot valid for key: a copy of its disk
+// at disk and its memory at memory (a hard link, else a copy). It
+// returns false, with nothing made, when there is no valid snapshot.
+func (s *Store) Checkout(key Key, disk, memory string) (bool, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.valid(key) {
+		return false, nil
+	}
+	if err := CopyFile(s.path(key.Image, DiskFile), disk); err != nil {
+		return false, fmt.Errorf("check out the snapshot of %s: %w", key.Image, err)
+	}
+	if err := os.Link(s.path(key.Image, MemoryFile), memory); err != nil {
+		if err := CopyFile(s.path(key.Image, MemoryFile), memory); err != nil {
+			os.Remove(disk)
+			return false, fmt.Errorf("check out the snapshot of %s: %w", key.Image, err)
+		}
+	}
+	return true, nil
+}
+
+// Save makes the snapshot of key: fill writes the memory and disk files
+// it is given, and the snapshot replaces image's old one only once they
+// are whole.
+func (s *Store) Save(ctx context.Context, key Key, fill func(ctx context.Context, memory, disk string) error) (Manifest, error) {
+	tmp := filepath.Join(s.dir, partialPrefix+key.Image+"-"+ulid.Make().String())
+	if err := os.Mkdir(tmp, 0o700); err != nil {
+		return Manifest{}, fmt.Errorf("save a snapshot of %s: %w", key.Image, err)
+	}
+	defer os.RemoveAll(tmp)
+	memory, disk := filepath.Join(tmp, MemoryFile), filepath.Join(tmp, DiskFile)
+	if err := fill(ctx, memory, disk); err != nil {
+		return Manifest{}, err
+	}
+	m := Manifest{Key: key, Created: time.Now().UTC()}
+	for _, f := range []struct {
+		path string
+		size *int64
+	}{{memory, &m.MemoryBytes}, {disk, &m.DiskBytes}} {
+		fi, err := os.Stat(f.path)
+		if err != nil {
+			return Manifest{}, fmt.Errorf("save a snapshot of %s: %w", key.Image, err)
+		}
+		*f.size = fi.Size()
+	}
+	data, err := json.MarshalIndent(m, "", "  ")
+	if err != nil {
+		return Manifest{}, err
+	}
+	if err := os.WriteFile(filepath.Join(tmp, ManifestFile), data, 0o600); err != nil {
+		return Manifest{}, fmt.Errorf("save a snapshot of %s: %w", key.Image, err)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := os.RemoveAll(s.path(key.Image)); err != nil {
+		return Manifest{}, fmt.Errorf("replace the snapshot of %s: %w", key.Image, err)
+	}
+	if err := os.Rename(tmp, s.path(key.Image)); err != nil {
+		return Manifest{}, fmt.Errorf("save a snapshot of %s: %w", key.Image, err)
+	}
+	return m, nil
+}
+
+// Delete removes image's snapshot; having none is not an error.
+func (s *Store) Delete(image string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	err := os.RemoveAll(s.path(image))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	return err
+}
+
+// CopyFile copies src to a new file dst (in the kernel, with
+// copy_file_range, where the file system allows).
+func CopyFile(src, dst string) error {
+	in, err := os.Open(src)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(out, in); err != nil {
+		out.Close()
+		os.Remove(dst)
+		return err
+	}
+	if err := out.Close(); err != nil {
+		os.Remove(dst)
+		return err
+	}
+	return nil
+}

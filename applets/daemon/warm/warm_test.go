@@ -1,0 +1,103 @@
+package warm
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"testing"
+)
+
+func key() Key {
+	return Key{Image: "img", ImageDigest: "sha256:1", Kernel: "/k 1 2", Engine: "/q 1 2", Agent: "/a 1 2", CPUs: 1, MemoryMiB: 256}
+}
+
+func save(t *testing.T, s *Store, k Key, memory string) {
+	t.Helper()
+	_, err := s.Save(context.Background(), k, func(_ context.Context, mem, disk string) error {
+		if err := os.WriteFile(mem, []byte(memory), 0o600); err != nil {
+			return err
+		}
+		return os.WriteFile(disk, []byte("disk of "+memory), 0o600)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestSaveCheckoutAndStaleKeys(t *testing.T) {
+	dir := t.TempDir()
+	s, err := Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	vm := t.TempDir()
+	disk, mem := filepath.Join(vm, "disk.qcow2"), filepath.Join(vm, "memory")
+	if ok, err := s.Checkout(key(), disk, mem); ok || err != nil {
+		t.Fatalf("empty store: %v %v", ok, err)
+	}
+	save(t, s, key(), "first")
+	if !s.Has(key()) {
+		t.Fatal("saved snapshot not found")
+	}
+	if ok, err := s.Checkout(key(), disk, mem); !ok || err != nil {
+		t.Fatalf("checkout: %v %v", ok, err)
+	}
+	if b, _ := os.ReadFile(disk); string(b) != "disk of first" {
+		t.Errorf("disk %q", b)
+	}
+	if b, _ := os.ReadFile(mem); string(b) != "first" {
+		t.Errorf("memory %q", b)
+	}
+	// The VM's disk is its own copy: writing it leaves the snapshot's.
+	os.WriteFile(disk, []byte("written by the vm"), 0o600)
+	if b, _ := os.ReadFile(filepath.Join(dir, "img", DiskFile)); string(b) != "disk of first" {
+		t.Errorf("snapshot disk changed: %q", b)
+	}
+	// A replacement leaves a checked-out memory file whole.
+	save(t, s, key(), "second")
+	if b, _ := os.ReadFile(mem); string(b) != "first" {
+		t.Errorf("checked-out memory after replacement %q", b)
+	}
+	// Another shape, image or engine is a miss, and removes the stale one.
+	other := key()
+	other.MemoryMiB = 512
+	if s.Has(other) {
+		t.Error("a snapshot of another shape was taken as valid")
+	}
+	if _, err := os.Stat(filepath.Join(dir, "img")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("stale snapshot left: %v", err)
+	}
+	if s.Has(key()) {
+		t.Error("removed snapshot still found")
+	}
+}
+
+func TestFailedSaveLeavesTheOldSnapshotAndNoPartial(t *testing.T) {
+	dir := t.TempDir()
+	s, _ := Open(dir)
+	save(t, s, key(), "good")
+	_, err := s.Save(context.Background(), key(), func(_ context.Context, mem, disk string) error {
+		os.WriteFile(mem, []byte("half"), 0o600)
+		return errors.New("engine failed")
+	})
+	if err == nil {
+		t.Fatal("failed fill saved")
+	}
+	m, ok := s.Get("img")
+	if !ok || m.MemoryBytes != int64(len("good")) {
+		t.Errorf("old snapshot: %+v %v", m, ok)
+	}
+	entries, _ := os.ReadDir(dir)
+	if len(entries) != 1 {
+		t.Errorf("store holds %d entries, want the image's only", len(entries))
+	}
+	// A partial save a crashed daemon left is removed on open.
+	os.Mkdir(filepath.Join(dir, partialPrefix+"img-x"), 0o700)
+	if _, err := Open(dir); err != nil {
+		t.Fatal(err)
+	}
+	if entries, _ := os.ReadDir(dir); len(entries) != 1 {
+		t.Errorf("partial save left after open: %d entries", len(entries))
+	}
+}

@@ -32,7 +32,9 @@ import (
 )
 
 // bangerBenchEnv is the environment without banger's own variables and
-// XDG directories, plus private XDG directories under dir.
+// XDG directories, plus private XDG directories under dir. Its daemons
+// save no warm snapshots: the benchmarks that compare boots with bare
+// QEMU measure boots (bench_warm_test.go turns them back on).
 func bangerBenchEnv(dir string) []string {
 	var env []string
 	for _, kv := range os.Environ() {
@@ -40,7 +42,7 @@ func bangerBenchEnv(dir string) []string {
 			env = append(env, kv)
 		}
 	}
-	return append(env, "XDG_RUNTIME_DIR="+filepath.Join(dir, "run"), "XDG_STATE_HOME="+filepath.Join(dir, "state"))
+	return append(env, "XDG_RUNTIME_DIR="+filepath.Join(dir, "run"), "XDG_STATE_HOME="+filepath.Join(dir, "state"), "BANGER_AUTO_WARM=false")
 }
 
 // benchTempDir is a short temporary directory (sockets live under it:

@@ -307,7 +307,7 @@ func TestBridgedVMs(t *testing.T) {
 	// The daemon dies after a create made its tap, before the VM is up:
 	// the next daemon removes the VM, its tap and its address.
 	var op api.Operation
-	if err := s.call(api.MethodVMCreateBegin, api.VMCreate{Name: "c", Network: api.NetworkBridge}, &op); err != nil {
+	if err := s.call(api.MethodVMCreateBegin, api.VMCreate{Name: "c", Network: api.NetworkBridge, Cold: true}, &op); err != nil {
 		t.Fatal(err)
 	}
 	waitStage(t, s, op.ID, "wait for agent")

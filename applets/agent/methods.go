@@ -8,6 +8,7 @@ import (
 	"github.com/rs/zerolog"
 	"golang.org/x/sys/unix"
 
+	"banger/applets/agent/boot"
 	"banger/applets/agentlink"
 	"banger/applets/api"
 	"banger/rpc"
@@ -88,6 +89,23 @@ type identity struct {
 	mu       sync.Mutex
 	hostname string
 	bootID   string
+	// net and mac are eth0's configuration, once set ("" mac: the
+	// device's own).
+	net boot.Network
+	mac string
+}
+
+// network returns eth0's configuration.
+func (i *identity) network() (boot.Network, string) {
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	return i.net, i.mac
+}
+
+func (i *identity) setNetwork(n boot.Network, mac string) {
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	i.net, i.mac = n, mac
 }
 
 func (i *identity) get() (hostname, bootID string) {

@@ -38,12 +38,17 @@ func runSystem(log zerolog.Logger, build api.Build) error {
 	}
 	mounted := time.Since(start)
 	netStart := time.Now()
+	var bootNet boot.Network // what eth0 has: none when setup failed
 	if err := setupNetwork(log, cmd); err != nil {
 		// A guest without its network is still worth reaching: the
 		// daemon can show the error and the console.
 		log.Error().Err(err).Msg("network setup failed")
+	} else {
+		bootNet, _, _ = cmd.Network()
 	}
 	netTook := time.Since(netStart)
+	// Off the path to ready: it may wait for the kernel's randomness.
+	go ensureMachineID(log)
 	bootID, err := os.ReadFile("/proc/sys/kernel/random/boot_id")
 	if err != nil {
 		return fmt.Errorf("read boot id: %w", err)
@@ -51,7 +56,7 @@ func runSystem(log zerolog.Logger, build api.Build) error {
 
 	a := &agent{
 		build:    build,
-		id:       identity{hostname: hostname, bootID: strings.TrimSpace(string(bootID))},
+		id:       identity{hostname: hostname, bootID: strings.TrimSpace(string(bootID)), net: bootNet},
 		log:      log,
 		reaper:   reaper,
 		poweroff: make(chan string, 1),

@@ -139,4 +139,7 @@ type vmImage struct {
 	Initrd     string
 	Rootfs     string
 	KernelArgs string
+	// AgentSHA256 is the sha256 of the banger binary the image carries
+	// as its agent.
+	AgentSHA256 string
 }

@@ -2,6 +2,8 @@ package daemon
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -22,6 +24,7 @@ import (
 	"banger/applets/daemon/operation"
 	"banger/applets/daemon/state"
 	"banger/applets/daemon/warm"
+	"banger/logging"
 	"banger/rpc"
 )
 
@@ -237,7 +240,13 @@ func (p *qemuProcess) LoadState(ctx context.Context, path string) error {
 }
 
 func (p *qemuProcess) Resume(ctx context.Context, id guestIdentity) (string, error) {
-	if _, err := p.WaitAgent(ctx); err != nil {
+	// Sub-stages, so a trace shows which half a slow resume spent its
+	// time in.
+	err := logging.Stage(ctx, "agent hello", func(ctx context.Context) error {
+		_, err := p.WaitAgent(ctx)
+		return err
+	})
+	if err != nil {
 		return "", err
 	}
 	link, err := p.agent()
@@ -249,8 +258,14 @@ func (p *qemuProcess) Resume(ctx context.Context, id guestIdentity) (string, err
 	if t := id.Tap; t != nil {
 		net = &agentlink.ResumeNetwork{Address: t.Address, Gateway: t.Gateway, DNS: t.DNS, Search: t.Search, MAC: t.MAC}
 	}
-	_, err = link.Resume(ctx, agentlink.ResumeParams{Hostname: id.Hostname, MachineID: id.MachineID, BootID: id.BootID,
-		Seed: id.Seed, TimeUnixNS: id.Time.UnixNano(), Network: net})
+	err = logging.Stage(ctx, "agent resume", func(ctx context.Context) error {
+		r, err := link.Resume(ctx, agentlink.ResumeParams{Hostname: id.Hostname, MachineID: id.MachineID, BootID: id.BootID,
+			Seed: id.Seed, TimeUnixNS: id.Time.UnixNano(), Network: net})
+		if err == nil {
+			logging.From(ctx).Debug().Float64("guest_ms", r.DurationMS).Msg("guest took its identity")
+		}
+		return err
+	})
 	if err != nil {
 		return "", fmt.Errorf("give the restored guest its identity: %w", err)
 	}
@@ -273,13 +288,19 @@ type storeImages struct {
 	store   *imagestore.Store
 	agent   string             // this binary, placed into images
 	kernels *kernelbuild.Store // a built default kernel is the default image's
+	// agentSum is the sha256 of agent, as image manifests record it.
+	agentSum func() (string, error)
+	// usedBy lists the VMs of an image.
+	usedBy func(ctx context.Context, image string) ([]string, error)
+
+	defaultMu sync.Mutex // one check-and-rebuild of the default image at a time
 }
 
 func (s *storeImages) Resolve(ctx context.Context, name string) (vmImage, error) {
 	var img imagestore.Image
 	var err error
 	if name == imagestore.DefaultName {
-		img, err = s.store.EnsureDefault(ctx, imagestore.DefaultSpec{AgentBinary: s.agent, Kernel: defaultImageKernel(s.kernels)})
+		img, err = s.ensureDefault(ctx)
 	} else {
 		img, err = s.get(ctx, name)
 	}
@@ -287,7 +308,33 @@ func (s *storeImages) Resolve(ctx context.Context, name string) (vmImage, error)
 		return vmImage{}, err
 	}
 	return vmImage{Name: img.Name, Digest: img.Digest, SizeBytes: img.SizeBytes, Created: img.Created,
-		Kernel: img.KernelPath, Initrd: img.InitrdPath, Rootfs: img.RootfsPath, KernelArgs: img.KernelArgs}, nil
+		Kernel: img.KernelPath, Initrd: img.InitrdPath, Rootfs: img.RootfsPath, KernelArgs: img.KernelArgs,
+		AgentSHA256: img.Agent.SHA256}, nil
+}
+
+// ensureDefault returns the default image, made anew when it carries
+// another banger than this one and no VM uses it: a guest must run the
+// agent its daemon speaks to (an upgrade adds methods, such as the warm
+// starts' agent.resume).
+func (s *storeImages) ensureDefault(ctx context.Context) (imagestore.Image, error) {
+	s.defaultMu.Lock()
+	defer s.defaultMu.Unlock()
+	spec := imagestore.DefaultSpec{AgentBinary: s.agent, Kernel: defaultImageKernel(s.kernels)}
+	img, err := s.store.EnsureDefault(ctx, spec)
+	if err != nil || s.agentSum == nil || s.usedBy == nil {
+		return img, err
+	}
+	sum, err := s.agentSum()
+	if err != nil || img.Agent.SHA256 == sum {
+		return img, nil
+	}
+	log := logging.From(ctx)
+	if err := s.store.Delete(ctx, img.Name, s.usedBy); err != nil {
+		log.Warn().Err(err).Msg("the default image carries another banger's agent, and is kept: VMs use it")
+		return img, nil
+	}
+	log.Info().Str("was", img.Agent.SHA256).Str("now", sum).Msg("default image made anew: it carried another banger's agent")
+	return s.store.EnsureDefault(ctx, spec)
 }
 
 func (s *storeImages) Overlay(ctx context.Context, img vmImage, dst string, diskMiB int) error {
@@ -310,6 +357,20 @@ func (s *storeImages) get(ctx context.Context, name string) (imagestore.Image, e
 		err = rpc.Errorf(rpc.CodeNotFound, "image %q not found; `banger image list` shows the images", name)
 	}
 	return img, err
+}
+
+// fileSHA256 is the hex sha256 of a file's content.
+func fileSHA256(path string) (string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return "", err
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
 }
 
 // prepareKernel turns a compressed kernel into the vmlinux banger boots.
@@ -373,13 +434,12 @@ func newVMs(ctx context.Context, stateDir string, accel engine.Accel, autoWarm b
 	if err != nil {
 		return nil, nil, err
 	}
-	agentID, err := warm.FileID(self)
-	if err != nil {
-		return nil, nil, fmt.Errorf("find this binary (the guest agent): %w", err)
-	}
+	// Hashed once, when first needed: 25 MB is not worth a slower start.
+	agentSum := sync.OnceValues(func() (string, error) { return fileSHA256(self) })
 	eng := &qemuEngine{q: &engine.QEMU{StateDir: stateDir}, accel: accel}
-	s := newVMService(db, ops, eng, &storeImages{store: store, agent: self, kernels: kernels}, filepath.Join(stateDir, "vms"), helper, bridge)
-	s.warm = &warmStarts{store: snaps, auto: autoWarm, agent: agentID}
+	images := &storeImages{store: store, agent: self, kernels: kernels, agentSum: agentSum, usedBy: db.ImageUsers}
+	s := newVMService(db, ops, eng, images, filepath.Join(stateDir, "vms"), helper, bridge)
+	s.warm = &warmStarts{store: snaps, auto: autoWarm, agentSum: agentSum}
 	if err := s.reconcile(ctx, interrupted); err != nil {
 		return nil, nil, fmt.Errorf("reconcile VMs: %w", err)
 	}

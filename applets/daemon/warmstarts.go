@@ -36,8 +36,9 @@ type warmStarts struct {
 	// auto saves a snapshot after a boot when the image has no valid
 	// one; without it, only image warm saves them.
 	auto bool
-	// agent is the identity of the binary in the guest (this one).
-	agent string
+	// agentSum is the sha256 of this binary: only a guest whose agent
+	// is this very banger knows agent.resume as this daemon calls it.
+	agentSum func() (string, error)
 }
 
 // warmPlan is what one create does about warm starts, decided by its
@@ -57,6 +58,10 @@ func (s *vmService) planWarm(ctx context.Context, plan *warmPlan, img vmImage, v
 	if s.warm == nil || plan == nil {
 		return
 	}
+	if sum, err := s.warm.agentSum(); err != nil || sum != img.AgentSHA256 {
+		logging.From(ctx).Debug().Err(err).Str("image", img.Name).Msg("no warm start: the image carries another banger's agent")
+		return
+	}
 	key, err := s.warmKey(img, vm)
 	if err != nil {
 		logging.From(ctx).Debug().Err(err).Msg("no warm start: the snapshot key is unknown")
@@ -69,7 +74,7 @@ func (s *vmService) planWarm(ctx context.Context, plan *warmPlan, img vmImage, v
 type vmShape struct{ CPUs, MemoryMiB, DiskMiB int }
 
 func (s *vmService) warmKey(img vmImage, vm vmShape) (warm.Key, error) {
-	k := warm.Key{Image: img.Name, ImageDigest: img.Digest, Agent: s.warm.agent,
+	k := warm.Key{Image: img.Name, ImageDigest: img.Digest, Agent: img.AgentSHA256,
 		CPUs: vm.CPUs, MemoryMiB: vm.MemoryMiB, DiskMiB: vm.DiskMiB}
 	var errs [3]error
 	k.Kernel, errs[0] = warm.FileID(img.Kernel)
@@ -215,10 +220,17 @@ func (s *vmService) warmBegin(ctx context.Context, p api.ImageWarm) (api.Operati
 		State: state.VMCreating, Network: api.NetworkUser, InstanceDir: filepath.Join(s.root, id)}
 	return s.ops.Begin(ctx, rpc.OpIDFrom(ctx), api.KindImageWarm, c.Image, func(ctx context.Context, prog *operation.Progress) (any, error) {
 		defer release()
+		img, err := s.images.Resolve(ctx, c.Image)
+		if err != nil {
+			return nil, err
+		}
+		if sum, err := s.warm.agentSum(); err != nil || sum != img.AgentSHA256 {
+			return nil, rpc.Errorf(rpc.CodeUnavailable, "image %s carries another banger's agent, which cannot take a restored guest's identity; import it again (or delete the default image) to warm it", c.Image)
+		}
 		if _, err := s.create(ctx, prog, c, vm, &warmPlan{save: true}); err != nil {
 			return nil, err
 		}
-		err := prog.Run(ctx, []operation.Step{{Name: "delete vm", Do: func(ctx context.Context) error {
+		err = prog.Run(ctx, []operation.Step{{Name: "delete vm", Do: func(ctx context.Context) error {
 			_, err := s.deleteVM(ctx, c.Name)
 			return err
 		}}})

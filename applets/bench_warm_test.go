@@ -1,0 +1,240 @@
+package applets_test
+
+import (
+	"context"
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/digitalocean/go-qemu/qmp"
+
+	"banger/applets/api"
+)
+
+// envBenchKernel names the directory of a kernel `banger kernel build`
+// made (STATE/kernels/NAME): BenchmarkStarts boots it as the default
+// image's kernel. The build takes 15 to 30 minutes here, too long to make
+// inside a benchmark.
+const envBenchKernel = "BANGER_BENCH_KERNEL"
+
+// BenchmarkStarts measures, side by side and interleaved, the three ways
+// `banger vm run -- true` starts a guest — Debian's kernel booted, the
+// built kernel booted, the built kernel's warm snapshot restored — and
+// the same two starts of bare QEMU with no banger in the way (the
+// engine's recorded argv: a boot to the agent's Hello, and a restore of
+// the same snapshot to the Hello). Each run's VM is deleted untimed.
+func BenchmarkStarts(b *testing.B) {
+	kdir := os.Getenv(envBenchKernel)
+	if kdir == "" {
+		b.Skipf("set %s to a built kernel's directory (STATE/kernels/NAME after `banger kernel build`)", envBenchKernel)
+	}
+	if _, err := os.Stat(filepath.Join(kdir, "vmlinux")); err != nil {
+		b.Fatalf("%s: %v", envBenchKernel, err)
+	}
+	v := newVMBenchWith(b, []string{"BANGER_AUTO_WARM=true"}, func(state string) {
+		dst := filepath.Join(state, "kernels", "default")
+		os.MkdirAll(filepath.Dir(dst), 0o700)
+		if err := exec.Command("cp", "-a", kdir, dst).Run(); err != nil {
+			b.Fatal(err)
+		}
+	})
+	// Debian's kernel with the same busybox root: an image of its own.
+	root := filepath.Join(v.dir, "debian-root")
+	os.MkdirAll(filepath.Join(root, "bin"), 0o755)
+	if err := exec.Command("cp", "/bin/busybox", filepath.Join(root, "bin", "true")).Run(); err != nil {
+		b.Fatal(err)
+	}
+	kernels, _ := filepath.Glob("/boot/vmlinuz-*")
+	v.mustRun("image", "import", "--kernel", kernels[len(kernels)-1], "--rootfs-dir", root, "debian")
+	// Snapshots: the first run of each image saves one; cold runs then
+	// use --cold.
+	v.mustRun("vm", "run", "--rm", "--", "true")
+	v.mustRun("vm", "run", "--rm", "--image", "debian", "--", "true")
+	bare := newBareQEMU(v)
+	restore := newBareRestore(v)
+
+	kinds := []string{"debian-cold", "built-cold", "warm", "bare-boot", "bare-restore"}
+	times := map[string][]time.Duration{}
+	i := 0
+	for b.Loop() {
+		for k := range kinds {
+			kind := kinds[(i+k)%len(kinds)]
+			name := "s" + strconv.Itoa(i) + "-" + strconv.Itoa(k)
+			var d time.Duration
+			switch kind {
+			case "debian-cold", "built-cold", "warm":
+				args := []string{"vm", "run", "--name", name, "-q"}
+				if kind == "debian-cold" {
+					args = append(args, "--image", "debian")
+				}
+				if kind != "warm" {
+					args = append(args, "--cold")
+				}
+				start := time.Now()
+				v.mustRun(append(args, "--", "true")...)
+				d = time.Since(start)
+				if st := v.createStages(name); (st["restore"] > 0) != (kind == "warm") {
+					b.Fatalf("%s: stages %v", kind, st)
+				}
+				v.mustRun("vm", "delete", name)
+			case "bare-boot", "bare-restore":
+				dir := filepath.Join(v.dir, name)
+				if err := os.Mkdir(dir, 0o700); err != nil {
+					b.Fatal(err)
+				}
+				if kind == "bare-boot" {
+					_, d = bare.boot(b, dir)
+				} else {
+					d = restore.restore(b, dir)
+				}
+				os.RemoveAll(dir)
+			}
+			times[kind] = append(times[kind], d)
+		}
+		i++
+	}
+	for _, kind := range kinds {
+		b.ReportMetric(medianMS(times[kind]), kind+"-p50-ms")
+	}
+	b.ReportMetric(medianMS(times["warm"])/medianMS(times["bare-restore"]), "warm/bare-restore")
+	b.ReportMetric(medianMS(times["built-cold"])/medianMS(times["bare-boot"]), "built-cold/bare-boot")
+	for j := range len(times["warm"]) {
+		var parts []string
+		for _, kind := range kinds {
+			if j < len(times[kind]) {
+				parts = append(parts, kind+" "+strconv.FormatFloat(ms(times[kind][j]), 'f', 0, 64)+" ms")
+			}
+		}
+		b.Logf("round %d: %s", j, strings.Join(parts, ", "))
+	}
+}
+
+// bareRestore restores, with no banger in the way, the default image's
+// warm snapshot: the argv the engine recorded for a restored VM, its
+// memory file loaded as QEMU starts (-incoming exec:cat), a copy of its
+// disk, QMP cont once loaded (it was saved paused), until the agent's
+// Hello.
+type bareRestore struct {
+	argv   []string
+	refDir string
+	memory string
+	disk   string
+}
+
+func newBareRestore(v *vmBench) *bareRestore {
+	v.b.Helper()
+	v.mustRun("vm", "create", "--name", "ref-warm")
+	if st := v.createStages("ref-warm"); st["restore"] == 0 {
+		v.b.Fatalf("ref-warm was not restored: %v", st)
+	}
+	var vm api.VM
+	if err := json.Unmarshal([]byte(v.mustRun("vm", "show", "--json", "ref-warm")), &vm); err != nil {
+		v.b.Fatal(err)
+	}
+	raw, err := os.ReadFile(filepath.Join(vm.InstanceDir, "engine.argv"))
+	if err != nil {
+		v.b.Fatal(err)
+	}
+	snap := filepath.Join(v.state, "snapshots", "default")
+	r := &bareRestore{refDir: vm.InstanceDir, memory: filepath.Join(snap, "memory"), disk: filepath.Join(snap, "disk.qcow2")}
+	if err := json.Unmarshal(raw, &r.argv); err != nil {
+		v.b.Fatal(err)
+	}
+	v.mustRun("vm", "delete", "ref-warm")
+	i := slices.Index(r.argv, "-incoming")
+	if i < 0 || r.argv[i+1] != "defer" {
+		v.b.Fatalf("the recorded argv of a restored VM has no -incoming defer: %q", r.argv)
+	}
+	r.argv[i+1] = "exec:cat '" + r.memory + "'"
+	return r
+}
+
+func (r *bareRestore) restore(b *testing.B, dir string) time.Duration {
+	b.Helper()
+	argv := make([]string, len(r.argv))
+	for i, a := range r.argv {
+		argv[i] = strings.ReplaceAll(a, r.refDir, dir)
+	}
+	var files []*os.File
+	for _, s := range []string{"qmp.sock", "agent.sock"} {
+		f, err := listenUnixFile(filepath.Join(dir, s))
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer f.Close()
+		files = append(files, f)
+	}
+	logf, err := os.Create(filepath.Join(dir, "qemu.log"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer logf.Close()
+	cmd := &exec.Cmd{Path: argv[0], Args: argv, Dir: dir, Stdout: logf, Stderr: logf, ExtraFiles: files,
+		SysProcAttr: &syscall.SysProcAttr{Setsid: true}}
+
+	start := time.Now()
+	// The disk copy is part of a restore's cost, as in banger's.
+	if err := exec.Command("cp", r.disk, filepath.Join(dir, "disk.qcow2")).Run(); err != nil {
+		b.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		b.Fatal(err)
+	}
+	exited := make(chan struct{})
+	go func() { cmd.Wait(); close(exited) }()
+	defer func() {
+		cmd.Process.Kill()
+		<-exited
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), vmBenchBoot)
+	defer cancel()
+	if err := qmpContWhenLoaded(ctx, filepath.Join(dir, "qmp.sock")); err != nil {
+		qlog, _ := os.ReadFile(filepath.Join(dir, "qemu.log"))
+		b.Fatalf("bare restore: %v\nqemu.log: %s", err, qlog)
+	}
+	if err := waitHello(ctx, filepath.Join(dir, "agent.sock")); err != nil {
+		b.Fatalf("bare restore: %v", err)
+	}
+	return time.Since(start)
+}
+
+// qmpContWhenLoaded polls the run state on one QMP session until the
+// incoming state is loaded (paused), then continues the guest.
+func qmpContWhenLoaded(ctx context.Context, socket string) error {
+	mon, err := qmp.NewSocketMonitor("unix", socket, 5*time.Second)
+	if err != nil {
+		return err
+	}
+	if err := mon.Connect(); err != nil {
+		return err
+	}
+	defer mon.Disconnect()
+	for ctx.Err() == nil {
+		raw, err := mon.Run([]byte(`{"execute":"query-status"}`))
+		if err != nil {
+			return err
+		}
+		var st struct {
+			Return struct {
+				Status string `json:"status"`
+			} `json:"return"`
+		}
+		json.Unmarshal(raw, &st)
+		switch st.Return.Status {
+		case "paused":
+			_, err := mon.Run([]byte(`{"execute":"cont"}`))
+			return err
+		case "running":
+			return nil
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+	return ctx.Err()
+}

@@ -13,10 +13,12 @@ import (
 
 	"github.com/oklog/ulid/v2"
 
+	"banger/applets/agentlink"
 	"banger/applets/api"
 	"banger/applets/daemon/operation"
 	"banger/applets/daemon/state"
 	"banger/applets/daemon/warm"
+	"banger/applets/session"
 	"banger/logging"
 	"banger/rpc"
 )
@@ -149,6 +151,7 @@ func (s *vmService) restoreSteps(name string, plan *warmPlan, proc *vmProcess, s
 // cannot run again fails the create.
 func (s *vmService) saveStep(plan *warmPlan, proc *vmProcess, disk func() string) operation.Step {
 	return operation.Step{Name: "save warm snapshot", When: func() bool { return s.wantsSave(plan) }, Do: func(ctx context.Context) error {
+		primeGuest(ctx, *proc)
 		var resumeErr error
 		m, err := s.warm.store.Save(ctx, plan.key, func(ctx context.Context, memory, snapDisk string) error {
 			err := (*proc).SaveState(ctx, memory)
@@ -172,6 +175,24 @@ func (s *vmService) saveStep(plan *warmPlan, proc *vmProcess, disk func() string
 		log.Info().Str("image", plan.key.Image).Int64("memory_bytes", m.MemoryBytes).Int64("disk_bytes", m.DiskBytes).Msg("warm snapshot saved")
 		return nil
 	}}
+}
+
+// primeGuest runs a shell once in a guest about to be saved, so the
+// snapshot's page cache holds the shell and what a first command needs:
+// a restored guest then reads none of it from its disk, which under TCG
+// costs its first command hundreds of milliseconds. An image without a
+// shell is saved as it is.
+func primeGuest(ctx context.Context, proc vmProcess) {
+	logging.Stage(ctx, "prime guest", func(ctx context.Context) error {
+		conn, err := proc.OpenSession(ctx, agentlink.MethodExec, session.Exec{Argv: []string{"sh", "-c", "true"}})
+		if err == nil {
+			_, err = session.Run(conn, session.Stdio{})
+		}
+		if err != nil {
+			logging.From(ctx).Debug().Err(err).Msg("guest not primed")
+		}
+		return nil
+	})
 }
 
 // newIdentity is a fresh identity for a restored guest.

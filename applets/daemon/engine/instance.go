@@ -308,6 +308,20 @@ func (i *Instance) qmpCall(ctx context.Context, cmd qmp.Command) (json.RawMessag
 const qmpDialTimeout = 5 * time.Second
 
 func runQMP(socket string, command qmp.Command) (json.RawMessage, error) {
+	var raw json.RawMessage
+	err := withQMP(socket, func(run qmpRunner) (err error) {
+		raw, err = run(command)
+		return err
+	})
+	return raw, err
+}
+
+// qmpRunner runs one command on an open QMP session and returns its
+// "return" value.
+type qmpRunner func(qmp.Command) (json.RawMessage, error)
+
+// withQMP opens a QMP session on socket, runs fn with it, and closes it.
+func withQMP(socket string, fn func(run qmpRunner) error) error {
 	var mon *qmp.SocketMonitor
 	var err error
 	// QEMU listens with a backlog of one; a third client in line is
@@ -320,25 +334,51 @@ func runQMP(socket string, command qmp.Command) (json.RawMessage, error) {
 		time.Sleep(20 * time.Millisecond)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("connect: %w", err)
+		return fmt.Errorf("connect: %w", err)
 	}
 	defer mon.Disconnect()
 	if err := mon.Connect(); err != nil {
-		return nil, fmt.Errorf("handshake: %w", err)
+		return fmt.Errorf("handshake: %w", err)
 	}
-	cmd, err := json.Marshal(command)
-	if err != nil {
-		return nil, err
+	return fn(func(command qmp.Command) (json.RawMessage, error) {
+		cmd, err := json.Marshal(command)
+		if err != nil {
+			return nil, err
+		}
+		raw, err := mon.Run(cmd)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", command.Execute, err)
+		}
+		var resp struct {
+			Return json.RawMessage `json:"return"`
+		}
+		if err := json.Unmarshal(raw, &resp); err != nil {
+			return nil, fmt.Errorf("%s: decode reply: %w", command.Execute, err)
+		}
+		return bytes.TrimSpace(resp.Return), nil
+	})
+}
+
+// qmpSession runs fn on one QMP session of its own, for a sequence of
+// commands that polls (a save or a load): a session per poll would cost
+// QEMU's main loop, which does the work, a handshake each time. The
+// caller stops waiting when ctx ends or QEMU exits.
+func (i *Instance) qmpSession(ctx context.Context, what string, fn func(run qmpRunner) error) error {
+	done := make(chan error, 1)
+	go func() {
+		i.qmpMu.Lock()
+		defer i.qmpMu.Unlock()
+		done <- withQMP(i.QMPSocket(), fn)
+	}()
+	select {
+	case err := <-done:
+		if err != nil && !i.Running() {
+			return fmt.Errorf("%s: qemu %d exited: %w", what, i.PID, ErrNotRunning)
+		}
+		return err
+	case <-i.exited:
+		return fmt.Errorf("%s: qemu %d exited: %w", what, i.PID, ErrNotRunning)
+	case <-ctx.Done():
+		return fmt.Errorf("%s: %w", what, ctx.Err())
 	}
-	raw, err := mon.Run(cmd)
-	if err != nil {
-		return nil, err
-	}
-	var resp struct {
-		Return json.RawMessage `json:"return"`
-	}
-	if err := json.Unmarshal(raw, &resp); err != nil {
-		return nil, fmt.Errorf("decode reply: %w", err)
-	}
-	return bytes.TrimSpace(resp.Return), nil
 }

@@ -21,7 +21,7 @@ import (
 // saved.
 
 // statePoll is how often a save or a load is asked how far it got.
-const statePoll = 5 * time.Millisecond
+const statePoll = 2 * time.Millisecond
 
 // migrateURI is QEMU's exec: URI for a shell command on path, which must
 // be absolute and free of the shell's quote.
@@ -40,39 +40,41 @@ func (i *Instance) SaveState(ctx context.Context, path string) error {
 	if err != nil {
 		return err
 	}
-	if _, err := i.qmp(ctx, "stop"); err != nil {
-		return fmt.Errorf("save state: %w", err)
-	}
-	// Migration is throttled to 128 MiB/s by default, for a guest that
-	// runs on while it moves; a paused guest to a local file wants none.
-	if _, err := i.qmpCall(ctx, qmp.Command{Execute: "migrate-set-parameters", Args: map[string]any{"max-bandwidth": int64(1) << 40}}); err != nil {
-		return fmt.Errorf("save state: %w", err)
-	}
-	if _, err := i.qmpCall(ctx, qmp.Command{Execute: "migrate", Args: map[string]any{"uri": uri}}); err != nil {
-		return fmt.Errorf("save state: %w", err)
-	}
-	for {
-		var m struct {
-			Status string `json:"status"`
-			Error  string `json:"error-desc"`
+	return i.qmpSession(ctx, "save state", func(run qmpRunner) error {
+		if _, err := run(qmp.Command{Execute: "stop"}); err != nil {
+			return err
 		}
-		raw, err := i.qmp(ctx, "query-migrate")
-		if err != nil {
-			return fmt.Errorf("save state: %w", err)
+		// Migration is throttled to 128 MiB/s by default, for a guest that
+		// runs on while it moves; a paused guest to a local file wants none.
+		if _, err := run(qmp.Command{Execute: "migrate-set-parameters", Args: map[string]any{"max-bandwidth": int64(1) << 40}}); err != nil {
+			return err
 		}
-		if err := json.Unmarshal(raw, &m); err != nil {
-			return fmt.Errorf("save state: query-migrate: %w", err)
+		if _, err := run(qmp.Command{Execute: "migrate", Args: map[string]any{"uri": uri}}); err != nil {
+			return err
 		}
-		switch m.Status {
-		case "completed":
-			return nil
-		case "failed", "cancelled":
-			return fmt.Errorf("save state to %s: migration %s: %s", path, m.Status, m.Error)
+		for {
+			var m struct {
+				Status string `json:"status"`
+				Error  string `json:"error-desc"`
+			}
+			raw, err := run(qmp.Command{Execute: "query-migrate"})
+			if err != nil {
+				return err
+			}
+			if err := json.Unmarshal(raw, &m); err != nil {
+				return fmt.Errorf("query-migrate: %w", err)
+			}
+			switch m.Status {
+			case "completed":
+				return nil
+			case "failed", "cancelled":
+				return fmt.Errorf("save state to %s: migration %s: %s", path, m.Status, m.Error)
+			}
+			if err := sleepCtx(ctx, statePoll); err != nil {
+				return err
+			}
 		}
-		if err := sleepCtx(ctx, statePoll); err != nil {
-			return fmt.Errorf("save state: %w", err)
-		}
-	}
+	})
 }
 
 // Continue runs a guest that SaveState paused (taking its disks back).
@@ -91,32 +93,40 @@ func (i *Instance) LoadState(ctx context.Context, path string) error {
 	if err != nil {
 		return err
 	}
-	if _, err := i.qmpCall(ctx, qmp.Command{Execute: "migrate-incoming", Args: map[string]any{"uri": uri}}); err != nil {
+	err = i.qmpSession(ctx, "load state", func(run qmpRunner) error {
+		if _, err := run(qmp.Command{Execute: "migrate-incoming", Args: map[string]any{"uri": uri}}); err != nil {
+			return err
+		}
+		for {
+			var st Status
+			raw, err := run(qmp.Command{Execute: "query-status"})
+			if err != nil {
+				return err
+			}
+			if err := json.Unmarshal(raw, &st); err != nil {
+				return fmt.Errorf("query-status: %w", err)
+			}
+			switch st.Status {
+			case "running":
+				return nil
+			case "paused":
+				// Saved paused (SaveState stops the guest first), so
+				// loaded paused: QEMU keeps the source's run state.
+				_, err := run(qmp.Command{Execute: "cont"})
+				return err
+			case "inmigrate", "prelaunch":
+			default:
+				return fmt.Errorf("load state from %s: the VM is %s", path, st.Status)
+			}
+			if err := sleepCtx(ctx, statePoll); err != nil {
+				return err
+			}
+		}
+	})
+	if err != nil {
 		return i.loadFailed(err)
 	}
-	for {
-		st, err := i.Status(ctx)
-		if err != nil {
-			return i.loadFailed(err)
-		}
-		switch st.Status {
-		case "running":
-			return nil
-		case "paused":
-			// Saved paused (SaveState stops the guest first), so loaded
-			// paused: QEMU keeps the source's run state.
-			if _, err := i.qmp(ctx, "cont"); err != nil {
-				return i.loadFailed(err)
-			}
-			return nil
-		case "inmigrate", "prelaunch":
-		default:
-			return fmt.Errorf("load state from %s: the VM is %s", path, st.Status)
-		}
-		if err := sleepCtx(ctx, statePoll); err != nil {
-			return fmt.Errorf("load state: %w", err)
-		}
-	}
+	return nil
 }
 
 func (i *Instance) loadFailed(err error) error {

@@ -221,6 +221,8 @@ type daemonView struct {
 	version  *api.VersionResult
 	host     *api.HostCheckResult
 	hostErr  error
+	accel    *api.HostAccelResult
+	accelErr error      // unknown_method: a daemon older than host.accel
 	image    *api.Image // the default image, when it is built
 	imageErr error      // not_found: not built yet
 }
@@ -248,6 +250,11 @@ func (h *doctorHost) daemon(ctx context.Context) *daemonView {
 	var hc api.HostCheckResult
 	if d.hostErr = call(doctorHostTimeout, api.MethodHostCheck, nil, &hc); d.hostErr == nil {
 		d.host = &hc
+	}
+	// host.accel may run the daemon's one KVM test boot.
+	var ha api.HostAccelResult
+	if d.accelErr = call(doctorHostTimeout, api.MethodHostAccel, nil, &ha); d.accelErr == nil {
+		d.accel = &ha
 	}
 	var im api.Image
 	if d.imageErr = call(doctorCallTimeout, api.MethodImageShow, api.VMRef{Name: imagestore.DefaultName}, &im); d.imageErr == nil {
@@ -336,12 +343,25 @@ func lookTool(name string) (string, error) {
 	return "", err
 }
 
-// checkAccel checks /dev/kvm without booting anything: the daemon
-// decides with a test boot, and no daemon method reports its answer yet.
+// checkAccel shows the accelerator the daemon's VMs get (host.accel):
+// the daemon decides with one test boot under KVM and keeps the answer.
+// Without a daemon that says, it checks /dev/kvm as the daemon's probe
+// starts, without booting anything.
 func checkAccel(ctx context.Context, h *doctorHost) doctorRow {
+	d := h.daemon(ctx)
 	note := ""
-	if h.daemon(ctx).ping != nil {
-		note = "; the daemon does not report the accelerator it chose (no method for it yet)"
+	switch {
+	case d.accel != nil:
+		return accelRow(h, d.accel)
+	case d.ping == nil:
+		note = "; the daemon is not running (it test-boots under KVM before it uses it)"
+	case rpc.CodeOf(d.accelErr) == rpc.CodeUnknownMethod:
+		note = "; this daemon is older and does not report its accelerator (" + h.restartFix() + " to run this version)"
+	case rpc.CodeOf(d.accelErr) == rpc.CodeUnavailable:
+		// No QEMU: nothing runs VMs, whatever /dev/kvm says.
+		return rowFail("the daemon cannot run VMs: "+d.accelErr.Error(), "apt-get install qemu-system-x86")
+	case d.accelErr != nil:
+		note = "; the daemon did not say which it uses (" + d.accelErr.Error() + ")"
 	}
 	if h.uid == 0 && h.cfg != nil {
 		note += "; checked as root, the daemon runs as " + h.cfg.Owner
@@ -350,13 +370,59 @@ func checkAccel(ctx context.Context, h *doctorHost) doctorRow {
 	err := openKVM(h.kvm)
 	switch {
 	case errors.Is(err, os.ErrNotExist):
-		return rowWarn("no "+h.kvm+tcg+note, "run on a host with KVM: bare metal, or a VM with nested virtualisation on")
+		return rowWarn("no "+h.kvm+tcg+note, kvmFix(h, "no /dev/kvm"))
 	case errors.Is(err, os.ErrPermission):
-		return rowWarn(h.kvm+": permission denied"+tcg+note, "sudo usermod -aG kvm $USER, then log in again")
+		return rowWarn(h.kvm+": permission denied"+tcg+note, kvmFix(h, "permission denied"))
 	case err != nil:
-		return rowWarn(err.Error()+tcg+note, "check that "+h.kvm+" is the KVM device (modprobe kvm_intel or kvm_amd)")
+		return rowWarn(err.Error()+tcg+note, kvmFix(h, "API version"))
 	}
 	return rowOK(h.kvm + " opens and speaks KVM API 12; the daemon test-boots once before it uses KVM" + note)
+}
+
+// accelRow is the daemon's own answer: KVM is ok, a fall back to TCG
+// warns with the probe's reason, and only a choice VMs cannot start
+// with (--accel kvm where KVM cannot run guests) fails.
+func accelRow(h *doctorHost, a *api.HostAccelResult) doctorRow {
+	detail := a.Reason
+	if p := a.Probe; p != nil {
+		detail += fmt.Sprintf(" (probed %s, in %.0f ms)", p.ProbedAt.Local().Format("2006-01-02 15:04"), p.TookMS)
+	}
+	why := ""
+	if a.Probe != nil {
+		why = a.Probe.Reason
+	}
+	switch {
+	case !a.Usable:
+		return rowFail("VMs get "+a.Accel+" and cannot start: "+detail,
+			"restart the daemon with --accel auto (BANGER_ACCEL=auto) to fall back to TCG, or "+kvmFix(h, why))
+	case a.Accel == api.AccelKVM:
+		return rowOK("kvm: " + detail)
+	case a.Accel == api.AccelTCG && a.Configured == api.AccelTCG:
+		if a.Probe != nil && a.Probe.Usable {
+			detail += "; KVM would work here (--accel auto)"
+		}
+		return rowOK("tcg (software emulation): " + detail)
+	case a.Accel == api.AccelTCG:
+		return rowWarn("tcg, software emulation (seconds slower per boot), not KVM: "+detail, kvmFix(h, why))
+	}
+	return rowOK("not decided yet: " + detail)
+}
+
+// kvmFix says how to get KVM working, from why it does not.
+func kvmFix(h *doctorHost, why string) string {
+	owner := "$USER"
+	if h.cfg != nil {
+		owner = h.cfg.Owner
+	}
+	switch {
+	case strings.Contains(why, "permission denied"):
+		return "sudo usermod -aG kvm " + owner + ", then log in again and " + h.restartFix()
+	case strings.Contains(why, "no /dev/kvm"):
+		return "run on a host with KVM: bare metal, or a VM with nested virtualisation on"
+	case strings.Contains(why, "API version"):
+		return "check that " + h.kvm + " is the KVM device (modprobe kvm_intel or kvm_amd)"
+	}
+	return "KVM opens but cannot run a guest here (nested or emulated?): turn nested virtualisation on or run on bare metal; the daemon probes again when QEMU, the host kernel or /dev/kvm change"
 }
 
 // openKVM opens the KVM device and asks its API version, as the daemon's

@@ -15,6 +15,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/expr"
@@ -156,9 +157,64 @@ func TestCheckAccel(t *testing.T) {
 			t.Errorf("/dev/kvm: %+v", r)
 		}
 	}
-	// With a daemon, the row says that it does not report its choice.
-	h.d = &daemonView{ping: &api.PingResult{Version: "test"}}
-	wantRow(t, row(t, h, "accelerator"), doctorWarn, "does not report the accelerator")
+	// An older daemon, without host.accel: the local check, and a note.
+	h.d = &daemonView{ping: &api.PingResult{Version: "test"}, accelErr: rpc.Errorf(rpc.CodeUnknownMethod, "unknown method host.accel")}
+	wantRow(t, row(t, h, "accelerator"), doctorWarn, "older and does not report its accelerator")
+	// A daemon without QEMU cannot run VMs at all.
+	h.d = &daemonView{ping: &api.PingResult{Version: "test"}, accelErr: rpc.Errorf(rpc.CodeUnavailable, "qemu-system-x86_64 not found")}
+	wantRow(t, row(t, h, "accelerator"), doctorFail, "cannot run VMs: unavailable: qemu-system-x86_64 not found")
+	// A daemon that cannot say (a timeout): the local check, and why.
+	h.d = &daemonView{ping: &api.PingResult{Version: "test"}, accelErr: rpc.Errorf(rpc.CodeTimeout, "deadline")}
+	wantRow(t, row(t, h, "accelerator"), doctorWarn, "did not say which it uses")
+}
+
+// The daemon's answer (host.accel) makes the row: kvm is ok, a fall
+// back to TCG warns with the probe's reason and a fix, and only a choice
+// VMs cannot start with fails.
+func TestCheckAccelFromTheDaemon(t *testing.T) {
+	probed := time.Date(2025, 5, 1, 12, 0, 0, 0, time.UTC)
+	probe := func(usable bool, reason string) *api.KVMProbe {
+		return &api.KVMProbe{Usable: usable, Reason: reason, TookMS: 312, ProbedAt: probed}
+	}
+	for _, tc := range []struct {
+		name        string
+		res         api.HostAccelResult
+		status      string
+		detail, fix string
+	}{
+		{"kvm", api.HostAccelResult{Configured: "auto", Accel: "kvm", Usable: true, Reason: "a test boot under KVM reached the root mount", Probe: probe(true, "a test boot under KVM reached the root mount")},
+			doctorOK, "kvm: a test boot under KVM reached the root mount (probed ", ""},
+		{"nested", api.HostAccelResult{Configured: "auto", Accel: "tcg", Usable: true, Reason: "KVM cannot run guests here: a test boot under KVM did not get far in 4s", Probe: probe(false, "a test boot under KVM did not get far in 4s (a nested or emulated KVM?)")},
+			doctorWarn, "tcg, software emulation (seconds slower per boot), not KVM: KVM cannot run guests here: a test boot", "nested virtualisation on"},
+		{"denied", api.HostAccelResult{Configured: "auto", Accel: "tcg", Usable: true, Reason: "KVM cannot run guests here: /dev/kvm: permission denied (add the user to the kvm group)", Probe: probe(false, "/dev/kvm: permission denied (add the user to the kvm group)")},
+			doctorWarn, "permission denied", "sudo usermod -aG kvm $USER, then log in again and banger daemon stop && banger daemon start"},
+		{"no kvm", api.HostAccelResult{Configured: "auto", Accel: "tcg", Usable: true, Reason: "KVM cannot run guests here: no /dev/kvm: KVM is not available on this host", Probe: probe(false, "no /dev/kvm: KVM is not available on this host")},
+			doctorWarn, "no /dev/kvm", "bare metal"},
+		{"tcg chosen", api.HostAccelResult{Configured: "tcg", Accel: "tcg", Usable: true, Reason: "chosen with --accel tcg"},
+			doctorOK, "tcg (software emulation): chosen with --accel tcg", ""},
+		{"tcg chosen where kvm works", api.HostAccelResult{Configured: "tcg", Accel: "tcg", Usable: true, Reason: "chosen with --accel tcg", Probe: probe(true, "ok")},
+			doctorOK, "KVM would work here", ""},
+		{"kvm forced, unusable", api.HostAccelResult{Configured: "kvm", Accel: "kvm", Usable: false, Reason: "chosen with --accel kvm, but KVM cannot run guests here: no /dev/kvm", Probe: probe(false, "no /dev/kvm: KVM is not available on this host")},
+			doctorFail, "VMs get kvm and cannot start: chosen with --accel kvm", "--accel auto"},
+		{"undecided", api.HostAccelResult{Configured: "auto", Usable: true, Reason: "/dev/kvm opens and speaks the KVM API; the first VM start test-boots under KVM and falls back to TCG if that fails"},
+			doctorOK, "not decided yet: /dev/kvm opens", ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := testHost(t)
+			res := tc.res
+			h.d = &daemonView{ping: &api.PingResult{Version: "test"}, accel: &res}
+			r := row(t, h, "accelerator")
+			wantRow(t, r, tc.status, tc.detail)
+			if !strings.Contains(r.Fix, tc.fix) || (tc.fix == "") != (r.Fix == "") {
+				t.Errorf("fix %q, want %q", r.Fix, tc.fix)
+			}
+		})
+	}
+
+	// Through the socket: the doctor asks host.accel of the daemon.
+	h := testHost(t)
+	fakeDaemon(t, h.socket, nil)
+	wantRow(t, row(t, h, "accelerator"), doctorWarn, "tcg, software emulation (seconds slower per boot), not KVM: KVM cannot run guests here: fake")
 }
 
 func TestCheckKernelAndBusybox(t *testing.T) {
@@ -197,7 +253,7 @@ func TestCheckKernelAndBusybox(t *testing.T) {
 	wantRow(t, row(t, h, "busybox"), doctorWarn, "needed only to build the default image again")
 }
 
-// fakeDaemon serves ping, version, host.check and image.show on sock (and
+// fakeDaemon serves ping, version, host.check, host.accel and image.show on sock (and
 // holds its stream socket), as a daemon of version "test".
 func fakeDaemon(t *testing.T, sock string, hostErr error) {
 	t.Helper()
@@ -210,6 +266,9 @@ func fakeDaemon(t *testing.T, sock string, hostErr error) {
 		}),
 		api.MethodHostCheck: rpc.Handle(func(context.Context, rpc.NoParams) (api.HostCheckResult, error) {
 			return api.HostCheckResult{HelperMode: "socket", HelperPath: "/run/x.sock", Helper: api.PrivPingResult{Version: "test"}}, hostErr
+		}),
+		api.MethodHostAccel: rpc.Handle(func(context.Context, rpc.NoParams) (api.HostAccelResult, error) {
+			return api.HostAccelResult{Configured: "auto", Accel: "tcg", Usable: true, Reason: "KVM cannot run guests here: fake"}, nil
 		}),
 		api.MethodImageShow: rpc.Handle(func(_ context.Context, p api.VMRef) (api.Image, error) {
 			return api.Image{}, rpc.Errorf(rpc.CodeNotFound, "no image %s", p.Name)
@@ -571,7 +630,7 @@ func TestDoctorEndToEnd(t *testing.T) {
 	}
 	dir := t.TempDir()
 	bin := filepath.Join(dir, "banger")
-	build := exec.Command("go", "build", "-o", bin, "banger")
+	build := exec.Command("go", "build", "-tags", "urfave_cli_no_docs", "-o", bin, "banger")
 	build.Env = append(os.Environ(), "CGO_ENABLED=0")
 	if out, err := build.CombinedOutput(); err != nil {
 		t.Fatalf("go build: %v\n%s", err, out)

@@ -108,6 +108,11 @@ func (h *helperLink) Call(ctx context.Context, method string, params, result any
 	return rpc.Errorf(rpc.CodeUnavailable, "no root helper is configured (bangerd --helper none); privileged features are off")
 }
 
+// callSudo runs one helper process for the call. Calls of this daemon,
+// of other daemons and of the helper service may overlap: each helper
+// takes the host-wide flock in root's runtime directory around a network
+// change (applets/helper, DefaultLockFile), so the daemon need not, and
+// must not be trusted to, order them.
 func (h *helperLink) callSudo(ctx context.Context, method string, params, result any) error {
 	sudo, err := exec.LookPath(h.sudo[0])
 	if err != nil {

@@ -15,6 +15,7 @@ import (
 func (d *daemon) methods() rpc.Methods {
 	return rpc.Methods{
 		api.MethodHostCheck: rpc.Handle(d.hostCheck),
+		api.MethodHostAccel: rpc.Handle(d.hostAccel),
 
 		api.MethodVMCreateBegin:  rpc.Handle(d.vms.createBegin),
 		api.MethodVMStartBegin:   rpc.Handle(d.vms.startBegin),

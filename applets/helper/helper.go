@@ -46,6 +46,7 @@ func Main(build api.Build, args []string) int {
 			&cli.IntFlag{Name: "owner-uid", Value: -1, Usage: "the one non-root `UID` allowed to call (default: from " + InstallConfig + ")"},
 			&cli.StringFlag{Name: "log-level", EnvVars: []string{logging.EnvLevel}, Value: "info", Usage: "trace, debug, info, warn or error"},
 			&cli.StringFlag{Name: "log-file", Usage: "also append JSON records to `FILE`"},
+			&cli.StringFlag{Name: "lock-file", Value: DefaultLockFile, Usage: "order network changes with the host's other helpers by an flock on `FILE` (its directory must be root's alone)"},
 		},
 		Action: func(c *cli.Context) error {
 			return run(c.Context, build, options{
@@ -54,6 +55,7 @@ func Main(build api.Build, args []string) int {
 				ownerUID: c.Int("owner-uid"),
 				level:    c.String("log-level"),
 				logFile:  c.String("log-file"),
+				lockFile: c.String("lock-file"),
 			})
 		},
 	}
@@ -66,6 +68,7 @@ type options struct {
 	ownerUID int
 	level    string
 	logFile  string
+	lockFile string
 }
 
 func run(ctx context.Context, build api.Build, o options) error {
@@ -92,7 +95,10 @@ func run(ctx context.Context, build api.Build, o options) error {
 		log.Error().Err(err).Msg("helper not started")
 		return cli.Exit(err.Error(), service.ExitFailed)
 	}
-	srv := newServer(build, owner, log)
+	if o.lockFile == "" {
+		return cli.Exit("--lock-file must name a file", service.ExitUsage)
+	}
+	srv := newServer(build, owner, o.lockFile, log)
 
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
@@ -104,8 +110,9 @@ func run(ctx context.Context, build api.Build, o options) error {
 }
 
 // newServer is the helper's server: root and owner (when >= 0) may call
-// its closed list of methods, and each call writes one record.
-func newServer(build api.Build, owner int, log zerolog.Logger) *rpc.Server {
+// its closed list of methods, and each call writes one record. Network
+// changes hold the flock on lockFile.
+func newServer(build api.Build, owner int, lockFile string, log zerolog.Logger) *rpc.Server {
 	allowed := []uint32{0}
 	tapOwner := uint32(0) // with no owner only root calls, and root's engine opens the taps
 	if owner >= 0 {
@@ -113,7 +120,7 @@ func newServer(build api.Build, owner int, log zerolog.Logger) *rpc.Server {
 		tapOwner = uint32(owner)
 	}
 	return &rpc.Server{
-		Methods:   methods(build, newNetwork(tapOwner)),
+		Methods:   methods(build, newNetwork(tapOwner, lockFile)),
 		Authorize: rpc.AllowUIDs(allowed...),
 		Logger:    log,
 		AdoptOpID: true,

@@ -126,7 +126,7 @@ func TestMasqueradeCarriesTraffic(t *testing.T) {
 	if !inNetns(t) {
 		return
 	}
-	srv := testServer()
+	srv := testServer(t)
 	mustCall(t, srv, api.MethodPrivEnsureBridge, api.PrivBridge{Name: "banger0", CIDR: "10.77.0.0/24"}, nil)
 	nat := api.PrivNAT{Bridge: "banger0", CIDR: "10.77.0.0/24"}
 	mustCall(t, srv, api.MethodPrivEnsureNAT, nat, nil)
@@ -178,7 +178,7 @@ func TestDNSRedirectCarriesQueries(t *testing.T) {
 	if !inNetns(t) {
 		return
 	}
-	srv := testServer()
+	srv := testServer(t)
 	mustCall(t, srv, api.MethodPrivEnsureBridge, api.PrivBridge{Name: "banger0", CIDR: "10.77.0.0/24"}, nil)
 	nat := api.PrivNAT{Bridge: "banger0", CIDR: "10.77.0.0/24", DNSPort: 5354}
 	idempotent(t, srv, api.MethodPrivEnsureNAT, nat, nil)

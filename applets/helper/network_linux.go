@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"sync"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -21,24 +20,31 @@ import (
 type network struct {
 	owner uint32   // the uid that owns the taps: the engine opens them as it
 	view  hostView // what the rules read of the host
-	// mu serializes the methods: each reads the host, decides, then
-	// changes it, and two at once could both decide to create.
-	mu sync.Mutex
+	// lock serializes the methods, in this process and across helper
+	// processes (sudo mode runs one per call): each reads the host,
+	// decides, then changes it, and two at once could both decide to
+	// create.
+	lock *hostLock
 }
 
-func newNetwork(owner uint32) *network {
-	return &network{owner: owner, view: kernelView{}}
+// newNetwork serves the network methods, taking the flock on lockFile
+// around each.
+func newNetwork(owner uint32, lockFile string) *network {
+	return &network{owner: owner, view: kernelView{}, lock: &hostLock{path: lockFile}}
 }
 
 // checkThen makes a method of a network op: with the lock held, the
 // params go through their check, and only a checked plan reaches act.
 func checkThen[P, Plan, R any](n *network, check func(hostView, P) (Plan, error), act func(Plan) (R, error)) rpc.Handler {
-	return rpc.Handle(func(_ context.Context, p P) (R, error) {
-		n.mu.Lock()
-		defer n.mu.Unlock()
+	return rpc.Handle(func(ctx context.Context, p P) (R, error) {
+		var zero R
+		release, err := n.lock.acquire(ctx)
+		if err != nil {
+			return zero, err
+		}
+		defer release()
 		plan, err := check(n.view, p)
 		if err != nil {
-			var zero R
 			return zero, err
 		}
 		return act(plan)
@@ -131,10 +137,13 @@ func (n *network) clearNAT(plan natPlan) (api.PrivNATResult, error) {
 // resetNetwork removes every banger tap, then every banger bridge, then
 // banger's nftables table. IPv4 forwarding is left as it is: other
 // things on the host may rely on it.
-func (n *network) resetNetwork(_ context.Context, _ rpc.NoParams) (api.PrivResetResult, error) {
-	n.mu.Lock()
-	defer n.mu.Unlock()
+func (n *network) resetNetwork(ctx context.Context, _ rpc.NoParams) (api.PrivResetResult, error) {
 	res := api.PrivResetResult{Removed: []string{}}
+	release, err := n.lock.acquire(ctx)
+	if err != nil {
+		return res, err
+	}
+	defer release()
 	links, err := listLinks()
 	if err != nil {
 		return res, err

@@ -253,7 +253,7 @@ func TestNetworkMethodsInANamespace(t *testing.T) {
 		return
 	}
 	keep := addForeign(t)
-	srv := testServer()
+	srv := testServer(t)
 
 	// Bridges.
 	bridge := api.PrivBridge{Name: "banger0", CIDR: "10.77.0.0/24"}

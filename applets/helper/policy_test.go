@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"net/netip"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -55,7 +56,7 @@ var testHost = fakeView{
 // its checks, so that hostile requests go through the real decoding,
 // peer policy and rules without a kernel.
 func checkOnly(v hostView) rpc.Methods {
-	n := &network{view: v}
+	n := &network{view: v, lock: &hostLock{}}
 	return rpc.Methods{
 		api.MethodPrivEnsureBridge: checkThen(n, checkEnsureBridge, stop[bridgePlan]),
 		api.MethodPrivCreateTap:    checkThen(n, checkCreateTap, stop[tapPlan]),
@@ -220,13 +221,14 @@ type testSrv struct {
 	log *bytes.Buffer
 }
 
-func testServer() testSrv {
+func testServer(t *testing.T) testSrv {
 	var log bytes.Buffer
-	return testSrv{newServer(api.Build{Version: "test"}, testOwner, logging.New(&log, api.AppletHelper, zerolog.InfoLevel)), &log}
+	lock := filepath.Join(t.TempDir(), "helper.lock")
+	return testSrv{newServer(api.Build{Version: "test"}, testOwner, lock, logging.New(&log, api.AppletHelper, zerolog.InfoLevel)), &log}
 }
 
 func TestHostileRequestsAreRefused(t *testing.T) {
-	srv := testServer()
+	srv := testServer(t)
 	srv.Methods = checkOnly(testHost)
 	for _, tc := range hostileCases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -248,7 +250,7 @@ func TestHostileRequestsAreRefused(t *testing.T) {
 // TestSaneRequestsPassTheRules keeps the hostile table honest: the same
 // shapes with good values pass, for root and the owner alike.
 func TestSaneRequestsPassTheRules(t *testing.T) {
-	srv := testServer()
+	srv := testServer(t)
 	srv.Methods = checkOnly(testHost)
 	for _, tc := range []struct {
 		uid            uint32
@@ -280,7 +282,7 @@ func TestSaneRequestsPassTheRules(t *testing.T) {
 // the helper without its rules in the hostile table's method list.
 func TestEveryNetworkMethodIsChecked(t *testing.T) {
 	checked := checkOnly(testHost)
-	for m := range methods(api.Build{}, newNetwork(0)) {
+	for m := range methods(api.Build{}, newNetwork(0, "")) {
 		_, ok := checked[m]
 		if !ok && m != api.MethodPrivPing && m != api.MethodPrivResetNetwork {
 			t.Errorf("method %s has no entry in checkOnly", m)
@@ -300,6 +302,44 @@ func TestBridgeAddressIsTheFirstHost(t *testing.T) {
 		}
 		if got := bridgeAddress(p).String(); got != want {
 			t.Errorf("bridgeAddress(%s) = %s, want %s", cidr, got, want)
+		}
+	}
+}
+
+// TestEveryMethodRefusesStrangers: the peer rule stands before every
+// method of the closed list, priv.ping included. The handlers are stubs
+// that fail the test, so a broken rule changes nothing on this host.
+func TestEveryMethodRefusesStrangers(t *testing.T) {
+	srv := testServer(t)
+	stubs := rpc.Methods{}
+	for m := range methods(api.Build{}, newNetwork(0, "")) {
+		stubs[m] = rpc.Handle(func(context.Context, json.RawMessage) (struct{}, error) {
+			t.Errorf("%s ran for a stranger", m)
+			return struct{}{}, nil
+		})
+	}
+	srv.Methods = stubs
+	for m := range stubs {
+		for _, uid := range []uint32{4321, 65534, testOwner + 1} {
+			resp, rec := callStdio(t, srv, uid, m, `{}`)
+			if resp.OK || resp.Error.Code != rpc.CodeUnauthorized || rec["code"] != rpc.CodeUnauthorized || rec["msg"] != "helper rpc failed" {
+				t.Errorf("%s as uid %d: %+v, record %v", m, uid, resp.Error, rec)
+			}
+		}
+	}
+}
+
+// TestEveryMethodIsInTheHostileTable: a method with params has hostile
+// cases of its own (priv.ping and priv.reset_network take none, and
+// strangers are refused above).
+func TestEveryMethodIsInTheHostileTable(t *testing.T) {
+	seen := map[string]bool{}
+	for _, tc := range hostileCases {
+		seen[tc.method] = true
+	}
+	for m := range methods(api.Build{}, newNetwork(0, "")) {
+		if !seen[m] && m != api.MethodPrivPing && m != api.MethodPrivResetNetwork {
+			t.Errorf("method %s has no hostile cases", m)
 		}
 	}
 }

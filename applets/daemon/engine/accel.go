@@ -53,23 +53,50 @@ func (q *QEMU) KVM(ctx context.Context, kernel string) (KVMStatus, error) {
 	return q.kvmStatus(ctx, bin, kernel), nil
 }
 
+// KnownKVM returns the probe's kept answer for this host's configuration,
+// from memory or StateDir, without probing; ok is false while there is
+// none (no VM has started since the configuration changed). host.accel
+// reports it.
+func (q *QEMU) KnownKVM(ctx context.Context) (st KVMStatus, ok bool, err error) {
+	bin, err := q.binary()
+	if err != nil {
+		return KVMStatus{}, false, err
+	}
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	st, ok = q.knownLocked(logging.From(ctx), probeKey(bin))
+	return st, ok, nil
+}
+
+// knownLocked finds the answer for key in memory, else in StateDir.
+func (q *QEMU) knownLocked(log *zerolog.Logger, key string) (KVMStatus, bool) {
+	if q.kvm != nil && q.kvm.Key == key {
+		return *q.kvm, true
+	}
+	if q.StateDir == "" {
+		return KVMStatus{}, false
+	}
+	var st KVMStatus
+	data, err := os.ReadFile(filepath.Join(q.StateDir, KVMProbeFile))
+	if err != nil || json.Unmarshal(data, &st) != nil || st.Key != key {
+		return KVMStatus{}, false
+	}
+	q.kvm = &st
+	logKVM(log, st, "cached")
+	return st, true
+}
+
 func (q *QEMU) kvmStatus(ctx context.Context, bin, kernel string) KVMStatus {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	log := logging.From(ctx)
 	key := probeKey(bin)
-	if q.kvm != nil && q.kvm.Key == key {
-		return *q.kvm
+	if st, ok := q.knownLocked(log, key); ok {
+		return st
 	}
 	cache := ""
 	if q.StateDir != "" {
 		cache = filepath.Join(q.StateDir, KVMProbeFile)
-		var st KVMStatus
-		if data, err := os.ReadFile(cache); err == nil && json.Unmarshal(data, &st) == nil && st.Key == key {
-			q.kvm = &st
-			logKVM(log, st, "cached")
-			return st
-		}
 	}
 	timeout := q.ProbeTimeout
 	if timeout <= 0 {
@@ -204,6 +231,11 @@ func probeKey(bin string) string {
 	}
 	if fi, err := os.Stat("/dev/kvm"); err == nil {
 		key += fmt.Sprintf(" kvm=%s", fi.Mode())
+		// Joining the kvm group changes no file, only whether we may
+		// open it: a kept "permission denied" must not outlive the fix.
+		if unix.Access("/dev/kvm", unix.R_OK|unix.W_OK) != nil {
+			key += " denied"
+		}
 	} else {
 		key += " kvm=none"
 	}

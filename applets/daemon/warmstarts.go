@@ -91,7 +91,7 @@ func (s *vmService) checkoutDisk(ctx context.Context, plan *warmPlan, dir string
 	if plan == nil || !plan.usable || plan.save {
 		return false
 	}
-	ok, err := s.warm.store.Checkout(plan.key, filepath.Join(dir, diskFile), filepath.Join(dir, memoryFile))
+	ok, err := s.warm.store.Checkout(plan.key, filepath.Join(dir, diskFile), filepath.Join(dir, memoryFile), filepath.Join(dir, consoleFile))
 	if err != nil {
 		logging.From(ctx).Warn().Err(err).Msg("warm snapshot not usable; booting")
 		return false
@@ -157,6 +157,11 @@ func (s *vmService) saveStep(plan *warmPlan, proc *vmProcess, disk func() string
 			err := (*proc).SaveState(ctx, memory)
 			if err == nil {
 				err = warm.CopyFile(disk(), snapDisk)
+			}
+			if err == nil {
+				// What the guest said while it booted, for the consoles of
+				// the VMs that restore it.
+				warm.CopyFile(filepath.Join(filepath.Dir(disk()), consoleFile), filepath.Join(filepath.Dir(memory), warm.ConsoleFile))
 			}
 			resumeErr = (*proc).Continue(context.WithoutCancel(ctx))
 			return errors.Join(err, resumeErr)

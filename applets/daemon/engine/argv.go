@@ -40,7 +40,9 @@ func buildArgv(bin string, spec Spec, accel Accel, tscKHz int) []string {
 	}
 	argv = append(argv,
 		"-append", strings.Join(kernelArgs(spec, accel, tscKHz), " "),
-		"-chardev", "file,id=console,path="+filepath.Join(dir, ConsoleLog),
+		// Appended to, not truncated: a VM's console keeps its earlier
+		// boots, and a restored VM's starts with its snapshot's boot.
+		"-chardev", "file,id=console,path="+filepath.Join(dir, ConsoleLog)+",append=on",
 		"-serial", "chardev:console",
 		"-chardev", "socket,id=qmp,fd=3,server=on,wait=off",
 		"-mon", "chardev=qmp,mode=control",

@@ -32,6 +32,9 @@ const (
 	MemoryFile   = "memory"
 	DiskFile     = "disk.qcow2"
 	ManifestFile = "snapshot.json"
+	// ConsoleFile is the saved guest's console up to the save (optional):
+	// a restored VM's console starts with it, boot messages and all.
+	ConsoleFile = "console.log"
 )
 
 // partialPrefix marks a snapshot being saved; Open removes leftovers.
@@ -137,13 +140,26 @@ func (s *Store) Get(image string) (Manifest, bool) {
 }
 
 // Checkout gives a new VM the snapshot valid for key: a copy of its disk
-// at disk and its memory at memory (a hard link, else a copy). It
-// returns false, with nothing made, when there is no valid snapshot.
-func (s *Store) Checkout(key Key, disk, memory string) (bool, error) {
+// at disk, its memory at memory (a hard link, else a copy) and, when
+// console is not "", its console up to the save followed by a line that
+// says where the restore starts. It returns false, with nothing made,
+// when there is no valid snapshot.
+func (s *Store) Checkout(key Key, disk, memory, console string) (bool, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if !s.valid(key) {
 		return false, nil
+	}
+	if console != "" {
+		m, _ := s.manifest(key.Image)
+		// A console is worth having, not worth failing a VM for.
+		if err := CopyFile(s.path(key.Image, ConsoleFile), console); err == nil || errors.Is(err, fs.ErrNotExist) {
+			f, err := os.OpenFile(console, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
+			if err == nil {
+				fmt.Fprintf(f, "\n--- banger: restored from the warm snapshot of image %s saved %s ---\n", key.Image, m.Created.Format(time.RFC3339))
+				f.Close()
+			}
+		}
 	}
 	if err := CopyFile(s.path(key.Image, DiskFile), disk); err != nil {
 		return false, fmt.Errorf("check out the snapshot of %s: %w", key.Image, err)

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 )
 
@@ -33,14 +34,14 @@ func TestSaveCheckoutAndStaleKeys(t *testing.T) {
 	}
 	vm := t.TempDir()
 	disk, mem := filepath.Join(vm, "disk.qcow2"), filepath.Join(vm, "memory")
-	if ok, err := s.Checkout(key(), disk, mem); ok || err != nil {
+	if ok, err := s.Checkout(key(), disk, mem, ""); ok || err != nil {
 		t.Fatalf("empty store: %v %v", ok, err)
 	}
 	save(t, s, key(), "first")
 	if !s.Has(key()) {
 		t.Fatal("saved snapshot not found")
 	}
-	if ok, err := s.Checkout(key(), disk, mem); !ok || err != nil {
+	if ok, err := s.Checkout(key(), disk, mem, ""); !ok || err != nil {
 		t.Fatalf("checkout: %v %v", ok, err)
 	}
 	if b, _ := os.ReadFile(disk); string(b) != "disk of first" {
@@ -99,5 +100,26 @@ func TestFailedSaveLeavesTheOldSnapshotAndNoPartial(t *testing.T) {
 	}
 	if entries, _ := os.ReadDir(dir); len(entries) != 1 {
 		t.Errorf("partial save left after open: %d entries", len(entries))
+	}
+}
+
+func TestCheckoutCarriesTheConsole(t *testing.T) {
+	s, _ := Open(t.TempDir())
+	_, err := s.Save(context.Background(), key(), func(_ context.Context, mem, disk string) error {
+		os.WriteFile(mem, []byte("m"), 0o600)
+		os.WriteFile(filepath.Join(filepath.Dir(mem), ConsoleFile), []byte("Linux version 6.1\n"), 0o600)
+		return os.WriteFile(disk, []byte("d"), 0o600)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	vm := t.TempDir()
+	console := filepath.Join(vm, "console.log")
+	if ok, err := s.Checkout(key(), filepath.Join(vm, "disk"), filepath.Join(vm, "mem"), console); !ok || err != nil {
+		t.Fatalf("checkout: %v %v", ok, err)
+	}
+	b, _ := os.ReadFile(console)
+	if !strings.HasPrefix(string(b), "Linux version 6.1\n") || !strings.Contains(string(b), "restored from the warm snapshot of image img") {
+		t.Errorf("console %q", b)
 	}
 }

@@ -381,10 +381,8 @@ func prepareKernel(ctx context.Context, src, dst string) error {
 
 // initrdBuilder makes an initramfs of the guest modules a kernel keeps as
 // modules (Debian's: virtio, ext4), with this binary as the agent; a
-// kernel with them built in needs none, except banger's own (from the
-// kernel store) gets one of the agent alone: the agent's system stage
-// expects /proc, /sys and /dev from its initramfs stage, and fails on the
-// /dev the kernel mounts itself (CONFIG_DEVTMPFS_MOUNT) without one.
+// kernel with them built in (banger's own, from the kernel store) needs
+// none: the agent boots as the root file system's init.
 func initrdBuilder(agent string, kernels *kernelbuild.Store) func(ctx context.Context, kernelPath, dst string) (bool, error) {
 	return func(ctx context.Context, kernelPath, dst string) (bool, error) {
 		release, err := kernel.Release(kernelPath)
@@ -392,8 +390,10 @@ func initrdBuilder(agent string, kernels *kernelbuild.Store) func(ctx context.Co
 			return false, fmt.Errorf("read the kernel's release: %w", err)
 		}
 		if kernels.Contains(kernelPath) {
-			_, err := kernel.WriteInitramfs(dst, kernel.InitramfsSpec{Agent: agent, Release: release})
-			return err == nil, err
+			// Everything it needs is built in, and the agent, as the root
+			// file system's init, mounts what an initramfs would have:
+			// no initramfs to unpack at every boot.
+			return false, nil
 		}
 		modules := filepath.Join("/lib/modules", release)
 		ix, err := kernel.ReadModuleIndex(modules)

@@ -208,13 +208,13 @@ func (v *vmBench) mustRun(args ...string) string {
 	return out
 }
 
-// create runs `banger vm create --name name --json` and returns its wall
-// time and the VM.
-func (v *vmBench) create(name string) (time.Duration, api.VM) {
+// create runs `banger vm create --name name --json [flags]` and returns
+// its wall time and the VM.
+func (v *vmBench) create(name string, flags ...string) (time.Duration, api.VM) {
 	v.b.Helper()
 	console := followConsole(v.socket, name)
 	start := time.Now()
-	out, err := v.run("vm", "create", "--name", name, "--json")
+	out, err := v.run(append([]string{"vm", "create", "--name", name, "--json"}, flags...)...)
 	d := time.Since(start)
 	log := console()
 	if err != nil {
@@ -280,7 +280,8 @@ type bareQEMU struct {
 // it.
 func newBareQEMU(v *vmBench) *bareQEMU {
 	v.b.Helper()
-	_, vm := v.create("ref")
+	// Booted, not restored: the argv of a boot.
+	_, vm := v.create("ref", "--cold")
 	raw, err := os.ReadFile(filepath.Join(vm.InstanceDir, "engine.argv"))
 	if err != nil {
 		v.b.Fatal(err)
@@ -316,9 +317,26 @@ func (q *bareQEMU) boot(b *testing.B, dir string) (overlay, boot time.Duration) 
 	}
 	overlay = time.Since(start)
 
-	argv := make([]string, len(q.argv))
-	for i, a := range q.argv {
-		argv[i] = strings.ReplaceAll(a, q.refDir, dir)
+	start = time.Now()
+	ctx, stop := startBareQEMU(b, q.argv, q.refDir, dir)
+	defer stop()
+	if err := waitHello(ctx, filepath.Join(dir, "agent.sock")); err != nil {
+		console, _ := os.ReadFile(filepath.Join(dir, "console.log"))
+		qlog, _ := os.ReadFile(filepath.Join(dir, "qemu.log"))
+		b.Fatalf("bare qemu: %v\nqemu.log: %s\nconsole:\n%s", err, qlog, lastBytes(string(console), 4000))
+	}
+	return overlay, time.Since(start)
+}
+
+// startBareQEMU starts QEMU in dir as the engine does: the recorded argv
+// with refDir made dir, its sockets bound first and passed as fds 3 and
+// 4, its own session, its output in dir/qemu.log. The context ends when
+// QEMU exits or after vmBenchBoot; stop kills QEMU and waits for it.
+func startBareQEMU(b *testing.B, recorded []string, refDir, dir string) (ctx context.Context, stop func()) {
+	b.Helper()
+	argv := make([]string, len(recorded))
+	for i, a := range recorded {
+		argv[i] = strings.ReplaceAll(a, refDir, dir)
 	}
 	var files []*os.File
 	for _, s := range []string{"qmp.sock", "agent.sock"} {
@@ -336,19 +354,12 @@ func (q *bareQEMU) boot(b *testing.B, dir string) (overlay, boot time.Duration) 
 	defer logf.Close()
 	cmd := &exec.Cmd{Path: argv[0], Args: argv, Dir: dir, Stdout: logf, Stderr: logf, ExtraFiles: files,
 		SysProcAttr: &syscall.SysProcAttr{Setsid: true}}
-
-	start = time.Now()
 	if err := cmd.Start(); err != nil {
 		b.Fatal(err)
 	}
 	exited := make(chan struct{})
 	go func() { cmd.Wait(); close(exited) }()
-	defer func() {
-		cmd.Process.Kill()
-		<-exited
-	}()
 	ctx, cancel := context.WithTimeout(context.Background(), vmBenchBoot)
-	defer cancel()
 	go func() {
 		select {
 		case <-exited:
@@ -356,12 +367,11 @@ func (q *bareQEMU) boot(b *testing.B, dir string) (overlay, boot time.Duration) 
 		case <-ctx.Done():
 		}
 	}()
-	if err := waitHello(ctx, filepath.Join(dir, "agent.sock")); err != nil {
-		console, _ := os.ReadFile(filepath.Join(dir, "console.log"))
-		qlog, _ := os.ReadFile(filepath.Join(dir, "qemu.log"))
-		b.Fatalf("bare qemu: %v\nqemu.log: %s\nconsole:\n%s", err, qlog, lastBytes(string(console), 4000))
+	return ctx, func() {
+		cancel()
+		cmd.Process.Kill()
+		<-exited
 	}
-	return overlay, time.Since(start)
 }
 
 // listenUnixFile binds a Unix socket and returns its listening fd for a

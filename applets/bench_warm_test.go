@@ -9,7 +9,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -158,43 +157,13 @@ func newBareRestore(v *vmBench) *bareRestore {
 
 func (r *bareRestore) restore(b *testing.B, dir string) time.Duration {
 	b.Helper()
-	argv := make([]string, len(r.argv))
-	for i, a := range r.argv {
-		argv[i] = strings.ReplaceAll(a, r.refDir, dir)
-	}
-	var files []*os.File
-	for _, s := range []string{"qmp.sock", "agent.sock"} {
-		f, err := listenUnixFile(filepath.Join(dir, s))
-		if err != nil {
-			b.Fatal(err)
-		}
-		defer f.Close()
-		files = append(files, f)
-	}
-	logf, err := os.Create(filepath.Join(dir, "qemu.log"))
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer logf.Close()
-	cmd := &exec.Cmd{Path: argv[0], Args: argv, Dir: dir, Stdout: logf, Stderr: logf, ExtraFiles: files,
-		SysProcAttr: &syscall.SysProcAttr{Setsid: true}}
-
 	start := time.Now()
 	// The disk copy is part of a restore's cost, as in banger's.
 	if err := exec.Command("cp", r.disk, filepath.Join(dir, "disk.qcow2")).Run(); err != nil {
 		b.Fatal(err)
 	}
-	if err := cmd.Start(); err != nil {
-		b.Fatal(err)
-	}
-	exited := make(chan struct{})
-	go func() { cmd.Wait(); close(exited) }()
-	defer func() {
-		cmd.Process.Kill()
-		<-exited
-	}()
-	ctx, cancel := context.WithTimeout(context.Background(), vmBenchBoot)
-	defer cancel()
+	ctx, stop := startBareQEMU(b, r.argv, r.refDir, dir)
+	defer stop()
 	if err := qmpContWhenLoaded(ctx, filepath.Join(dir, "qmp.sock")); err != nil {
 		qlog, _ := os.ReadFile(filepath.Join(dir, "qemu.log"))
 		b.Fatalf("bare restore: %v\nqemu.log: %s", err, qlog)

@@ -43,9 +43,9 @@ type launchSpec struct {
 	// Tap is a bridged VM's network; nil gives it user-mode networking
 	// with Ports.
 	Tap *launchTap
-	// Incoming launches the VM to load a saved state (vmProcess.LoadState)
-	// instead of booting.
-	Incoming bool
+	// Incoming is a saved state the VM loads as it starts, instead of
+	// booting (vmProcess.LoadState waits for it).
+	Incoming string
 }
 
 // guestIdentity is what a guest restored from a warm snapshot is told it
@@ -108,9 +108,9 @@ type vmProcess interface {
 	// stays paused until Continue, its disk then matching the state.
 	SaveState(ctx context.Context, path string) error
 	Continue(ctx context.Context) error
-	// LoadState loads a saved state into a process launched Incoming and
-	// returns once the guest runs.
-	LoadState(ctx context.Context, path string) error
+	// LoadState waits for a process launched Incoming to load its state,
+	// and returns once the guest runs.
+	LoadState(ctx context.Context) error
 	// Resume waits for the restored guest's agent and gives it its
 	// identity; it returns the boot id the agent then reports.
 	Resume(ctx context.Context, id guestIdentity) (bootID string, err error)

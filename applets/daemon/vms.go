@@ -262,7 +262,10 @@ func (s *vmService) bootSteps(name, network string, img *vmImage, plan *warmPlan
 			spec = launchSpec{
 				InstanceDir: vm.InstanceDir, Kernel: img.Kernel, Initrd: img.Initrd, KernelArgs: img.KernelArgs,
 				Disk: filepath.Join(vm.InstanceDir, diskFile), Hostname: vm.Name, CPUs: vm.CPUs, MemoryMiB: vm.MemoryMiB,
-				Ports: vm.Ports, Incoming: plan.restoring(),
+				Ports: vm.Ports,
+			}
+			if plan.restoring() {
+				spec.Incoming = filepath.Join(vm.InstanceDir, memoryFile)
 			}
 			if vm.Network == api.NetworkBridge {
 				if spec.Tap, err = s.launchTap(vm); err != nil {

@@ -89,22 +89,41 @@ func (e *qemuEngine) Identity() (string, error) {
 type qemuProcess struct {
 	inst *engine.Instance
 
-	mu   sync.Mutex // guards link
+	mu   sync.Mutex // guards link and early
 	link *agentlink.Link
+	// early is the handshake LoadState began, for Resume to finish.
+	early agentWait
 }
 
 func (p *qemuProcess) PID() int { return p.inst.PID }
 
 func (p *qemuProcess) WaitAgent(ctx context.Context) (string, error) {
-	type res struct {
-		link *agentlink.Link
-		err  error
-	}
-	ch := make(chan res, 1)
+	return p.finishAgentWait(ctx, p.startAgentWait(ctx))
+}
+
+// agentWait is a connection to the agent on its way: its link, or why
+// there is none.
+type agentWait chan agentWaitResult
+
+type agentWaitResult struct {
+	link *agentlink.Link
+	err  error
+}
+
+// startAgentWait connects to the agent's socket and does the handshake
+// in the background, within ctx.
+func (p *qemuProcess) startAgentWait(ctx context.Context) agentWait {
+	ch := make(agentWait, 1)
 	go func() {
 		l, err := agentlink.Wait(ctx, p.inst.AgentSocket())
-		ch <- res{l, err}
+		ch <- agentWaitResult{l, err}
 	}()
+	return ch
+}
+
+// finishAgentWait waits for the handshake startAgentWait began, and keeps
+// the link.
+func (p *qemuProcess) finishAgentWait(ctx context.Context, ch agentWait) (string, error) {
 	select {
 	case r := <-ch:
 		if r.err != nil {
@@ -125,6 +144,8 @@ func (p *qemuProcess) WaitAgent(ctx context.Context) (string, error) {
 		// QEMU exited before its agent spoke: say so, rather than wait out
 		// the boot timeout.
 		return "", p.exitedDuringBoot()
+	case <-ctx.Done():
+		return "", fmt.Errorf("wait for the agent: %w", ctx.Err())
 	}
 }
 
@@ -235,15 +256,27 @@ func (p *qemuProcess) SaveState(ctx context.Context, path string) error {
 
 func (p *qemuProcess) Continue(ctx context.Context) error { return p.inst.Continue(ctx) }
 
-func (p *qemuProcess) LoadState(ctx context.Context, path string) error {
-	return p.inst.LoadState(ctx, path)
+func (p *qemuProcess) LoadState(ctx context.Context) error {
+	// Connect to the agent while the state loads: the reset frame waits
+	// in the channel, and the guest reads it as soon as it runs again.
+	p.mu.Lock()
+	p.early = p.startAgentWait(ctx)
+	p.mu.Unlock()
+	return p.inst.LoadState(ctx)
 }
 
 func (p *qemuProcess) Resume(ctx context.Context, id guestIdentity) (string, error) {
 	// Sub-stages, so a trace shows which half a slow resume spent its
 	// time in.
 	err := logging.Stage(ctx, "agent hello", func(ctx context.Context) error {
-		_, err := p.WaitAgent(ctx)
+		p.mu.Lock()
+		early := p.early
+		p.early = nil
+		p.mu.Unlock()
+		if early == nil {
+			early = p.startAgentWait(ctx)
+		}
+		_, err := p.finishAgentWait(ctx, early)
 		return err
 	})
 	if err != nil {

@@ -114,10 +114,9 @@ func (s *vmService) restoreSteps(name string, plan *warmPlan, proc *vmProcess, s
 	restoring := plan.restoring
 	return []operation.Step{
 		{Name: "restore", When: restoring, Do: func(ctx context.Context) error {
-			mem := filepath.Join(spec.InstanceDir, memoryFile)
-			err := (*proc).LoadState(ctx, mem)
+			err := (*proc).LoadState(ctx)
 			// The VM has its state, or failed: either way the link goes.
-			os.Remove(mem)
+			os.Remove(spec.Incoming)
 			if err != nil {
 				// Never try this snapshot again: the next VM boots and
 				// saves a new one.

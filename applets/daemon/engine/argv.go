@@ -61,8 +61,10 @@ func buildArgv(bin string, spec Spec, accel Accel, tscKHz int) []string {
 		}
 		argv = append(argv, "-netdev", netdev, "-device", "virtio-net-device,netdev="+netdevID)
 	}
-	if spec.Incoming {
-		argv = append(argv, "-incoming", "defer")
+	if spec.Incoming != "" {
+		// Loaded as QEMU starts, not after a QMP round trip.
+		uri, _ := migrateURI("cat", spec.Incoming) // validated
+		argv = append(argv, "-incoming", uri)
 	}
 	if spec.Tap != nil {
 		// script=no, downscript=no: QEMU opens the tap the helper made

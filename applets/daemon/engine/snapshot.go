@@ -85,18 +85,11 @@ func (i *Instance) Continue(ctx context.Context) error {
 	return nil
 }
 
-// LoadState loads the state SaveState wrote into an instance launched
-// with Spec.Incoming, and returns once the guest runs. A state QEMU
-// cannot load makes it exit: the error then carries its log's end.
-func (i *Instance) LoadState(ctx context.Context, path string) error {
-	uri, err := migrateURI("cat", path)
-	if err != nil {
-		return err
-	}
-	err = i.qmpSession(ctx, "load state", func(run qmpRunner) error {
-		if _, err := run(qmp.Command{Execute: "migrate-incoming", Args: map[string]any{"uri": uri}}); err != nil {
-			return err
-		}
+// LoadState waits for an instance launched with Spec.Incoming to load its
+// state, and returns once the guest runs. A state QEMU cannot load makes
+// it exit: the error then carries its log's end.
+func (i *Instance) LoadState(ctx context.Context) error {
+	err := i.qmpSession(ctx, "load state", func(run qmpRunner) error {
 		for {
 			var st Status
 			raw, err := run(qmp.Command{Execute: "query-status"})
@@ -116,7 +109,7 @@ func (i *Instance) LoadState(ctx context.Context, path string) error {
 				return err
 			case "inmigrate", "prelaunch":
 			default:
-				return fmt.Errorf("load state from %s: the VM is %s", path, st.Status)
+				return fmt.Errorf("load state: the VM is %s", st.Status)
 			}
 			if err := sleepCtx(ctx, statePoll); err != nil {
 				return err

@@ -40,12 +40,13 @@ type Spec struct {
 	// Tap puts the guest's eth0 on a tap instead (bridged networking);
 	// at most one of Net and Tap is set.
 	Tap *TapNet
-	// Incoming launches QEMU waiting for a saved state (Instance.LoadState)
-	// instead of booting: the guest then continues where SaveState left
-	// it. Every other field must match the saved guest's, but the paths,
-	// the network's backend (user-mode or tap), its forwards and the
-	// kernel arguments, which only a boot reads.
-	Incoming bool
+	// Incoming is a state SaveState wrote: QEMU loads it as it starts,
+	// instead of booting, and the guest continues where SaveState left it
+	// once Instance.LoadState saw the load end. Every other field must
+	// match the saved guest's, but the paths, the network's backend
+	// (user-mode or tap), its forwards and the kernel arguments, which
+	// only a boot reads.
+	Incoming string
 }
 
 // TapNet is a network device on an existing tap, opened by QEMU through
@@ -156,6 +157,14 @@ func (s Spec) validate() error {
 	if s.Net != nil {
 		if err := validateHostFwds(s.Net.HostFwd); err != nil {
 			return err
+		}
+	}
+	if s.Incoming != "" {
+		if _, err := migrateURI("cat", s.Incoming); err != nil {
+			return err
+		}
+		if _, err := os.Stat(s.Incoming); err != nil {
+			return bad("saved state %q: %v", s.Incoming, err)
 		}
 	}
 	if s.Tap != nil {

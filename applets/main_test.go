@@ -27,7 +27,7 @@ func runMain(m *testing.M) int {
 	defer os.RemoveAll(dir)
 	os.Chmod(dir, 0o755)
 	bangerBin = filepath.Join(dir, "banger")
-	build := exec.Command("go", "build", "-o", bangerBin, "banger")
+	build := exec.Command("go", "build", "-tags", "urfave_cli_no_docs", "-o", bangerBin, "banger")
 	build.Env = append(os.Environ(), "CGO_ENABLED=0")
 	build.Stdout, build.Stderr = os.Stderr, os.Stderr
 	if err := build.Run(); err != nil {

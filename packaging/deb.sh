@@ -12,7 +12,7 @@ PATH="$PATH:/usr/local/go/bin"
 stage=$(mktemp -d)
 trap 'rm -rf "$stage"' EXIT
 version=$(git describe --always --dirty 2>/dev/null || echo dev)
-CGO_ENABLED=0 go build -trimpath -ldflags "-X main.version=$version" -o "$stage/banger" .
+CGO_ENABLED=0 go build -trimpath -tags urfave_cli_no_docs -ldflags "-X main.version=$version" -o "$stage/banger" .
 "$stage/banger" system render --prefix /usr --owner %i --helper service "$stage/units"
 mv "$stage/units/bangerd.service" "$stage/units/bangerd@.service"
 "$stage/banger" system render --prefix /usr --owner youruser --helper sudo "$stage/sudo"

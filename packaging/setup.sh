@@ -17,7 +17,7 @@ ensure_packages sudo git qemu-system-x86 qemu-utils linux-image-amd64 busybox-st
 PATH="$PATH:/usr/local/go/bin"
 version=$(git describe --always --dirty 2>/dev/null || echo dev)
 mkdir -p bin
-CGO_ENABLED=0 go build -trimpath -ldflags "-X main.version=$version" -o bin/banger .
+CGO_ENABLED=0 go build -trimpath -tags urfave_cli_no_docs -ldflags "-X main.version=$version" -o bin/banger .
 bin/banger links install bin
 bin/banger links check bin >/dev/null
 echo "built bin/banger ($version); applet links in bin/" >&2

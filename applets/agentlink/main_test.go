@@ -128,7 +128,7 @@ func buildGuest() (*guestFiles, bool, error) {
 	g := &guestFiles{Dir: dir, Banger: filepath.Join(dir, "banger"), Vmlinux: filepath.Join(dir, "vmlinux"),
 		Initrd: filepath.Join(dir, "initrd"), Base: filepath.Join(dir, "root.ext4")}
 
-	build := exec.Command("go", "build", "-o", g.Banger, "banger")
+	build := exec.Command("go", "build", "-tags", "urfave_cli_no_docs", "-o", g.Banger, "banger")
 	build.Env = append(os.Environ(), "CGO_ENABLED=0")
 	if out, err := build.CombinedOutput(); err != nil {
 		return nil, false, fmt.Errorf("build banger: %v\n%s", err, out)

@@ -111,19 +111,26 @@ func (s *vmService) openSession(ctx context.Context, name, method string, params
 // ignores its input: then the copy toward it blocks and would never see
 // the client go), so the client's hang-up is watched for apart. A guest
 // that does not close within a grace period after that is abandoned.
+// A client that leaves once the guest has sent its Exit frame (as every
+// client does as soon as it reads it) leaves a guest that is closing on
+// its own: nothing is killed, and the guest gets the same grace period.
 func splice(ctx context.Context, client, guest net.Conn, kill func()) error {
 	defer guest.Close()
 	guestDone := make(chan struct{})
+	toClient := session.NewExitWatch(client)
 	var once sync.Once
 	leave := func() {
 		once.Do(func() {
 			select {
 			case <-guestDone: // the session ended first: nothing to kill
 				return
+			case <-toClient.Exited():
+				guest.SetDeadline(time.Now().Add(sessionCloseGrace))
+				return
 			default:
 			}
 			go kill()
-			guest.SetDeadline(time.Now().Add(10 * time.Second))
+			guest.SetDeadline(time.Now().Add(sessionCloseGrace))
 			guest.Close()
 		})
 	}
@@ -133,7 +140,7 @@ func splice(ctx context.Context, client, guest net.Conn, kill func()) error {
 	}()
 	stopWatch := watchHangup(client, leave)
 	defer stopWatch()
-	n, err := io.Copy(client, guest)
+	n, err := io.Copy(toClient, guest)
 	close(guestDone)
 	logging.From(ctx).Debug().Int64("bytes_out", n).Msg("session ended")
 	if errors.Is(err, net.ErrClosed) || errors.Is(err, os.ErrDeadlineExceeded) {
@@ -141,6 +148,10 @@ func splice(ctx context.Context, client, guest net.Conn, kill func()) error {
 	}
 	return err
 }
+
+// sessionCloseGrace is how long a guest may take to close a session
+// after its client left.
+const sessionCloseGrace = 10 * time.Second
 
 // hangupPoll is how often a session's client is checked for a hang-up
 // that its reader may not see.

@@ -133,3 +133,69 @@ func TestRunWithoutExit(t *testing.T) {
 		t.Errorf("Run = %v, want ErrNoExit", err)
 	}
 }
+
+func TestExitWatch(t *testing.T) {
+	var frames bytes.Buffer
+	w := NewWriter(&frames)
+	w.Write(Stdout, []byte("out"))
+	w.Write(StdinEOF, nil)                          // an empty frame before the Exit
+	w.Write(Stderr, []byte{byte(Exit), 0, 0, 0, 0}) // a payload that looks like an Exit frame
+	w.WriteJSON(Exit, ExitStatus{Code: 3})
+	b := frames.Bytes()
+	exited := func(x *ExitWatch) bool {
+		select {
+		case <-x.Exited():
+			return true
+		default:
+			return false
+		}
+	}
+	// Every way of cutting the stream into writes: one byte short of the
+	// end the Exit frame has not come, at the end it has.
+	for cut := 1; cut < len(b); cut++ {
+		var out bytes.Buffer
+		x := NewExitWatch(&out)
+		x.Write(b[:cut])
+		if cut < len(b)-1 {
+			x.Write(b[cut : len(b)-1])
+		}
+		if exited(x) {
+			t.Fatalf("cut at %d: exited before the Exit frame's last byte", cut)
+		}
+		x.Write(b[len(b)-1:])
+		if !exited(x) {
+			t.Fatalf("cut at %d: not exited after the Exit frame", cut)
+		}
+		if !bytes.Equal(out.Bytes(), b) {
+			t.Fatalf("cut at %d: relayed %q, want %q", cut, out.Bytes(), b)
+		}
+	}
+}
+
+// The Exit frame is noted before it is written, so a host that has read
+// it and leaves always finds it noted; and noted also when the host left
+// before it could be written (the command has ended all the same).
+func TestExitWatchNotesTheExitBeforeWritingIt(t *testing.T) {
+	var frames bytes.Buffer
+	NewWriter(&frames).WriteJSON(Exit, ExitStatus{})
+	var x *ExitWatch
+	noted := false
+	x = NewExitWatch(writerFunc(func(p []byte) (int, error) {
+		select {
+		case <-x.Exited():
+			noted = true
+		default:
+		}
+		return 0, io.ErrClosedPipe
+	}))
+	if _, err := x.Write(frames.Bytes()); err == nil {
+		t.Fatal("no error from a failing writer")
+	}
+	if !noted {
+		t.Fatal("the Exit frame was written before it was noted")
+	}
+}
+
+type writerFunc func(p []byte) (int, error)
+
+func (f writerFunc) Write(p []byte) (int, error) { return f(p) }

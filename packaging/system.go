@@ -6,10 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"path"
-	"regexp"
 	"sync"
 	"text/template"
 
+	"banger/applets/api"
 	"banger/applets/dirs"
 )
 
@@ -46,18 +46,18 @@ type Config struct {
 // Names go into units and a sudoers rule: keep them to what needs no
 // quoting in either.
 var (
-	ownerName  = regexp.MustCompile(`^[a-z_][a-z0-9_.-]*$`)
-	prefixPath = regexp.MustCompile(`^/[A-Za-z0-9/._+-]*$`)
+	ownerName  = api.Lazy(`^[a-z_][a-z0-9_.-]*$`)
+	prefixPath = api.Lazy(`^/[A-Za-z0-9/._+-]*$`)
 )
 
 // Validate checks the fields that end up in units and in the sudoers rule.
 func (c Config) Validate() error {
 	switch {
-	case !ownerName.MatchString(c.Owner) || len(c.Owner) > 32:
+	case !ownerName().MatchString(c.Owner) || len(c.Owner) > 32:
 		return fmt.Errorf("owner %q: want a plain user name (lower case letters, digits, _ . -)", c.Owner)
 	case c.UID <= 0:
 		return fmt.Errorf("owner %s: uid %d; the owner must not be root", c.Owner, c.UID)
-	case !prefixPath.MatchString(c.Prefix) || path.Clean(c.Prefix) != c.Prefix:
+	case !prefixPath().MatchString(c.Prefix) || path.Clean(c.Prefix) != c.Prefix:
 		return fmt.Errorf("prefix %q: want a clean absolute path (letters, digits, / . _ + -)", c.Prefix)
 	case c.Helper != HelperService && c.Helper != HelperSudo:
 		return fmt.Errorf("helper %q: want %s or %s", c.Helper, HelperService, HelperSudo)

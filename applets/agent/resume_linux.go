@@ -7,7 +7,6 @@ import (
 	"encoding/hex"
 	"fmt"
 	"os"
-	"regexp"
 	"time"
 	"unsafe"
 
@@ -16,26 +15,26 @@ import (
 
 	"banger/applets/agent/boot"
 	"banger/applets/agentlink"
+	"banger/applets/api"
 	"banger/logging"
 	"banger/rpc"
 )
 
 // What agent.resume accepts.
 var (
-	hostnameRE  = regexp.MustCompile(`^[a-zA-Z0-9]([a-zA-Z0-9-]{0,62})$`)
-	machineIDRE = regexp.MustCompile(`^[0-9a-f]{32}$`)
-	bootIDRE    = regexp.MustCompile(`^[0-9a-f-]{1,64}$`)
-	macRE       = regexp.MustCompile(`^[0-9a-f][26ae](:[0-9a-f]{2}){5}$`)
+	hostnameRE  = api.Lazy(`^[a-zA-Z0-9]([a-zA-Z0-9-]{0,62})$`)
+	machineIDRE = api.Lazy(`^[0-9a-f]{32}$`)
+	bootIDRE    = api.Lazy(`^[0-9a-f-]{1,64}$`)
 )
 
 func validResume(p agentlink.ResumeParams) error {
 	bad := func(format string, args ...any) error { return rpc.Errorf(rpc.CodeInvalidParams, format, args...) }
 	switch {
-	case !hostnameRE.MatchString(p.Hostname):
+	case !hostnameRE().MatchString(p.Hostname):
 		return bad("hostname %q: want 1 to 63 of a-z, A-Z, 0-9 and -", p.Hostname)
-	case !machineIDRE.MatchString(p.MachineID):
+	case !machineIDRE().MatchString(p.MachineID):
 		return bad("machine id %q: want 32 lowercase hex digits", p.MachineID)
-	case !bootIDRE.MatchString(p.BootID):
+	case !bootIDRE().MatchString(p.BootID):
 		return bad("boot id %q: want lowercase hex and -", p.BootID)
 	case len(p.Seed) < 32 || len(p.Seed) > 512:
 		return bad("seed of %d bytes: want 32 to 512", len(p.Seed))
@@ -46,7 +45,7 @@ func validResume(p agentlink.ResumeParams) error {
 		if !n.Address.IsValid() || !n.Address.Addr().Is4() {
 			return bad("network address %q: want IPv4 with a prefix", n.Address)
 		}
-		if n.MAC != "" && !macRE.MatchString(n.MAC) {
+		if n.MAC != "" && !api.IsGuestMAC(n.MAC) {
 			return bad("mac %q: want a locally administered unicast address in lowercase", n.MAC)
 		}
 	}

@@ -10,7 +10,6 @@ package helper
 import (
 	"fmt"
 	"net/netip"
-	"regexp"
 	"strings"
 
 	"banger/applets/api"
@@ -19,10 +18,7 @@ import (
 
 // Linux interface names are at most 15 bytes (IFNAMSIZ 16 with the NUL),
 // so the suffixes are bounded to fit: "banger-" + 8, "bgtap-" + 9.
-var (
-	bridgeNameRE = regexp.MustCompile(`^(banger0|banger-[a-z0-9][a-z0-9-]{0,7})$`)
-	tapNameRE    = regexp.MustCompile(`^bgtap-[a-z0-9]{1,9}$`)
-)
+var bridgeNameRE = api.Lazy(`^(banger0|banger-[a-z0-9][a-z0-9-]{0,7})$`)
 
 // privateNets are the RFC 1918 networks a banger CIDR must lie in.
 var privateNets = []netip.Prefix{
@@ -69,7 +65,7 @@ func invalid(format string, args ...any) error {
 
 // checkBridgeName admits "banger0" and "banger-[a-z0-9][a-z0-9-]{0,7}".
 func checkBridgeName(name string) error {
-	if !bridgeNameRE.MatchString(name) {
+	if !bridgeNameRE().MatchString(name) {
 		return invalid("bridge name %q is not a banger bridge (banger0 or banger- and up to 8 of a-z, 0-9, -)", name)
 	}
 	return nil
@@ -77,7 +73,7 @@ func checkBridgeName(name string) error {
 
 // checkTapName admits "bgtap-[a-z0-9]{1,9}".
 func checkTapName(name string) error {
-	if !tapNameRE.MatchString(name) {
+	if !api.IsTapName(name) {
 		return invalid("tap name %q is not a banger tap (bgtap- and up to 9 of a-z, 0-9)", name)
 	}
 	return nil
@@ -279,9 +275,9 @@ func checkEnsureNAT(v hostView, p api.PrivNAT) (natPlan, error) {
 // bridge or tap of the right kind. Nothing else is ever removed.
 func isBangerLink(l hostLink) bool {
 	switch {
-	case l.Kind == "bridge" && bridgeNameRE.MatchString(l.Name):
+	case l.Kind == "bridge" && bridgeNameRE().MatchString(l.Name):
 		return true
-	case l.Kind == "tap" && tapNameRE.MatchString(l.Name):
+	case l.Kind == "tap" && api.IsTapName(l.Name):
 		return true
 	}
 	return false

@@ -3,10 +3,10 @@ package engine
 import (
 	"os"
 	"path/filepath"
-	"regexp"
 	"strings"
 
 	"banger/applets/agent/boot"
+	"banger/applets/api"
 	"banger/rpc"
 )
 
@@ -63,17 +63,11 @@ type TapNet struct {
 	Guest boot.Network
 }
 
-// Names and addresses a TapNet may carry.
-var (
-	tapNameRE = regexp.MustCompile(`^bgtap-[a-z0-9]{1,9}$`)
-	macRE     = regexp.MustCompile(`^[0-9a-f][26ae](:[0-9a-f]{2}){5}$`)
-)
-
 func (t *TapNet) validate() error {
 	switch {
-	case !tapNameRE.MatchString(t.Name):
+	case !api.IsTapName(t.Name):
 		return rpc.Errorf(rpc.CodeInvalidParams, "tap name %q is not a banger tap (bgtap- and 1 to 9 of a-z, 0-9)", t.Name)
-	case !macRE.MatchString(t.MAC):
+	case !api.IsGuestMAC(t.MAC):
 		return rpc.Errorf(rpc.CodeInvalidParams, "mac %q is not a locally administered unicast address in lowercase (02:xx:xx:xx:xx:xx)", t.MAC)
 	case !t.Guest.Address.IsValid() || !t.Guest.Address.Addr().Is4():
 		return rpc.Errorf(rpc.CodeInvalidParams, "tap network: the guest's address %q is not IPv4 with a prefix", t.Guest.Address)

@@ -54,7 +54,7 @@ func newSandbox(t *testing.T) *sandbox {
 		s.stopDaemon()
 		// VMs outlive their daemon by design: a failed test must not leave
 		// its guests running.
-		for _, pid := range s.enginePIDs() {
+		for _, pid := range s.allEnginePIDs() {
 			syscall.Kill(pid, syscall.SIGKILL)
 		}
 		os.RemoveAll(dir)

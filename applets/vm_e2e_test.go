@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -51,8 +52,39 @@ func (s *sandbox) call(method string, params, result any) error {
 	return (&rpc.Client{Socket: s.socket()}).Call(ctx, method, params, result)
 }
 
-// enginePIDs lists the QEMU processes started for this sandbox.
+// enginePIDs lists the QEMU processes of this sandbox's VMs: all its QEMU
+// processes but the daemon's standby (restored ahead of time for the next
+// create; the daemon ends it when it stops).
 func (s *sandbox) enginePIDs() []int {
+	standby := map[int]bool{}
+	for _, pid := range s.standbyPIDs() {
+		standby[pid] = true
+	}
+	var pids []int
+	for _, pid := range s.allEnginePIDs() {
+		if !standby[pid] {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
+}
+
+// standbyPIDs lists the daemon's standby QEMU processes, from their
+// pidfiles.
+func (s *sandbox) standbyPIDs() []int {
+	var pids []int
+	files, _ := filepath.Glob(filepath.Join(s.state, "banger", "standby", "*", "qemu.pid"))
+	for _, f := range files {
+		b, _ := os.ReadFile(f)
+		if pid, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
+}
+
+// allEnginePIDs lists the QEMU processes started for this sandbox.
+func (s *sandbox) allEnginePIDs() []int {
 	var pids []int
 	entries, _ := os.ReadDir("/proc")
 	for _, e := range entries {

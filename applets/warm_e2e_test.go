@@ -58,6 +58,10 @@ func TestWarmStarts(t *testing.T) {
 		t.Fatalf("image after the first boot: %+v", im.Warm)
 	}
 
+	// The daemon restores one ahead of time, and the next create takes
+	// that very process.
+	waitFor(t, time.Minute, func() bool { return len(s.standbyPIDs()) == 1 })
+	standby := s.standbyPIDs()[0]
 	// Two VMs from it: each restored, each its own.
 	for _, vm := range []string{"a", "b"} {
 		wantStart(t, s.banger("vm", "create", "--name", vm).want(t, 0), true)
@@ -82,6 +86,9 @@ func TestWarmStarts(t *testing.T) {
 	s.banger("vm", "show", "--json", "b").want(t, 0).json(t, &vb)
 	if va.BootID == "" || va.BootID == vb.BootID {
 		t.Errorf("boot ids %q, %q", va.BootID, vb.BootID)
+	}
+	if va.PID != standby {
+		t.Errorf("a runs in qemu %d, not in the standby %d", va.PID, standby)
 	}
 
 	// Disk writes stay in their VM.

@@ -49,6 +49,7 @@ func Main(build api.Build, args []string) int {
 			&cli.StringFlag{Name: "bridge-cidr", EnvVars: []string{"BANGER_BRIDGE_CIDR"}, Value: DefaultBridgeCIDR, Usage: "the `CIDR` of bridge " + DefaultBridge + " (bridged VMs): the bridge is its first host, VMs get the next ones"},
 			&cli.StringFlag{Name: "helper-socket", EnvVars: []string{"BANGER_HELPER_SOCKET"}, Usage: "the root helper's socket `PATH` (default " + dirs.SystemHelperSocket + " when it exists)"},
 			&cli.BoolFlag{Name: "auto-warm", EnvVars: []string{"BANGER_AUTO_WARM"}, Value: true, Usage: "save a warm snapshot of an image after a VM of it boots, when it has none (--auto-warm=false: only `banger image warm` saves them)"},
+			&cli.BoolFlag{Name: "standby", EnvVars: []string{"BANGER_STANDBY"}, Value: true, Usage: "keep one VM per warm snapshot restored ahead of time and paused, for the next create to take (user-mode networking; its memory, no CPU)"},
 			&cli.IntFlag{Name: "dns-port", EnvVars: []string{"BANGER_DNS_PORT"}, Value: DefaultDNSPort, Usage: "answer NAME.vm for bridged VMs on 127.0.0.1:`PORT` and the bridge's address (0: a free port, -1: none)"},
 		},
 		Action: func(c *cli.Context) error {
@@ -62,6 +63,7 @@ func Main(build api.Build, args []string) int {
 				bridgeCIDR:   c.String("bridge-cidr"),
 				dnsPort:      c.Int("dns-port"),
 				autoWarm:     c.Bool("auto-warm"),
+				standby:      c.Bool("standby"),
 			})
 		},
 	}
@@ -74,7 +76,7 @@ type options struct {
 	accel                    string
 	bridgeCIDR               string
 	dnsPort                  int // -1: no DNS responder
-	autoWarm                 bool
+	autoWarm, standby        bool
 }
 
 func run(ctx context.Context, build api.Build, o options) error {
@@ -176,7 +178,7 @@ func run(ctx context.Context, build api.Build, o options) error {
 	if err != nil {
 		return fail(service.ExitFailed, fmt.Errorf("recover operations: %w", err))
 	}
-	if d.vms, d.images, err = newVMs(startCtx, o.stateDir, accel, o.autoWarm, db, d.ops, helper, bridge, interruptedCreates(interrupted)); err != nil {
+	if d.vms, d.images, err = newVMs(startCtx, o.stateDir, accel, o.autoWarm, o.standby, db, d.ops, helper, bridge, interruptedCreates(interrupted)); err != nil {
 		return fail(service.ExitFailed, err)
 	}
 	defer d.vms.shutdown()

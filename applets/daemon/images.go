@@ -21,6 +21,8 @@ type imageMethods struct {
 	kernels *kernelbuild.Store // for imports that name a built kernel
 	// snapshots are the images' warm snapshots; nil keeps none.
 	snapshots *warm.Store
+	// dropStandby discards an image's standby VM (standby.go).
+	dropStandby func(ctx context.Context, image string)
 }
 
 // withWarm adds the image's warm snapshot to what is reported of it.
@@ -89,6 +91,9 @@ func (m *imageMethods) delete(ctx context.Context, p api.VMRef) (api.Image, erro
 	}
 	if err := m.store.Delete(ctx, p.Name, m.db.ImageUsers); err != nil {
 		return api.Image{}, err
+	}
+	if m.dropStandby != nil {
+		m.dropStandby(ctx, p.Name)
 	}
 	if m.snapshots != nil {
 		if err := m.snapshots.Delete(p.Name); err != nil {

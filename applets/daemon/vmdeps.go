@@ -24,6 +24,10 @@ type vmEngine interface {
 	// Leftovers removes the runtime files (sockets, pidfile) of an
 	// instance whose process is gone, keeping its disk.
 	Leftovers(instanceDir string) error
+	// AttachPaused finds the process of an instance directory, like
+	// Attach, but does not wait for its agent: its guest is paused (a
+	// standby, moved into a VM's directory).
+	AttachPaused(ctx context.Context, instanceDir string) (vmProcess, error)
 	// Identity names the engine's build, for warm snapshots' keys: a
 	// state saved by one engine is loaded only by the same.
 	Identity() (string, error)
@@ -108,9 +112,13 @@ type vmProcess interface {
 	// stays paused until Continue, its disk then matching the state.
 	SaveState(ctx context.Context, path string) error
 	Continue(ctx context.Context) error
-	// LoadState waits for a process launched Incoming to load its state,
-	// and returns once the guest runs.
-	LoadState(ctx context.Context) error
+	// LoadState waits for a process launched Incoming to load its state
+	// and, when run, for the guest to run (a process loaded without run
+	// stays paused, a standby, until a LoadState with run).
+	LoadState(ctx context.Context, run bool) error
+	// Moved tells the process its instance directory was renamed (a
+	// standby taken by a VM); nothing else may use it meanwhile.
+	Moved(dir string)
 	// Resume waits for the restored guest's agent and gives it its
 	// identity; it returns the boot id the agent then reports.
 	Resume(ctx context.Context, id guestIdentity) (bootID string, err error)

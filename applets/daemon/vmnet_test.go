@@ -78,7 +78,10 @@ func (e *fakeEngine) Attach(ctx context.Context, dir string) (vmProcess, error) 
 }
 
 func (e *fakeEngine) Leftovers(dir string) error { return nil }
-func (e *fakeEngine) Identity() (string, error)  { return "fake", nil }
+func (e *fakeEngine) AttachPaused(ctx context.Context, dir string) (vmProcess, error) {
+	return nil, errors.New("not running")
+}
+func (e *fakeEngine) Identity() (string, error) { return "fake", nil }
 
 type fakeImages struct{}
 

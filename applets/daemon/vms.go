@@ -174,6 +174,10 @@ func (s *vmService) create(ctx context.Context, prog *operation.Progress, p api.
 	}
 	steps = append(steps, []operation.Step{
 		{Name: "make disk", Do: func(ctx context.Context) error {
+			if proc := s.takeStandby(ctx, plan, vm); proc != nil {
+				plan.standby, plan.restore = proc, true
+				return nil
+			}
 			if err := os.MkdirAll(vm.InstanceDir, 0o700); err != nil {
 				return err
 			}
@@ -195,6 +199,10 @@ func (s *vmService) create(ctx context.Context, prog *operation.Progress, p api.
 	}
 	if err := prog.Run(ctx, steps); err != nil {
 		return api.VM{}, err
+	}
+	if plan != nil && plan.usable && s.warm.standby && vm.Network == api.NetworkUser {
+		// The next create of this image and shape takes it.
+		go s.fillStandby(context.WithoutCancel(ctx), plan.key, img)
 	}
 	return s.show(ctx, api.VMRef{Name: vm.Name})
 }
@@ -263,6 +271,17 @@ func (s *vmService) bootSteps(name, network string, img *vmImage, plan *warmPlan
 				InstanceDir: vm.InstanceDir, Kernel: img.Kernel, Initrd: img.Initrd, KernelArgs: img.KernelArgs,
 				Disk: filepath.Join(vm.InstanceDir, diskFile), Hostname: vm.Name, CPUs: vm.CPUs, MemoryMiB: vm.MemoryMiB,
 				Ports: vm.Ports,
+			}
+			if plan != nil && plan.standby != nil {
+				// Launched and loaded already: it gets the VM's ports.
+				proc = plan.standby
+				for _, f := range vm.Ports {
+					if err := proc.AddForward(ctx, f); err != nil {
+						return err
+					}
+				}
+				_, err = s.db.UpdateVM(ctx, name, func(v *state.VM) error { v.PID = proc.PID(); return nil })
+				return err
 			}
 			if plan.restoring() {
 				spec.Incoming = filepath.Join(vm.InstanceDir, memoryFile)
@@ -618,6 +637,7 @@ func (s *vmService) reconcile(ctx context.Context, interrupted map[string]bool) 
 // shutdown releases the daemon's handles on running VMs; the VMs keep
 // running (they are detached) and the next daemon re-attaches.
 func (s *vmService) shutdown() {
+	s.closeStandbys(context.Background())
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for name, p := range s.procs {

@@ -72,6 +72,14 @@ func (e *qemuEngine) Attach(ctx context.Context, dir string) (vmProcess, error) 
 	return p, nil
 }
 
+func (e *qemuEngine) AttachPaused(ctx context.Context, dir string) (vmProcess, error) {
+	inst, err := engine.Attach(ctx, dir)
+	if err != nil {
+		return nil, err
+	}
+	return &qemuProcess{inst: inst}, nil
+}
+
 func (e *qemuEngine) Leftovers(dir string) error { return engine.CleanRuntime(dir) }
 
 // Identity is QEMU's binary and the accelerator setting: a state saved
@@ -250,19 +258,24 @@ func (p *qemuProcess) GuestPorts(ctx context.Context) ([]api.GuestPort, error) {
 	return link.Ports(ctx)
 }
 
+func (p *qemuProcess) Moved(dir string) { p.inst.Moved(dir) }
+
 func (p *qemuProcess) SaveState(ctx context.Context, path string) error {
 	return p.inst.SaveState(ctx, path)
 }
 
 func (p *qemuProcess) Continue(ctx context.Context) error { return p.inst.Continue(ctx) }
 
-func (p *qemuProcess) LoadState(ctx context.Context) error {
-	// Connect to the agent while the state loads: the reset frame waits
-	// in the channel, and the guest reads it as soon as it runs again.
-	p.mu.Lock()
-	p.early = p.startAgentWait(ctx)
-	p.mu.Unlock()
-	return p.inst.LoadState(ctx)
+func (p *qemuProcess) LoadState(ctx context.Context, run bool) error {
+	if run {
+		// Connect to the agent while the state loads: the reset frame
+		// waits in the channel, and the guest reads it as soon as it runs
+		// again.
+		p.mu.Lock()
+		p.early = p.startAgentWait(ctx)
+		p.mu.Unlock()
+	}
+	return p.inst.LoadState(ctx, run)
 }
 
 func (p *qemuProcess) Resume(ctx context.Context, id guestIdentity) (string, error) {
@@ -447,7 +460,7 @@ func initrdBuilder(agent string, kernels *kernelbuild.Store) func(ctx context.Co
 
 // newVMs opens the image store and the engine under stateDir and
 // reconciles the VMs a previous daemon left.
-func newVMs(ctx context.Context, stateDir string, accel engine.Accel, autoWarm bool, db *state.DB, ops *operation.Registry, helper vmHelper, bridge bridgeNet, interrupted map[string]bool) (*vmService, *imageMethods, error) {
+func newVMs(ctx context.Context, stateDir string, accel engine.Accel, autoWarm, standbys bool, db *state.DB, ops *operation.Registry, helper vmHelper, bridge bridgeNet, interrupted map[string]bool) (*vmService, *imageMethods, error) {
 	self, err := os.Executable()
 	if err != nil {
 		return nil, nil, fmt.Errorf("find this binary (the guest agent): %w", err)
@@ -472,9 +485,11 @@ func newVMs(ctx context.Context, stateDir string, accel engine.Accel, autoWarm b
 	eng := &qemuEngine{q: &engine.QEMU{StateDir: stateDir}, accel: accel}
 	images := &storeImages{store: store, agent: self, kernels: kernels, agentSum: agentSum, usedBy: db.ImageUsers}
 	s := newVMService(db, ops, eng, images, filepath.Join(stateDir, "vms"), helper, bridge)
-	s.warm = &warmStarts{store: snaps, auto: autoWarm, agentSum: agentSum}
+	s.warm = &warmStarts{store: snaps, auto: autoWarm, agentSum: agentSum, standby: standbys,
+		standbys: map[string]*standby{}, filling: map[string]chan struct{}{}}
 	if err := s.reconcile(ctx, interrupted); err != nil {
 		return nil, nil, fmt.Errorf("reconcile VMs: %w", err)
 	}
-	return s, &imageMethods{store: store, db: db, agent: self, kernels: kernels, snapshots: snaps}, nil
+	s.sweepStandbys(ctx)
+	return s, &imageMethods{store: store, db: db, agent: self, kernels: kernels, snapshots: snaps, dropStandby: s.dropStandby}, nil
 }

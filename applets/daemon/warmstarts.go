@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/oklog/ulid/v2"
@@ -41,6 +42,13 @@ type warmStarts struct {
 	// agentSum is the sha256 of this binary: only a guest whose agent
 	// is this very banger knows agent.resume as this daemon calls it.
 	agentSum func() (string, error)
+	// standby keeps a VM restored ahead of time per snapshot (standby.go).
+	standby bool
+
+	mu       sync.Mutex               // guards standbys, filling and closed
+	standbys map[string]*standby      // by image: one snapshot per image
+	filling  map[string]chan struct{} // images whose standby is being made; closed when done
+	closed   bool                     // the daemon is stopping: make no more
 }
 
 // warmPlan is what one create does about warm starts, decided by its
@@ -50,6 +58,9 @@ type warmPlan struct {
 	usable  bool // key is known: the VM may restore, or save
 	save    bool // save a snapshot after booting, even when auto is off
 	restore bool // the disk was checked out of a snapshot: restore
+	// standby is the process restored ahead of time that the VM took
+	// (standby.go): launched and loaded already.
+	standby vmProcess
 }
 
 func (p *warmPlan) restoring() bool { return p != nil && p.restore }
@@ -114,7 +125,7 @@ func (s *vmService) restoreSteps(name string, plan *warmPlan, proc *vmProcess, s
 	restoring := plan.restoring
 	return []operation.Step{
 		{Name: "restore", When: restoring, Do: func(ctx context.Context) error {
-			err := (*proc).LoadState(ctx)
+			err := (*proc).LoadState(ctx, true)
 			// The VM has its state, or failed: either way the link goes.
 			os.Remove(spec.Incoming)
 			if err != nil {

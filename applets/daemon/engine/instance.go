@@ -52,6 +52,11 @@ func newChild(dir string, proc *os.Process, argv []string) (*Instance, func(erro
 }
 
 // AgentSocket is the host end of the guest agent's serial port.
+// Moved tells the instance its directory was renamed to dir (its
+// sockets and files moved with it; QEMU keeps its open files). Only for
+// an instance nothing else uses yet: a standby a VM takes.
+func (i *Instance) Moved(dir string) { i.Dir = dir }
+
 func (i *Instance) AgentSocket() string { return filepath.Join(i.Dir, AgentSocket) }
 
 // QMPSocket is QEMU's control socket.

@@ -10,6 +10,7 @@ import (
 
 	"github.com/digitalocean/go-qemu/qmp"
 
+	"banger/logging"
 	"banger/rpc"
 )
 
@@ -86,11 +87,18 @@ func (i *Instance) Continue(ctx context.Context) error {
 }
 
 // LoadState waits for an instance launched with Spec.Incoming to load its
-// state, and returns once the guest runs. A state QEMU cannot load makes
-// it exit: the error then carries its log's end.
-func (i *Instance) LoadState(ctx context.Context) error {
+// state and, when run, for the guest to run; otherwise the guest stays
+// paused until Continue (a VM restored ahead of time). A state QEMU cannot
+// load makes it exit: the error then carries its log's end.
+func (i *Instance) LoadState(ctx context.Context, run bool) error {
+	cont := run
+	start := time.Now()
+	polls := 0
+	defer func() {
+		logging.From(ctx).Debug().Int("polls", polls).Float64("duration_ms", logging.Millis(time.Since(start))).Msg("state loaded")
+	}()
 	err := i.qmpSession(ctx, "load state", func(run qmpRunner) error {
-		for {
+		for ; ; polls++ {
 			var st Status
 			raw, err := run(qmp.Command{Execute: "query-status"})
 			if err != nil {
@@ -105,6 +113,9 @@ func (i *Instance) LoadState(ctx context.Context) error {
 			case "paused":
 				// Saved paused (SaveState stops the guest first), so
 				// loaded paused: QEMU keeps the source's run state.
+				if !cont {
+					return nil
+				}
 				_, err := run(qmp.Command{Execute: "cont"})
 				return err
 			case "inmigrate", "prelaunch":

@@ -147,6 +147,13 @@ func newBareRestore(v *vmBench) *bareRestore {
 		v.b.Fatal(err)
 	}
 	v.mustRun("vm", "delete", "ref-warm")
+	// A VM that took a standby runs with the standby's paths: the
+	// directory to replace is the one its argv names.
+	for _, a := range r.argv {
+		if _, p, ok := strings.Cut(a, "path="); ok && strings.Contains(p, "/console.log") {
+			r.refDir = filepath.Dir(strings.Split(p, ",")[0])
+		}
+	}
 	// The recorded state is the VM's link to the snapshot's memory,
 	// gone once loaded: load the snapshot's own.
 	i := slices.Index(r.argv, "-incoming")

@@ -258,17 +258,7 @@ func TestSystemSudoPath(t *testing.T) {
 		t.Skipf("cannot make a mount namespace here: %v", err)
 	}
 	root := t.TempDir()
-	banger(t, 0, "system", "install", "--root", root, "--owner", "nobody", "--helper", "sudo").want(t, 0)
-	etc := filepath.Join(root, "etc-ns")
-	for _, cp := range [][]string{
-		{"/etc", etc},
-		{filepath.Join(root, "etc/banger"), etc + "/"},
-		{filepath.Join(root, "etc/sudoers.d/banger"), etc + "/sudoers.d/"},
-	} {
-		if out, err := exec.Command("cp", "-a", cp[0], cp[1]).CombinedOutput(); err != nil {
-			t.Fatalf("cp %v: %v: %s", cp, err, out)
-		}
-	}
+	etc := installSudoEtc(t, root)
 	ping := `{"version":1,"method":"priv.ping"}`
 	asOwner := "setpriv --reuid 65534 --regid 65534 --clear-groups "
 	script := fmt.Sprintf(`set -u
@@ -380,4 +370,23 @@ func TestDeb(t *testing.T) {
 			t.Errorf("visudo -cf sudoers.example: %v: %s", err, out)
 		}
 	}
+}
+
+// installSudoEtc runs a sudo-mode system install for nobody under root
+// and returns a copy of the host's /etc with the install's files in it,
+// for a mount namespace to put over /etc.
+func installSudoEtc(t *testing.T, root string) string {
+	t.Helper()
+	banger(t, 0, "system", "install", "--root", root, "--owner", "nobody", "--helper", "sudo").want(t, 0)
+	etc := filepath.Join(root, "etc-ns")
+	for _, cp := range [][]string{
+		{"/etc", etc},
+		{filepath.Join(root, "etc/banger"), etc + "/"},
+		{filepath.Join(root, "etc/sudoers.d/banger"), etc + "/sudoers.d/"},
+	} {
+		if out, err := exec.Command("cp", "-a", cp[0], cp[1]).CombinedOutput(); err != nil {
+			t.Fatalf("cp %v: %v: %s", cp, err, out)
+		}
+	}
+	return etc
 }

@@ -35,17 +35,7 @@ func TestDaemonReachesTheHelperThroughSudo(t *testing.T) {
 	}
 	t.Cleanup(func() { os.RemoveAll(root) })
 	os.Chmod(root, 0o755)
-	banger(t, 0, "system", "install", "--root", root, "--owner", "nobody", "--helper", "sudo").want(t, 0)
-	etc := filepath.Join(root, "etc-ns")
-	for _, cp := range [][]string{
-		{"/etc", etc},
-		{filepath.Join(root, "etc/banger"), etc + "/"},
-		{filepath.Join(root, "etc/sudoers.d/banger"), etc + "/sudoers.d/"},
-	} {
-		if out, err := exec.Command("cp", "-a", cp[0], cp[1]).CombinedOutput(); err != nil {
-			t.Fatalf("cp %v: %v: %s", cp, err, out)
-		}
-	}
+	etc := installSudoEtc(t, root)
 	// The owner's own directories, as the system install's units give it.
 	home := filepath.Join(root, "owner")
 	for _, d := range []string{home, filepath.Join(home, "run"), filepath.Join(home, "state")} {

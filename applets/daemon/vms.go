@@ -99,19 +99,8 @@ func toAPI(v state.VM) api.VM {
 // createBegin validates the request, then runs the create as an
 // operation whose id is this call's op id.
 func (s *vmService) createBegin(ctx context.Context, p api.VMCreate) (api.Operation, error) {
-	if p.Name == "" {
-		p.Name = "vm-" + strings.ToLower(ulid.Make().String()[20:])
-	}
-	if p.Image == "" {
-		p.Image = api.DefaultImage
-	}
-	if p.CPUs == 0 {
-		p.CPUs = api.DefaultCPUs
-	}
-	if p.MemoryMiB == 0 {
-		p.MemoryMiB = api.DefaultMemoryMiB
-	}
-	if err := validateCreate(p); err != nil {
+	p, err := checkCreate(p, "vm-")
+	if err != nil {
 		return api.Operation{}, err
 	}
 	if _, err := s.db.GetVM(ctx, p.Name); err == nil {
@@ -221,6 +210,24 @@ func (s *vmService) forgetCreate(ctx context.Context, name string) error {
 	why := fmt.Sprintf("create undone, but tap %s may remain; `banger vm delete %s` removes it", vm.Tap, name)
 	s.db.UpdateVM(ctx, name, func(v *state.VM) error { v.State, v.LastError = state.VMFailed, why; return nil })
 	return errors.New(why)
+}
+
+// checkCreate fills in a create's defaults (a name generated with
+// prefix) and validates it.
+func checkCreate(p api.VMCreate, prefix string) (api.VMCreate, error) {
+	if p.Name == "" {
+		p.Name = prefix + strings.ToLower(ulid.Make().String()[20:])
+	}
+	if p.Image == "" {
+		p.Image = api.DefaultImage
+	}
+	if p.CPUs == 0 {
+		p.CPUs = api.DefaultCPUs
+	}
+	if p.MemoryMiB == 0 {
+		p.MemoryMiB = api.DefaultMemoryMiB
+	}
+	return p, validateCreate(p)
 }
 
 func validateCreate(p api.VMCreate) error {

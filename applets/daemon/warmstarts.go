@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"strings"
 	"sync"
 	"time"
 
@@ -233,15 +232,11 @@ func (s *vmService) warmBegin(ctx context.Context, p api.ImageWarm) (api.Operati
 	if s.warm == nil {
 		return api.Operation{}, rpc.Errorf(rpc.CodeUnavailable, "this daemon keeps no warm snapshots")
 	}
-	c := api.VMCreate{Name: "warm-" + strings.ToLower(ulid.Make().String()[20:]), Image: p.Name,
-		CPUs: p.CPUs, MemoryMiB: p.MemoryMiB, DiskMiB: p.DiskMiB, Network: api.NetworkUser}
-	if c.CPUs == 0 {
-		c.CPUs = api.DefaultCPUs
+	if p.Name == "" {
+		return api.Operation{}, rpc.Errorf(rpc.CodeInvalidParams, "which image? give its name")
 	}
-	if c.MemoryMiB == 0 {
-		c.MemoryMiB = api.DefaultMemoryMiB
-	}
-	if err := validateCreate(c); err != nil {
+	c, err := checkCreate(api.VMCreate{Image: p.Name, CPUs: p.CPUs, MemoryMiB: p.MemoryMiB, DiskMiB: p.DiskMiB, Network: api.NetworkUser}, "warm-")
+	if err != nil {
 		return api.Operation{}, err
 	}
 	if err := s.images.Exists(ctx, c.Image); err != nil {

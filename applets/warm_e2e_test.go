@@ -170,3 +170,61 @@ func TestWarmSnapshotFollowsItsImage(t *testing.T) {
 	wantStart(t, r, true)
 	s.assertNothingLeft()
 }
+
+// A standby lives only as long as its daemon and its image: a daemon
+// that stops ends it, the next daemon sweeps one a killed daemon left,
+// and deleting the image drops it. None of it leaves a process or a
+// directory behind.
+func TestStandbyLifecycle(t *testing.T) {
+	needGuests(t)
+	s := newSandbox(t)
+	d := s.daemon()
+	standbys := func() []string {
+		dirs, _ := filepath.Glob(filepath.Join(s.state, "banger", "standby", "*"))
+		return dirs
+	}
+	// A zombie (its parent, the killed daemon, gone) is not alive.
+	alive := func(pid int) bool {
+		stat, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "stat"))
+		if err != nil {
+			return false
+		}
+		_, rest, _ := strings.Cut(string(stat), ") ")
+		return !strings.HasPrefix(rest, "Z")
+	}
+
+	s.banger("vm", "run", "--rm", "--", "true").want(t, 0)
+	waitFor(t, time.Minute, func() bool { return len(s.standbyPIDs()) == 1 })
+	first := s.standbyPIDs()[0]
+
+	// Killed, the daemon cannot end it; the next one does.
+	d.Process.Signal(syscall.SIGKILL)
+	waitFor(t, 10*time.Second, func() bool { return syscall.Kill(d.Process.Pid, 0) != nil })
+	if !alive(first) {
+		t.Fatal("the standby died with its daemon (it runs detached, as VMs do)")
+	}
+	s.daemon()
+	if alive(first) || len(standbys()) != 0 {
+		t.Errorf("after a restart: standby %d alive %v, dirs %v", first, alive(first), standbys())
+	}
+
+	// A create makes the next one; a clean stop ends it.
+	s.banger("vm", "run", "--rm", "--", "true").want(t, 0)
+	waitFor(t, time.Minute, func() bool { return len(s.standbyPIDs()) == 1 })
+	second := s.standbyPIDs()[0]
+	s.stopDaemon()
+	if alive(second) || len(standbys()) != 0 {
+		t.Errorf("after a stop: standby %d alive %v, dirs %v", second, alive(second), standbys())
+	}
+
+	// Deleting its image drops it.
+	s.daemon()
+	s.banger("vm", "run", "--rm", "--", "true").want(t, 0)
+	waitFor(t, time.Minute, func() bool { return len(s.standbyPIDs()) == 1 })
+	third := s.standbyPIDs()[0]
+	s.banger("image", "delete", api.DefaultImage).want(t, 0)
+	if alive(third) || len(standbys()) != 0 {
+		t.Errorf("after the image's delete: standby %d alive %v, dirs %v", third, alive(third), standbys())
+	}
+	s.assertNothingLeft()
+}

@@ -163,6 +163,16 @@ func (s *vmService) dropStandby(ctx context.Context, image string) {
 	if s.warm == nil {
 		return
 	}
+	// One on its way would land after the drop: wait for it first.
+	s.warm.mu.Lock()
+	filling := s.warm.filling[image]
+	s.warm.mu.Unlock()
+	if filling != nil {
+		select {
+		case <-filling:
+		case <-time.After(bootTimeout):
+		}
+	}
 	s.warm.mu.Lock()
 	sb := s.warm.standbys[image]
 	delete(s.warm.standbys, image)
@@ -179,9 +189,23 @@ func (s *vmService) closeStandbys(ctx context.Context) {
 		return
 	}
 	s.warm.mu.Lock()
+	s.warm.closed = true
+	var filling []chan struct{}
+	for _, ch := range s.warm.filling {
+		filling = append(filling, ch)
+	}
+	s.warm.mu.Unlock()
+	// A standby on its way sees closed once loaded and discards itself;
+	// the daemon must not exit before.
+	for _, ch := range filling {
+		select {
+		case <-ch:
+		case <-time.After(30 * time.Second):
+		}
+	}
+	s.warm.mu.Lock()
 	sbs := s.warm.standbys
 	s.warm.standbys = map[string]*standby{}
-	s.warm.closed = true
 	s.warm.mu.Unlock()
 	for _, sb := range sbs {
 		s.discardStandby(ctx, sb)

@@ -83,6 +83,16 @@ func (s *sandbox) standbyPIDs() []int {
 	return pids
 }
 
+// waitStandbysReady waits until the daemon's log says n standbys were
+// made ready since it began (a standby's process exists well before).
+func (s *sandbox) waitStandbysReady(t *testing.T, n int) {
+	t.Helper()
+	waitFor(t, time.Minute, func() bool {
+		b, _ := os.ReadFile(s.daemonLog())
+		return strings.Count(string(b), `"msg":"standby ready"`) >= n
+	})
+}
+
 // allEnginePIDs lists the QEMU processes started for this sandbox.
 func (s *sandbox) allEnginePIDs() []int {
 	var pids []int

@@ -1,7 +1,10 @@
 package applets_test
 
 import (
+	"encoding/json"
+	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -60,7 +63,7 @@ func TestWarmStarts(t *testing.T) {
 
 	// The daemon restores one ahead of time, and the next create takes
 	// that very process.
-	waitFor(t, time.Minute, func() bool { return len(s.standbyPIDs()) == 1 })
+	s.waitStandbysReady(t, 1)
 	standby := s.standbyPIDs()[0]
 	// Two VMs from it: each restored, each its own.
 	for _, vm := range []string{"a", "b"} {
@@ -226,5 +229,55 @@ func TestStandbyLifecycle(t *testing.T) {
 	if alive(third) || len(standbys()) != 0 {
 		t.Errorf("after the image's delete: standby %d alive %v, dirs %v", third, alive(third), standbys())
 	}
+	s.assertNothingLeft()
+}
+
+// A standby's QEMU opens a placeholder disk before its snapshot exists;
+// the snapshot's disk is copied over it in place, and QEMU must read it
+// afresh when the state loads. A marker written into the snapshot's disk,
+// past the file system (no guest cache holds it), is what a VM that takes
+// the standby reads there.
+func TestStandbyReadsTheSnapshotsDisk(t *testing.T) {
+	needGuests(t)
+	s := newSandbox(t)
+	env := s.env
+	s.env = append(env, "BANGER_STANDBY=false")
+	s.daemon()
+	s.banger("image", "warm", api.DefaultImage).want(t, 0)
+	disk := filepath.Join(s.state, "banger", "snapshots", api.DefaultImage, "disk.qcow2")
+	out, err := exec.Command("qemu-img", "info", "--output=json", disk).Output()
+	var info struct {
+		Size int64 `json:"virtual-size"`
+	}
+	if err == nil {
+		err = json.Unmarshal(out, &info)
+	}
+	if err != nil || info.Size < 1<<20 {
+		t.Fatalf("qemu-img info %s: %v (%s)", disk, err, out)
+	}
+	last := info.Size/512 - 1
+	if out, err := exec.Command("qemu-io", "-f", "qcow2", "-c", fmt.Sprintf("write -P 0xab %d 512", last*512), disk).CombinedOutput(); err != nil {
+		t.Fatalf("qemu-io: %v: %s", err, out)
+	}
+	s.stopDaemon()
+
+	s.env = env
+	s.daemon()
+	// This one restores from the snapshot itself, then the standby is made.
+	s.banger("vm", "run", "--rm", "--", "true").want(t, 0)
+	s.waitStandbysReady(t, 1)
+	standby := s.standbyPIDs()
+	r := s.banger("vm", "run", "-d", "--name", "taker").want(t, 0)
+	wantStart(t, r, true)
+	var vm api.VM
+	s.banger("vm", "show", "--json", "taker").want(t, 0).json(t, &vm)
+	if len(standby) != 1 || vm.PID != standby[0] {
+		t.Fatalf("taker runs in qemu %d, not in the standby %v", vm.PID, standby)
+	}
+	r = s.banger("vm", "exec", "taker", "--", "sh", "-c", fmt.Sprintf("dd if=/dev/vda bs=512 skip=%d count=1 2>/dev/null | od -An -tx1 | head -1", last)).want(t, 0)
+	if got := strings.Join(strings.Fields(r.stdout), ""); got != strings.Repeat("ab", 16) {
+		t.Errorf("the standby's disk ends with %q, not the snapshot's marker", r.stdout)
+	}
+	s.banger("vm", "delete", "taker").want(t, 0)
 	s.assertNothingLeft()
 }

@@ -50,6 +50,9 @@ type launchSpec struct {
 	// Incoming is a saved state the VM loads as it starts, instead of
 	// booting (vmProcess.LoadState waits for it).
 	Incoming string
+	// AwaitState launches the VM without booting, its memory allocated,
+	// to be given a state later (vmProcess.StartLoad).
+	AwaitState bool
 }
 
 // guestIdentity is what a guest restored from a warm snapshot is told it
@@ -112,10 +115,16 @@ type vmProcess interface {
 	// stays paused until Continue, its disk then matching the state.
 	SaveState(ctx context.Context, path string) error
 	Continue(ctx context.Context) error
+	// Pause stops the guest's CPUs until Continue (or a LoadState with
+	// run).
+	Pause(ctx context.Context) error
 	// LoadState waits for a process launched Incoming to load its state
 	// and, when run, for the guest to run (a process loaded without run
 	// stays paused, a standby, until a LoadState with run).
 	LoadState(ctx context.Context, run bool) error
+	// StartLoad gives a process launched AwaitState the saved state to
+	// load; LoadState then waits for it.
+	StartLoad(ctx context.Context, path string) error
 	// Moved tells the process its instance directory was renamed (a
 	// standby taken by a VM); nothing else may use it meanwhile.
 	Moved(dir string)

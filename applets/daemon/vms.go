@@ -143,6 +143,7 @@ func (s *vmService) createBegin(ctx context.Context, p api.VMCreate) (api.Operat
 func (s *vmService) create(ctx context.Context, prog *operation.Progress, p api.VMCreate, vm state.VM, plan *warmPlan) (api.VM, error) {
 	network := vm.Network
 	var img vmImage
+	var saved chan struct{} // closed once the steps (a snapshot's save among them) are over
 	steps := []operation.Step{
 		{Name: "resolve image", Do: func(ctx context.Context) (err error) {
 			img, err = s.images.Resolve(ctx, p.Image)
@@ -150,6 +151,11 @@ func (s *vmService) create(ctx context.Context, prog *operation.Progress, p api.
 				return err
 			}
 			s.planWarm(ctx, plan, img, vmShape{CPUs: vm.CPUs, MemoryMiB: vm.MemoryMiB, DiskMiB: vm.DiskMiB})
+			if s.wantsSave(plan) && s.warm.standby && network == api.NetworkUser {
+				// Its standby starts now, while this VM boots.
+				saved = make(chan struct{})
+				go s.fillStandby(context.WithoutCancel(ctx), plan.key, img, saved)
+			}
 			return s.db.PutImage(ctx, state.Image{Name: img.Name, Digest: img.Digest, SizeBytes: img.SizeBytes, Created: img.Created, KernelArgs: img.KernelArgs})
 		}},
 		{Name: "record vm", Do: func(ctx context.Context) error {
@@ -186,12 +192,16 @@ func (s *vmService) create(ctx context.Context, prog *operation.Progress, p api.
 	} else {
 		steps = append(steps, s.bootSteps(vm.Name, network, &img, plan)...)
 	}
-	if err := prog.Run(ctx, steps); err != nil {
+	err := prog.Run(ctx, steps)
+	if saved != nil {
+		close(saved)
+	}
+	if err != nil {
 		return api.VM{}, err
 	}
 	if plan != nil && plan.usable && s.warm.standby && vm.Network == api.NetworkUser {
 		// The next create of this image and shape takes it.
-		go s.fillStandby(context.WithoutCancel(ctx), plan.key, img)
+		go s.fillStandby(context.WithoutCancel(ctx), plan.key, img, nil)
 	}
 	return s.show(ctx, api.VMRef{Name: vm.Name})
 }

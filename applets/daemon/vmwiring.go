@@ -42,7 +42,7 @@ func (e *qemuEngine) Launch(ctx context.Context, spec launchSpec) (vmProcess, er
 	es := engine.Spec{
 		Dir: spec.InstanceDir, Name: spec.Hostname, Kernel: spec.Kernel, Initrd: spec.Initrd,
 		Disk: spec.Disk, CPUs: spec.CPUs, MemoryMiB: spec.MemoryMiB, KernelArgs: args, Accel: e.accel,
-		Incoming: spec.Incoming,
+		Incoming: spec.Incoming, AwaitState: spec.AwaitState,
 	}
 	if t := spec.Tap; t != nil {
 		es.Tap = &engine.TapNet{Name: t.Name, MAC: t.MAC, Guest: boot.Network{Address: t.Address, Gateway: t.Gateway, DNS: t.DNS, Search: t.Search}}
@@ -266,8 +266,13 @@ func (p *qemuProcess) SaveState(ctx context.Context, path string) error {
 
 func (p *qemuProcess) Continue(ctx context.Context) error { return p.inst.Continue(ctx) }
 
+func (p *qemuProcess) Pause(ctx context.Context) error { return p.inst.Pause(ctx) }
+
 func (p *qemuProcess) LoadState(ctx context.Context, run bool) error {
-	if run {
+	p.mu.Lock()
+	linked := p.link != nil
+	p.mu.Unlock()
+	if run && !linked {
 		// Connect to the agent while the state loads: the reset frame
 		// waits in the channel, and the guest reads it as soon as it runs
 		// again.
@@ -278,22 +283,32 @@ func (p *qemuProcess) LoadState(ctx context.Context, run bool) error {
 	return p.inst.LoadState(ctx, run)
 }
 
+func (p *qemuProcess) StartLoad(ctx context.Context, path string) error {
+	return p.inst.StartLoad(ctx, path)
+}
+
 func (p *qemuProcess) Resume(ctx context.Context, id guestIdentity) (string, error) {
 	// Sub-stages, so a trace shows which half a slow resume spent its
 	// time in.
-	err := logging.Stage(ctx, "agent hello", func(ctx context.Context) error {
-		p.mu.Lock()
-		early := p.early
-		p.early = nil
-		p.mu.Unlock()
-		if early == nil {
-			early = p.startAgentWait(ctx)
+	p.mu.Lock()
+	linked := p.link != nil
+	p.mu.Unlock()
+	if !linked {
+		// A standby said hello before it was taken.
+		err := logging.Stage(ctx, "agent hello", func(ctx context.Context) error {
+			p.mu.Lock()
+			early := p.early
+			p.early = nil
+			p.mu.Unlock()
+			if early == nil {
+				early = p.startAgentWait(ctx)
+			}
+			_, err := p.finishAgentWait(ctx, early)
+			return err
+		})
+		if err != nil {
+			return "", err
 		}
-		_, err := p.finishAgentWait(ctx, early)
-		return err
-	})
-	if err != nil {
-		return "", err
 	}
 	link, err := p.agent()
 	if err != nil {

@@ -15,6 +15,7 @@ import (
 
 	"banger/applets/agentlink"
 	"banger/applets/api"
+	"banger/applets/daemon/filecopy"
 	"banger/applets/daemon/operation"
 	"banger/applets/daemon/state"
 	"banger/applets/daemon/warm"
@@ -165,12 +166,12 @@ func (s *vmService) saveStep(plan *warmPlan, proc *vmProcess, disk func() string
 		m, err := s.warm.store.Save(ctx, plan.key, func(ctx context.Context, memory, snapDisk string) error {
 			err := (*proc).SaveState(ctx, memory)
 			if err == nil {
-				err = warm.CopyFile(disk(), snapDisk)
+				err = filecopy.New(disk(), snapDisk)
 			}
 			if err == nil {
 				// What the guest said while it booted, for the consoles of
 				// the VMs that restore it.
-				warm.CopyFile(filepath.Join(filepath.Dir(disk()), consoleFile), filepath.Join(filepath.Dir(memory), warm.ConsoleFile))
+				filecopy.New(filepath.Join(filepath.Dir(disk()), consoleFile), filepath.Join(filepath.Dir(memory), warm.ConsoleFile))
 			}
 			resumeErr = (*proc).Continue(context.WithoutCancel(ctx))
 			return errors.Join(err, resumeErr)

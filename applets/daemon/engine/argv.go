@@ -66,6 +66,9 @@ func buildArgv(bin string, spec Spec, accel Accel, tscKHz int) []string {
 		uri, _ := migrateURI("cat", spec.Incoming) // validated
 		argv = append(argv, "-incoming", uri)
 	}
+	if spec.AwaitState {
+		argv = append(argv, "-incoming", "defer", "-mem-prealloc")
+	}
 	if spec.Tap != nil {
 		// script=no, downscript=no: QEMU opens the tap the helper made
 		// and configures nothing on the host.

@@ -131,6 +131,21 @@ func TestArgvTCG(t *testing.T) {
 	}
 }
 
+// A VM awaiting its state waits for it (-incoming defer) with its memory
+// allocated; it cannot also load one as it starts.
+func TestArgvAwaitState(t *testing.T) {
+	s := testSpec("/i/box")
+	s.AwaitState = true
+	argv := buildArgv("/usr/bin/qemu-system-x86_64", s, AccelTCG, 2096018)
+	if got := argAfter(argv, "-incoming"); !slices.Equal(got, []string{"defer"}) || !slices.Contains(argv, "-mem-prealloc") {
+		t.Errorf("argv %q: want -incoming defer and -mem-prealloc", argv)
+	}
+	s.Incoming = "/i/box/warm.memory"
+	if err := s.validate(); err == nil || !strings.Contains(err.Error(), "not both") {
+		t.Errorf("validate with Incoming and AwaitState = %v", err)
+	}
+}
+
 func TestArgvKVMNoInitrdNoNet(t *testing.T) {
 	s := testSpec("/i/box")
 	s.Initrd, s.Net = "", nil

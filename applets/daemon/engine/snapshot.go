@@ -78,10 +78,34 @@ func (i *Instance) SaveState(ctx context.Context, path string) error {
 	})
 }
 
+// Pause stops the guest's CPUs; Continue or LoadState runs them again.
+func (i *Instance) Pause(ctx context.Context) error {
+	if _, err := i.qmp(ctx, "stop"); err != nil {
+		return fmt.Errorf("pause: %w", err)
+	}
+	return nil
+}
+
 // Continue runs a guest that SaveState paused (taking its disks back).
 func (i *Instance) Continue(ctx context.Context) error {
 	if _, err := i.qmp(ctx, "cont"); err != nil {
 		return fmt.Errorf("continue after saving: %w", err)
+	}
+	return nil
+}
+
+// StartLoad begins loading a state SaveState wrote into an instance
+// launched with Spec.AwaitState; LoadState waits for it to end. The
+// instance's disk may be rewritten in place until then: QEMU opens it
+// inactive and reads it afresh when the load ends, as it does for a
+// migration over shared storage.
+func (i *Instance) StartLoad(ctx context.Context, path string) error {
+	uri, err := migrateURI("cat", path)
+	if err != nil {
+		return err
+	}
+	if _, err := i.qmpCall(ctx, qmp.Command{Execute: "migrate-incoming", Args: map[string]any{"uri": uri}}); err != nil {
+		return i.loadFailed(err)
 	}
 	return nil
 }

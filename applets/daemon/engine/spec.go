@@ -47,6 +47,13 @@ type Spec struct {
 	// (user-mode or tap), its forwards and the kernel arguments, which
 	// only a boot reads.
 	Incoming string
+	// AwaitState launches QEMU without booting, to be given a state later
+	// (Instance.StartLoad), and with its memory allocated up front: on
+	// hosts like a nested cloud VM, where first touching memory is what a
+	// restore spends most of its time on, a VM restored ahead of time
+	// pays that before the state exists. At most one of Incoming and
+	// AwaitState is set.
+	AwaitState bool
 }
 
 // TapNet is a network device on an existing tap, opened by QEMU through
@@ -103,6 +110,9 @@ func (s Spec) withDefaults() Spec {
 func (s Spec) validate() error {
 	bad := func(format string, args ...any) error {
 		return rpc.Errorf(rpc.CodeInvalidParams, format, args...)
+	}
+	if s.Incoming != "" && s.AwaitState {
+		return bad("a VM loads its state as it starts (Incoming) or later (AwaitState), not both")
 	}
 	if s.Dir == "" || !filepath.IsAbs(s.Dir) {
 		return bad("instance directory %q must be an absolute path", s.Dir)

@@ -16,7 +16,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -25,6 +24,8 @@ import (
 	"time"
 
 	"github.com/oklog/ulid/v2"
+
+	"banger/applets/daemon/filecopy"
 )
 
 // Files of a snapshot's directory.
@@ -142,8 +143,10 @@ func (s *Store) Get(image string) (Manifest, bool) {
 // Checkout gives a new VM the snapshot valid for key: a copy of its disk
 // at disk, its memory at memory (a hard link, else a copy) and, when
 // console is not "", its console up to the save followed by a line that
-// says where the restore starts. It returns false, with nothing made,
-// when there is no valid snapshot.
+// says where the restore starts. A disk or console that exists is
+// overwritten in place, for a VM process that has them open already
+// (a standby launched before its snapshot was saved). It returns false,
+// with no memory made, when there is no valid snapshot.
 func (s *Store) Checkout(key Key, disk, memory, console string) (bool, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -153,7 +156,7 @@ func (s *Store) Checkout(key Key, disk, memory, console string) (bool, error) {
 	if console != "" {
 		m, _ := s.manifest(key.Image)
 		// A console is worth having, not worth failing a VM for.
-		if err := CopyFile(s.path(key.Image, ConsoleFile), console); err == nil || errors.Is(err, fs.ErrNotExist) {
+		if err := filecopy.Over(s.path(key.Image, ConsoleFile), console); err == nil || errors.Is(err, fs.ErrNotExist) {
 			f, err := os.OpenFile(console, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
 			if err == nil {
 				fmt.Fprintf(f, "\n--- banger: restored from the warm snapshot of image %s saved %s ---\n", key.Image, m.Created.Format(time.RFC3339))
@@ -161,11 +164,11 @@ func (s *Store) Checkout(key Key, disk, memory, console string) (bool, error) {
 			}
 		}
 	}
-	if err := CopyFile(s.path(key.Image, DiskFile), disk); err != nil {
+	if err := filecopy.Over(s.path(key.Image, DiskFile), disk); err != nil {
 		return false, fmt.Errorf("check out the snapshot of %s: %w", key.Image, err)
 	}
 	if err := os.Link(s.path(key.Image, MemoryFile), memory); err != nil {
-		if err := CopyFile(s.path(key.Image, MemoryFile), memory); err != nil {
+		if err := filecopy.New(s.path(key.Image, MemoryFile), memory); err != nil {
 			os.Remove(disk)
 			return false, fmt.Errorf("check out the snapshot of %s: %w", key.Image, err)
 		}
@@ -224,28 +227,4 @@ func (s *Store) Delete(image string) error {
 		return nil
 	}
 	return err
-}
-
-// CopyFile copies src to a new file dst (in the kernel, with
-// copy_file_range, where the file system allows).
-func CopyFile(src, dst string) error {
-	in, err := os.Open(src)
-	if err != nil {
-		return err
-	}
-	defer in.Close()
-	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-	if err != nil {
-		return err
-	}
-	if _, err := io.Copy(out, in); err != nil {
-		out.Close()
-		os.Remove(dst)
-		return err
-	}
-	if err := out.Close(); err != nil {
-		os.Remove(dst)
-		return err
-	}
-	return nil
 }

@@ -96,13 +96,6 @@ func kernelArgs(spec Spec, accel Accel, tscKHz int) []string {
 		// Under TCG, microvm's TSC calibration fails in 8-20 % of boots
 		// and, with no other timer to fall back on, the boot hangs.
 		args = append(args, "tsc_early_khz="+strconv.Itoa(tscKHz))
-		if spec.CPUs == 1 {
-			// Without a TSC deadline timer (TCG has none), the kernel
-			// spends 100 ms of every boot measuring the local APIC timer;
-			// one CPU does with the PIT instead. (A second CPU does not
-			// come up without its APIC timer.)
-			args = append(args, "nolapic_timer")
-		}
 	}
 	if spec.Net != nil {
 		args = append(args, boot.UserNetwork().Args()...)

@@ -131,23 +131,6 @@ func TestArgvTCG(t *testing.T) {
 	}
 }
 
-// One CPU under TCG skips the local APIC timer's calibration; two need
-// it (the second CPU does not come up without), and KVM has no such cost.
-func TestArgvLAPICTimer(t *testing.T) {
-	for _, c := range []struct {
-		cpus  int
-		accel Accel
-		want  bool
-	}{{1, AccelTCG, true}, {2, AccelTCG, false}, {1, AccelKVM, false}} {
-		s := testSpec("/i/box")
-		s.CPUs = c.cpus
-		cmdline := strings.Fields(argAfter(buildArgv("/usr/bin/qemu-system-x86_64", s, c.accel, 2096018), "-append")[0])
-		if got := slices.Contains(cmdline, "nolapic_timer"); got != c.want {
-			t.Errorf("%d CPUs under %s: nolapic_timer %v, want %v", c.cpus, c.accel, got, c.want)
-		}
-	}
-}
-
 // A VM awaiting its state waits for it (-incoming defer) with its memory
 // allocated; it cannot also load one as it starts.
 func TestArgvAwaitState(t *testing.T) {

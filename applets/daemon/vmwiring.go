@@ -268,11 +268,16 @@ func (p *qemuProcess) Continue(ctx context.Context) error { return p.inst.Contin
 
 func (p *qemuProcess) Pause(ctx context.Context) error { return p.inst.Pause(ctx) }
 
-func (p *qemuProcess) LoadState(ctx context.Context, run bool) error {
+// linked says whether the agent link is up: a standby's is, from the
+// hello it said before it was taken.
+func (p *qemuProcess) linked() bool {
 	p.mu.Lock()
-	linked := p.link != nil
-	p.mu.Unlock()
-	if run && !linked {
+	defer p.mu.Unlock()
+	return p.link != nil
+}
+
+func (p *qemuProcess) LoadState(ctx context.Context, run bool) error {
+	if run && !p.linked() {
 		// Connect to the agent while the state loads: the reset frame
 		// waits in the channel, and the guest reads it as soon as it runs
 		// again.
@@ -290,11 +295,7 @@ func (p *qemuProcess) StartLoad(ctx context.Context, path string) error {
 func (p *qemuProcess) Resume(ctx context.Context, id guestIdentity) (string, error) {
 	// Sub-stages, so a trace shows which half a slow resume spent its
 	// time in.
-	p.mu.Lock()
-	linked := p.link != nil
-	p.mu.Unlock()
-	if !linked {
-		// A standby said hello before it was taken.
+	if !p.linked() { // a standby said hello before it was taken
 		err := logging.Stage(ctx, "agent hello", func(ctx context.Context) error {
 			p.mu.Lock()
 			early := p.early

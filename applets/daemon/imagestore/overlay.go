@@ -62,13 +62,18 @@ func (s *Store) copyTemplate(ctx context.Context, im Image, sizeMiB int, dst str
 		if _, err := run(ctx, toolRun{name: "qemu-img", args: args}); err != nil {
 			return err
 		}
-		// The template appears whole, or not at all; two creates racing
-		// make the same file.
-		part := tmpl + "." + filepath.Base(dst)
-		if err := filecopy.New(dst, part); err == nil {
-			os.Rename(part, tmpl)
+		// The template appears whole, or not at all, from a part of this
+		// call's own; two creates racing make the same file. Failing to
+		// keep a template only costs the next create a qemu-img run.
+		part, err := os.CreateTemp(im.Dir, ".overlay-*.partial")
+		if err != nil {
+			return nil
 		}
-		os.Remove(part)
+		part.Close()
+		if err := filecopy.Over(dst, part.Name()); err == nil {
+			os.Rename(part.Name(), tmpl)
+		}
+		os.Remove(part.Name())
 		return nil
 	}
 	return filecopy.New(tmpl, dst)

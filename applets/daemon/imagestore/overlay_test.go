@@ -61,6 +61,24 @@ func TestOverlay(t *testing.T) {
 		t.Fatalf("overlay left files beside it: %v", entries)
 	}
 
+	// The image keeps the first overlay of a size as its template; the
+	// next is a copy of it, what qemu-img would have made.
+	if _, err := os.Stat(filepath.Join(im.Dir, ".overlay-0.qcow2")); err != nil {
+		t.Fatalf("no template after the first overlay: %v", err)
+	}
+	again := filepath.Join(f.dir, "again.qcow2")
+	if err := f.store.Overlay(ctx, "base", again, 0); err != nil {
+		t.Fatal(err)
+	}
+	a, _ := os.ReadFile(disk)
+	b, _ := os.ReadFile(again)
+	if len(a) == 0 || string(a) != string(b) {
+		t.Fatalf("the overlay copied from the template differs from qemu-img's (%d and %d bytes)", len(a), len(b))
+	}
+	if partials, _ := filepath.Glob(filepath.Join(im.Dir, "*.partial")); len(partials) != 0 {
+		t.Fatalf("template parts left: %v", partials)
+	}
+
 	big := filepath.Join(vm, "big.qcow2")
 	if err := f.store.Overlay(ctx, "base", big, 256); err != nil {
 		t.Fatal(err)

@@ -49,7 +49,14 @@ func newSandbox(t *testing.T) *sandbox {
 			t.Fatal(err)
 		}
 	}
-	s.env = append(cleanEnv(), "XDG_RUNTIME_DIR="+s.runtime, "XDG_STATE_HOME="+s.state, "TMPDIR="+dir)
+	s.env = append(cleanEnv(), "XDG_RUNTIME_DIR="+s.runtime, "XDG_STATE_HOME="+s.state, "TMPDIR="+dir,
+		// The host these tests assume, whatever machine runs them: guests
+		// under TCG (a host whose /dev/kvm opens would test-boot KVM for
+		// every sandbox, and one where it works would run them under
+		// KVM; the accelerator tests choose for themselves), standbys
+		// made whatever else uses the host's memory (the memory bound
+		// is tested on its own), and git without the user's config.
+		"BANGER_ACCEL=tcg", "BANGER_STANDBY_MIN_FREE=64M", "GIT_CONFIG_GLOBAL=/dev/null", "GIT_CONFIG_NOSYSTEM=1")
 	t.Cleanup(func() {
 		s.stopDaemon()
 		// VMs outlive their daemon by design: a failed test must not leave

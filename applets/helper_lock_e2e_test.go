@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -26,6 +27,17 @@ type helperProc struct {
 	stdout bytes.Buffer
 	stderr bytes.Buffer
 	done   chan struct{}
+}
+
+// holdsOpen says whether process pid has path open.
+func holdsOpen(pid int, path string) bool {
+	fds, _ := filepath.Glob(filepath.Join("/proc", strconv.Itoa(pid), "fd", "*"))
+	for _, fd := range fds {
+		if target, err := os.Readlink(fd); err == nil && target == path {
+			return true
+		}
+	}
+	return false
 }
 
 // startHelperProc starts argv (a helper --stdio, maybe under sudo and
@@ -124,6 +136,10 @@ func TestHelperWaitsForTheLockHolder(t *testing.T) {
 
 	p := startHelperProc(t, argv...)
 	p.send(ensureBridge)
+	// It waits once it has the lock file open (a fixed sleep would be a
+	// race on a loaded machine); then a second more shows it keeps
+	// waiting.
+	waitFor(t, 15*time.Second, func() bool { return p.exited() || holdsOpen(p.cmd.Process.Pid, lock) })
 	time.Sleep(time.Second)
 	if p.exited() {
 		t.Fatalf("ensure_bridge did not wait for the lock: %s %s", p.stdout.String(), p.stderr.String())

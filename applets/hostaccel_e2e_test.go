@@ -37,7 +37,8 @@ func TestHostAccelAndItsDoctorRow(t *testing.T) {
 		t.Skip("qemu-system-x86_64 is not installed (packaging/test.sh installs it)")
 	}
 	s := newSandbox(t)
-	s.daemon()
+	s.startProcess(0, &bytes.Buffer{}, bangerBin, "bangerd", "--helper", "none", "--accel", "auto")
+	waitSocket(t, s.socket())
 	var res api.HostAccelResult
 	if err := s.call(api.MethodHostAccel, nil, &res); err != nil {
 		t.Fatal(err)

@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"syscall"
 	"testing"
 )
 
@@ -17,6 +18,9 @@ func TestMain(m *testing.M) {
 }
 
 func runMain(m *testing.M) int {
+	// The binary and the directories made here are run and read as
+	// other users too, whatever the caller's umask.
+	syscall.Umask(0o022)
 	// A short, world-readable directory: sockets live under it (108-byte
 	// limit), and tests run the daemon as an unprivileged user too.
 	dir, err := os.MkdirTemp("", "bge")

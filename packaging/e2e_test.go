@@ -24,6 +24,8 @@ var bangerBin string
 const nobody = 65534
 
 func TestMain(m *testing.M) {
+	// The binary is run as other users too, whatever the caller's umask.
+	syscall.Umask(0o022)
 	dir, err := os.MkdirTemp("", "banger-packaging-")
 	if err == nil {
 		err = os.Chmod(dir, 0o755)
@@ -269,6 +271,7 @@ echo '%s' | %s sudo -n /usr/local/bin/bangerd-root --stdio 2>/dev/null; echo "@r
 %s sudo -n /bin/true 2>&1; echo "@rc=$?"
 `, etc, filepath.Join(root, "usr/local/bin"), ping, asOwner, ping, asOwner, asOwner, asOwner)
 	cmd := exec.Command("unshare", "-m", "--propagation", "private", "sh", "-c", script)
+	cmd.Env = append(os.Environ(), "LC_ALL=C") // sudo's refusal is read in English
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		t.Fatalf("namespace script: %v\n%s", err, out)

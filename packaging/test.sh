@@ -17,6 +17,12 @@ cd "$(dirname "$0")/.."
 ensure_packages sudo git iproute2 systemd containerd qemu-system-x86 qemu-utils linux-image-amd64 busybox-static e2fsprogs
 
 PATH="$PATH:/usr/local/go/bin"
+# The host the tests assume, on any machine of this kind: files others
+# may read (tests run binaries as another user), messages in English
+# (sudo's are checked), and git without the user's own configuration.
+umask 022
+export LC_ALL=C.UTF-8
+export GIT_CONFIG_GLOBAL=/dev/null GIT_CONFIG_NOSYSTEM=1
 unformatted=$(gofmt -l .)
 if [ -n "$unformatted" ]; then
 	echo "gofmt needed on:" $unformatted >&2

@@ -289,17 +289,22 @@ func (s *Server) ServeStdio(ctx context.Context, r io.Reader, w io.Writer, peer 
 
 // exchange reads, dispatches and answers one request, and writes the one
 // record of the call. The handler's context derives from base; conn, when
-// set, is watched for the peer hanging up. A stream method goes on with
-// its session on conn after the answer; the record is written when the
-// session ends.
+// set, is watched for the peer hanging up. The record of a plain call is
+// written before its answer, so that a caller's next call is always
+// logged after it (a log read in order is the order of the calls). A
+// stream method goes on with its session on conn after the answer; its
+// record is written when the session ends.
 func (s *Server) exchange(base context.Context, r io.Reader, w io.Writer, peer Peer, peerErr error, conn net.Conn) {
 	start := time.Now()
 	c := call{opID: NewOpID(), peer: peer}
 	resp, st := s.dispatch(base, &c, r, peerErr, conn)
-	writeResponse(w, conn, resp)
-	if st != nil {
-		s.runStream(&c, st, conn)
+	if st == nil {
+		s.logCall(&c, resp, time.Since(start))
+		writeResponse(w, conn, resp)
+		return
 	}
+	writeResponse(w, conn, resp)
+	s.runStream(&c, st, conn)
 	s.logCall(&c, resp, time.Since(start))
 }
 

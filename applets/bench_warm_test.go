@@ -37,7 +37,7 @@ func BenchmarkStarts(b *testing.B) {
 	if err := exec.Command("cp", "/bin/busybox", filepath.Join(root, "bin", "true")).Run(); err != nil {
 		b.Fatal(err)
 	}
-	kernels, _ := filepath.Glob("/boot/vmlinuz-*")
+	kernels := []string{hostKernel(b)}
 	v.mustRun("image", "import", "--kernel", kernels[len(kernels)-1], "--rootfs-dir", root, "debian")
 	// Snapshots: the first run of each image saves one; cold runs then
 	// use --cold.

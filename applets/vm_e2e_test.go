@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"banger/applets/api"
+	"banger/applets/daemon/imagestore"
 	"banger/rpc"
 )
 
@@ -39,6 +40,18 @@ func needGuests(t *testing.T) {
 }
 
 // daemon starts bangerd for the sandbox as a child the test can kill.
+// hostKernel is the host kernel the daemon makes its default image of
+// (the newest by version, as it picks): what a test imports with should
+// boot like the default image does.
+func hostKernel(t testing.TB) string {
+	t.Helper()
+	k, err := imagestore.HostKernel(imagestore.DefaultBootDir)
+	if err != nil {
+		t.Skip(err)
+	}
+	return k
+}
+
 func (s *sandbox) daemon() *exec.Cmd {
 	s.t.Helper()
 	cmd := s.startProcess(0, &bytes.Buffer{}, bangerBin, "bangerd", "--helper", "none")
@@ -251,7 +264,7 @@ func TestImageImportListAndDeleteInUse(t *testing.T) {
 	needGuests(t)
 	s := newSandbox(t)
 	s.daemon()
-	kernels, _ := filepath.Glob("/boot/vmlinuz-*")
+	kernels := []string{hostKernel(t)}
 	root := filepath.Join(s.dir, "root")
 	os.MkdirAll(filepath.Join(root, "etc"), 0o755)
 	os.WriteFile(filepath.Join(root, "etc", "motd"), []byte("hello\n"), 0o644)

@@ -20,10 +20,10 @@ import (
 // own.
 
 // wantStart checks from a create's stages (on stderr) whether the VM was
-// restored or booted.
+// restored (from a standby or from the snapshot) or booted.
 func wantStart(t *testing.T, r result, warm bool) {
 	t.Helper()
-	restored := strings.Contains(r.stderr, "restore done") && strings.Contains(r.stderr, "resume agent done")
+	restored := (strings.Contains(r.stderr, "take standby done") || strings.Contains(r.stderr, "restore done")) && strings.Contains(r.stderr, "resume agent done")
 	booted := strings.Contains(r.stderr, "wait for agent done")
 	if restored != warm || booted == warm {
 		t.Errorf("want warm=%v; stages:\n%s", warm, r.stderr)
@@ -129,7 +129,7 @@ func TestWarmSnapshotFollowsItsImage(t *testing.T) {
 	needGuests(t)
 	s := newSandbox(t)
 	s.daemon()
-	kernels, _ := filepath.Glob("/boot/vmlinuz-*")
+	kernels := []string{hostKernel(t)}
 	importTiny := func(motd string) {
 		root := filepath.Join(s.dir, "root-"+motd)
 		os.MkdirAll(filepath.Join(root, "etc"), 0o755)

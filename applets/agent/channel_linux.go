@@ -180,7 +180,7 @@ func (c *channel) writeHello(nonce string) error {
 func (c *channel) serveSession() string {
 	fr := &frameReader{r: c.br}
 	conn := &portConn{port: c.port, r: fr}
-	session, err := yamux.Server(conn, agentlink.SessionConfig(&c.log, false))
+	session, err := yamux.Server(conn, agentlink.SessionConfig(&c.log))
 	if err != nil {
 		c.log.Error().Err(err).Msg("cannot start the agent session")
 		return ""

@@ -7,6 +7,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -24,30 +25,57 @@ func runPID1(build api.Build) int {
 	ensureConsole()
 	log := newLogger(os.Stderr)
 	log.Debug().Float64("uptime_ms", logging.Millis(uptime())).Msg("agent started")
-	ignoreSignals(log)
+	sigs := handleSignals(log)
 	var err error
 	if inInitramfs() {
 		err = runInitramfs(log)
 	} else {
-		err = runSystem(log, build)
+		err = runSystem(log, build, sigs)
 	}
 	log.Error().Err(err).Msg("agent failed; powering off")
 	powerOff(log)
 	return exitFailed // not reached: power-off does not return
 }
 
-// ignoreSignals keeps PID 1 alive when someone in the guest signals it:
-// the kernel spares init from signals it has no handler for, but Go's
-// runtime handles SIGTERM, SIGINT, SIGQUIT and others by exiting, and the
-// death of PID 1 panics the kernel.
-func ignoreSignals(log zerolog.Logger) {
+// pid1Signals is what PID 1 does with the signals it gets from inside
+// the guest. The kernel spares init from signals it has no handler for,
+// but Go's runtime handles SIGTERM, SIGINT, SIGQUIT and others by
+// exiting, and the death of PID 1 panics the kernel: they are caught.
+// busybox's halt, poweroff and reboot ask init by a signal (SIGUSR1,
+// SIGUSR2, SIGTERM; a UPS daemon sends SIGPWR): once the system runs,
+// each powers the guest off as the host's request does (a reboot, too:
+// QEMU runs with -no-reboot, so the VM stops either way).
+type pid1Signals struct {
+	mu    sync.Mutex // guards power
+	power func(reason string)
+}
+
+// handleSignals starts PID 1's signal handling.
+func handleSignals(log zerolog.Logger) *pid1Signals {
+	p := &pid1Signals{}
 	sig := make(chan os.Signal, 8)
 	signal.Notify(sig, unix.SIGTERM, unix.SIGINT, unix.SIGHUP, unix.SIGQUIT, unix.SIGUSR1, unix.SIGUSR2, unix.SIGPWR)
 	go func() {
 		for s := range sig {
-			log.Info().Str("signal", s.String()).Msg("signal to PID 1 ignored")
+			p.mu.Lock()
+			power := p.power
+			p.mu.Unlock()
+			switch {
+			case power != nil && (s == unix.SIGUSR1 || s == unix.SIGUSR2 || s == unix.SIGPWR || s == unix.SIGTERM):
+				power(fmt.Sprintf("asked from the guest (%s to PID 1: halt, poweroff or reboot)", unix.SignalName(s.(unix.Signal))))
+			default:
+				log.Info().Str("signal", s.String()).Msg("signal to PID 1 ignored")
+			}
 		}
 	}()
+	return p
+}
+
+// onPower makes the power signals call power.
+func (p *pid1Signals) onPower(power func(reason string)) {
+	p.mu.Lock()
+	p.power = power
+	p.mu.Unlock()
 }
 
 // inInitramfs tells the initramfs from the root disk: it has the manifest,

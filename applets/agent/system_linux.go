@@ -18,7 +18,7 @@ import (
 // runSystem is PID 1 of the root file system: set the guest up, then
 // serve the host until it asks for a power-off (or the power button is
 // pressed). It returns only on failure.
-func runSystem(log zerolog.Logger, build api.Build) error {
+func runSystem(log zerolog.Logger, build api.Build, sigs *pid1Signals) error {
 	start := time.Now()
 	if err := mountAll(append(earlyMounts(), systemMounts()...)); err != nil {
 		return err
@@ -62,6 +62,7 @@ func runSystem(log zerolog.Logger, build api.Build) error {
 		poweroff: make(chan string, 1),
 	}
 	watchPowerButton(log, a.requestPowerOff)
+	sigs.onPower(a.requestPowerOff)
 	port, err := openPort(log)
 	if err != nil {
 		return err

@@ -93,7 +93,7 @@ func Open(ctx context.Context, t Transport) (*Link, error) {
 		conn.Close()
 		return nil, err
 	}
-	session, err := yamux.Client(bufferedConn{Reader: br, Conn: conn}, SessionConfig(logging.From(ctx), true))
+	session, err := yamux.Client(bufferedConn{Reader: br, Conn: conn}, SessionConfig(logging.From(ctx)))
 	if err != nil {
 		conn.Close()
 		return nil, fmt.Errorf("start the agent session: %w", err)

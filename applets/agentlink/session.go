@@ -8,13 +8,23 @@ import (
 	"github.com/rs/zerolog"
 )
 
-// SessionConfig is the yamux configuration of both ends. The host sends
-// keepalives, so it notices a guest that stopped answering; the agent
-// does not: it learns that the host left from the port itself.
-func SessionConfig(log *zerolog.Logger, keepAlive bool) *yamux.Config {
+// SessionConfig is the yamux configuration of both ends.
+//
+// Neither end runs a timer on an idle link: a guest may be paused for
+// hours (a standby waits that way for a create), and a paused guest
+// answers nothing, so a keepalive ping would close the session of every
+// standby that waited past its timeout, and an unacknowledged stream open
+// would do the same (yamux closes the whole session when a stream's open
+// is not acknowledged in time). The host learns that a guest is gone from
+// its engine process, whose exit closes the channel, not from a timer;
+// the agent learns that the host left from the port itself. Each call
+// bounds its own wait with its context.
+func SessionConfig(log *zerolog.Logger) *yamux.Config {
 	cfg := yamux.DefaultConfig()
-	cfg.EnableKeepAlive = keepAlive
-	// A slow guest under TCG is still a live one.
+	cfg.EnableKeepAlive = false
+	cfg.StreamOpenTimeout = 0
+	// A slow guest under TCG is still a live one. This bounds a write
+	// only while it waits for the channel to take its bytes.
 	cfg.ConnectionWriteTimeout = 30 * time.Second
 	cfg.LogOutput = nil
 	cfg.Logger = yamuxLogger{log}

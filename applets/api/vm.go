@@ -178,6 +178,8 @@ type Image struct {
 	Problem    string    `json:"problem,omitempty"` // an image that cannot be read
 	// Warm is the image's warm snapshot, when it has one.
 	Warm *WarmSnapshot `json:"warm,omitempty"`
+	// Standby is what its standbys are, when the daemon keeps any.
+	Standby *StandbyStatus `json:"standby,omitempty"`
 }
 
 // ImageImport is the params of image.import: absolute paths the daemon

@@ -30,3 +30,17 @@ type WarmSnapshot struct {
 	MemoryBytes int64     `json:"memory_bytes"`
 	DiskBytes   int64     `json:"disk_bytes"`
 }
+
+// StandbyStatus is what an image's standbys are (image show, the
+// doctor): VMs restored from its warm snapshot ahead of time and paused,
+// for the next creates to take.
+type StandbyStatus struct {
+	Want    int   `json:"want"`  // the daemon's --standbys
+	Ready   int   `json:"ready"` // waiting to be taken
+	Filling bool  `json:"filling,omitempty"`
+	PIDs    []int `json:"pids,omitempty"`
+	// Skipped says why the daemon made no standby the last time it
+	// tried (the host's memory), and when; empty once one was made.
+	Skipped   string    `json:"skipped,omitempty"`
+	SkippedAt time.Time `json:"skipped_at,omitzero"`
+}

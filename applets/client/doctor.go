@@ -89,6 +89,7 @@ func doctorChecks() []doctorCheck {
 		{"git", checkTool("git", "git", false)},
 		{"daemon", checkDaemon},
 		{"daemon sockets", checkDaemonSockets},
+		{"standby", checkStandby},
 		{"helper", checkHelper},
 		{"helper socket", checkHelperSocket},
 		{"applet links", checkLinks},
@@ -473,6 +474,29 @@ func checkKernel(ctx context.Context, h *doctorHost) doctorRow {
 		return rowOK(k + "; the default image is made from it at the first vm run")
 	}
 	return rowOK(k + " for the default image")
+}
+
+// checkStandby says whether the default image has a standby ready for
+// the next vm run, and why not when the daemon skipped one.
+func checkStandby(ctx context.Context, h *doctorHost) doctorRow {
+	d := h.daemon(ctx)
+	switch {
+	case d.ping == nil:
+		return rowSkip("the daemon is not running")
+	case d.image == nil || d.image.Warm == nil:
+		return rowSkip("the default image has no warm snapshot yet (the first vm run saves one)")
+	case d.image.Standby == nil || d.image.Standby.Want == 0:
+		return rowOK("the daemon keeps no standbys (--standbys 0): warm starts restore the snapshot")
+	}
+	st := *d.image.Standby
+	switch {
+	case st.Ready > 0:
+		return rowOK(standbySummary(st))
+	case st.Skipped != "":
+		return rowWarn("none for the default image: "+standbySummary(st),
+			"free memory, or lower bangerd --standby-min-free; until then warm starts restore the snapshot (slower)")
+	}
+	return rowOK("the default image's standby is on its way")
 }
 
 // checkBusybox checks the default image's root file system source: a

@@ -50,12 +50,22 @@ func (sw *stageWriter) update(op api.Operation) {
 			return
 		}
 		mark := map[string]string{api.StageDone: "✓", api.StageFailed: "✗", api.StageUndone: "↺"}[st.State]
+		// What a finished stage says: its error, else its last detail
+		// (a fall back's reason, a build's percentage).
+		say := st.Error
+		if say == "" {
+			say = st.Detail
+		}
 		if sw.tty {
-			fmt.Fprintf(sw.w, "\r\033[K  %s %s  %s\n", mark, st.Name, fmtMillis(st.DurationMS))
+			line := fmt.Sprintf("\r\033[K  %s %s  %s", mark, st.Name, fmtMillis(st.DurationMS))
+			if say != "" {
+				line += "  " + say
+			}
+			fmt.Fprintln(sw.w, line)
 		} else {
 			line := fmt.Sprintf("%s %s in %s", st.Name, st.State, fmtMillis(st.DurationMS))
-			if st.Error != "" {
-				line += ": " + st.Error
+			if say != "" {
+				line += ": " + say
 			}
 			fmt.Fprintln(sw.w, line)
 		}

@@ -12,6 +12,7 @@ import (
 
 	"banger/applets/dirs"
 	"banger/applets/trace"
+	"banger/logging/logfile"
 	"banger/rpc"
 )
 
@@ -53,13 +54,13 @@ func newTraceCommand() *cli.Command {
 	}
 }
 
-// traceSources opens the user-mode logs that exist, the extra files, and
-// the journal when asked.
+// traceSources opens the user-mode logs that exist (the daemon's rotated
+// files too), the extra files, and the journal when asked.
 func traceSources(s *session, journal bool, extra []string) ([]trace.Source, []string, error) {
 	var sources []trace.Source
 	var names []string
-	for _, name := range []string{dirs.DaemonLog, dirs.HelperLog} {
-		path := filepath.Join(s.stateDir, name)
+	logs := logfile.Files(filepath.Join(s.stateDir, dirs.DaemonLog))
+	for _, path := range append(logs, filepath.Join(s.stateDir, dirs.HelperLog)) {
 		b, err := os.ReadFile(path)
 		if errors.Is(err, os.ErrNotExist) {
 			continue

@@ -28,6 +28,7 @@ import (
 	"banger/applets/dirs"
 	"banger/applets/service"
 	"banger/logging"
+	"banger/logging/logfile"
 	"banger/rpc"
 )
 
@@ -44,12 +45,17 @@ func Main(build api.Build, args []string) int {
 			&cli.StringFlag{Name: "socket", EnvVars: []string{"BANGER_SOCKET"}, Usage: "serve on `PATH` (default $XDG_RUNTIME_DIR/banger/bangerd.sock)"},
 			&cli.StringFlag{Name: "state-dir", EnvVars: []string{"BANGER_STATE_DIR"}, Usage: "keep state and logs in `DIR` (default $XDG_STATE_HOME/banger)"},
 			&cli.StringFlag{Name: "log-level", EnvVars: []string{logging.EnvLevel}, Value: "info", Usage: "trace, debug, info, warn or error"},
+			&cli.IntFlag{Name: "log-max-size", EnvVars: []string{"BANGER_LOG_MAX_SIZE"}, Value: logfile.DefaultMaxSizeMiB, Usage: "rotate the log file (" + dirs.DaemonLog + " in the state directory) before it grows past `MIB` MiB"},
+			&cli.IntFlag{Name: "log-max-files", EnvVars: []string{"BANGER_LOG_MAX_FILES"}, Value: logfile.DefaultMaxFiles, Usage: "keep `N` rotated log files beside it (the oldest go first)"},
 			&cli.StringFlag{Name: "helper", EnvVars: []string{"BANGER_HELPER"}, Value: HelperAuto, Usage: "how to reach the root helper: auto, socket, sudo or none"},
 			&cli.StringFlag{Name: "accel", EnvVars: []string{"BANGER_ACCEL"}, Value: "auto", Usage: "VM accelerator: auto (KVM when it can really run a guest, else TCG), kvm or tcg"},
 			&cli.StringFlag{Name: "bridge-cidr", EnvVars: []string{"BANGER_BRIDGE_CIDR"}, Value: DefaultBridgeCIDR, Usage: "the `CIDR` of bridge " + DefaultBridge + " (bridged VMs): the bridge is its first host, VMs get the next ones"},
 			&cli.StringFlag{Name: "helper-socket", EnvVars: []string{"BANGER_HELPER_SOCKET"}, Usage: "the root helper's socket `PATH` (default " + dirs.SystemHelperSocket + " when it exists)"},
 			&cli.BoolFlag{Name: "auto-warm", EnvVars: []string{"BANGER_AUTO_WARM"}, Value: true, Usage: "save a warm snapshot of an image after a VM of it boots, when it has none (--auto-warm=false: only `banger image warm` saves them)"},
-			&cli.BoolFlag{Name: "standby", EnvVars: []string{"BANGER_STANDBY"}, Value: true, Usage: "keep one VM per warm snapshot restored ahead of time and paused, for the next create to take (user-mode networking; its memory, no CPU)"},
+			&cli.IntFlag{Name: "standbys", EnvVars: []string{"BANGER_STANDBYS"}, Value: 1, Usage: "keep `N` VMs per warm snapshot restored ahead of time and paused, for the next creates to take (user-mode networking; each holds its memory, no CPU); 0: none"},
+			&cli.BoolFlag{Name: "standby", EnvVars: []string{"BANGER_STANDBY"}, Value: true, Usage: "false keeps no standbys (as --standbys 0)"},
+			&cli.StringFlag{Name: "standby-min-free", EnvVars: []string{"BANGER_STANDBY_MIN_FREE"}, Usage: "make a standby only while it leaves `SIZE` of the host's memory available (default: an eighth of the host's memory, at least 512M)"},
+			&cli.StringFlag{Name: "test-hold-stage", EnvVars: []string{"BANGER_TEST_HOLD_STAGE"}, Hidden: true, Usage: "for tests: `VM:STAGE` stops the operations on VM at the start of STAGE until they are canceled"},
 			&cli.IntFlag{Name: "dns-port", EnvVars: []string{"BANGER_DNS_PORT"}, Value: DefaultDNSPort, Usage: "answer NAME.vm for bridged VMs on 127.0.0.1:`PORT` and the bridge's address (0: a free port, -1: none)"},
 		},
 		Action: func(c *cli.Context) error {
@@ -57,13 +63,17 @@ func Main(build api.Build, args []string) int {
 				socket:       c.String("socket"),
 				stateDir:     c.String("state-dir"),
 				level:        c.String("log-level"),
+				logRotation:  logfile.Rotation{MaxSizeMiB: c.Int("log-max-size"), MaxFiles: c.Int("log-max-files")},
 				helperMode:   c.String("helper"),
 				helperSocket: c.String("helper-socket"),
 				accel:        c.String("accel"),
 				bridgeCIDR:   c.String("bridge-cidr"),
 				dnsPort:      c.Int("dns-port"),
 				autoWarm:     c.Bool("auto-warm"),
-				standby:      c.Bool("standby"),
+				standbys:     c.Int("standbys"),
+				standbyOff:   !c.Bool("standby"),
+				minFree:      c.String("standby-min-free"),
+				holdStage:    c.String("test-hold-stage"),
 			})
 		},
 	}
@@ -72,11 +82,16 @@ func Main(build api.Build, args []string) int {
 
 type options struct {
 	socket, stateDir, level  string
+	logRotation              logfile.Rotation
 	helperMode, helperSocket string
 	accel                    string
 	bridgeCIDR               string
 	dnsPort                  int // -1: no DNS responder
-	autoWarm, standby        bool
+	autoWarm                 bool
+	standbys                 int
+	standbyOff               bool   // --standby=false
+	minFree                  string // --standby-min-free; "" is the default
+	holdStage                string // --test-hold-stage
 }
 
 func run(ctx context.Context, build api.Build, o options) error {
@@ -94,9 +109,12 @@ func run(ctx context.Context, build api.Build, o options) error {
 	if err := dirs.EnsurePrivate(o.stateDir); err != nil {
 		return cli.Exit("state directory: "+err.Error(), service.ExitFailed)
 	}
-	logFile, err := logging.OpenFile(filepath.Join(o.stateDir, dirs.DaemonLog))
+	if r := o.logRotation; r.MaxSizeMiB < 1 || r.MaxFiles < 1 {
+		return cli.Exit(fmt.Sprintf("--log-max-size %d, --log-max-files %d: want 1 or more of each", r.MaxSizeMiB, r.MaxFiles), service.ExitUsage)
+	}
+	logFile, err := logfile.Open(filepath.Join(o.stateDir, dirs.DaemonLog), o.logRotation)
 	if err != nil {
-		return cli.Exit(err.Error(), service.ExitFailed)
+		return cli.Exit("open the log: "+err.Error(), service.ExitFailed)
 	}
 	defer logFile.Close()
 	log := logging.New(logging.Tee(os.Stderr, logFile), api.AppletDaemon, level)
@@ -173,18 +191,24 @@ func run(ctx context.Context, build api.Build, o options) error {
 	}
 	d := &daemon{build: build, started: time.Now(), helper: helper, stop: make(chan struct{}), db: db}
 	d.ops = operation.NewRegistry(d.persistOperation)
+	d.ops.Explain = func(err error) error { return fullStateError(o.stateDir, err) }
+	d.ops.Hold = o.holdStage
 	startCtx := logging.WithLogger(ctx, log)
 	interrupted, err := d.recoverOperations(startCtx)
 	if err != nil {
 		return fail(service.ExitFailed, fmt.Errorf("recover operations: %w", err))
 	}
-	if d.vms, d.images, err = newVMs(startCtx, o.stateDir, accel, o.autoWarm, o.standby, db, d.ops, helper, bridge, interruptedCreates(interrupted)); err != nil {
+	warmOpts, err := o.warmOptions()
+	if err != nil {
+		return fail(service.ExitUsage, err)
+	}
+	if d.vms, d.images, err = newVMs(startCtx, o.stateDir, accel, warmOpts, db, d.ops, helper, bridge, interruptedCreates(interrupted)); err != nil {
 		return fail(service.ExitFailed, err)
 	}
 	defer d.vms.shutdown()
 	d.kernels = newKernelMethods(d.images, d.ops)
 	authorize := rpc.AllowUIDs(uint32(os.Getuid()), 0)
-	srv := &rpc.Server{Methods: d.methods(), Authorize: authorize, Logger: log}
+	srv := &rpc.Server{Methods: sayFull(o.stateDir, d.methods()), Authorize: authorize, Logger: log}
 	streams := &rpc.Server{Streams: d.streams(), Authorize: authorize, Logger: log,
 		CallLog: rpc.CallLog{Completed: "session ended", Failed: "session failed", Level: zerolog.InfoLevel}}
 
@@ -225,6 +249,25 @@ func run(ctx context.Context, build api.Build, o options) error {
 	streamLn.Close()
 	log.Info().Str("reason", reason).Msg("daemon stopped")
 	return nil
+}
+
+// warmOptions checks the warm-start flags.
+func (o options) warmOptions() (warmOptions, error) {
+	w := warmOptions{auto: o.autoWarm, standbys: o.standbys}
+	if o.standbyOff {
+		w.standbys = 0
+	}
+	if w.standbys < 0 || w.standbys > maxStandbys {
+		return w, fmt.Errorf("--standbys %d: want 0 to %d", o.standbys, maxStandbys)
+	}
+	if o.minFree != "" {
+		mib, err := api.ParseMiB("--standby-min-free", o.minFree)
+		if err != nil {
+			return w, err
+		}
+		w.minFree = int64(mib) << 20
+	}
+	return w, nil
 }
 
 // lock takes an exclusive flock on path so that one daemon serves one

@@ -21,16 +21,22 @@ type imageMethods struct {
 	kernels *kernelbuild.Store // for imports that name a built kernel
 	// snapshots are the images' warm snapshots; nil keeps none.
 	snapshots *warm.Store
-	// dropStandby discards an image's standby VM (standby.go).
-	dropStandby func(ctx context.Context, image string)
+	// dropStandby discards an image's standby VMs (standby.go);
+	// standbyStatus says what they are.
+	dropStandby   func(ctx context.Context, image string)
+	standbyStatus func(image string) *api.StandbyStatus
 }
 
-// withWarm adds the image's warm snapshot to what is reported of it.
+// withWarm adds the image's warm snapshot and standbys to what is
+// reported of it.
 func (m *imageMethods) withWarm(im api.Image) api.Image {
 	if m.snapshots != nil {
 		if w, ok := m.snapshots.Get(im.Name); ok {
 			im.Warm = toAPIWarm(w)
 		}
+	}
+	if m.standbyStatus != nil {
+		im.Standby = m.standbyStatus(im.Name)
 	}
 	return im
 }

@@ -3,6 +3,7 @@ package daemon
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -16,18 +17,34 @@ import (
 	"banger/logging"
 )
 
-// Standbys: for each image with a warm snapshot, the daemon keeps one VM
-// process restored from it ahead of time and paused (QEMU started, the
-// state loaded, the guest run once to warm QEMU's translation of it). A
-// create of that image and shape takes it instead of launching QEMU and
-// loading the state, which are most of a restore's time, and the daemon
-// makes the next one. A standby costs its guest's memory, and no CPU.
-// User-mode networking only: a bridged VM's tap is its own from launch.
+// Standbys: for each image with a warm snapshot, the daemon keeps a few
+// VM processes (the daemon's --standbys, one by default) restored from it
+// ahead of time and paused (QEMU started, the state loaded, the guest run
+// once to warm QEMU's translation of it). A create of that image and
+// shape takes one instead of launching QEMU and loading the state, which
+// are most of a restore's time, and the daemon makes the next. A standby
+// costs its guest's memory, allocated up front, and no CPU; one is made
+// only while the host has that memory to spare (standbyFits). User-mode
+// networking only: a bridged VM's tap is its own from launch.
+//
+// A standby may wait for hours: nothing the daemon holds open to it times
+// out while it is paused (agentlink.SessionConfig). One whose QEMU exits
+// while it waits is replaced at once; one that fails its check when a
+// create takes it (vmProcess.CheckStandby) is discarded, and the create
+// restores instead (vmstart.go).
 
 // standbyWait bounds how long a create waits for a standby on its way
 // (with its snapshot saved, one is ready in well under that; a restore
 // without one can take as long).
 const standbyWait = 2 * time.Second
+
+// standbyCheckTimeout bounds a standby's check: a healthy one answers in
+// milliseconds, and a create that finds a hung one restores instead.
+const standbyCheckTimeout = 2 * time.Second
+
+// standbyOverheadMiB is what a standby costs the host beyond its guest's
+// memory: QEMU itself and its translation cache, as measured under TCG.
+const standbyOverheadMiB = 96
 
 // standby is a VM process restored ahead of time.
 type standby struct {
@@ -36,83 +53,209 @@ type standby struct {
 	proc vmProcess
 }
 
+// standbyPool is an image's standbys, all of one key.
+type standbyPool struct {
+	key   warm.Key
+	img   vmImage
+	ready []*standby
+	// filling is closed when the filler of this pool ends; nil when none
+	// runs. One filler at a time makes the pool's standbys one by one.
+	filling chan struct{}
+	// skipped says why the last fill made no standby (the host's memory),
+	// and when; "" once one was made.
+	skipped   string
+	skippedAt time.Time
+}
+
+// standbys is how many standbys the daemon keeps per snapshot.
+func (s *vmService) standbys() int {
+	if s.warm == nil {
+		return 0
+	}
+	return s.warm.perImage
+}
+
 // standbyRoot is where standbys wait: beside the VMs' directories, on the
 // same file system, so a create takes one with a rename.
 func (s *vmService) standbyRoot() string { return filepath.Join(filepath.Dir(s.root), "standby") }
 
-// takeStandby moves the standby of plan's key, if one is ready, into the
-// VM's instance directory and returns its process there. A standby of
-// another key is discarded.
-func (s *vmService) takeStandby(ctx context.Context, plan *warmPlan, vm state.VM) vmProcess {
+// takeStandby removes a ready standby of plan's key from its pool and
+// returns it (nil when there is none): the create checks it and moves it
+// into the VM's directory (adoptStandby). Standbys of another key are
+// discarded. One on its way, with its snapshot saved, is waited for a
+// little.
+func (s *vmService) takeStandby(ctx context.Context, plan *warmPlan, vm state.VM) *standby {
 	w := s.warm
-	if w == nil || !w.standby || plan == nil || !plan.usable || plan.save || vm.Network != api.NetworkUser {
+	if s.standbys() == 0 || plan == nil || !plan.usable || plan.save || vm.Network != api.NetworkUser {
 		return nil
 	}
 	w.mu.Lock()
-	filling := w.filling[plan.key.Image]
+	pool := w.pools[plan.key.Image]
+	if pool != nil && pool.key != plan.key {
+		// Another shape, or a snapshot since replaced.
+		stale := pool.ready
+		pool.ready = nil
+		w.mu.Unlock()
+		for _, sb := range stale {
+			s.discardStandby(ctx, sb)
+		}
+		return nil
+	}
+	var filling chan struct{}
+	if pool != nil && len(pool.ready) == 0 {
+		filling = pool.filling
+	}
 	w.mu.Unlock()
 	if filling != nil && w.store.Has(plan.key) {
 		// One on its way is ready sooner than a restore from scratch
 		// would be: wait for it, a little. (Without a snapshot, it waits
 		// for a VM still booting to save one: not worth waiting for.)
-		select {
-		case <-filling:
-		case <-time.After(standbyWait):
-		case <-ctx.Done():
+		for deadline := time.Now().Add(standbyWait); time.Now().Before(deadline) && ctx.Err() == nil; {
+			w.mu.Lock()
+			waiting := len(pool.ready) == 0 && pool.filling != nil
+			w.mu.Unlock()
+			if !waiting {
+				break
+			}
+			time.Sleep(10 * time.Millisecond)
 		}
 	}
 	w.mu.Lock()
-	sb := w.standbys[plan.key.Image]
-	delete(w.standbys, plan.key.Image)
-	w.mu.Unlock()
-	if sb == nil {
+	defer w.mu.Unlock()
+	if pool == nil || len(pool.ready) == 0 || pool.key != plan.key {
 		return nil
 	}
-	log := logging.From(ctx)
-	if sb.key != plan.key {
-		s.discardStandby(ctx, sb)
-		return nil
-	}
-	if err := os.Rename(sb.dir, vm.InstanceDir); err != nil {
-		log.Warn().Err(err).Msg("standby not taken")
-		s.discardStandby(ctx, sb)
-		return nil
-	}
-	// Its sockets and files moved with the directory.
-	sb.proc.Moved(vm.InstanceDir)
-	return sb.proc
+	sb := pool.ready[0]
+	pool.ready = pool.ready[1:]
+	return sb
 }
 
-// fillStandby makes the standby of key unless there is one (or one on
-// its way). It runs in the background under the op id of the create that
-// started it: the create that saves the snapshot, from its start, with
-// saved closed once its save is over; or the create that took the last
-// standby, once done, with saved nil.
+// fillStandby tops up the standbys of key unless a filler runs for its
+// image already. It runs in the background under the op id of the create
+// that started it: the create that saves the snapshot, from its start,
+// with saved closed once its save is over; or a create that took or
+// needed a standby, once done, with saved nil; or the watch of a standby
+// that died.
 //
-// The process is launched before the state is there, its memory
+// Each process is launched before the state is there, its memory
 // allocated (launchSpec.AwaitState), then given the snapshot: on this
 // kind of host, touching a new process's memory for the first time is
-// most of what loading a state costs (0.8-1.4 s against 0.1-0.3 s), and a
-// standby made while the first VM of an image boots pays it then.
+// most of what loading a state costs, and a standby made while the first
+// VM of an image boots pays it then.
 func (s *vmService) fillStandby(ctx context.Context, key warm.Key, img vmImage, saved <-chan struct{}) {
 	w := s.warm
 	w.mu.Lock()
-	if sb := w.standbys[key.Image]; sb != nil && sb.key == key || w.filling[key.Image] != nil || w.closed {
+	pool := w.pools[key.Image]
+	w.mu.Unlock()
+	if pool != nil && pool.key != key && saved != nil {
+		// The image's snapshot of another shape stays, and its standbys
+		// with it, unless this VM's save replaces it.
+		select {
+		case <-saved:
+		case <-ctx.Done():
+			return
+		}
+		saved = nil
+		if !w.store.Has(key) {
+			return
+		}
+	}
+	w.mu.Lock()
+	pool = w.pools[key.Image]
+	if pool == nil || pool.key != key {
+		var stale []*standby
+		if pool != nil {
+			stale = pool.ready
+			if pool.filling != nil {
+				// A filler of the old key is still at work; it discards
+				// what it makes for a pool that is no longer its own.
+				w.mu.Unlock()
+				return
+			}
+		}
+		pool = &standbyPool{key: key, img: img}
+		w.pools[key.Image] = pool
+		defer func() {
+			for _, sb := range stale {
+				s.discardStandby(ctx, sb)
+			}
+		}()
+	}
+	if pool.filling != nil || w.closed || len(pool.ready) >= w.perImage {
 		w.mu.Unlock()
 		return
 	}
 	done := make(chan struct{})
-	w.filling[key.Image] = done
+	pool.filling = done
 	w.mu.Unlock()
 	defer func() {
 		w.mu.Lock()
-		delete(w.filling, key.Image)
+		pool.filling = nil
 		w.mu.Unlock()
 		close(done)
 	}()
+	log := logging.From(ctx)
+	for {
+		w.mu.Lock()
+		full := w.closed || len(pool.ready) >= w.perImage || w.pools[key.Image] != pool
+		w.mu.Unlock()
+		if full {
+			return
+		}
+		if why := s.standbyFits(key); why != "" {
+			w.mu.Lock()
+			pool.skipped, pool.skippedAt = why, time.Now()
+			w.mu.Unlock()
+			log.Info().Str("image", key.Image).Str("why", why).Msg("standby skipped")
+			return
+		}
+		sb, err := s.makeStandby(ctx, key, img, saved)
+		saved = nil
+		if err != nil {
+			if errors.Is(err, errNoSnapshot) {
+				log.Debug().Err(err).Msg("no standby")
+			} else {
+				log.Warn().Err(err).Msg("no standby")
+			}
+			return
+		}
+		w.mu.Lock()
+		keep := !w.closed && w.pools[key.Image] == pool
+		if keep {
+			pool.ready = append(pool.ready, sb)
+			pool.skipped = ""
+		}
+		w.mu.Unlock()
+		if !keep {
+			s.discardStandby(ctx, sb)
+			return
+		}
+		log.Info().Str("image", key.Image).Int("pid", sb.proc.PID()).Msg("standby ready")
+		go s.watchStandby(context.WithoutCancel(ctx), pool, sb)
+	}
+}
+
+// standbyFits says why the host cannot spare a standby's memory now, or
+// "" when it can: the standby's guest memory and QEMU's own must leave the
+// daemon's --standby-min-free available for everything else.
+func (s *vmService) standbyFits(key warm.Key) string {
+	avail, err := s.warm.memAvailable()
+	if err != nil {
+		return "the host's available memory is unknown: " + err.Error()
+	}
+	need := int64(key.MemoryMiB+standbyOverheadMiB) << 20
+	if avail-need < s.warm.minFree {
+		return fmt.Sprintf("the host has %d MiB of memory available; a standby of %d MiB would take %d MiB of it and leave less than the %d MiB kept free (bangerd --standby-min-free)",
+			avail>>20, key.MemoryMiB, need>>20, s.warm.minFree>>20)
+	}
+	return ""
+}
+
+// makeStandby makes one standby of key: launched, given the snapshot
+// (once saved is closed, when it is not nil), run once and paused.
+func (s *vmService) makeStandby(ctx context.Context, key warm.Key, img vmImage, saved <-chan struct{}) (*standby, error) {
 	ctx, cancel := context.WithTimeout(ctx, 2*bootTimeout)
 	defer cancel()
-	log := logging.From(ctx)
 	dir := filepath.Join(s.standbyRoot(), strings.ToLower(ulid.Make().String()))
 	sb := &standby{key: key, dir: dir}
 	err := logging.Stage(ctx, "make standby", func(ctx context.Context) (err error) {
@@ -137,7 +280,7 @@ func (s *vmService) fillStandby(ctx context.Context, key warm.Key, img vmImage, 
 				return ctx.Err()
 			}
 		}
-		ok, err := w.store.Checkout(key, disk, mem, filepath.Join(dir, consoleFile))
+		ok, err := s.warm.store.Checkout(key, disk, mem, filepath.Join(dir, consoleFile))
 		if !ok {
 			return errors.Join(errNoSnapshot, err)
 		}
@@ -151,9 +294,8 @@ func (s *vmService) fillStandby(ctx context.Context, key warm.Key, img vmImage, 
 		// It runs once, to its agent's hello, a resume as "standby" and a
 		// shell, and pauses again: QEMU has then translated the guest
 		// code that these run, which a restored guest would otherwise
-		// translate while its user waits (~0.2 s for a hello and resume
-		// under TCG, ~0.1 s for a first command). The create's resume
-		// gives it its own identity.
+		// translate while its user waits. The create's resume gives it
+		// its own identity.
 		id, err := newIdentity("standby", nil)
 		if err == nil {
 			_, err = sb.proc.Resume(ctx, id)
@@ -164,34 +306,40 @@ func (s *vmService) fillStandby(ctx context.Context, key warm.Key, img vmImage, 
 		return errors.Join(err, sb.proc.Pause(ctx))
 	})
 	if err != nil {
-		if errors.Is(err, errNoSnapshot) {
-			log.Debug().Err(err).Msg("no standby")
-		} else {
-			log.Warn().Err(err).Msg("no standby")
-		}
 		s.discardStandby(ctx, sb)
-		return
+		return nil, err
 	}
-	w.mu.Lock()
-	old := w.standbys[key.Image]
-	closed := w.closed
-	if !closed {
-		w.standbys[key.Image] = sb
-	}
-	w.mu.Unlock()
-	if !closed {
-		log.Info().Str("image", key.Image).Int("pid", sb.proc.PID()).Msg("standby ready")
-	}
-	if old != nil {
-		s.discardStandby(ctx, old)
-	}
-	if closed {
-		s.discardStandby(ctx, sb)
-	}
+	return sb, nil
 }
 
 // errNoSnapshot is a standby's snapshot that was not saved (or is gone).
 var errNoSnapshot = errors.New("no snapshot")
+
+// watchStandby replaces a standby whose QEMU exits while it waits in its
+// pool (killed, out of memory): the next create then still finds one.
+func (s *vmService) watchStandby(ctx context.Context, pool *standbyPool, sb *standby) {
+	<-sb.proc.Exited()
+	w := s.warm
+	w.mu.Lock()
+	found := false
+	for i, r := range pool.ready {
+		if r == sb {
+			pool.ready = append(pool.ready[:i:i], pool.ready[i+1:]...)
+			found = true
+			break
+		}
+	}
+	refill := found && !w.closed && w.pools[pool.key.Image] == pool
+	w.mu.Unlock()
+	if !found {
+		return // taken, or discarded
+	}
+	logging.From(ctx).Warn().Str("image", pool.key.Image).Int("pid", sb.proc.PID()).Msg("a standby's QEMU exited while it waited; replacing it")
+	s.discardStandby(ctx, sb)
+	if refill {
+		s.fillStandby(ctx, pool.key, pool.img, nil)
+	}
+}
 
 // discardStandby ends a standby's process and removes its directory.
 func (s *vmService) discardStandby(ctx context.Context, sb *standby) {
@@ -202,16 +350,24 @@ func (s *vmService) discardStandby(ctx context.Context, sb *standby) {
 	os.RemoveAll(sb.dir)
 }
 
-// dropStandby discards the standby of an image (deleted, or its snapshot
+// dropStandby discards the standbys of an image (deleted, or its snapshot
 // replaced).
 func (s *vmService) dropStandby(ctx context.Context, image string) {
 	if s.warm == nil {
 		return
 	}
-	// One on its way would land after the drop: wait for it first.
+	// One on its way would land after the drop: wait for its filler.
 	s.warm.mu.Lock()
-	filling := s.warm.filling[image]
+	pool := s.warm.pools[image]
+	delete(s.warm.pools, image)
+	var filling chan struct{}
+	if pool != nil {
+		filling = pool.filling
+	}
 	s.warm.mu.Unlock()
+	if pool == nil {
+		return
+	}
 	if filling != nil {
 		select {
 		case <-filling:
@@ -219,10 +375,10 @@ func (s *vmService) dropStandby(ctx context.Context, image string) {
 		}
 	}
 	s.warm.mu.Lock()
-	sb := s.warm.standbys[image]
-	delete(s.warm.standbys, image)
+	ready := pool.ready
+	pool.ready = nil
 	s.warm.mu.Unlock()
-	if sb != nil {
+	for _, sb := range ready {
 		s.discardStandby(ctx, sb)
 	}
 }
@@ -236,8 +392,10 @@ func (s *vmService) closeStandbys(ctx context.Context) {
 	s.warm.mu.Lock()
 	s.warm.closed = true
 	var filling []chan struct{}
-	for _, ch := range s.warm.filling {
-		filling = append(filling, ch)
+	for _, p := range s.warm.pools {
+		if p.filling != nil {
+			filling = append(filling, p.filling)
+		}
 	}
 	s.warm.mu.Unlock()
 	// A standby on its way sees closed once loaded and discards itself;
@@ -249,10 +407,13 @@ func (s *vmService) closeStandbys(ctx context.Context) {
 		}
 	}
 	s.warm.mu.Lock()
-	sbs := s.warm.standbys
-	s.warm.standbys = map[string]*standby{}
+	var ready []*standby
+	for _, p := range s.warm.pools {
+		ready = append(ready, p.ready...)
+		p.ready = nil
+	}
 	s.warm.mu.Unlock()
-	for _, sb := range sbs {
+	for _, sb := range ready {
 		s.discardStandby(ctx, sb)
 	}
 }
@@ -269,4 +430,25 @@ func (s *vmService) sweepStandbys(ctx context.Context) {
 		}
 		os.RemoveAll(dir)
 	}
+}
+
+// standbyStatus is what image show and the doctor say of an image's
+// standbys.
+func (s *vmService) standbyStatus(image string) *api.StandbyStatus {
+	if s.warm == nil {
+		return nil
+	}
+	st := &api.StandbyStatus{Want: s.warm.perImage}
+	s.warm.mu.Lock()
+	defer s.warm.mu.Unlock()
+	if p := s.warm.pools[image]; p != nil {
+		st.Ready, st.Filling = len(p.ready), p.filling != nil
+		for _, sb := range p.ready {
+			st.PIDs = append(st.PIDs, sb.proc.PID())
+		}
+		if p.skipped != "" {
+			st.Skipped, st.SkippedAt = p.skipped, p.skippedAt.UTC()
+		}
+	}
+	return st
 }

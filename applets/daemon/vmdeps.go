@@ -91,6 +91,13 @@ type vmHelper interface {
 // vmProcess is a running engine process.
 type vmProcess interface {
 	PID() int
+	// Exited is closed when the process has exited (the guest powered
+	// off, panicked, or the process was killed).
+	Exited() <-chan struct{}
+	// CheckStandby is the cheap check of a standby before a create takes
+	// it, bounded by ctx: its process alive, its agent link open, its
+	// guest paused.
+	CheckStandby(ctx context.Context) error
 	// WaitAgent waits for the guest agent's readiness and returns the boot
 	// id it reported.
 	WaitAgent(ctx context.Context) (bootID string, err error)

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/oklog/ulid/v2"
+	"github.com/rs/zerolog"
 
 	"banger/applets/api"
 	"banger/applets/daemon/operation"
@@ -40,19 +41,27 @@ type vmService struct {
 	ops    *operation.Registry
 	engine vmEngine
 	images vmImages
-	root   string      // instance directories: root/<vm id>
-	helper vmHelper    // the root helper: bridges, taps, NAT
-	bridge bridgeNet   // where bridged VMs go
-	warm   *warmStarts // nil: every VM boots
+	root   string         // instance directories: root/<vm id>
+	helper vmHelper       // the root helper: bridges, taps, NAT
+	bridge bridgeNet      // where bridged VMs go
+	warm   *warmStarts    // nil: every VM boots
+	log    zerolog.Logger // for work no call asked for (a VM that ended on its own)
 
-	mu    sync.Mutex           // guards busy and procs
-	busy  map[string]string    // VM name -> what is being done to it
-	procs map[string]vmProcess // VM name -> its running engine process
+	mu    sync.Mutex              // guards busy and procs
+	busy  map[string]string       // VM name -> what is being done to it
+	procs map[string]*runningProc // VM name -> its running engine process
+}
+
+// runningProc is a running VM's engine process and the watch on its exit
+// (vmexit.go), which ends when the process is replaced or forgotten.
+type runningProc struct {
+	proc    vmProcess
+	unwatch chan struct{}
 }
 
 func newVMService(db *state.DB, ops *operation.Registry, eng vmEngine, images vmImages, root string, helper vmHelper, bridge bridgeNet) *vmService {
-	return &vmService{db: db, ops: ops, engine: eng, images: images, root: root, helper: helper, bridge: bridge,
-		busy: map[string]string{}, procs: map[string]vmProcess{}}
+	return &vmService{db: db, ops: ops, engine: eng, images: images, root: root, helper: helper, bridge: bridge, log: zerolog.Nop(),
+		busy: map[string]string{}, procs: map[string]*runningProc{}}
 }
 
 // claim marks the VM busy with what, so two changes of one VM never run at
@@ -74,20 +83,42 @@ func (s *vmService) claim(name, what string) (release func(), err error) {
 func (s *vmService) proc(name string) vmProcess {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.procs[name]
+	if r := s.procs[name]; r != nil {
+		return r.proc
+	}
+	return nil
 }
 
+// setProc records the running process of a VM (nil: none), closing the
+// one it replaces, and watches for its exit.
 func (s *vmService) setProc(name string, p vmProcess) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if old := s.procs[name]; old != nil && old != p {
-		old.Close()
-	}
-	if p == nil {
-		delete(s.procs, name)
+	old := s.procs[name]
+	if old != nil && old.proc == p {
 		return
 	}
-	s.procs[name] = p
+	if old != nil {
+		close(old.unwatch)
+		old.proc.Close()
+		delete(s.procs, name)
+	}
+	if p != nil {
+		r := &runningProc{proc: p, unwatch: make(chan struct{})}
+		s.procs[name] = r
+		go s.watchExit(name, r)
+	}
+}
+
+// forgetProc drops p as the VM's process, if it is, without closing it
+// (its caller does).
+func (s *vmService) forgetProc(name string, p vmProcess) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if r := s.procs[name]; r != nil && r.proc == p {
+		close(r.unwatch)
+		delete(s.procs, name)
+	}
 }
 
 func toAPI(v state.VM) api.VM {
@@ -139,7 +170,8 @@ func (s *vmService) createBegin(ctx context.Context, p api.VMCreate) (api.Operat
 }
 
 // create runs the steps of a create whose params are checked and whose
-// name is claimed.
+// name is claimed: the VM's row, its address and tap when bridged, then
+// the first way its guest can come up (vmstart.go).
 func (s *vmService) create(ctx context.Context, prog *operation.Progress, p api.VMCreate, vm state.VM, plan *warmPlan) (api.VM, error) {
 	network := vm.Network
 	var img vmImage
@@ -151,7 +183,7 @@ func (s *vmService) create(ctx context.Context, prog *operation.Progress, p api.
 				return err
 			}
 			s.planWarm(ctx, plan, img, vmShape{CPUs: vm.CPUs, MemoryMiB: vm.MemoryMiB, DiskMiB: vm.DiskMiB})
-			if s.wantsSave(plan) && s.warm.standby && network == api.NetworkUser {
+			if s.wantsSave(plan) && s.standbys() > 0 && network == api.NetworkUser {
 				// Its standby starts now, while this VM boots.
 				saved = make(chan struct{})
 				go s.fillStandby(context.WithoutCancel(ctx), plan.key, img, saved)
@@ -167,30 +199,23 @@ func (s *vmService) create(ctx context.Context, prog *operation.Progress, p api.
 	if network == api.NetworkBridge {
 		steps = append(steps, s.allocateStep(vm.Name))
 	}
-	steps = append(steps, []operation.Step{
-		{Name: "make disk", Do: func(ctx context.Context) error {
-			if proc := s.takeStandby(ctx, plan, vm); proc != nil {
-				plan.standby, plan.restore = proc, true
-				return nil
-			}
+	if p.NoStart {
+		steps = append(steps, operation.Step{Name: "make disk", Do: func(ctx context.Context) error {
 			if err := os.MkdirAll(vm.InstanceDir, 0o700); err != nil {
 				return err
-			}
-			if s.checkoutDisk(ctx, plan, vm.InstanceDir) {
-				return nil
 			}
 			return s.images.Overlay(ctx, img, filepath.Join(vm.InstanceDir, diskFile), p.DiskMiB)
 		}, Undo: func(ctx context.Context) error {
 			return os.RemoveAll(vm.InstanceDir)
-		}},
-	}...)
-	if p.NoStart {
-		steps = append(steps, operation.Step{Name: "mark stopped", Do: func(ctx context.Context) error {
+		}}, operation.Step{Name: "mark stopped", Do: func(ctx context.Context) error {
 			_, err := s.db.UpdateVM(ctx, vm.Name, func(v *state.VM) error { v.State = state.VMStopped; return nil })
 			return err
 		}})
 	} else {
-		steps = append(steps, s.bootSteps(vm.Name, network, &img, plan)...)
+		if network == api.NetworkBridge {
+			steps = append(steps, s.bridgeSteps(vm.Name)...)
+		}
+		steps = append(steps, s.startWays(ctx, vm, &img, plan))
 	}
 	err := prog.Run(ctx, steps)
 	if saved != nil {
@@ -199,7 +224,7 @@ func (s *vmService) create(ctx context.Context, prog *operation.Progress, p api.
 	if err != nil {
 		return api.VM{}, err
 	}
-	if plan != nil && plan.usable && s.warm.standby && vm.Network == api.NetworkUser {
+	if plan != nil && plan.usable && s.standbys() > 0 && vm.Network == api.NetworkUser {
 		// The next create of this image and shape takes it.
 		go s.fillStandby(context.WithoutCancel(ctx), plan.key, img, nil)
 	}
@@ -258,90 +283,6 @@ func validateCreate(p api.VMCreate) error {
 	return nil
 }
 
-// bootSteps launch the engine and wait for the guest agent; a bridged VM
-// gets its bridge and tap first. The pid is recorded as soon as the
-// process exists (the engine's pidfile already holds it, for a daemon
-// that dies in between). With a plan whose disk came from a warm snapshot, the launch loads the
-// snapshot instead of booting; without one, a boot may save one.
-func (s *vmService) bootSteps(name, network string, img *vmImage, plan *warmPlan) []operation.Step {
-	var proc vmProcess
-	var spec launchSpec
-	var steps []operation.Step
-	if network == api.NetworkBridge {
-		steps = s.bridgeSteps(name)
-	}
-	steps = append(steps, []operation.Step{
-		{Name: "launch", Do: func(ctx context.Context) error {
-			vm, err := s.db.UpdateVM(ctx, name, func(v *state.VM) error {
-				v.State, v.LastError = state.VMStarting, ""
-				return nil
-			})
-			if err != nil {
-				return err
-			}
-			if img.Name == "" {
-				if *img, err = s.images.Resolve(ctx, vm.Image); err != nil {
-					return err
-				}
-			}
-			spec = launchSpec{
-				InstanceDir: vm.InstanceDir, Kernel: img.Kernel, Initrd: img.Initrd, KernelArgs: img.KernelArgs,
-				Disk: filepath.Join(vm.InstanceDir, diskFile), Hostname: vm.Name, CPUs: vm.CPUs, MemoryMiB: vm.MemoryMiB,
-				Ports: vm.Ports,
-			}
-			if plan != nil && plan.standby != nil {
-				// Launched and loaded already: it gets the VM's ports.
-				proc = plan.standby
-				for _, f := range vm.Ports {
-					if err := proc.AddForward(ctx, f); err != nil {
-						return err
-					}
-				}
-				_, err = s.db.UpdateVM(ctx, name, func(v *state.VM) error { v.PID = proc.PID(); return nil })
-				return err
-			}
-			if plan.restoring() {
-				spec.Incoming = filepath.Join(vm.InstanceDir, memoryFile)
-			}
-			if vm.Network == api.NetworkBridge {
-				if spec.Tap, err = s.launchTap(vm); err != nil {
-					return err
-				}
-			}
-			proc, err = s.engine.Launch(ctx, spec)
-			if err != nil {
-				return err
-			}
-			_, err = s.db.UpdateVM(ctx, name, func(v *state.VM) error { v.PID = proc.PID(); return nil })
-			return err
-		}, Undo: func(ctx context.Context) error {
-			err := proc.Kill(ctx)
-			proc.Close()
-			s.db.UpdateVM(ctx, name, func(v *state.VM) error {
-				v.State, v.PID, v.BootID = state.VMStopped, 0, ""
-				return nil
-			})
-			return err
-		}},
-	}...)
-	steps = append(steps, s.restoreSteps(name, plan, &proc, &spec)...)
-	return append(steps, []operation.Step{
-		{Name: "wait for agent", When: func() bool { return !plan.restoring() }, Do: func(ctx context.Context) error {
-			ctx, cancel := context.WithTimeout(ctx, bootTimeout)
-			defer cancel()
-			bootID, err := proc.WaitAgent(ctx)
-			if err != nil {
-				if errors.Is(err, context.DeadlineExceeded) {
-					return rpc.Errorf(rpc.CodeTimeout, "the guest agent did not report ready within %s; see `banger vm logs %s`", bootTimeout, name)
-				}
-				return err
-			}
-			return s.markRunning(ctx, name, proc, bootID)
-		}},
-		s.saveStep(plan, &proc, func() string { return spec.Disk }),
-	}...)
-}
-
 // markRunning records a VM whose guest is ready.
 func (s *vmService) markRunning(ctx context.Context, name string, proc vmProcess, bootID string) error {
 	if _, err := s.db.UpdateVM(ctx, name, func(v *state.VM) error {
@@ -385,8 +326,7 @@ func (s *vmService) bootBegin(ctx context.Context, name, kind string, restart bo
 				return err
 			}})
 		}
-		var img vmImage
-		steps = append(steps, s.bootSteps(name, vm.Network, &img, nil)...)
+		steps = append(steps, s.bootSteps(name, vm.Network)...)
 		if err := prog.Run(ctx, steps); err != nil {
 			s.db.UpdateVM(context.WithoutCancel(ctx), name, func(v *state.VM) error { v.LastError = err.Error(); return nil })
 			return nil, err
@@ -433,9 +373,19 @@ func (s *vmService) stopVM(ctx context.Context, name string, timeout time.Durati
 }
 
 func (s *vmService) markStopped(ctx context.Context, name string) (api.VM, error) {
+	return s.markEnded(ctx, name, state.VMStopped, "")
+}
+
+// markEnded records a VM whose process is gone as st (stopped, or failed
+// with why) and releases what the process held: its runtime files and
+// its tap.
+func (s *vmService) markEnded(ctx context.Context, name, st, why string) (api.VM, error) {
 	s.setProc(name, nil)
 	vm, err := s.db.UpdateVM(ctx, name, func(v *state.VM) error {
-		v.State, v.PID, v.BootID = state.VMStopped, 0, ""
+		v.State, v.PID, v.BootID = st, 0, ""
+		if why != "" {
+			v.LastError = why
+		}
 		return nil
 	})
 	if err != nil {
@@ -657,8 +607,9 @@ func (s *vmService) shutdown() {
 	s.closeStandbys(context.Background())
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	for name, p := range s.procs {
-		p.Close()
+	for name, r := range s.procs {
+		close(r.unwatch)
+		r.proc.Close()
 		delete(s.procs, name)
 	}
 }

@@ -105,6 +105,33 @@ type qemuProcess struct {
 
 func (p *qemuProcess) PID() int { return p.inst.PID }
 
+func (p *qemuProcess) Exited() <-chan struct{} { return p.inst.Done() }
+
+func (p *qemuProcess) CheckStandby(ctx context.Context) error {
+	if !p.inst.Running() {
+		return errors.New("its QEMU has exited")
+	}
+	p.mu.Lock()
+	link := p.link
+	p.mu.Unlock()
+	if link == nil {
+		return errors.New("it has no agent link")
+	}
+	select {
+	case <-link.Done():
+		return errors.New("its agent link has closed")
+	default:
+	}
+	st, err := p.inst.Status(ctx)
+	if err != nil {
+		return fmt.Errorf("its QEMU does not answer: %w", err)
+	}
+	if st.Status != "paused" {
+		return fmt.Errorf("its guest is %s, not paused", st.Status)
+	}
+	return nil
+}
+
 func (p *qemuProcess) WaitAgent(ctx context.Context) (string, error) {
 	return p.finishAgentWait(ctx, p.startAgentWait(ctx))
 }
@@ -168,17 +195,37 @@ func (p *qemuProcess) exitedDuringBoot() error {
 // lastLines is the last n non-empty lines of a file, joined with " | ",
 // read from its last 4 KiB.
 func lastLines(path string, n int) string {
-	f, err := os.Open(path)
+	tail, err := readTail(path, 4096)
 	if err != nil {
 		return "(" + err.Error() + ")"
 	}
-	defer f.Close()
-	if fi, err := f.Stat(); err == nil && fi.Size() > 4096 {
-		f.Seek(fi.Size()-4096, io.SeekStart)
+	return lastLinesOf(tail, n)
+}
+
+// readTail is the last max bytes of a file.
+func readTail(path string, max int64) (string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", err
 	}
-	b, _ := io.ReadAll(io.LimitReader(f, 4096))
+	defer f.Close()
+	if fi, err := f.Stat(); err == nil && fi.Size() > max {
+		f.Seek(fi.Size()-max, io.SeekStart)
+	}
+	b, err := io.ReadAll(io.LimitReader(f, max))
+	return string(b), err
+}
+
+// consoleTail is the end of a VM's console (nothing when it has none).
+func consoleTail(instanceDir string) string {
+	tail, _ := readTail(filepath.Join(instanceDir, consoleFile), 8192)
+	return tail
+}
+
+// lastLinesOf is the last n non-empty lines of text, joined with " | ".
+func lastLinesOf(text string, n int) string {
 	var lines []string
-	for _, l := range strings.Split(string(b), "\n") {
+	for _, l := range strings.Split(text, "\n") {
 		if l = strings.TrimSpace(l); l != "" {
 			lines = append(lines, l)
 		}
@@ -476,7 +523,7 @@ func initrdBuilder(agent string, kernels *kernelbuild.Store) func(ctx context.Co
 
 // newVMs opens the image store and the engine under stateDir and
 // reconciles the VMs a previous daemon left.
-func newVMs(ctx context.Context, stateDir string, accel engine.Accel, autoWarm, standbys bool, db *state.DB, ops *operation.Registry, helper vmHelper, bridge bridgeNet, interrupted map[string]bool) (*vmService, *imageMethods, error) {
+func newVMs(ctx context.Context, stateDir string, accel engine.Accel, wo warmOptions, db *state.DB, ops *operation.Registry, helper vmHelper, bridge bridgeNet, interrupted map[string]bool) (*vmService, *imageMethods, error) {
 	self, err := os.Executable()
 	if err != nil {
 		return nil, nil, fmt.Errorf("find this binary (the guest agent): %w", err)
@@ -501,11 +548,13 @@ func newVMs(ctx context.Context, stateDir string, accel engine.Accel, autoWarm, 
 	eng := &qemuEngine{q: &engine.QEMU{StateDir: stateDir}, accel: accel}
 	images := &storeImages{store: store, agent: self, kernels: kernels, agentSum: agentSum, usedBy: db.ImageUsers}
 	s := newVMService(db, ops, eng, images, filepath.Join(stateDir, "vms"), helper, bridge)
-	s.warm = &warmStarts{store: snaps, auto: autoWarm, agentSum: agentSum, standby: standbys,
-		standbys: map[string]*standby{}, filling: map[string]chan struct{}{}}
+	s.log = *logging.From(ctx)
+	if s.warm, err = newWarmStarts(snaps, wo, agentSum); err != nil {
+		return nil, nil, err
+	}
 	if err := s.reconcile(ctx, interrupted); err != nil {
 		return nil, nil, fmt.Errorf("reconcile VMs: %w", err)
 	}
 	s.sweepStandbys(ctx)
-	return s, &imageMethods{store: store, db: db, agent: self, kernels: kernels, snapshots: snaps, dropStandby: s.dropStandby}, nil
+	return s, &imageMethods{store: store, db: db, agent: self, kernels: kernels, snapshots: snaps, dropStandby: s.dropStandby, standbyStatus: s.standbyStatus}, nil
 }

@@ -6,12 +6,12 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"os"
 	"path/filepath"
 	"sync"
 	"time"
 
 	"github.com/oklog/ulid/v2"
+	"github.com/prometheus/procfs"
 
 	"banger/applets/agentlink"
 	"banger/applets/api"
@@ -42,28 +42,71 @@ type warmStarts struct {
 	// agentSum is the sha256 of this binary: only a guest whose agent
 	// is this very banger knows agent.resume as this daemon calls it.
 	agentSum func() (string, error)
-	// standby keeps a VM restored ahead of time per snapshot (standby.go).
-	standby bool
+	// perImage is how many standbys to keep per snapshot (standby.go);
+	// 0 keeps none.
+	perImage int
+	// minFree is the host memory, in bytes, a new standby must leave
+	// available; memAvailable reads what is available now.
+	minFree      int64
+	memAvailable func() (int64, error)
 
-	mu       sync.Mutex               // guards standbys, filling and closed
-	standbys map[string]*standby      // by image: one snapshot per image
-	filling  map[string]chan struct{} // images whose standby is being made; closed when done
-	closed   bool                     // the daemon is stopping: make no more
+	mu     sync.Mutex              // guards pools, each pool's fields, and closed
+	pools  map[string]*standbyPool // by image: one snapshot per image
+	closed bool                    // the daemon is stopping: make no more
+}
+
+// warmOptions are the daemon's warm-start settings.
+type warmOptions struct {
+	auto     bool  // --auto-warm
+	standbys int   // --standbys, per snapshot
+	minFree  int64 // --standby-min-free, bytes; 0 is the default
+}
+
+// maxStandbys bounds --standbys: each holds its guest's memory.
+const maxStandbys = 16
+
+// newWarmStarts is the warm starts of a daemon with options o, reading
+// the host's memory from /proc.
+func newWarmStarts(store *warm.Store, o warmOptions, agentSum func() (string, error)) (*warmStarts, error) {
+	fs, err := procfs.NewDefaultFS()
+	if err != nil {
+		return nil, fmt.Errorf("read the host's memory: %w", err)
+	}
+	meminfo := func() (procfs.Meminfo, error) {
+		m, err := fs.Meminfo()
+		if err == nil && (m.MemAvailableBytes == nil || m.MemTotalBytes == nil) {
+			err = errors.New("/proc/meminfo has no MemAvailable")
+		}
+		return m, err
+	}
+	w := &warmStarts{store: store, auto: o.auto, agentSum: agentSum, perImage: o.standbys, minFree: o.minFree,
+		pools: map[string]*standbyPool{},
+		memAvailable: func() (int64, error) {
+			m, err := meminfo()
+			if err != nil {
+				return 0, err
+			}
+			return int64(*m.MemAvailableBytes), nil
+		}}
+	if w.minFree == 0 {
+		// An eighth of the host, at least 512 MiB: room for the VMs the
+		// user runs, the page cache and everything else.
+		m, err := meminfo()
+		if err != nil {
+			return nil, fmt.Errorf("read the host's memory: %w", err)
+		}
+		w.minFree = max(int64(*m.MemTotalBytes)/8, 512<<20)
+	}
+	return w, nil
 }
 
 // warmPlan is what one create does about warm starts, decided by its
 // steps as it goes.
 type warmPlan struct {
-	key     warm.Key
-	usable  bool // key is known: the VM may restore, or save
-	save    bool // save a snapshot after booting, even when auto is off
-	restore bool // the disk was checked out of a snapshot: restore
-	// standby is the process restored ahead of time that the VM took
-	// (standby.go): launched and loaded already.
-	standby vmProcess
+	key    warm.Key
+	usable bool // key is known: the VM may restore, or save
+	save   bool // save a snapshot after booting, even when auto is off
 }
-
-func (p *warmPlan) restoring() bool { return p != nil && p.restore }
 
 // planWarm works out the snapshot key of a new VM; a VM that boots cold
 // (--cold, or a key that cannot be known) gets no plan.
@@ -96,63 +139,30 @@ func (s *vmService) warmKey(img vmImage, vm vmShape) (warm.Key, error) {
 	return k, errors.Join(errs[:]...)
 }
 
-// checkoutDisk makes a restoring VM's disk and memory link from the
-// snapshot, and reports whether there was one.
-func (s *vmService) checkoutDisk(ctx context.Context, plan *warmPlan, dir string) bool {
-	if plan == nil || !plan.usable || plan.save {
-		return false
-	}
+// canRestore says whether a new VM can restore its image's snapshot.
+func (s *vmService) canRestore(plan *warmPlan) bool {
+	return plan != nil && plan.usable && !plan.save && s.warm.store.Has(plan.key)
+}
+
+// checkoutSnapshot makes a restoring VM's disk and memory link from the
+// snapshot.
+func (s *vmService) checkoutSnapshot(ctx context.Context, plan *warmPlan, dir string) error {
 	ok, err := s.warm.store.Checkout(plan.key, filepath.Join(dir, diskFile), filepath.Join(dir, memoryFile), filepath.Join(dir, consoleFile))
 	if err != nil {
-		logging.From(ctx).Warn().Err(err).Msg("warm snapshot not usable; booting")
-		return false
+		return err
 	}
-	plan.restore = ok
-	return ok
+	if !ok {
+		return fmt.Errorf("image %s has no warm snapshot for this shape any more", plan.key.Image)
+	}
+	return nil
 }
 
 // wantsSave says whether a VM that booted saves a snapshot.
 func (s *vmService) wantsSave(plan *warmPlan) bool {
-	if plan == nil || !plan.usable || plan.restore {
+	if plan == nil || !plan.usable {
 		return false
 	}
 	return plan.save || s.warm.auto && !s.warm.store.Has(plan.key)
-}
-
-// restoreSteps load a checked-out snapshot into the launched process and
-// give the guest its identity; they stand in for "wait for agent".
-func (s *vmService) restoreSteps(name string, plan *warmPlan, proc *vmProcess, spec *launchSpec) []operation.Step {
-	restoring := plan.restoring
-	return []operation.Step{
-		{Name: "restore", When: restoring, Do: func(ctx context.Context) error {
-			err := (*proc).LoadState(ctx, true)
-			// The VM has its state, or failed: either way the link goes.
-			os.Remove(spec.Incoming)
-			if err != nil {
-				// Never try this snapshot again: the next VM boots and
-				// saves a new one.
-				s.warm.store.Delete(plan.key.Image)
-				return fmt.Errorf("restore the warm snapshot of %s (removed; the next VM boots): %w", plan.key.Image, err)
-			}
-			return nil
-		}},
-		{Name: "resume agent", When: restoring, Do: func(ctx context.Context) error {
-			ctx, cancel := context.WithTimeout(ctx, bootTimeout)
-			defer cancel()
-			id, err := newIdentity(name, spec.Tap)
-			if err != nil {
-				return err
-			}
-			bootID, err := (*proc).Resume(ctx, id)
-			if err != nil {
-				if errors.Is(err, context.DeadlineExceeded) {
-					return rpc.Errorf(rpc.CodeTimeout, "the restored guest's agent did not answer within %s; see `banger vm logs %s`", bootTimeout, name)
-				}
-				return err
-			}
-			return s.markRunning(ctx, name, *proc, bootID)
-		}},
-	}
 }
 
 // saveStep saves a snapshot of a VM that has just booted: paused, its

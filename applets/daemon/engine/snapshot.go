@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/digitalocean/go-qemu/qmp"
@@ -69,6 +70,11 @@ func (i *Instance) SaveState(ctx context.Context, path string) error {
 			case "completed":
 				return nil
 			case "failed", "cancelled":
+				if full(filepath.Dir(path)) {
+					// What wrote the file (cat) died of it; QEMU saw a
+					// broken pipe.
+					return fmt.Errorf("save state to %s: %w (migration %s: %s)", path, syscall.ENOSPC, m.Status, m.Error)
+				}
 				return fmt.Errorf("save state to %s: migration %s: %s", path, m.Status, m.Error)
 			}
 			if err := sleepCtx(ctx, statePoll); err != nil {
@@ -163,6 +169,13 @@ func (i *Instance) loadFailed(err error) error {
 		return rpc.Errorf(rpc.CodeOperationFailed, "load state: QEMU exited: %s", tail(filepath.Join(i.Dir, EngineLog)))
 	}
 	return fmt.Errorf("load state: %w", err)
+}
+
+// full says whether the file system of dir has no room left for a
+// write of a page.
+func full(dir string) bool {
+	var st syscall.Statfs_t
+	return syscall.Statfs(dir, &st) == nil && int64(st.Bavail)*st.Bsize < 64<<10
 }
 
 func sleepCtx(ctx context.Context, d time.Duration) error {

@@ -31,6 +31,14 @@ type Persist func(ctx context.Context, op api.Operation) error
 // Registry holds the daemon's operations.
 type Registry struct {
 	persist Persist
+	// Explain (may be nil) rewords an operation's error before it is
+	// recorded: the daemon says a full disk as such.
+	Explain func(error) error
+	// Hold is "TARGET:STAGE": at the start of the stage STAGE, the
+	// operations on TARGET (a VM's name) stop until they are canceled,
+	// or their daemon killed. The tests' way to kill a daemon in the
+	// middle of a stage that takes milliseconds; "" for none.
+	Hold string
 
 	mu  sync.Mutex // guards ops and every op's view
 	ops map[string]*op
@@ -87,6 +95,9 @@ func (r *Registry) finish(ctx context.Context, o *op, result any, err error) {
 	var raw json.RawMessage
 	if err == nil && result != nil {
 		raw, err = json.Marshal(result)
+	}
+	if err != nil && r.Explain != nil {
+		err = r.Explain(err)
 	}
 	r.mu.Lock()
 	now := time.Now().UTC()

@@ -198,3 +198,77 @@ func TestWhenSkipsAStepAnEarlierOneDecided(t *testing.T) {
 		t.Errorf("log: %v", rec.log)
 	}
 }
+
+// A FirstOf falls back from a way that fails to the next usable one,
+// undoing the failed way's steps and saying why in a stage; a later
+// failure undoes the way that succeeded.
+func TestFirstOfFallsBackAndUndoesTheWayTaken(t *testing.T) {
+	reg := NewRegistry(nil)
+	rec := &recorder{}
+	standby := rec.steps("take standby", "resume")
+	standby[1].Do = func(context.Context) error { rec.add("do resume"); return errors.New("session shutdown") }
+	restore := rec.steps("restore")
+	boot := rec.steps("launch", "wait")
+	after := rec.steps("save")
+	after[0].Do = func(context.Context) error { rec.add("do save"); return errors.New("disk full") }
+	steps := append(rec.steps("record"), FirstOf(
+		Way{Name: "standby", Steps: standby},
+		Way{Name: "restore", Usable: func() bool { return false }, Steps: restore},
+		Way{Name: "boot", Steps: boot},
+	))
+	reg.Begin(context.Background(), "op-f", "test", "", func(ctx context.Context, p *Progress) (any, error) {
+		return nil, p.Run(ctx, append(steps, after...))
+	})
+	v := wait(t, reg, "op-f")
+	if v.State != api.OpFailed || v.Error == nil || v.Error.Message != "disk full" {
+		t.Fatalf("final: %+v", v)
+	}
+	want := []string{"do record", "do take standby", "do resume", "undo take standby",
+		"do launch", "do wait", "do save", "undo wait", "undo launch", "undo record"}
+	if !slices.Equal(rec.log, want) {
+		t.Errorf("log:\n%v\nwant\n%v", rec.log, want)
+	}
+	var names []string
+	for _, s := range v.Stages {
+		names = append(names, s.Name+" "+s.State)
+	}
+	wantStages := []string{"record undone", "take standby undone", "resume failed", "undo take standby done",
+		"fall back to boot done", "launch undone", "wait undone", "save failed", "undo wait done", "undo launch done", "undo record done"}
+	if !slices.Equal(names, wantStages) {
+		t.Errorf("stages:\n%v\nwant\n%v", names, wantStages)
+	}
+	if fb := v.Stages[4]; fb.Detail != "standby: session shutdown" {
+		t.Errorf("fall back stage: %+v", fb)
+	}
+}
+
+// The last way's failure is the step's; a cancel does not fall back.
+func TestFirstOfFailsWithTheLastWayAndStopsOnCancel(t *testing.T) {
+	reg := NewRegistry(nil)
+	rec := &recorder{}
+	fail := func(name, msg string) []Step {
+		s := rec.steps(name)
+		s[0].Do = func(context.Context) error { rec.add("do " + name); return rpc.Errorf(rpc.CodeTimeout, "%s", msg) }
+		return s
+	}
+	reg.Begin(context.Background(), "op-l", "test", "", func(ctx context.Context, p *Progress) (any, error) {
+		return nil, p.Run(ctx, []Step{FirstOf(Way{Name: "a", Steps: fail("a", "first")}, Way{Name: "b", Steps: fail("b", "second")})})
+	})
+	if v := wait(t, reg, "op-l"); v.Error == nil || v.Error.Code != rpc.CodeTimeout || v.Error.Message != "second" {
+		t.Fatalf("final: %+v", v)
+	}
+
+	rec = &recorder{}
+	started := make(chan struct{})
+	slow := rec.steps("slow")
+	slow[0].Do = func(ctx context.Context) error { close(started); <-ctx.Done(); return ctx.Err() }
+	reg.Begin(context.Background(), "op-c", "test", "", func(ctx context.Context, p *Progress) (any, error) {
+		return nil, p.Run(ctx, []Step{FirstOf(Way{Name: "a", Steps: slow}, Way{Name: "b", Steps: rec.steps("b")})})
+	})
+	<-started
+	reg.Cancel(context.Background(), "op-c")
+	v := wait(t, reg, "op-c")
+	if v.State != api.OpCanceled || slices.Contains(rec.log, "do b") {
+		t.Fatalf("canceled: %+v, log %v", v, rec.log)
+	}
+}

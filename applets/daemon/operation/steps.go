@@ -25,6 +25,29 @@ type Step struct {
 	// skips it, and it leaves no stage: for a step that an earlier one
 	// decides on (a warm start restores instead of booting).
 	When func() bool
+
+	ways []Way // a FirstOf: Do and Undo are unused
+}
+
+// Way is one way to reach the end of a FirstOf, as steps of its own.
+type Way struct {
+	Name string
+	// Usable (may be nil) says whether the way can be tried now; false
+	// passes over it and leaves no stage.
+	Usable func() bool
+	Steps  []Step
+}
+
+// FirstOf is a step that tries ways in order until one succeeds: the
+// optimisations of a job that a plainer way can always do (a VM that
+// takes a standby, else restores a snapshot, else boots). A way that
+// fails is undone (its own steps, in reverse), a stage "fall back to
+// NEXT" says why in its detail, a warning is logged, and the next usable
+// way is tried; only the failure of the last one fails the step. A
+// cancel ends it at once. FirstOf has no stage of its own (its ways'
+// steps are the stages), and undoing it undoes the way that succeeded.
+func FirstOf(ways ...Way) Step {
+	return Step{Name: "first of", ways: ways}
 }
 
 // Progress is an operation's handle to record its stages.
@@ -39,25 +62,90 @@ type Progress struct {
 // context that is not canceled (bounded by UndoTimeout), and the error is
 // returned: canceled if the cancel came first.
 func (p *Progress) Run(ctx context.Context, steps []Step) error {
+	_, err := p.run(ctx, steps)
+	return err
+}
+
+// run is Run, returning the steps done when it succeeds (what undoing
+// them takes).
+func (p *Progress) run(ctx context.Context, steps []Step) ([]Step, error) {
 	var done []Step
 	for _, s := range steps {
 		if s.When != nil && ctx.Err() == nil && !s.When() {
 			continue
 		}
 		err := ctx.Err()
-		if err == nil {
+		if err == nil && s.ways != nil {
+			var chosen []Step
+			chosen, err = p.firstOf(ctx, s.ways)
+			done = append(done, chosen...)
+		} else if err == nil {
 			err = p.stage(ctx, s.Name, s.Do)
+			if err == nil {
+				done = append(done, s)
+			}
 		}
 		if err != nil {
-			if ctx.Err() != nil {
+			if ctx.Err() != nil && rpc.CodeOf(err) != rpc.CodeCanceled {
 				err = rpc.Errorf(rpc.CodeCanceled, "canceled during %s", s.Name)
 			}
 			p.undo(ctx, done)
-			return err
+			return nil, err
 		}
-		done = append(done, s)
 	}
-	return nil
+	return done, nil
+}
+
+// firstOf runs a FirstOf's ways (see there) and returns the steps done by
+// the one that succeeded.
+func (p *Progress) firstOf(ctx context.Context, ways []Way) ([]Step, error) {
+	next := func(from int) int {
+		for i := from; i < len(ways); i++ {
+			if ways[i].Usable == nil || ways[i].Usable() {
+				return i
+			}
+		}
+		return -1
+	}
+	i := next(0)
+	if i < 0 {
+		return nil, errors.New("no way to do this is usable")
+	}
+	for {
+		done, err := p.run(ctx, ways[i].Steps)
+		if err == nil || ctx.Err() != nil {
+			return done, err
+		}
+		n := next(i + 1)
+		if n < 0 {
+			return nil, err
+		}
+		why := ways[i].Name + ": " + errorMessage(err)
+		logging.From(ctx).Warn().Str("way", ways[i].Name).Str("next", ways[n].Name).Err(err).Msg("fell back to a plainer way")
+		p.note(ctx, "fall back to "+ways[n].Name, why)
+		i = n
+	}
+}
+
+// note records a stage that did nothing but say something: done at once,
+// with detail.
+func (p *Progress) note(ctx context.Context, name, detail string) {
+	r, o := p.r, p.o
+	r.mu.Lock()
+	o.view.Stages = append(o.view.Stages, api.Stage{Name: name, State: api.StageDone, Started: time.Now().UTC(), Detail: detail})
+	view := r.snapshot(o)
+	r.mu.Unlock()
+	r.save(ctx, view)
+}
+
+// errorMessage is an error as a stage shows it: an rpc error's message
+// without its code.
+func errorMessage(err error) string {
+	var re *rpc.ErrorResponse
+	if errors.As(err, &re) {
+		return re.Message
+	}
+	return err.Error()
 }
 
 func (p *Progress) undo(ctx context.Context, done []Step) {
@@ -86,7 +174,14 @@ func (p *Progress) stage(ctx context.Context, name string, fn func(context.Conte
 	o.view.Current = name
 	r.mu.Unlock()
 
-	err := logging.Stage(ctx, name, fn)
+	if r.Hold != "" && r.Hold == o.view.Target+":"+name {
+		logging.From(ctx).Warn().Str("stage", name).Msg("held at the start of this stage (bangerd --test-hold-stage)")
+		<-ctx.Done()
+	}
+	err := ctx.Err()
+	if err == nil {
+		err = logging.Stage(ctx, name, fn)
+	}
 
 	r.mu.Lock()
 	st := &o.view.Stages[i]
@@ -94,11 +189,7 @@ func (p *Progress) stage(ctx context.Context, name string, fn func(context.Conte
 	st.State = api.StageDone
 	if err != nil {
 		st.State = api.StageFailed
-		st.Error = err.Error()
-		var re *rpc.ErrorResponse
-		if errors.As(err, &re) {
-			st.Error = re.Message
-		}
+		st.Error = errorMessage(err)
 	}
 	o.view.Current = ""
 	view := r.snapshot(o)

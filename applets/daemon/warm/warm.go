@@ -3,8 +3,10 @@
 // of that image restores instead of booting.
 //
 // A snapshot is valid only for the Key it was taken with: the image, the
-// kernel, the engine, the agent and the VM's shape. One that no longer
-// matches is removed when it is looked up, never used. Each image has at
+// kernel, the engine, the agent and the VM's shape. One that can no
+// longer match (the image, kernel, engine or agent changed) is removed
+// when it is looked up, never used; one of another shape stays until a
+// snapshot of a new shape replaces it. Each image has at
 // most one snapshot, replaced whole: a VM checks a snapshot out (its own
 // copy of the disk, a link to the memory file) in one step under the
 // store's lock, so a replacement never gives it a disk and a memory of
@@ -114,15 +116,36 @@ func (s *Store) manifest(image string) (Manifest, bool) {
 	return m, true
 }
 
-// valid reports whether image has a snapshot taken with key, removing
-// one that was taken with another. The caller holds mu.
+// valid reports whether image has a snapshot taken with key whose memory
+// is whole: the size it recorded (one truncated by a full disk, say, is a
+// state QEMU cannot load). A snapshot that can never be valid again (taken
+// of another image digest, kernel, engine or agent, or not whole) is
+// removed; one of another VM shape is kept, for VMs of that shape, until
+// a save replaces it. (The disk is a qcow2 file, which may grow; QEMU
+// refuses one that is broken, and the VM boots instead.) The caller holds
+// mu.
 func (s *Store) valid(key Key) bool {
 	m, ok := s.manifest(key.Image)
-	if ok && m.Key == key {
+	whole := ok && sizeIs(s.path(key.Image, MemoryFile), m.MemoryBytes)
+	if whole && m.Key == key {
 		return true
+	}
+	if whole && m.Key.sameButShape(key) {
+		return false
 	}
 	os.RemoveAll(s.path(key.Image))
 	return false
+}
+
+// sameButShape says whether k and o differ in the VM's shape only.
+func (k Key) sameButShape(o Key) bool {
+	k.CPUs, k.MemoryMiB, k.DiskMiB = o.CPUs, o.MemoryMiB, o.DiskMiB
+	return k == o
+}
+
+func sizeIs(path string, size int64) bool {
+	fi, err := os.Stat(path)
+	return err == nil && fi.Size() == size
 }
 
 // Has reports whether a snapshot valid for key exists (and removes a

@@ -60,11 +60,26 @@ func TestSaveCheckoutAndStaleKeys(t *testing.T) {
 	if b, _ := os.ReadFile(mem); string(b) != "first" {
 		t.Errorf("checked-out memory after replacement %q", b)
 	}
-	// Another shape, image or engine is a miss, and removes the stale one.
+	// Another shape is a miss that keeps the snapshot (for VMs of its
+	// own shape, until a save replaces it: a save that fails must not
+	// cost the image its snapshot) ...
 	other := key()
 	other.MemoryMiB = 512
 	if s.Has(other) {
 		t.Error("a snapshot of another shape was taken as valid")
+	}
+	if ok, err := s.Checkout(other, disk+"2", mem+"2", ""); ok || err != nil {
+		t.Errorf("checkout of another shape: %v %v", ok, err)
+	}
+	if !s.Has(key()) {
+		t.Error("a look-up of another shape removed the snapshot")
+	}
+	// ... another image digest or engine is a miss, and removes the stale
+	// one: no VM can use it again.
+	other = key()
+	other.Engine = "/q 1 3"
+	if s.Has(other) {
+		t.Error("a snapshot of another engine was taken as valid")
 	}
 	if _, err := os.Stat(filepath.Join(dir, "img")); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("stale snapshot left: %v", err)
@@ -121,5 +136,23 @@ func TestCheckoutCarriesTheConsole(t *testing.T) {
 	b, _ := os.ReadFile(console)
 	if !strings.HasPrefix(string(b), "Linux version 6.1\n") || !strings.Contains(string(b), "restored from the warm snapshot of image img") {
 		t.Errorf("console %q", b)
+	}
+}
+
+// A snapshot whose memory is not the size it recorded (truncated by a
+// full disk, or by hand) is not valid, and is removed.
+func TestTruncatedSnapshotIsNotValid(t *testing.T) {
+	dir := t.TempDir()
+	s, _ := Open(dir)
+	save(t, s, key(), "a memory of some length")
+	if err := os.Truncate(filepath.Join(dir, "img", MemoryFile), 3); err != nil {
+		t.Fatal(err)
+	}
+	vm := t.TempDir()
+	if ok, err := s.Checkout(key(), filepath.Join(vm, "disk"), filepath.Join(vm, "memory"), ""); ok || err != nil {
+		t.Errorf("checkout of a truncated snapshot: %v %v", ok, err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "img")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("truncated snapshot left: %v", err)
 	}
 }

@@ -654,7 +654,9 @@ func BenchmarkPingWhile4VMsBoot(b *testing.B) {
 func BenchmarkIdleDaemonRSS(b *testing.B) {
 	v := newVMBench(b)
 	// The build's buffers (~200 MiB: the kernel decompressed in memory,
-	// the initramfs) go back to the system within ~2 s.
+	// the initramfs) go back to the system as the build ends
+	// (imagestore.Options.Built); the wait lets what the create did
+	// after it settle.
 	time.Sleep(5 * time.Second)
 	built := procStatusMiB(b, v.pid)
 	v.stopDaemon()

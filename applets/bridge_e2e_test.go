@@ -30,11 +30,11 @@ import (
 
 // netns is a network namespace the test made, deleted when it ends.
 type netns struct {
-	t    *testing.T
+	t    testing.TB
 	name string
 }
 
-func newNetns(t *testing.T) *netns {
+func newNetns(t testing.TB) *netns {
 	t.Helper()
 	if _, err := exec.LookPath("ip"); err != nil {
 		t.Skip("needs ip(8) (iproute2) to make a network namespace")
@@ -141,7 +141,7 @@ func (ns *netns) taps() []string {
 // bridgedSandbox is a sandbox whose helper and daemon run in ns; the
 // client stays outside (it only needs the socket) and never starts a
 // daemon of its own.
-func bridgedSandbox(t *testing.T) (*sandbox, *netns, string) {
+func bridgedSandbox(t testing.TB) (*sandbox, *netns, string) {
 	t.Helper()
 	needGuests(t)
 	s := newSandbox(t)
@@ -297,6 +297,15 @@ func TestBridgedVMs(t *testing.T) {
 		t.Errorf("after start: %+v, taps %v", b, ns.taps())
 	}
 	s.banger("vm", "exec", "b", "--", "ping", "-c1", "-W5", a.Address).want(t, 0)
+
+	// A bridged guest that powers itself off gives its tap back at once;
+	// it keeps its address.
+	s.banger("vm", "exec", "b", "--", "poweroff")
+	waitFor(t, 5*time.Second, func() bool { return len(ns.taps()) == 1 })
+	s.banger("vm", "start", "--json", "b").want(t, 0).json(t, &b)
+	if b.Address != "10.77.0.3" || len(ns.taps()) != 2 {
+		t.Errorf("after a poweroff and a start: %+v, taps %v", b, ns.taps())
+	}
 
 	// Delete removes the tap and frees the address.
 	s.banger("vm", "delete", "a").want(t, 0)

@@ -24,14 +24,14 @@ const nobody = 65534
 // sandbox is one isolated user-mode banger: its own runtime and state
 // directories, passed to every command through the environment.
 type sandbox struct {
-	t       *testing.T
+	t       testing.TB
 	dir     string
 	runtime string // XDG_RUNTIME_DIR
 	state   string // XDG_STATE_HOME
 	env     []string
 }
 
-func newSandbox(t *testing.T) *sandbox {
+func newSandbox(t testing.TB) *sandbox {
 	t.Helper()
 	if os.Getuid() != 0 {
 		// They start a root helper and run daemons and callers as other
@@ -125,7 +125,7 @@ func (s *sandbox) runIn(stdin []byte, timeout time.Duration, bin string, args ..
 	return result{out.String(), errb.String(), code}
 }
 
-func (r result) want(t *testing.T, code int) result {
+func (r result) want(t testing.TB, code int) result {
 	t.Helper()
 	if r.code != code {
 		t.Fatalf("exit %d, want %d\nstdout: %s\nstderr: %s", r.code, code, r.stdout, r.stderr)
@@ -133,7 +133,7 @@ func (r result) want(t *testing.T, code int) result {
 	return r
 }
 
-func (r result) json(t *testing.T, v any) {
+func (r result) json(t testing.TB, v any) {
 	t.Helper()
 	if err := json.Unmarshal([]byte(r.stdout), v); err != nil {
 		t.Fatalf("stdout is not JSON: %v\n%s", err, r.stdout)
@@ -181,7 +181,7 @@ func (s *sandbox) startProcess(uid int, stderr *bytes.Buffer, bin string, args .
 }
 
 // waitSocket waits until a server answers ping-or-anything on path.
-func waitSocket(t *testing.T, path string) {
+func waitSocket(t testing.TB, path string) {
 	t.Helper()
 	waitFor(t, 15*time.Second, func() bool {
 		err := (&rpc.Client{Socket: path}).Call(context.Background(), "ping", nil, nil)

@@ -21,7 +21,7 @@ import (
 // (CI installs qemu-system-x86, qemu-utils, linux-image-amd64,
 // busybox-static and e2fsprogs through packaging/test.sh, so they run
 // there).
-func needGuests(t *testing.T) {
+func needGuests(t testing.TB) {
 	t.Helper()
 	if testing.Short() {
 		t.Skip("real guests take seconds each; -short skips them")
@@ -98,7 +98,7 @@ func (s *sandbox) standbyPIDs() []int {
 
 // waitStandbysReady waits until the daemon's log says n standbys were
 // made ready since it began (a standby's process exists well before).
-func (s *sandbox) waitStandbysReady(t *testing.T, n int) {
+func (s *sandbox) waitStandbysReady(t testing.TB, n int) {
 	t.Helper()
 	waitFor(t, time.Minute, func() bool {
 		b, _ := os.ReadFile(s.daemonLog())

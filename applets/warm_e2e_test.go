@@ -21,7 +21,7 @@ import (
 
 // wantStart checks from a create's stages (on stderr) whether the VM was
 // restored (from a standby or from the snapshot) or booted.
-func wantStart(t *testing.T, r result, warm bool) {
+func wantStart(t testing.TB, r result, warm bool) {
 	t.Helper()
 	restored := (strings.Contains(r.stderr, "take standby done") || strings.Contains(r.stderr, "restore done")) && strings.Contains(r.stderr, "resume agent done")
 	booted := strings.Contains(r.stderr, "wait for agent done")

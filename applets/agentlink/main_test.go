@@ -7,7 +7,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"sort"
 	"strings"
 	"sync"
 	"testing"
@@ -16,6 +15,7 @@ import (
 	"banger/applets/agent/boot"
 	"banger/applets/agentlink"
 	"banger/applets/daemon/engine"
+	"banger/applets/daemon/imagestore"
 	"banger/applets/daemon/kernel"
 )
 
@@ -105,12 +105,11 @@ func buildGuest() (*guestFiles, bool, error) {
 			return nil, true, fmt.Errorf("%s is not installed (Debian: qemu-system-x86, qemu-utils)", tool)
 		}
 	}
-	kernels, _ := filepath.Glob("/boot/vmlinuz-*")
-	if len(kernels) == 0 {
-		return nil, true, fmt.Errorf("no kernel in /boot (Debian: linux-image-amd64)")
+	// The kernel the daemon's default image is made of.
+	vmlinuz, err := imagestore.HostKernel(imagestore.DefaultBootDir)
+	if err != nil {
+		return nil, true, err
 	}
-	sort.Strings(kernels)
-	vmlinuz := kernels[len(kernels)-1]
 	release, err := kernel.Release(vmlinuz)
 	if err != nil {
 		return nil, false, err

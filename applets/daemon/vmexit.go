@@ -37,7 +37,7 @@ func (s *vmService) watchExit(name string, r *runningProc) {
 	var release func()
 	for {
 		var err error
-		if release, err = s.claim(name, "noticing that it exited"); err == nil {
+		if release, err = s.claimBrief(name, "noticing that it exited"); err == nil {
 			break
 		}
 		select {

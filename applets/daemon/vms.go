@@ -48,7 +48,7 @@ type vmService struct {
 	log    zerolog.Logger // for work no call asked for (a VM that ended on its own)
 
 	mu    sync.Mutex              // guards busy and procs
-	busy  map[string]string       // VM name -> what is being done to it
+	busy  map[string]*busyWith    // VM name -> what is being done to it
 	procs map[string]*runningProc // VM name -> its running engine process
 }
 
@@ -61,23 +61,57 @@ type runningProc struct {
 
 func newVMService(db *state.DB, ops *operation.Registry, eng vmEngine, images vmImages, root string, helper vmHelper, bridge bridgeNet) *vmService {
 	return &vmService{db: db, ops: ops, engine: eng, images: images, root: root, helper: helper, bridge: bridge, log: zerolog.Nop(),
-		busy: map[string]string{}, procs: map[string]*runningProc{}}
+		busy: map[string]*busyWith{}, procs: map[string]*runningProc{}}
 }
 
 // claim marks the VM busy with what, so two changes of one VM never run at
 // once; the second gets a conflict that says what is going on.
 func (s *vmService) claim(name, what string) (release func(), err error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if doing, ok := s.busy[name]; ok {
-		return nil, rpc.Errorf(rpc.CodeConflict, "vm %q is busy (%s); wait for that to finish", name, doing)
-	}
-	s.busy[name] = what
-	return func() {
+	return s.claimAs(name, what, false)
+}
+
+// claimBrief is a claim for a change no one asked for and that takes
+// milliseconds (recording that a guest ended on its own): a claim that
+// comes meanwhile waits for it instead of failing.
+func (s *vmService) claimBrief(name, what string) (release func(), err error) {
+	return s.claimAs(name, what, true)
+}
+
+// briefWait bounds how long a claim waits for a brief one.
+const briefWait = 5 * time.Second
+
+func (s *vmService) claimAs(name, what string, brief bool) (release func(), err error) {
+	deadline := time.Now().Add(briefWait)
+	for {
 		s.mu.Lock()
-		delete(s.busy, name)
+		b := s.busy[name]
+		if b == nil {
+			b = &busyWith{what: what, brief: brief, done: make(chan struct{})}
+			s.busy[name] = b
+			s.mu.Unlock()
+			return func() {
+				s.mu.Lock()
+				delete(s.busy, name)
+				s.mu.Unlock()
+				close(b.done)
+			}, nil
+		}
 		s.mu.Unlock()
-	}, nil
+		if !b.brief || time.Now().After(deadline) {
+			return nil, rpc.Errorf(rpc.CodeConflict, "vm %q is busy (%s); wait for that to finish", name, b.what)
+		}
+		select {
+		case <-b.done:
+		case <-time.After(time.Until(deadline)):
+		}
+	}
+}
+
+// busyWith is what a VM is busy with, and when it ends.
+type busyWith struct {
+	what  string
+	brief bool          // claimBrief's: others wait for it
+	done  chan struct{} // closed when it ends
 }
 
 func (s *vmService) proc(name string) vmProcess {
@@ -182,7 +216,7 @@ func (s *vmService) create(ctx context.Context, prog *operation.Progress, p api.
 			if err != nil {
 				return err
 			}
-			s.planWarm(ctx, plan, img, vmShape{CPUs: vm.CPUs, MemoryMiB: vm.MemoryMiB, DiskMiB: vm.DiskMiB})
+			s.planWarm(ctx, plan, img, vmShape{CPUs: vm.CPUs, MemoryMiB: vm.MemoryMiB, DiskMiB: vm.DiskMiB, Network: vm.Network})
 			if s.wantsSave(plan) && s.standbys() > 0 && network == api.NetworkUser {
 				// Its standby starts now, while this VM boots.
 				saved = make(chan struct{})

@@ -129,7 +129,7 @@ func (s *vmService) restoreWay(vm state.VM, img *vmImage, plan *warmPlan) operat
 				if err != nil {
 					// Never try this snapshot again: the next VM boots and
 					// saves a new one.
-					s.warm.store.Delete(plan.key.Image)
+					s.warm.store.Drop(plan.key)
 					return fmt.Errorf("restore the warm snapshot of %s (removed; the next VM boots): %w", plan.key.Image, err)
 				}
 				return nil

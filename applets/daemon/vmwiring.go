@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"strings"
 	"sync"
 	"time"
@@ -535,6 +536,10 @@ func newVMs(ctx context.Context, stateDir string, accel engine.Accel, wo warmOpt
 	store, err := imagestore.Open(ctx, filepath.Join(stateDir, "images"), imagestore.Options{
 		PrepareKernel: prepareKernel,
 		BuildInitrd:   initrdBuilder(self, kernels),
+		// A build reads the kernel, the agent and the initramfs whole (a
+		// few hundred MiB), which Go's runtime would keep for a long
+		// while: a daemon runs for weeks.
+		Built: debug.FreeOSMemory,
 	})
 	if err != nil {
 		return nil, nil, fmt.Errorf("open the image store: %w", err)

@@ -127,11 +127,17 @@ func (s *vmService) planWarm(ctx context.Context, plan *warmPlan, img vmImage, v
 }
 
 // vmShape is what of a VM a snapshot must match.
-type vmShape struct{ CPUs, MemoryMiB, DiskMiB int }
+type vmShape struct {
+	CPUs, MemoryMiB, DiskMiB int
+	Network                  string // the network mode: its state is in the snapshot
+}
 
 func (s *vmService) warmKey(img vmImage, vm vmShape) (warm.Key, error) {
 	k := warm.Key{Image: img.Name, ImageDigest: img.Digest, Agent: img.AgentSHA256,
 		CPUs: vm.CPUs, MemoryMiB: vm.MemoryMiB, DiskMiB: vm.DiskMiB}
+	if vm.Network == api.NetworkBridge {
+		k.Network = vm.Network
+	}
 	var errs [3]error
 	k.Kernel, errs[0] = warm.FileID(img.Kernel)
 	k.Initrd, errs[1] = warm.FileID(img.Initrd)

@@ -9,13 +9,13 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
-	"sort"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"banger/applets/agent/boot"
+	"banger/applets/daemon/imagestore"
 	"banger/applets/dirs"
 	"banger/rpc"
 )
@@ -381,14 +381,11 @@ func needQEMU(t *testing.T) string {
 	return p
 }
 
-// hostKernel is the newest /boot/vmlinuz, or "".
+// hostKernel is the host kernel the daemon's default image is made of
+// (the newest by version), or "".
 func hostKernel() string {
-	k, _ := filepath.Glob("/boot/vmlinuz-*")
-	sort.Strings(k)
-	if len(k) == 0 {
-		return ""
-	}
-	return k[len(k)-1]
+	k, _ := imagestore.HostKernel(imagestore.DefaultBootDir)
+	return k
 }
 
 // bootSpec is a TCG spec that boots the host's kernel on an empty raw

@@ -199,6 +199,9 @@ func (s *Store) build(ctx context.Context, b buildSpec) (Image, error) {
 	fail := func(err error) (Image, error) {
 		return Image{}, fmt.Errorf("import image %s: %w", b.name, err)
 	}
+	if s.opts.Built != nil {
+		defer s.opts.Built()
+	}
 	l, err := waitLock(ctx, s.path(storeLockFile), unix.LOCK_SH)
 	if err != nil {
 		return fail(err)

@@ -79,6 +79,9 @@ type Options struct {
 	// when that kernel needs none (its drivers are built in). Nil: images
 	// without a given initrd have none.
 	BuildInitrd func(ctx context.Context, kernelPath, dst string) (bool, error)
+	// Built (may be nil) is called when a build ends, whether it
+	// succeeded or not: the daemon gives back the memory it took.
+	Built func()
 }
 
 // Store is a directory of images. Its methods are safe for concurrent use,

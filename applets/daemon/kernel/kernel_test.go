@@ -10,24 +10,25 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"sort"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/klauspost/compress/zstd"
 	"github.com/ulikunitz/xz"
+
+	"banger/applets/daemon/imagestore"
 )
 
-// hostKernel is the newest /boot/vmlinuz, or the test is skipped.
+// hostKernel is the host kernel the daemon's default image is made of
+// (the newest by version), or the test is skipped.
 func hostKernel(t *testing.T) string {
 	t.Helper()
-	k, _ := filepath.Glob("/boot/vmlinuz-*")
-	if len(k) == 0 {
-		t.Skip("no kernel in /boot (Debian: linux-image-amd64)")
+	k, err := imagestore.HostKernel(imagestore.DefaultBootDir)
+	if err != nil {
+		t.Skip(err)
 	}
-	sort.Strings(k)
-	return k[len(k)-1]
+	return k
 }
 
 func TestExtractHostKernel(t *testing.T) {

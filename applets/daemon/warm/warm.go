@@ -55,6 +55,21 @@ type Key struct {
 	CPUs        int    `json:"cpus"`
 	MemoryMiB   int    `json:"memory_mib"`
 	DiskMiB     int    `json:"disk_mib"`
+	// Network is the VM's network mode ("" for user-mode, "bridge"):
+	// QEMU saves the state of its network backend (slirp's, or a tap's
+	// virtio-net header), and a state loads only into the same. Each
+	// mode has a snapshot of its own.
+	Network string `json:"network,omitempty"`
+}
+
+// slot is the directory of key's snapshot: the image's name, and the
+// network mode after a dot for another than user-mode (a dot is in no
+// image name).
+func (k Key) slot() string {
+	if k.Network == "" || k.Network == "user" {
+		return k.Image
+	}
+	return k.Image + "." + k.Network
 }
 
 // FileID is a file's identity for a Key; a missing file gives "" and
@@ -78,7 +93,8 @@ type Manifest struct {
 	DiskBytes   int64     `json:"disk_bytes"`
 }
 
-// Store is the snapshots under one directory: DIR/IMAGE/.
+// Store is the snapshots under one directory: DIR/IMAGE/ (user-mode VMs'),
+// DIR/IMAGE.bridge/ (bridged VMs').
 type Store struct {
 	dir string
 	mu  sync.Mutex // orders check-outs and replacements
@@ -125,15 +141,15 @@ func (s *Store) manifest(image string) (Manifest, bool) {
 // refuses one that is broken, and the VM boots instead.) The caller holds
 // mu.
 func (s *Store) valid(key Key) bool {
-	m, ok := s.manifest(key.Image)
-	whole := ok && sizeIs(s.path(key.Image, MemoryFile), m.MemoryBytes)
+	m, ok := s.manifest(key.slot())
+	whole := ok && sizeIs(s.path(key.slot(), MemoryFile), m.MemoryBytes)
 	if whole && m.Key == key {
 		return true
 	}
 	if whole && m.Key.sameButShape(key) {
 		return false
 	}
-	os.RemoveAll(s.path(key.Image))
+	os.RemoveAll(s.path(key.slot()))
 	return false
 }
 
@@ -156,7 +172,8 @@ func (s *Store) Has(key Key) bool {
 	return s.valid(key)
 }
 
-// Get returns the manifest of image's snapshot, if it has one.
+// Get returns the manifest of image's snapshot for user-mode VMs, if it
+// has one.
 func (s *Store) Get(image string) (Manifest, bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -177,9 +194,9 @@ func (s *Store) Checkout(key Key, disk, memory, console string) (bool, error) {
 		return false, nil
 	}
 	if console != "" {
-		m, _ := s.manifest(key.Image)
+		m, _ := s.manifest(key.slot())
 		// A console is worth having, not worth failing a VM for.
-		if err := filecopy.Over(s.path(key.Image, ConsoleFile), console); err == nil || errors.Is(err, fs.ErrNotExist) {
+		if err := filecopy.Over(s.path(key.slot(), ConsoleFile), console); err == nil || errors.Is(err, fs.ErrNotExist) {
 			f, err := os.OpenFile(console, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
 			if err == nil {
 				fmt.Fprintf(f, "\n--- banger: restored from the warm snapshot of image %s saved %s ---\n", key.Image, m.Created.Format(time.RFC3339))
@@ -187,11 +204,11 @@ func (s *Store) Checkout(key Key, disk, memory, console string) (bool, error) {
 			}
 		}
 	}
-	if err := filecopy.Over(s.path(key.Image, DiskFile), disk); err != nil {
+	if err := filecopy.Over(s.path(key.slot(), DiskFile), disk); err != nil {
 		return false, fmt.Errorf("check out the snapshot of %s: %w", key.Image, err)
 	}
-	if err := os.Link(s.path(key.Image, MemoryFile), memory); err != nil {
-		if err := filecopy.New(s.path(key.Image, MemoryFile), memory); err != nil {
+	if err := os.Link(s.path(key.slot(), MemoryFile), memory); err != nil {
+		if err := filecopy.New(s.path(key.slot(), MemoryFile), memory); err != nil {
 			os.Remove(disk)
 			return false, fmt.Errorf("check out the snapshot of %s: %w", key.Image, err)
 		}
@@ -203,7 +220,7 @@ func (s *Store) Checkout(key Key, disk, memory, console string) (bool, error) {
 // it is given, and the snapshot replaces image's old one only once they
 // are whole.
 func (s *Store) Save(ctx context.Context, key Key, fill func(ctx context.Context, memory, disk string) error) (Manifest, error) {
-	tmp := filepath.Join(s.dir, partialPrefix+key.Image+"-"+ulid.Make().String())
+	tmp := filepath.Join(s.dir, partialPrefix+key.slot()+"-"+ulid.Make().String())
 	if err := os.Mkdir(tmp, 0o700); err != nil {
 		return Manifest{}, fmt.Errorf("save a snapshot of %s: %w", key.Image, err)
 	}
@@ -232,22 +249,33 @@ func (s *Store) Save(ctx context.Context, key Key, fill func(ctx context.Context
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if err := os.RemoveAll(s.path(key.Image)); err != nil {
+	if err := os.RemoveAll(s.path(key.slot())); err != nil {
 		return Manifest{}, fmt.Errorf("replace the snapshot of %s: %w", key.Image, err)
 	}
-	if err := os.Rename(tmp, s.path(key.Image)); err != nil {
+	if err := os.Rename(tmp, s.path(key.slot())); err != nil {
 		return Manifest{}, fmt.Errorf("save a snapshot of %s: %w", key.Image, err)
 	}
 	return m, nil
 }
 
-// Delete removes image's snapshot; having none is not an error.
+// Delete removes image's snapshots, of every network mode; having none
+// is not an error.
 func (s *Store) Delete(image string) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	err := os.RemoveAll(s.path(image))
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil
+	slots, _ := filepath.Glob(s.path(image + ".*"))
+	var errs []error
+	for _, dir := range append(slots, s.path(image)) {
+		if err := os.RemoveAll(dir); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			errs = append(errs, err)
+		}
 	}
-	return err
+	return errors.Join(errs...)
+}
+
+// Drop removes the snapshot of key (one that failed to load).
+func (s *Store) Drop(key Key) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return os.RemoveAll(s.path(key.slot()))
 }

@@ -156,3 +156,39 @@ func TestTruncatedSnapshotIsNotValid(t *testing.T) {
 		t.Errorf("truncated snapshot left: %v", err)
 	}
 }
+
+// Each network mode has a snapshot of its own (a user-mode VM's state
+// does not load into a bridged one); dropping one keeps the other, and
+// deleting the image removes both.
+func TestEachNetworkModeHasItsSnapshot(t *testing.T) {
+	dir := t.TempDir()
+	s, _ := Open(dir)
+	bridged := key()
+	bridged.Network = "bridge"
+	save(t, s, key(), "user")
+	save(t, s, bridged, "bridged")
+	if !s.Has(key()) || !s.Has(bridged) {
+		t.Fatal("the two modes' snapshots do not coexist")
+	}
+	vm := t.TempDir()
+	if ok, err := s.Checkout(bridged, filepath.Join(vm, "disk"), filepath.Join(vm, "memory"), ""); !ok || err != nil {
+		t.Fatalf("checkout bridged: %v %v", ok, err)
+	}
+	if b, _ := os.ReadFile(filepath.Join(vm, "memory")); string(b) != "bridged" {
+		t.Errorf("bridged memory %q", b)
+	}
+	if m, ok := s.Get("img"); !ok || m.Key.Network != "" {
+		t.Errorf("Get is the user-mode one: %+v %v", m, ok)
+	}
+	s.Drop(bridged)
+	if s.Has(bridged) || !s.Has(key()) {
+		t.Error("dropping the bridged snapshot")
+	}
+	save(t, s, bridged, "bridged")
+	if err := s.Delete("img"); err != nil || s.Has(bridged) || s.Has(key()) {
+		t.Errorf("delete: %v", err)
+	}
+	if entries, _ := os.ReadDir(dir); len(entries) != 0 {
+		t.Errorf("left: %v", entries)
+	}
+}

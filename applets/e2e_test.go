@@ -101,14 +101,29 @@ func (s *sandbox) run(bin string, args ...string) result {
 	return s.runIn(nil, time.Minute, bin, args...)
 }
 
+// bangerAs runs the client as uid, as the owner of a daemon that runs as
+// that user would.
+func (s *sandbox) bangerAs(uid int, args ...string) result {
+	s.t.Helper()
+	return s.runAs(uid, nil, time.Minute, bangerBin, args...)
+}
+
 // runIn runs bin with stdin (nil: none), bounded by timeout, and returns
 // its output and exit code.
 func (s *sandbox) runIn(stdin []byte, timeout time.Duration, bin string, args ...string) result {
+	s.t.Helper()
+	return s.runAs(0, stdin, timeout, bin, args...)
+}
+
+func (s *sandbox) runAs(uid int, stdin []byte, timeout time.Duration, bin string, args ...string) result {
 	s.t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, bin, args...)
 	cmd.Env = s.env
+	if uid != 0 {
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uint32(uid), Gid: uint32(uid)}}
+	}
 	if stdin != nil {
 		cmd.Stdin = bytes.NewReader(stdin)
 	}

@@ -135,7 +135,7 @@ func TestFailingCommandOpIDAcrossDaemonAndHelper(t *testing.T) {
 	s.startProcess(nobody, &dstderr, bangerBin, "bangerd", "--helper-socket", hsock)
 	waitSocket(t, s.socket())
 
-	r := s.banger("host", "check").want(t, 6)
+	r := s.bangerAs(nobody, "host", "check").want(t, 6) // as the daemon's owner
 	m := opIDAtEnd.FindStringSubmatch(r.stderr)
 	if m == nil {
 		t.Fatalf("stderr does not end with an op id: %q", r.stderr)

@@ -14,6 +14,9 @@ import (
 var bangerBin string
 
 func TestMain(m *testing.M) {
+	if spec := os.Getenv(envFakeDaemon); spec != "" {
+		os.Exit(fakeDaemon(spec))
+	}
 	os.Exit(runMain(m))
 }
 

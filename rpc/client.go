@@ -21,6 +21,35 @@ type Caller interface {
 // Client calls a server on a Unix socket, one connection per call.
 type Client struct {
 	Socket string
+	// Server (may be nil) decides from the server's credentials
+	// (SO_PEERCRED) whether it is the server meant, before anything is
+	// sent: a socket that another user made first must not get the
+	// request. A refusal is unauthorized, and nothing was written.
+	Server PeerPolicy
+}
+
+// dial connects to the socket and checks the server.
+func (c *Client) dial(ctx context.Context, method string) (net.Conn, error) {
+	var d net.Dialer
+	conn, err := d.DialContext(ctx, "unix", c.Socket)
+	if err != nil {
+		if cerr := ctxErr(ctx); cerr != nil {
+			return nil, fmt.Errorf("call %s: %w", method, cerr)
+		}
+		return nil, fmt.Errorf("%w: %s: %w", ErrUnreachable, c.Socket, unwrapDial(err))
+	}
+	if c.Server == nil {
+		return conn, nil
+	}
+	peer, err := peerOf(conn)
+	if err == nil {
+		err = c.Server(peer)
+	}
+	if err != nil {
+		conn.Close()
+		return nil, Errorf(CodeUnauthorized, "refusing the server on %s, and sending it nothing: %v", c.Socket, err)
+	}
+	return conn, nil
 }
 
 // Call sends method with params and decodes the result into result (which
@@ -33,13 +62,9 @@ func (c *Client) Call(ctx context.Context, method string, params, result any) er
 	if err != nil {
 		return err
 	}
-	var d net.Dialer
-	conn, err := d.DialContext(ctx, "unix", c.Socket)
+	conn, err := c.dial(ctx, method)
 	if err != nil {
-		if cerr := ctxErr(ctx); cerr != nil {
-			return fmt.Errorf("call %s: %w", method, cerr)
-		}
-		return fmt.Errorf("%w: %s: %w", ErrUnreachable, c.Socket, unwrapDial(err))
+		return err
 	}
 	return exchangeConn(ctx, conn, method, req, result)
 }
@@ -119,13 +144,9 @@ func (s *Stream) SyscallConn() (syscall.RawConn, error) {
 // response's result into result. ctx bounds the start only: the open
 // session is the caller's until it closes it.
 func (c *Client) OpenStream(ctx context.Context, method string, params, result any) (*Stream, error) {
-	var d net.Dialer
-	conn, err := d.DialContext(ctx, "unix", c.Socket)
+	conn, err := c.dial(ctx, method)
 	if err != nil {
-		if cerr := ctxErr(ctx); cerr != nil {
-			return nil, fmt.Errorf("call %s: %w", method, cerr)
-		}
-		return nil, fmt.Errorf("%w: %s: %w", ErrUnreachable, c.Socket, unwrapDial(err))
+		return nil, err
 	}
 	return OpenStreamConn(ctx, conn, method, params, result)
 }

@@ -448,3 +448,38 @@ func TestCommandClientStderrNil(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// A client that checks its server refuses one run by a user it does not
+// trust before it writes anything, and calls one it trusts as usual.
+func TestClientChecksItsServer(t *testing.T) {
+	got := make(chan []byte, 4)
+	sock := fakeServer(t, func(c net.Conn) {
+		defer c.Close()
+		c.SetReadDeadline(time.Now().Add(2 * time.Second))
+		b := make([]byte, 4096)
+		n, _ := c.Read(b)
+		got <- b[:n]
+		if n > 0 {
+			c.Write([]byte(`{"ok":true,"result":"forged"}` + "\n"))
+		}
+	})
+	me := uint32(os.Getuid())
+	var res string
+	err := (&rpc.Client{Socket: sock, Server: rpc.AllowUIDs(me + 1)}).Call(context.Background(), "vm.exec", map[string]string{"env": "API_TOKEN=secret"}, &res)
+	var re *rpc.ErrorResponse
+	if !errors.As(err, &re) || re.Code != rpc.CodeUnauthorized || !strings.Contains(re.Message, "sending it nothing") {
+		t.Fatalf("an untrusted server: %v", err)
+	}
+	if b := <-got; len(b) != 0 {
+		t.Errorf("the untrusted server got %q", b)
+	}
+	if _, err := (&rpc.Client{Socket: sock, Server: rpc.AllowUIDs(me + 1)}).OpenStream(context.Background(), "vm.exec", nil, nil); rpc.CodeOf(err) != rpc.CodeUnauthorized {
+		t.Errorf("a stream to an untrusted server: %v", err)
+	}
+	if b := <-got; len(b) != 0 {
+		t.Errorf("the untrusted server got %q", b)
+	}
+	if err := (&rpc.Client{Socket: sock, Server: rpc.AllowUIDs(me)}).Call(context.Background(), "ping", nil, &res); err != nil || res != "forged" {
+		t.Errorf("a trusted server: %q %v", res, err)
+	}
+}

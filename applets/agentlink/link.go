@@ -17,11 +17,14 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
+	"sync"
 	"syscall"
 	"time"
 
 	"github.com/hashicorp/yamux"
 
+	"banger/applets/printable"
 	"banger/logging"
 	"banger/rpc"
 )
@@ -93,12 +96,81 @@ func Open(ctx context.Context, t Transport) (*Link, error) {
 		conn.Close()
 		return nil, err
 	}
-	session, err := yamux.Client(bufferedConn{Reader: br, Conn: conn}, SessionConfig(logging.From(ctx)))
+	cfg := SessionConfig(logging.From(ctx))
+	// The host opens every stream and serves none to the guest, so it
+	// never accepts one: the first few a guest opens wait in the
+	// backlog (each holding at most its window of the daemon's memory),
+	// and yamux refuses every other at once (a reset). A stream accepted
+	// and closed would be only half closed, and buffer what the guest
+	// writes. The backlog also bounds the host's own opens in flight.
+	cfg.AcceptBacklog = hostBacklog
+	session, err := yamux.Client(bufferedConn{Reader: br, Conn: conn}, cfg)
 	if err != nil {
 		conn.Close()
 		return nil, fmt.Errorf("start the agent session: %w", err)
 	}
 	return &Link{hello: hello, conn: conn, session: session}, nil
+}
+
+// hostBacklog is the host end's accept backlog: streams the guest may
+// leave waiting, and streams the host may be opening at once.
+const hostBacklog = 16
+
+// replyCaps bound an agent's answer to each call, in bytes: the guest is
+// untrusted, and its answers are read into the daemon's memory.
+var replyCaps = map[string]int64{
+	MethodPorts: 1 << 20, // maxPorts sockets
+}
+
+// defaultReplyCap bounds the answers not in replyCaps (a ping, a resume,
+// the start of a session): a few fields each.
+const defaultReplyCap = 64 << 10
+
+func replyCap(method string) int64 {
+	if n, ok := replyCaps[method]; ok {
+		return n
+	}
+	return defaultReplyCap
+}
+
+// cappedConn fails a read past its cap, until uncapped: an answer read
+// through it cannot be larger than the cap.
+type cappedConn struct {
+	net.Conn
+	method string
+	mu     sync.Mutex // guards left
+	left   int64      // < 0: no cap any more
+}
+
+func capReads(c net.Conn, method string) *cappedConn {
+	return &cappedConn{Conn: c, method: method, left: replyCap(method)}
+}
+
+func (c *cappedConn) Read(p []byte) (int, error) {
+	c.mu.Lock()
+	left := c.left
+	c.mu.Unlock()
+	if left == 0 {
+		return 0, fmt.Errorf("the guest's answer to %s is larger than %d bytes", c.method, replyCap(c.method))
+	}
+	if left > 0 && int64(len(p)) > left {
+		p = p[:left]
+	}
+	n, err := c.Conn.Read(p)
+	c.mu.Lock()
+	if c.left > 0 {
+		c.left -= int64(n)
+	}
+	c.mu.Unlock()
+	return n, err
+}
+
+// uncap lifts the cap: a session's frames, past its answer, are bounded
+// by the session's own format.
+func (c *cappedConn) uncap() {
+	c.mu.Lock()
+	c.left = -1
+	c.mu.Unlock()
 }
 
 // handshake writes a reset frame and reads until the Hello that echoes
@@ -135,6 +207,9 @@ func handshake(ctx context.Context, conn net.Conn) (Hello, *bufio.Reader, error)
 		}
 		if !h.Ready {
 			return fail(errors.New("the agent says it is not ready"))
+		}
+		if !ValidBootID(h.BootID) {
+			h.BootID = "" // the guest's to say, but not in any shape
 		}
 		if !stop() {
 			// ctx ended just now, and the deadline is set or about to be.
@@ -176,6 +251,25 @@ func nextHello(br *bufio.Reader) ([]byte, error) {
 	return line, nil // too long to be a Hello; the caller's decode rejects it
 }
 
+// ValidBootID says whether id has the shape of a Linux boot id (a UUID,
+// lowercase): what a guest reports is shown and stored only so.
+func ValidBootID(id string) bool {
+	if len(id) != 36 {
+		return false
+	}
+	for i, c := range id {
+		switch {
+		case i == 8 || i == 13 || i == 18 || i == 23:
+			if c != '-' {
+				return false
+			}
+		case !(c >= '0' && c <= '9' || c >= 'a' && c <= 'f'):
+			return false
+		}
+	}
+	return true
+}
+
 // Hello is what the agent said when it became ready.
 func (l *Link) Hello() Hello { return l.hello }
 
@@ -185,7 +279,7 @@ func (l *Link) Call(ctx context.Context, method string, params, result any) erro
 	if err != nil {
 		return fmt.Errorf("call %s: open a stream to the agent: %w", method, err)
 	}
-	return rpc.CallConn(ctx, stream, method, params, result)
+	return guestError(rpc.CallConn(ctx, capReads(stream, method), method, params, result))
 }
 
 // OpenSession starts a stream method (agent.exec, agent.untar) on a
@@ -196,7 +290,38 @@ func (l *Link) OpenSession(ctx context.Context, method string, params any) (*rpc
 	if err != nil {
 		return nil, fmt.Errorf("call %s: open a stream to the agent: %w", method, err)
 	}
-	return rpc.OpenStreamConn(ctx, stream, method, params, nil)
+	capped := capReads(stream, method)
+	st, err := rpc.OpenStreamConn(ctx, capped, method, params, nil)
+	capped.uncap()
+	return st, guestError(err)
+}
+
+// agentCodes are the error codes an agent's answer may carry to the
+// client. The guest is untrusted: any other (unauthorized, say, or one
+// made up) would pick the client's exit code, and becomes
+// operation_failed.
+var agentCodes = map[string]bool{
+	rpc.CodeInvalidParams: true, rpc.CodeNotFound: true, rpc.CodeTimeout: true,
+	rpc.CodeCanceled: true, rpc.CodeOperationFailed: true, rpc.CodeUnknownMethod: true,
+	rpc.CodeUnavailable: true, // an image's agent that does not run commands
+}
+
+// maxAgentMessage bounds an agent's error message.
+const maxAgentMessage = 1024
+
+// guestError is an agent's error answer made safe to pass on: a known
+// code, and a message without control characters, bounded. Errors of
+// the link itself pass as they are.
+func guestError(err error) error {
+	var re *rpc.ErrorResponse
+	if !errors.As(err, &re) {
+		return err
+	}
+	code := re.Code
+	if !agentCodes[code] {
+		code = rpc.CodeOperationFailed
+	}
+	return &rpc.ErrorResponse{Code: code, Message: "the guest's agent: " + printable.String(re.Message, maxAgentMessage), OpID: re.OpID}
 }
 
 // Signal sends sig to the command of the exec session opID.
@@ -204,11 +329,28 @@ func (l *Link) Signal(ctx context.Context, opID string, sig int) error {
 	return l.Call(ctx, MethodSignal, SignalParams{OpID: opID, Signal: sig}, nil)
 }
 
-// Ports lists the guest's listening sockets.
+// maxPorts bounds a guest's list of listening sockets.
+const maxPorts = 4096
+
+// Ports lists the guest's listening sockets: those that are a TCP socket
+// on an address and a port, at most maxPorts; anything else the guest
+// says is dropped.
 func (l *Link) Ports(ctx context.Context) ([]Port, error) {
 	var r PortsResult
-	err := l.Call(ctx, MethodPorts, nil, &r)
-	return r.Ports, err
+	if err := l.Call(ctx, MethodPorts, nil, &r); err != nil {
+		return nil, err
+	}
+	var out []Port
+	for _, p := range r.Ports {
+		if len(out) == maxPorts {
+			break
+		}
+		if a, err := netip.ParseAddr(p.Address); err == nil && (p.Proto == "tcp" || p.Proto == "tcp6") && p.Port > 0 && p.Port <= 65535 {
+			p.Address = a.String()
+			out = append(out, p)
+		}
+	}
+	return out, nil
 }
 
 // Ping asks the agent how it is.

@@ -173,6 +173,7 @@ type doctorHost struct {
 	uid     int
 	socket  string // the daemon's, as the session chose it
 	system  bool   // socket is the system install's daemon
+	client  *rpc.Client
 
 	sys       packaging.System // install.toml, units, sudoers, helper socket
 	bootDir   string
@@ -191,7 +192,7 @@ type doctorHost struct {
 func newDoctorHost(s *session, env Env, self string) *doctorHost {
 	h := &doctorHost{
 		build: env.Build, applets: env.Applets, self: self, uid: os.Getuid(),
-		socket: s.socket, system: s.system,
+		socket: s.socket, system: s.system, client: s.client(),
 		sys:       packaging.System{Root: "/", Applets: env.Applets},
 		bootDir:   imagestore.DefaultBootDir,
 		busybox:   imagestore.DefaultBusybox,
@@ -237,7 +238,7 @@ func (h *doctorHost) daemon(ctx context.Context) *daemonView {
 	call := func(timeout time.Duration, method string, params, result any) error {
 		ctx, cancel := context.WithTimeout(ctx, timeout)
 		defer cancel()
-		return (&rpc.Client{Socket: h.socket}).Call(ctx, method, params, result)
+		return h.client.Call(ctx, method, params, result)
 	}
 	var ping api.PingResult
 	if d.pingErr = call(doctorCallTimeout, api.MethodPing, nil, &ping); d.pingErr != nil {

@@ -37,6 +37,7 @@ func testHost(t *testing.T) *doctorHost {
 	t.Helper()
 	dir := t.TempDir()
 	return &doctorHost{
+		client:    &rpc.Client{Socket: filepath.Join(dir, "run", "bangerd.sock")},
 		build:     api.Build{Version: "test"},
 		applets:   []string{"banger", "bangerd", "bangerd-root"},
 		self:      filepath.Join(dir, "bin", "banger"),
@@ -574,16 +575,16 @@ func TestReadBridgeAndNATInANetns(t *testing.T) {
 // only when its socket is there.
 func TestSystemSocket(t *testing.T) {
 	sys := packaging.System{Root: t.TempDir()}
-	if _, ok := systemSocket(sys, 4242); ok {
+	if _, _, ok := systemSocket(sys, 4242); ok {
 		t.Error("no install.toml: system socket used")
 	}
 	writeFile(t, sys.Path(packaging.ConfigFile), "owner = \"alice\"\nuid = 4242\ngid = 4242\nprefix = \"/usr/local\"\nhelper = \"service\"\n", 0o644)
-	if _, ok := systemSocket(sys, 4242); ok {
+	if _, _, ok := systemSocket(sys, 4242); ok {
 		t.Error("no socket: system socket used")
 	}
 	sock := sys.Path(packaging.DaemonSocket)
 	writeFile(t, sock, "", 0o600)
-	if _, ok := systemSocket(sys, 4242); ok {
+	if _, _, ok := systemSocket(sys, 4242); ok {
 		t.Error("a regular file taken for the socket")
 	}
 	os.Remove(sock)
@@ -596,9 +597,9 @@ func TestSystemSocket(t *testing.T) {
 		uid  int
 		want bool
 	}{{4242, true}, {0, true}, {1000, false}} {
-		got, ok := systemSocket(sys, tc.uid)
-		if ok != tc.want || (ok && got != sock) {
-			t.Errorf("uid %d: %q %v, want %v", tc.uid, got, ok, tc.want)
+		got, owner, ok := systemSocket(sys, tc.uid)
+		if ok != tc.want || (ok && (got != sock || owner != 4242)) {
+			t.Errorf("uid %d: %q %d %v, want %v", tc.uid, got, owner, ok, tc.want)
 		}
 	}
 }

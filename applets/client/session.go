@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"syscall"
 	"time"
 
@@ -31,6 +32,9 @@ type session struct {
 	// system is set when socket is the system install's daemon, which
 	// systemd runs: the client never starts a daemon of its own there.
 	system bool
+	// trusted are the uids whose daemon this client talks to: its own,
+	// root's, and the system install's owner's.
+	trusted []int
 }
 
 func newSession(c *cli.Context) (*session, error) {
@@ -40,10 +44,12 @@ func newSession(c *cli.Context) (*session, error) {
 		logLevel:  c.String("log-level"),
 		autostart: !c.Bool("no-autostart"),
 	}
+	s.trusted = []int{os.Getuid(), 0}
 	if s.socket == "" {
 		s.socket = dirs.DefaultSocket()
-		if sock, ok := systemSocket(packaging.System{Root: "/"}, os.Getuid()); ok {
+		if sock, owner, ok := systemSocket(packaging.System{Root: "/"}, os.Getuid()); ok {
 			s.socket, s.system, s.autostart = sock, true, false
+			s.trusted = append(s.trusted, owner)
 			if s.stateDir == "" {
 				s.stateDir = packaging.StateDir // its logs, for trace
 			}
@@ -60,28 +66,64 @@ func newSession(c *cli.Context) (*session, error) {
 	return s, nil
 }
 
-// systemSocket returns the system install's daemon socket when a client
-// given no --socket (BANGER_SOCKET) should use it: install.toml is there,
-// names the caller as the owner (or the caller is root), and the daemon's
-// socket exists.
-func systemSocket(sys packaging.System, uid int) (string, bool) {
+// systemSocket returns the system install's daemon socket and its owner
+// when a client given no --socket (BANGER_SOCKET) should use it:
+// install.toml is there, names the caller as the owner (or the caller is
+// root), and the daemon's socket exists.
+func systemSocket(sys packaging.System, uid int) (string, int, bool) {
 	cfg, err := sys.ReadConfig()
 	if err != nil || (cfg.UID != uid && uid != 0) {
-		return "", false
+		return "", 0, false
 	}
 	sock := sys.Path(packaging.DaemonSocket)
 	fi, err := os.Stat(sock)
 	if err != nil || fi.Mode().Type() != os.ModeSocket {
-		return "", false
+		return "", 0, false
 	}
-	return sock, true
+	return sock, cfg.UID, true
 }
 
-func (s *session) client() *rpc.Client { return &rpc.Client{Socket: s.socket} }
+// client calls the daemon's rpc socket.
+func (s *session) client() *rpc.Client { return s.clientOf(s.socket) }
+
+// clientOf is a client of one of the daemon's sockets that sends nothing
+// to a server run by a user this client does not trust: in a shared /tmp
+// (no XDG_RUNTIME_DIR: cron, su, ssh without a login session) another
+// user could have made the socket first, to read a command's argv, its
+// environment and its input, and answer with forged output.
+func (s *session) clientOf(socket string) *rpc.Client {
+	return &rpc.Client{Socket: socket, Server: func(p rpc.Peer) error {
+		if slices.Contains(s.trusted, int(p.UID)) {
+			return nil
+		}
+		return fmt.Errorf("it is run by uid %d, not by you (uid %d), root or banger's installed owner (has another user made %s?)", p.UID, os.Getuid(), filepath.Dir(socket))
+	}}
+}
+
+// checkPath checks the daemon's default directory before anything is
+// dialed there, as the daemon checks it before it serves: a directory
+// someone else owns, a symlink or a directory others may write is
+// refused. A --socket given by the caller is the caller's choice; the
+// server's credentials are still checked (clientOf).
+func (s *session) checkPath() error {
+	if filepath.Dir(s.socket) != dirs.Runtime() {
+		return nil
+	}
+	if err := dirs.CheckDialable(s.socket, s.trusted...); err != nil {
+		return rpc.Errorf(rpc.CodeUnauthorized, "refusing the daemon's socket: %v; remove it, or set XDG_RUNTIME_DIR to a directory of your own", err)
+	}
+	if err := dirs.CheckDialable(dirs.StreamSocket(s.socket), s.trusted...); err != nil {
+		return rpc.Errorf(rpc.CodeUnauthorized, "refusing the daemon's stream socket: %v; remove it, or set XDG_RUNTIME_DIR to a directory of your own", err)
+	}
+	return nil
+}
 
 // call calls the daemon, starting it first when it is not running (unless
 // --no-autostart).
 func (s *session) call(ctx context.Context, method string, params, result any) error {
+	if err := s.checkPath(); err != nil {
+		return err
+	}
 	err := s.client().Call(ctx, method, params, result)
 	if !errors.Is(err, rpc.ErrUnreachable) || !s.autostart {
 		return s.unreachable(err)
@@ -95,7 +137,10 @@ func (s *session) call(ctx context.Context, method string, params, result any) e
 // stream opens a session (vm.exec, vm.copy) on the daemon's stream
 // socket, starting the daemon first when it is not running.
 func (s *session) stream(ctx context.Context, method string, params, result any) (*rpc.Stream, error) {
-	c := &rpc.Client{Socket: dirs.StreamSocket(s.socket)}
+	if err := s.checkPath(); err != nil {
+		return nil, err
+	}
+	c := s.clientOf(dirs.StreamSocket(s.socket))
 	st, err := c.OpenStream(ctx, method, params, result)
 	if !errors.Is(err, rpc.ErrUnreachable) {
 		return st, err
@@ -117,6 +162,9 @@ func (s *session) stream(ctx context.Context, method string, params, result any)
 
 // callRunning calls the daemon only if it is already running.
 func (s *session) callRunning(ctx context.Context, method string, params, result any) error {
+	if err := s.checkPath(); err != nil {
+		return err
+	}
 	return s.unreachable(s.client().Call(ctx, method, params, result))
 }
 

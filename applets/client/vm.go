@@ -13,6 +13,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"banger/applets/api"
+	"banger/applets/printable"
 )
 
 func newVMCommand() *cli.Command {
@@ -216,19 +217,30 @@ func newVMLogsCommand() *cli.Command {
 		Name:      "logs",
 		Usage:     "print a VM's serial console",
 		ArgsUsage: "NAME",
-		Flags:     []cli.Flag{&cli.BoolFlag{Name: "follow", Aliases: []string{"f"}, Usage: "keep printing while the VM runs"}},
+		Flags: []cli.Flag{
+			&cli.BoolFlag{Name: "follow", Aliases: []string{"f"}, Usage: "keep printing while the VM runs"},
+			&cli.BoolFlag{Name: "raw", Usage: "the console's bytes as the guest wrote them, control characters and all (for a file, not a terminal)"},
+		},
 		Action: action(func(c *cli.Context, s *session) error {
 			a, err := args(c, 1, 1)
 			if err != nil {
 				return err
 			}
 			p := api.VMLogs{Name: a[0]}
+			// The console is the guest's, and the guest is untrusted: its
+			// escape sequences do not reach the terminal.
+			out := io.Writer(printable.NewWriter(c.App.Writer))
+			if c.Bool("raw") {
+				out = c.App.Writer
+			}
 			for {
 				var res api.VMLogsResult
 				if err := s.call(c.Context, api.MethodVMLogs, p, &res); err != nil {
 					return err
 				}
-				c.App.Writer.Write(res.Data)
+				if _, err := out.Write(res.Data); err != nil {
+					return err
+				}
 				p.Offset = res.Next
 				if !c.Bool("follow") || (!res.Running && len(res.Data) == 0) {
 					return nil

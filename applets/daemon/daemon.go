@@ -106,7 +106,7 @@ func run(ctx context.Context, build api.Build, o options) error {
 	if o.stateDir == "" {
 		o.stateDir = dirs.State()
 	}
-	if err := dirs.EnsurePrivate(o.stateDir); err != nil {
+	if err := dirs.EnsureState(o.stateDir); err != nil {
 		return cli.Exit("state directory: "+err.Error(), service.ExitFailed)
 	}
 	if r := o.logRotation; r.MaxSizeMiB < 1 || r.MaxFiles < 1 {

@@ -55,7 +55,9 @@ func newHelperLink(mode, socket, stateDir string) (*helperLink, error) {
 		if socket == "" {
 			socket = dirs.SystemHelperSocket
 		}
-		return &helperLink{mode: mode, path: socket, socket: &rpc.Client{Socket: socket}}, nil
+		// The helper runs as root: a socket another user serves gets no
+		// request of ours.
+		return &helperLink{mode: mode, path: socket, socket: &rpc.Client{Socket: socket, Server: rpc.AllowUIDs(0)}}, nil
 	case HelperSudo:
 		// The sudoers rule names this binary's absolute path; /proc/self/exe
 		// gives it without trusting PATH.

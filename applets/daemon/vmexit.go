@@ -5,10 +5,9 @@ import (
 	"fmt"
 	"strings"
 	"time"
-	"unicode"
-	"unicode/utf8"
 
 	"banger/applets/daemon/state"
+	"banger/applets/printable"
 	"banger/logging"
 	"banger/rpc"
 )
@@ -80,20 +79,5 @@ func exitState(instanceDir, name string) (st, why string) {
 		return state.VMStopped, ""
 	}
 	line, _, _ := strings.Cut(console[panicAt:], "\n")
-	return state.VMFailed, fmt.Sprintf("the guest's kernel panicked (when its agent, PID 1, dies, it does): %s; `banger vm logs %s` has the rest", guestText(line, 200), name)
-}
-
-// guestText is text the guest wrote, made fit for a record and a
-// terminal: control characters dropped, at most max bytes.
-func guestText(s string, max int) string {
-	s = strings.TrimSpace(strings.Map(func(r rune) rune {
-		if unicode.IsControl(r) || r == utf8.RuneError {
-			return -1
-		}
-		return r
-	}, s))
-	if len(s) > max {
-		s = strings.ToValidUTF8(s[:max], "") + "…"
-	}
-	return s
+	return state.VMFailed, fmt.Sprintf("the guest's kernel panicked (when its agent, PID 1, dies, it does): %s; `banger vm logs %s` has the rest", printable.String(line, 200), name)
 }

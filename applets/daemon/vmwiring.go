@@ -25,6 +25,7 @@ import (
 	"banger/applets/daemon/operation"
 	"banger/applets/daemon/state"
 	"banger/applets/daemon/warm"
+	"banger/applets/printable"
 	"banger/logging"
 	"banger/rpc"
 )
@@ -223,11 +224,12 @@ func consoleTail(instanceDir string) string {
 	return tail
 }
 
-// lastLinesOf is the last n non-empty lines of text, joined with " | ".
+// lastLinesOf is the last n non-empty lines of text, joined with " | ",
+// without control characters: the text is a guest's (its console).
 func lastLinesOf(text string, n int) string {
 	var lines []string
 	for _, l := range strings.Split(text, "\n") {
-		if l = strings.TrimSpace(l); l != "" {
+		if l = printable.String(l, 0); l != "" {
 			lines = append(lines, l)
 		}
 	}

@@ -8,7 +8,9 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/user"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -40,16 +42,52 @@ func Runtime() string {
 }
 
 // State returns banger's state directory: $XDG_STATE_HOME/banger, else
-// ~/.local/state/banger.
+// ~/.local/state/banger ($HOME, else the user's home in the password
+// database), else one under the temporary directory (fallbackHome).
 func State() string {
 	if d := os.Getenv("XDG_STATE_HOME"); d != "" {
 		return filepath.Join(d, "banger")
 	}
 	home, err := os.UserHomeDir()
 	if err != nil || home == "" {
-		home = filepath.Join(os.TempDir(), "banger-home-"+strconv.Itoa(os.Getuid()))
+		home = fallbackHome()
+		if u, err := user.LookupId(strconv.Itoa(os.Getuid())); err == nil && u.HomeDir != "" && u.HomeDir != "/" && u.HomeDir != "/nonexistent" {
+			home = u.HomeDir
+		}
 	}
 	return filepath.Join(home, ".local", "state", "banger")
+}
+
+// fallbackHome stands in for the home of a user who has none: a
+// directory of the user's own in the shared temporary directory.
+func fallbackHome() string {
+	return filepath.Join(os.TempDir(), "banger-home-"+strconv.Itoa(os.Getuid()))
+}
+
+// EnsureState makes the state directory dir private, as EnsurePrivate
+// does. Under fallbackHome every directory from it down is checked so:
+// in a shared temporary directory another user could have made any of
+// them first, and whoever owns a directory can swap what is inside.
+func EnsureState(dir string) error {
+	root := fallbackHome()
+	rel, err := filepath.Rel(root, dir)
+	if err != nil || rel == ".." || strings.HasPrefix(rel, "../") {
+		return EnsurePrivate(dir)
+	}
+	path := root
+	if err := EnsurePrivate(path); err != nil {
+		return err
+	}
+	for _, part := range strings.Split(rel, string(filepath.Separator)) {
+		if part == "." {
+			continue
+		}
+		path = filepath.Join(path, part)
+		if err := EnsurePrivate(path); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // DefaultSocket is the user-mode daemon's socket path.
@@ -106,4 +144,44 @@ func CheckSocketPath(path string) error {
 		return fmt.Errorf("socket path %s is %d bytes; Linux allows at most %d (use a shorter XDG_RUNTIME_DIR or --socket)", path, len(path), MaxSocketPath)
 	}
 	return nil
+}
+
+// CheckDialable checks a socket a client is about to dial, as the daemon
+// checks the directory it serves from: the directory, when it exists, is
+// a real one (no symlink), owned by one of owners and writable by its
+// owner alone; the socket, when it exists, is a socket (no symlink)
+// owned by one of owners. In a shared /tmp another user could otherwise
+// have made the directory first, and answer as the daemon. Nothing there
+// yet is no error: the dial then finds no daemon.
+func CheckDialable(socket string, owners ...int) error {
+	check := func(path string, want os.FileMode, what string) error {
+		fi, err := os.Lstat(path)
+		if errors.Is(err, os.ErrNotExist) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		switch {
+		case fi.Mode()&os.ModeSymlink != 0:
+			return fmt.Errorf("%s is a symlink", path)
+		case fi.Mode().Type() != want:
+			return fmt.Errorf("%s is not a %s", path, what)
+		}
+		st, ok := fi.Sys().(*syscall.Stat_t)
+		if !ok {
+			return fmt.Errorf("%s: cannot read its owner", path)
+		}
+		if !slices.Contains(owners, int(st.Uid)) {
+			return fmt.Errorf("%s is owned by uid %d, not by you (uid %d) or root", path, st.Uid, os.Getuid())
+		}
+		if want == os.ModeDir && fi.Mode().Perm()&0o022 != 0 {
+			return fmt.Errorf("%s is writable by others (mode %04o)", path, fi.Mode().Perm())
+		}
+		return nil
+	}
+	if err := check(filepath.Dir(socket), os.ModeDir, "directory"); err != nil {
+		return err
+	}
+	return check(socket, os.ModeSocket, "socket")
 }

@@ -13,6 +13,8 @@ import (
 	"strings"
 	"text/tabwriter"
 	"time"
+
+	"banger/applets/printable"
 )
 
 // Source is one log to read: a file or journalctl's output.
@@ -127,7 +129,11 @@ func WriteTimeline(w io.Writer, opID string, recs []Record) error {
 		if r.DurationMS != nil {
 			dur = fmtMillis(*r.DurationMS)
 		}
-		fmt.Fprintf(tw, "+%s\t%s\t%s\t%s\t%s\t%s\n", fmtMillis(offset), r.Applet, r.Level, dash(r.Method), event(r), dur)
+		// A record's fields may hold what a guest said (an error, a
+		// console's end): no control character of theirs reaches the
+		// terminal.
+		fmt.Fprintf(tw, "+%s\t%s\t%s\t%s\t%s\t%s\n", fmtMillis(offset), printable.String(r.Applet, 0), printable.String(r.Level, 0),
+			dash(printable.String(r.Method, 0)), printable.String(event(r), 0), dur)
 	}
 	return tw.Flush()
 }

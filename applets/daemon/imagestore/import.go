@@ -355,6 +355,9 @@ func buildRootfs(ctx context.Context, tmp string, b buildSpec) ([]string, error)
 	if err != nil {
 		return nil, err
 	}
+	if sv.bytes > maxContentMiB*mib {
+		return nil, rpc.Errorf(rpc.CodeInvalidParams, "the root file system holds %d GiB of data, more than the %d GiB an image may", sv.bytes>>30, maxContentMiB>>10)
+	}
 	spec := mkfsSpec{staging: staging, file: filepath.Join(tmp, RootfsFile), sizeMiB: b.sizeMiB, entries: sv.entries, userSize: b.sizeMiB > 0}
 	if !spec.userSize {
 		spec.sizeMiB = defaultSizeMiB(sv.bytes)

@@ -22,13 +22,16 @@ const (
 	// it needs a bigger --disk-size. It costs no host disk: the image is
 	// sparse and each VM's writes go to its own overlay.
 	headroomMiB = 1024
+	// maxContentMiB bounds the data of an image's root file system: a
+	// VM's disk, whose largest size is api.MaxDiskMiB, must hold it.
+	maxContentMiB = 512 << 10
 )
 
 // survey is what mkfs.ext4 needs to know of a staging tree, and what it
 // cannot take from it.
 type survey struct {
 	entries int64
-	bytes   int64 // space the entries take in 4 KiB blocks
+	bytes   int64 // space the entries take in 4 KiB blocks (their data, not holes)
 	fixups  []fixup
 	// unfixable are entries whose owner or mode cannot be set because
 	// debugfs cannot name them (a newline in the name).
@@ -76,7 +79,11 @@ func (st *stager) survey() (survey, error) {
 		sv.entries++
 		switch {
 		case fi.Mode().IsRegular():
-			sv.bytes += roundUp(fi.Size(), blockSize)
+			// The blocks it takes, not its apparent size: staging keeps
+			// holes, and so does mkfs -d, and a sparse file's apparent
+			// size is whatever the tar says (a few KiB of tar can claim
+			// tens of GiB).
+			sv.bytes += roundUp(sys.Blocks*512, blockSize)
 		case fi.IsDir():
 			sv.bytes += max(blockSize, roundUp(fi.Size(), blockSize))
 		case fi.Size() >= 60: // a symlink too long to live in its inode

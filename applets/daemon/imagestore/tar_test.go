@@ -290,3 +290,37 @@ func TestImportTarSparse(t *testing.T) {
 	}
 	fsckClean(t, im.RootfsPath)
 }
+
+// A tar whose sparse file claims GiBs it does not hold (GNU tar's sparse
+// format: a few KiB of tar) makes an image sized by its data.
+func TestImportTarSparseIsSizedByItsData(t *testing.T) {
+	if _, err := exec.LookPath("tar"); err != nil {
+		t.Skip("needs GNU tar to write a sparse archive")
+	}
+	f := newFixture(t, Options{})
+	src := filepath.Join(f.dir, "src")
+	os.MkdirAll(src, 0o755)
+	os.WriteFile(filepath.Join(src, "huge"), nil, 0o644)
+	if err := os.Truncate(filepath.Join(src, "huge"), 4<<30); err != nil {
+		t.Fatal(err)
+	}
+	archive := filepath.Join(f.dir, "sparse.tar")
+	if out, err := exec.Command("tar", "--sparse", "-C", src, "-cf", archive, "huge").CombinedOutput(); err != nil {
+		t.Fatalf("tar: %v: %s", err, out)
+	}
+	if fi, _ := os.Stat(archive); fi.Size() > 64<<10 {
+		t.Fatalf("the archive is %d bytes: not sparse", fi.Size())
+	}
+	spec := f.spec("sparse")
+	spec.RootfsTar = archive
+	im, err := f.store.Import(context.Background(), spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if im.RootfsMiB > 2048 {
+		t.Errorf("a 4 GiB hole made a %d MiB root file system", im.RootfsMiB)
+	}
+	if out := debugfsOut(t, im.RootfsPath, "stat /huge"); !strings.Contains(out, "Size: 4294967296") {
+		t.Errorf("/huge lost its size:\n%s", out)
+	}
+}

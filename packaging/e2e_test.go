@@ -242,6 +242,23 @@ func TestSystemInstallRefuses(t *testing.T) {
 	if left, _ := os.ReadDir(root); len(left) != 0 {
 		t.Errorf("a refused install wrote %v", left)
 	}
+	// A prefix that its owner, or anyone but root, can write: whoever
+	// can replace the binary root runs would become root.
+	mine := filepath.Join(root, "home", "mine")
+	shared := filepath.Join(root, "srv", "shared")
+	os.MkdirAll(mine, 0o755)
+	os.Chown(mine, nobody, nobody)
+	os.MkdirAll(shared, 0o755)
+	os.Chmod(shared, 0o777)
+	for prefix, want := range map[string]string{"/home/mine": "owned by uid 65534", "/srv/shared": "writable by others"} {
+		r := banger(t, 0, "system", "install", "--root", root, "--owner", "nobody", "--prefix", prefix).want(t, 6)
+		if !strings.Contains(r.stderr, want) || !strings.Contains(r.stderr, "only root can write") {
+			t.Errorf("prefix %s: %s", prefix, r.stderr)
+		}
+	}
+	if left, _ := os.ReadDir(root); len(left) != 2 {
+		t.Errorf("a refused install wrote %v", left)
+	}
 }
 
 // The sudo path of a system install, end to end with Debian's sudo: the

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"maps"
 	"os"
 	"os/exec"
@@ -14,6 +15,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 
 	"github.com/BurntSushi/toml"
 )
@@ -58,6 +60,9 @@ type InstallReport struct {
 func (s System) Install(ctx context.Context, c Config, self string) (*InstallReport, error) {
 	if err := c.Validate(); err != nil {
 		return nil, err
+	}
+	if err := RootOnly(s.Path(c.Binary())); err != nil {
+		return nil, &PrefixError{Prefix: c.Prefix, Err: err}
 	}
 	rep := &InstallReport{Config: c, Binary: c.Binary()}
 	files, err := Render(c)
@@ -408,3 +413,47 @@ func (s System) Status(ctx context.Context, prefix string) *Status {
 	st.Packaged = s.packaged(c.Binary())
 	return st
 }
+
+// RootOnly checks that no one but root can replace the file at path:
+// root runs the installed binary (the helper's unit, and in sudo mode the
+// sudoers rule lets the owner run it as root without a password), so
+// whoever can write it, or any directory above it, can become root. What
+// exists of the path, the file and each directory up to /, must be
+// root's and writable by no one else; a directory others may write must
+// be sticky (as /tmp is: no one may replace what root put there). What
+// does not exist yet the install makes, root's.
+func RootOnly(path string) error {
+	for p := filepath.Clean(path); ; p = filepath.Dir(p) {
+		fi, err := os.Lstat(p)
+		switch {
+		case errors.Is(err, fs.ErrNotExist):
+		case err != nil:
+			return err
+		default:
+			st, ok := fi.Sys().(*syscall.Stat_t)
+			switch {
+			case !ok:
+				return fmt.Errorf("%s: cannot read its owner", p)
+			case st.Uid != 0:
+				return fmt.Errorf("%s is owned by uid %d, who could then replace the binary root runs", p, st.Uid)
+			case fi.Mode().Perm()&0o022 != 0 && !(fi.IsDir() && fi.Mode()&fs.ModeSticky != 0):
+				return fmt.Errorf("%s is writable by others (mode %04o), who could then replace the binary root runs", p, fi.Mode().Perm())
+			}
+		}
+		if p == filepath.Dir(p) {
+			return nil
+		}
+	}
+}
+
+// PrefixError is an install prefix that someone but root could write.
+type PrefixError struct {
+	Prefix string
+	Err    error
+}
+
+func (e *PrefixError) Error() string {
+	return fmt.Sprintf("prefix %s: %v; choose a prefix only root can write (the default is %s)", e.Prefix, e.Err, DefaultPrefix)
+}
+
+func (e *PrefixError) Unwrap() error { return e.Err }

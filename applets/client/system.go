@@ -120,6 +120,10 @@ func systemInstall(c *cli.Context, _ *session) error {
 	}
 	sys := systemOf(c)
 	ir, err := sys.Install(c.Context, cfg, "/proc/self/exe")
+	var pe *packaging.PrefixError
+	if errors.As(err, &pe) {
+		return &cliError{code: rpc.CodeUnauthorized, exit: ExitDenied, err: err}
+	}
 	if err != nil {
 		return err
 	}

@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -163,4 +164,46 @@ func TestGuestTextIsMadePrintable(t *testing.T) {
 		}
 	}
 	s.banger("vm", "delete", "box").want(t, 0)
+}
+
+// A guest that floods its console keeps it under the daemon's bound,
+// and the other VMs keep working; vm logs still shows the console's end.
+func TestConsoleFloodStaysBounded(t *testing.T) {
+	needGuests(t)
+	s := newSandbox(t)
+	s.env = append(s.env, "BANGER_CONSOLE_MAX_SIZE=1") // MiB
+	s.daemon()
+	s.banger("vm", "create", "--name", "flood").want(t, 0)
+	s.banger("vm", "create", "--name", "calm").want(t, 0)
+	var vm api.VM
+	s.banger("vm", "show", "--json", "flood").want(t, 0).json(t, &vm)
+	console := filepath.Join(vm.InstanceDir, "console.log")
+	done := make(chan result, 1)
+	go func() {
+		done <- s.runIn(nil, 2*time.Minute, bangerBin, "vm", "exec", "flood", "--", "sh", "-c",
+			`dd if=/dev/zero bs=1k count=6144 2>/dev/null | tr '\0' x > /dev/console; echo the-end > /dev/console`)
+	}()
+	var most int64
+	for waiting := true; waiting; {
+		select {
+		case r := <-done:
+			if r.code != 0 {
+				t.Errorf("the flood: exit %d: %s", r.code, r.stderr)
+			}
+			waiting = false
+		case <-time.After(50 * time.Millisecond):
+		}
+		var st syscall.Stat_t
+		if syscall.Stat(console, &st) == nil {
+			most = max(most, st.Blocks*512)
+		}
+	}
+	s.banger("vm", "exec", "calm", "--", "true").want(t, 0)
+	t.Logf("the console held at most %d KiB", most>>10)
+	if most > 1<<20 {
+		t.Errorf("the console grew to %d KiB, past its 1 MiB", most>>10)
+	}
+	waitFor(t, 10*time.Second, func() bool { return strings.Contains(s.banger("vm", "logs", "flood").stdout, "the-end") })
+	s.banger("vm", "delete", "flood").want(t, 0)
+	s.banger("vm", "delete", "calm").want(t, 0)
 }

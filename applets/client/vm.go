@@ -242,15 +242,16 @@ func newVMLogsCommand() *cli.Command {
 					return err
 				}
 				p.Offset = res.Next
-				if !c.Bool("follow") || (!res.Running && len(res.Data) == 0) {
+				if len(res.Data) > 0 {
+					continue // a console longer than one answer: read on
+				}
+				if !c.Bool("follow") || !res.Running {
 					return nil
 				}
-				if len(res.Data) == 0 {
-					select {
-					case <-c.Context.Done():
-						return nil
-					case <-time.After(200 * time.Millisecond):
-					}
+				select {
+				case <-c.Context.Done():
+					return nil
+				case <-time.After(200 * time.Millisecond):
 				}
 			}
 		}),

@@ -55,6 +55,7 @@ func Main(build api.Build, args []string) int {
 			&cli.IntFlag{Name: "standbys", EnvVars: []string{"BANGER_STANDBYS"}, Value: 1, Usage: "keep `N` VMs per warm snapshot restored ahead of time and paused, for the next creates to take (user-mode networking; each holds its memory, no CPU); 0: none"},
 			&cli.BoolFlag{Name: "standby", EnvVars: []string{"BANGER_STANDBY"}, Value: true, Usage: "false keeps no standbys (as --standbys 0)"},
 			&cli.StringFlag{Name: "standby-min-free", EnvVars: []string{"BANGER_STANDBY_MIN_FREE"}, Usage: "make a standby only while it leaves `SIZE` of the host's memory available (default: an eighth of the host's memory, at least 512M)"},
+			&cli.IntFlag{Name: "console-max-size", EnvVars: []string{"BANGER_CONSOLE_MAX_SIZE"}, Value: DefaultConsoleMaxMiB, Usage: "keep each VM's console (vm logs) under `MIB` MiB, dropping its oldest part"},
 			&cli.StringFlag{Name: "test-hold-stage", EnvVars: []string{"BANGER_TEST_HOLD_STAGE"}, Hidden: true, Usage: "for tests: `VM:STAGE` stops the operations on VM at the start of STAGE until they are canceled"},
 			&cli.IntFlag{Name: "dns-port", EnvVars: []string{"BANGER_DNS_PORT"}, Value: DefaultDNSPort, Usage: "answer NAME.vm for bridged VMs on 127.0.0.1:`PORT` and the bridge's address (0: a free port, -1: none)"},
 		},
@@ -74,6 +75,7 @@ func Main(build api.Build, args []string) int {
 				standbyOff:   !c.Bool("standby"),
 				minFree:      c.String("standby-min-free"),
 				holdStage:    c.String("test-hold-stage"),
+				consoleMax:   c.Int("console-max-size"),
 			})
 		},
 	}
@@ -92,6 +94,7 @@ type options struct {
 	standbyOff               bool   // --standby=false
 	minFree                  string // --standby-min-free; "" is the default
 	holdStage                string // --test-hold-stage
+	consoleMax               int    // --console-max-size, MiB
 }
 
 func run(ctx context.Context, build api.Build, o options) error {
@@ -206,6 +209,12 @@ func run(ctx context.Context, build api.Build, o options) error {
 		return fail(service.ExitFailed, err)
 	}
 	defer d.vms.shutdown()
+	if o.consoleMax < 1 {
+		return fail(service.ExitUsage, fmt.Errorf("--console-max-size %d: want 1 MiB or more", o.consoleMax))
+	}
+	keepCtx, stopKeeping := context.WithCancel(startCtx)
+	defer stopKeeping()
+	go d.vms.keepConsoles(keepCtx, int64(o.consoleMax)<<20)
 	d.kernels = newKernelMethods(d.images, d.ops)
 	authorize := rpc.AllowUIDs(uint32(os.Getuid()), 0)
 	srv := &rpc.Server{Methods: sayFull(o.stateDir, d.methods()), Authorize: authorize, Logger: log}

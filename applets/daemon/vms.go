@@ -13,6 +13,7 @@ import (
 
 	"github.com/oklog/ulid/v2"
 	"github.com/rs/zerolog"
+	"golang.org/x/sys/unix"
 
 	"banger/applets/api"
 	"banger/applets/daemon/operation"
@@ -558,6 +559,14 @@ func (s *vmService) logs(ctx context.Context, p api.VMLogs) (api.VMLogsResult, e
 	if limit <= 0 || limit > maxLogChunk {
 		limit = maxLogChunk
 	}
+	if fi, err := f.Stat(); err == nil && p.Offset > fi.Size() {
+		// The console was trimmed (vmconsole.go) past where the reader
+		// was: go on from the start of what is kept.
+		p.Offset = 0
+	}
+	if data, err := f.Seek(p.Offset, unix.SEEK_DATA); err == nil && data > p.Offset {
+		p.Offset = data // a trimmed console's hole
+	}
 	buf := make([]byte, limit)
 	n, err := f.ReadAt(buf, p.Offset)
 	if err != nil && !errors.Is(err, io.EOF) {
@@ -582,6 +591,7 @@ func (s *vmService) reconcile(ctx context.Context, interrupted map[string]bool) 
 	opID := rpc.NewOpID()
 	ctx = logging.WithOp(rpc.WithOpID(ctx, opID), *logging.From(ctx), opID, "reconcile")
 	log := logging.From(ctx)
+	attached := s.attachAll(ctx, vms, interrupted)
 	for _, vm := range vms {
 		st := vm.State
 		if interrupted[vm.Name] {
@@ -589,7 +599,7 @@ func (s *vmService) reconcile(ctx context.Context, interrupted map[string]bool) 
 		}
 		switch st {
 		case state.VMCreating:
-			if proc, err := s.engine.Attach(ctx, vm.InstanceDir); err == nil {
+			if proc, err := attached[vm.Name].proc, attached[vm.Name].err; err == nil {
 				proc.Kill(ctx)
 				proc.Close()
 			}
@@ -606,7 +616,7 @@ func (s *vmService) reconcile(ctx context.Context, interrupted map[string]bool) 
 			}
 			log.Warn().Str("vm", vm.Name).Msg("removed a VM whose create was interrupted")
 		case state.VMRunning, state.VMStarting, state.VMStopping:
-			proc, err := s.engine.Attach(ctx, vm.InstanceDir)
+			proc, err := attached[vm.Name].proc, attached[vm.Name].err
 			if err == nil && vm.State == state.VMRunning {
 				s.setProc(vm.Name, proc)
 				log.Info().Str("vm", vm.Name).Int("pid", proc.PID()).Msg("re-attached to a running VM")
@@ -633,6 +643,46 @@ func (s *vmService) reconcile(ctx context.Context, interrupted map[string]bool) 
 		}
 	}
 	return nil
+}
+
+// attachConcurrency bounds how many VMs reconcile attaches at once.
+const attachConcurrency = 8
+
+type attachResult struct {
+	proc vmProcess
+	err  error
+}
+
+// attachAll attaches to the engine process of every VM that may run (or
+// whose create was interrupted), a few at a time: each attach waits for
+// its agent's hello, up to seconds for a guest that says none, and one
+// after another a host of such guests would hold the daemon's start that
+// long each.
+func (s *vmService) attachAll(ctx context.Context, vms []state.VM, interrupted map[string]bool) map[string]attachResult {
+	out := make(map[string]attachResult)
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, attachConcurrency)
+	for _, vm := range vms {
+		switch {
+		case interrupted[vm.Name], vm.State == state.VMCreating, vm.State == state.VMRunning,
+			vm.State == state.VMStarting, vm.State == state.VMStopping:
+		default:
+			continue
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			sem <- struct{}{}
+			defer func() { <-sem }()
+			proc, err := s.engine.Attach(ctx, vm.InstanceDir)
+			mu.Lock()
+			out[vm.Name] = attachResult{proc, err}
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	return out
 }
 
 // shutdown releases the daemon's handles on running VMs; the VMs keep

@@ -1,0 +1,92 @@
+package daemon
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"banger/logging"
+)
+
+// A VM's console (console.log, QEMU's serial output, appended to) is
+// what its guest writes, and a guest that writes without end would fill
+// the state directory and break every other VM. The daemon keeps each
+// console under its --console-max-size: when one's data passes three
+// quarters of it, the oldest part goes, down to half, in place (QEMU
+// writes it with O_APPEND, so its next write lands at the new end):
+// FALLOC_FL_COLLAPSE_RANGE where the file system has it (ext4, XFS),
+// else FALLOC_FL_PUNCH_HOLE (tmpfs), which frees the blocks and leaves a
+// hole that vm logs skips. While no daemon runs, nothing is trimmed.
+
+// DefaultConsoleMaxMiB is a console's default bound: many boots' worth.
+const DefaultConsoleMaxMiB = 8
+
+// consoleCheckEvery is how often consoles are looked at: a guest writes
+// its serial port at about 1 MB/s under TCG, so one passes its trimming
+// point by little before it is trimmed.
+const consoleCheckEvery = 100 * time.Millisecond
+
+// keepConsoles bounds the consoles of the VMs and standbys under the
+// state directory until ctx ends.
+func (s *vmService) keepConsoles(ctx context.Context, max int64) {
+	t := time.NewTicker(consoleCheckEvery)
+	defer t.Stop()
+	log := logging.From(ctx)
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		for _, dir := range []string{s.root, s.standbyRoot()} {
+			files, _ := filepath.Glob(filepath.Join(dir, "*", consoleFile))
+			for _, f := range files {
+				if cut, err := trimConsole(f, max); err != nil {
+					log.Warn().Err(err).Str("console", f).Msg("console not trimmed")
+				} else if cut > 0 {
+					log.Debug().Str("console", f).Int64("bytes", cut).Msg("console trimmed")
+				}
+			}
+		}
+	}
+}
+
+// trimConsole drops the oldest part of the console at path when its data
+// passes three quarters of max, keeping about half of max, and says how
+// many bytes went.
+func trimConsole(path string, max int64) (int64, error) {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return 0, nil // gone meanwhile
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok || st.Blocks*512 <= max/4*3 {
+		return 0, nil
+	}
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	block := int64(st.Blksize)
+	if block <= 0 {
+		block = 4096
+	}
+	cut := (fi.Size() - max/2) / block * block
+	if cut <= 0 {
+		return 0, nil
+	}
+	err = unix.Fallocate(int(f.Fd()), unix.FALLOC_FL_COLLAPSE_RANGE, 0, cut)
+	if errors.Is(err, unix.EOPNOTSUPP) || errors.Is(err, unix.EINVAL) {
+		err = unix.Fallocate(int(f.Fd()), unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, 0, cut)
+	}
+	if err != nil {
+		return 0, err
+	}
+	return cut, nil
+}

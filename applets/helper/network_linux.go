@@ -53,14 +53,21 @@ func checkThen[P, Plan, R any](n *network, check func(hostView, P) (Plan, error)
 
 func (n *network) ensureBridge(plan bridgePlan) (api.PrivBridgeResult, error) {
 	res := api.PrivBridgeResult{Name: plan.name, Address: plan.addr.String()}
+	mac, err := net.ParseMAC(plan.mac)
+	if err != nil {
+		return res, err
+	}
 	if plan.link == nil {
-		if err := netlink.LinkAdd(&netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: plan.name}}); err != nil {
+		if err := netlink.LinkAdd(&netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: plan.name, HardwareAddr: mac}}); err != nil {
 			return res, fmt.Errorf("create bridge %s: %w", plan.name, err)
 		}
 		res.Changed = true
-		plan.link = &hostLink{Name: plan.name}
+		plan.link = &hostLink{Name: plan.name, MAC: plan.mac}
 	}
 	changed, err := fixLink(plan.name,
+		fix{plan.link.MAC != plan.mac, "set the hardware address of", func(l netlink.Link) error {
+			return netlink.LinkSetHardwareAddr(l, mac)
+		}},
 		fix{len(plan.link.Addrs) == 0, "add " + plan.addr.String() + " to", func(l netlink.Link) error {
 			return netlink.AddrAdd(l, &netlink.Addr{IPNet: ipNet(plan.addr)})
 		}},
@@ -253,7 +260,7 @@ func listLinks() ([]hostLink, error) {
 
 func describe(l netlink.Link) (hostLink, error) {
 	a := l.Attrs()
-	hl := hostLink{Name: a.Name, Index: a.Index, Kind: l.Type(), Master: a.MasterIndex, Up: a.Flags&net.FlagUp != 0}
+	hl := hostLink{Name: a.Name, Index: a.Index, Kind: l.Type(), Master: a.MasterIndex, Up: a.Flags&net.FlagUp != 0, MAC: a.HardwareAddr.String()}
 	if t, ok := l.(*netlink.Tuntap); ok {
 		hl.Kind, hl.Owner = "tun", t.Owner
 		if t.Mode == netlink.TUNTAP_MODE_TAP {

@@ -270,7 +270,7 @@ func TestNetworkMethodsInANamespace(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got.Kind != "bridge" || !got.Up || !slices.Equal(got.Addrs, []netip.Prefix{netip.MustParsePrefix("10.77.0.1/24")}) {
+	if got.Kind != "bridge" || !got.Up || !slices.Equal(got.Addrs, []netip.Prefix{netip.MustParsePrefix("10.77.0.1/24")}) || got.MAC != bridgeMAC("banger0") {
 		t.Fatalf("banger0 is %+v", got)
 	}
 	wantCode(t, srv, rpc.CodeInvalidParams, api.MethodPrivEnsureBridge, api.PrivBridge{Name: "banger-b", CIDR: "10.77.0.0/16"})
@@ -296,6 +296,11 @@ func TestNetworkMethodsInANamespace(t *testing.T) {
 	if tt.Mode != netlink.TUNTAP_MODE_TAP || tt.Owner != testOwner || tt.NonPersist || tt.MasterIndex != link.Attrs().Index {
 		t.Fatalf("bgtap-1: mode %v owner %d non-persistent %v master %d; want a persistent tap of uid %d on banger0 (%d)",
 			tt.Mode, tt.Owner, tt.NonPersist, tt.MasterIndex, testOwner, link.Attrs().Index)
+	}
+	// The bridge keeps its own address as ports come and go: guests'
+	// ARP entries for their gateway stay right.
+	if bl, err := netlink.LinkByName("banger0"); err != nil || bl.Attrs().HardwareAddr.String() != bridgeMAC("banger0") {
+		t.Errorf("banger0's address with a tap: %v %v, want %s", bl, err, bridgeMAC("banger0"))
 	}
 	wantCode(t, srv, rpc.CodeInvalidParams, api.MethodPrivCreateTap, api.PrivTap{Name: "bgtap-2", Bridge: "br-keep"})
 	wantCode(t, srv, rpc.CodeNotFound, api.MethodPrivCreateTap, api.PrivTap{Name: "bgtap-2", Bridge: "banger-none"})

@@ -8,6 +8,7 @@ package helper
 // call logs the refusal with its code.
 
 import (
+	"crypto/sha256"
 	"fmt"
 	"net/netip"
 	"strings"
@@ -42,6 +43,7 @@ type hostLink struct {
 	Master int    // the index of the link's master, 0 for none
 	Owner  uint32 // a tap's owner uid
 	Up     bool
+	MAC    string         // its hardware address, "" when it has none
 	Addrs  []netip.Prefix // IPv4 addresses with their prefix
 }
 
@@ -139,7 +141,18 @@ func checkNoOverlap(cidr netip.Prefix, bridge string, routes []hostRoute) error 
 type bridgePlan struct {
 	name string
 	addr netip.Prefix // the bridge's own address
+	mac  string       // its own hardware address (bridgeMAC)
 	link *hostLink    // the bridge when it is already there
+}
+
+// bridgeMAC is a banger bridge's own hardware address: locally
+// administered, unicast, from its name. A bridge without one set takes
+// the lowest of its ports' and changes as taps come and go, and every
+// guest's ARP entry for its gateway then points nowhere until it
+// expires: a guest loses the host (DNS, NAT) for tens of seconds.
+func bridgeMAC(name string) string {
+	h := sha256.Sum256([]byte("banger bridge " + name))
+	return fmt.Sprintf("02:62:67:%02x:%02x:%02x", h[0], h[1], h[2])
 }
 
 func checkEnsureBridge(v hostView, p api.PrivBridge) (bridgePlan, error) {
@@ -154,7 +167,7 @@ func checkEnsureBridge(v hostView, p api.PrivBridge) (bridgePlan, error) {
 	if err := checkNoOverlap(cidr, p.Name, routes); err != nil {
 		return bridgePlan{}, err
 	}
-	plan := bridgePlan{name: p.Name, addr: bridgeAddress(cidr)}
+	plan := bridgePlan{name: p.Name, addr: bridgeAddress(cidr), mac: bridgeMAC(p.Name)}
 	l, ok, err := v.link(p.Name)
 	if err != nil || !ok {
 		return plan, err

@@ -31,6 +31,11 @@ func buildArgv(bin string, spec Spec, accel Accel, tscKHz int) []string {
 		"-smp", strconv.Itoa(spec.CPUs),
 		"-m", strconv.Itoa(spec.MemoryMiB),
 		"-nodefaults", "-no-user-config", "-nographic",
+		// QEMU runs untrusted guests: its own seccomp filter keeps it from
+		// obsolete system calls, from gaining privileges and from changing
+		// its scheduling or memory policy. It may still spawn, as the
+		// exec: migration of a warm snapshot runs cat.
+		"-sandbox", "on,obsolete=deny,elevateprivileges=deny,spawn=allow,resourcecontrol=deny",
 		// A reboot ends QEMU: the VM is stopped, not silently restarted.
 		"-no-reboot",
 		"-kernel", spec.Kernel,

@@ -5,6 +5,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 )
@@ -179,4 +181,43 @@ func keys(m map[string][]byte) []string {
 		ks = append(ks, k)
 	}
 	return ks
+}
+
+// The rendered units are confined as far as their work allows:
+// systemd-analyze security scores the helper at 2.5 or less and the
+// daemon, in both helper modes, at 5.0 or less.
+func TestUnitsSecurityExposure(t *testing.T) {
+	if _, err := exec.LookPath("systemd-analyze"); err != nil {
+		t.Skip("systemd-analyze is not installed")
+	}
+	limits := map[string]float64{HelperUnit: 2.5, DaemonUnit: 5.0}
+	score := regexp.MustCompile(`Overall exposure level for \S+: ([0-9.]+)`)
+	for _, mode := range []string{HelperService, HelperSudo} {
+		files, err := Render(Config{Owner: "daemon", UID: 1, Prefix: "/usr/local", Helper: mode})
+		if err != nil {
+			t.Fatal(err)
+		}
+		dir := t.TempDir()
+		for p, b := range files {
+			name := filepath.Base(p)
+			limit, ok := limits[name]
+			if !ok {
+				continue
+			}
+			unit := filepath.Join(dir, name)
+			if err := os.WriteFile(unit, b, 0o644); err != nil {
+				t.Fatal(err)
+			}
+			out, err := exec.Command("systemd-analyze", "security", "--offline=true", "--no-pager", unit).CombinedOutput()
+			m := score.FindSubmatch(out)
+			if m == nil {
+				t.Fatalf("%s mode, %s: no score (%v):\n%s", mode, name, err, out)
+			}
+			got, _ := strconv.ParseFloat(string(m[1]), 64)
+			t.Logf("%s mode, %s: %.1f", mode, name, got)
+			if got > limit {
+				t.Errorf("%s mode, %s: exposure %.1f, want at most %.1f", mode, name, got, limit)
+			}
+		}
+	}
 }

@@ -136,11 +136,15 @@ func (t connTransport) Dial(context.Context) (net.Conn, error) {
 	return t.c, t.c.SetDeadline(time.Time{})
 }
 
+// testBootID is a boot id in the shape the host keeps
+// (agentlink.ValidBootID).
+const testBootID = "1c9e8b60-4a8e-4b7c-9d2f-0a1b2c3d4e5f"
+
 func TestChannelSessions(t *testing.T) {
 	port, host := socketPort(t)
 	defer host.Close()
 	log := zerolog.New(io.Discard)
-	a := &agent{build: api.Build{Version: "v-test"}, id: identity{bootID: "boot-1", hostname: "guest"}, log: log, poweroff: make(chan string, 1)}
+	a := &agent{build: api.Build{Version: "v-test"}, id: identity{bootID: testBootID, hostname: "guest"}, log: log, poweroff: make(chan string, 1)}
 	ch := newChannel(log, port, a)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
@@ -159,11 +163,11 @@ func TestChannelSessions(t *testing.T) {
 			t.Fatalf("session %d: %v", i, err)
 		}
 		h := link.Hello()
-		if h.BootID != "boot-1" || h.Hostname != "guest" || h.Version != "v-test" || !h.Ready {
+		if h.BootID != testBootID || h.Hostname != "guest" || h.Version != "v-test" || !h.Ready {
 			t.Errorf("session %d: hello %+v", i, h)
 		}
 		p, err := link.Ping(cctx)
-		if err != nil || p.BootID != "boot-1" || p.UptimeMS <= 0 {
+		if err != nil || p.BootID != testBootID || p.UptimeMS <= 0 {
 			t.Errorf("session %d: ping %+v, %v", i, p, err)
 		}
 		// Leave without a word: the next session starts on the same

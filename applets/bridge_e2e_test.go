@@ -113,6 +113,43 @@ func (ns *netns) wantName(t *testing.T, name, want string) {
 	}
 }
 
+// listen serves TCP on addr inside the namespace until the test ends,
+// accepting and closing each connection, and returns where it listens.
+func (ns *netns) listen(t *testing.T, addr string) string {
+	t.Helper()
+	var ln net.Listener
+	var err error
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		runtime.LockOSThread() // the thread ends with the goroutine
+		var h nsh.NsHandle
+		if h, err = nsh.GetFromName(ns.name); err != nil {
+			return
+		}
+		defer h.Close()
+		if err = nsh.Set(h); err != nil {
+			return
+		}
+		ln, err = net.Listen("tcp4", addr)
+	}()
+	<-done
+	if err != nil {
+		t.Fatalf("listen on %s in %s: %v", addr, ns.name, err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c.Close()
+		}
+	}()
+	return ln.Addr().String()
+}
+
 var bangerLinkRE = regexp.MustCompile(`\b(bgtap-[a-z0-9]+|banger0)\b`)
 
 // links lists the namespace's banger links (taps and the bridge).
@@ -263,6 +300,21 @@ func TestBridgedVMs(t *testing.T) {
 		t.Errorf("from the host: %q", out)
 	}
 
+	// But a guest reaches nothing of the host's own but its DNS: not a
+	// listener on the bridge's address; and it cannot send as another
+	// address, while the guests still reach each other as themselves.
+	hostAddr := ns.listen(t, "10.77.0.1:0")
+	s.banger("vm", "exec", "a", "--", "sh", "-c", "nc -w 3 10.77.0.1 53 </dev/null").want(t, 0) // nc works: the DNS is open
+	if r := s.banger("vm", "exec", "a", "--", "sh", "-c", "nc -w 3 "+strings.Replace(hostAddr, ":", " ", 1)+" </dev/null"); r.code != 1 {
+		t.Errorf("a reached the host's listener on %s: exit %d %s", hostAddr, r.code, r.stderr)
+	}
+	s.banger("vm", "exec", "a", "--", "ip", "addr", "add", "10.77.0.99/24", "dev", "eth0").want(t, 0)
+	if r := s.banger("vm", "exec", "a", "--", "ping", "-c1", "-W3", "-I", "10.77.0.99", b.Address); r.code == 0 {
+		t.Errorf("a sent as 10.77.0.99:\n%s", r.stdout)
+	}
+	s.banger("vm", "exec", "a", "--", "ip", "addr", "del", "10.77.0.99/24", "dev", "eth0").want(t, 0)
+	s.banger("vm", "exec", "a", "--", "ping", "-c1", "-W5", b.Address).want(t, 0)
+
 	// One op id: the daemon's stages and one record per helper call.
 	hrecs := withOp(readRecords(t, hlog), opA)
 	var methods []string
@@ -379,6 +431,16 @@ func TestBridgedVMs(t *testing.T) {
 	}
 	if len(s.enginePIDs()) != 0 || len(s.vmDirs()) != 0 {
 		t.Errorf("left behind: engines %v, dirs %v", s.enginePIDs(), s.vmDirs())
+	}
+	// A daemon that stops takes the guests' DNS redirect away: no one
+	// else may take its port and answer them.
+	s.stopDaemon()
+	cleared := false
+	for _, r := range readRecords(t, hlog) {
+		cleared = cleared || r.Method == api.MethodPrivClearDNS && r.Msg == "helper rpc completed"
+	}
+	if !cleared {
+		t.Error("the daemon stopped without clearing the dns redirect")
 	}
 }
 

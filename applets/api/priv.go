@@ -10,6 +10,10 @@ const (
 	MethodPrivDeleteTap    = "priv.delete_tap"
 	MethodPrivEnsureNAT    = "priv.ensure_nat"
 	MethodPrivClearNAT     = "priv.clear_nat"
+	// MethodPrivClearDNS removes a bridge's DNS redirect (and the
+	// filter's opening for it), leaving its NAT: a daemon that stops
+	// leaves no redirect to a port someone else could then take.
+	MethodPrivClearDNS = "priv.clear_dns"
 	MethodPrivResetNetwork = "priv.reset_network"
 )
 
@@ -42,6 +46,11 @@ type PrivBridgeResult struct {
 type PrivTap struct {
 	Name   string `json:"name"`
 	Bridge string `json:"bridge,omitempty"`
+	// MAC and Address are what the guest behind the tap may send as
+	// (create_tap): frames from another MAC, and IPv4 or ARP from another
+	// address, are dropped.
+	MAC     string `json:"mac,omitempty"`
+	Address string `json:"address,omitempty"`
 }
 
 // PrivTapResult answers priv.create_tap and priv.delete_tap.

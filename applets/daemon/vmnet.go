@@ -186,7 +186,9 @@ func (s *vmService) createTap(ctx context.Context, name string) error {
 		return err
 	}
 	var res api.PrivTapResult
-	if err := s.helper.Call(ctx, api.MethodPrivCreateTap, api.PrivTap{Name: vm.Tap, Bridge: s.bridge.name}, &res); err != nil {
+	// The helper pins the tap's guest to its MAC and address: it cannot
+	// send as another guest, or as the gateway.
+	if err := s.helper.Call(ctx, api.MethodPrivCreateTap, api.PrivTap{Name: vm.Tap, Bridge: s.bridge.name, MAC: macAddress(vm.ID), Address: vm.Address}, &res); err != nil {
 		// A failed step is not undone: take back what may have been made
 		// (delete_tap of a missing tap succeeds) and the record with it.
 		if rerr := s.removeTap(context.WithoutCancel(ctx), name); rerr != nil {
@@ -324,4 +326,49 @@ func dnsName(vm state.VM) string {
 		return ""
 	}
 	return vm.Name + "." + strings.TrimSuffix(vmdns.Zone, ".")
+}
+
+// dnsCallTimeout bounds the helper calls that open and close the guests'
+// DNS redirect at the daemon's start and stop.
+const dnsCallTimeout = 10 * time.Second
+
+// closeDNS takes the bridged guests' DNS redirect away as the daemon
+// stops: while no daemon listens on its port, another local user could,
+// and answer the guests' DNS. (A daemon killed cannot: the next one
+// finds the redirect still there, and listens on it again.)
+func (s *vmService) closeDNS() {
+	if !s.helper.Configured() || s.bridge.dnsPort == 0 {
+		return
+	}
+	opID := rpc.NewOpID()
+	ctx, cancel := context.WithTimeout(logging.WithOp(rpc.WithOpID(context.Background(), opID), s.log, opID, "shutdown"), dnsCallTimeout)
+	defer cancel()
+	var res api.PrivNATResult
+	err := s.helper.Call(ctx, api.MethodPrivClearDNS, api.PrivNAT{Bridge: s.bridge.name, CIDR: s.bridge.cidr.String()}, &res)
+	if err != nil {
+		logging.From(ctx).Warn().Err(err).Msg("the guests' dns redirect is left: it points at a port no one serves now")
+	}
+}
+
+// reopenDNS gives the bridged guests that outlived the last daemon their
+// DNS again (a daemon that stops takes the redirect away).
+func (s *vmService) reopenDNS(ctx context.Context) {
+	if !s.helper.Configured() || s.bridge.dnsPort == 0 {
+		return
+	}
+	vms, err := s.db.ListVMs(ctx)
+	if err != nil {
+		return
+	}
+	for _, vm := range vms {
+		if vm.Network == api.NetworkBridge && vm.State == state.VMRunning {
+			ctx, cancel := context.WithTimeout(ctx, dnsCallTimeout)
+			defer cancel()
+			var res api.PrivNATResult
+			if err := s.helper.Call(ctx, api.MethodPrivEnsureNAT, api.PrivNAT{Bridge: s.bridge.name, CIDR: s.bridge.cidr.String(), DNSPort: int(s.bridge.dnsPort)}, &res); err != nil {
+				logging.From(ctx).Warn().Err(err).Msg("the bridged guests get no dns until the next bridged create")
+			}
+			return
+		}
+	}
 }

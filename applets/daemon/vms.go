@@ -591,6 +591,7 @@ func (s *vmService) reconcile(ctx context.Context, interrupted map[string]bool) 
 	opID := rpc.NewOpID()
 	ctx = logging.WithOp(rpc.WithOpID(ctx, opID), *logging.From(ctx), opID, "reconcile")
 	log := logging.From(ctx)
+	defer s.reopenDNS(ctx)
 	attached := s.attachAll(ctx, vms, interrupted)
 	for _, vm := range vms {
 		st := vm.State
@@ -689,6 +690,7 @@ func (s *vmService) attachAll(ctx context.Context, vms []state.VM, interrupted m
 // running (they are detached) and the next daemon re-attaches.
 func (s *vmService) shutdown() {
 	s.closeStandbys(context.Background())
+	s.closeDNS()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for name, r := range s.procs {

@@ -19,6 +19,7 @@ func methods(build api.Build, net *network) rpc.Methods {
 		api.MethodPrivDeleteTap:    checkThen(net, checkDeleteTap, net.deleteTap),
 		api.MethodPrivEnsureNAT:    checkThen(net, checkEnsureNAT, net.ensureNAT),
 		api.MethodPrivClearNAT:     checkThen(net, checkClearNAT, net.clearNAT),
+		api.MethodPrivClearDNS:     checkThen(net, checkClearNAT, net.clearDNS),
 		api.MethodPrivResetNetwork: rpc.Handle(net.resetNetwork),
 	}
 }

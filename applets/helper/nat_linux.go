@@ -250,13 +250,37 @@ func clearMasquerade(plan natPlan) (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	if n+m == st.rules() {
+	f, err := clearFilterRules(c, st, plan.bridge)
+	if err != nil {
+		return false, err
+	}
+	m += f
+	// The last bridge gone, the forward guard goes too, and so does the
+	// forwarding banger turned on.
+	last := n+m == st.rules() || n+m == st.rules()-1 && st.guarded()
+	if last {
 		c.DelTable(t)
 	}
 	if err := c.Flush(); err != nil {
 		return false, fmt.Errorf("remove the nat rules for %s: %w", plan.cidr, err)
 	}
+	if last && st.guarded() {
+		if err := disableForwarding(); err != nil {
+			return true, err
+		}
+	}
 	return n+m > 0, nil
+}
+
+// guarded says whether banger's forward guard is there: banger turned
+// IPv4 forwarding on.
+func (st natState) guarded() bool {
+	for _, r := range st.chains[forwardChain] {
+		if ruleComment(r) == forwardGuard {
+			return true
+		}
+	}
+	return false
 }
 
 // deleteNATTable removes banger's table, and reports whether it was there.
@@ -269,7 +293,29 @@ func deleteNATTable() (bool, error) {
 	if err := c.Flush(); err != nil {
 		return false, fmt.Errorf("delete nftables table %s: %w", natTable, err)
 	}
+	if st.guarded() {
+		return true, disableForwarding()
+	}
 	return true, nil
+}
+
+// forwardingOff says whether IPv4 forwarding is off in the helper's
+// network namespace.
+func forwardingOff() (bool, error) {
+	b, err := os.ReadFile(ipForward)
+	if err != nil {
+		return false, fmt.Errorf("read %s: %w", ipForward, err)
+	}
+	return strings.TrimSpace(string(b)) != "1", nil
+}
+
+// disableForwarding turns IPv4 forwarding off again, as it was before
+// banger turned it on.
+func disableForwarding() error {
+	if err := os.WriteFile(ipForward, []byte("0\n"), 0o644); err != nil {
+		return fmt.Errorf("disable IPv4 forwarding: %w", err)
+	}
+	return nil
 }
 
 // enableForwarding turns on IPv4 forwarding in the helper's network

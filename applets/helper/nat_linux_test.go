@@ -3,8 +3,10 @@ package helper
 import (
 	"net"
 	"net/netip"
+	"os"
 	"runtime"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -131,15 +133,25 @@ func TestMasqueradeCarriesTraffic(t *testing.T) {
 	nat := api.PrivNAT{Bridge: "banger0", CIDR: "10.77.0.0/24"}
 	mustCall(t, srv, api.MethodPrivEnsureNAT, nat, nil)
 
+	// The internet is a public address beyond the uplink's link: a
+	// guest reaches no network of the host's own routes, nor a private
+	// one (filter_linux.go).
 	guest, internet := guestOnBridge(t), newNetns(t)
-	uplink := plug(t, "vup0", "vup1", internet, netip.MustParsePrefix("10.60.0.2/24"), netip.Addr{})
-	if err := netlink.AddrAdd(uplink, &netlink.Addr{IPNet: ipNet(netip.MustParsePrefix("10.60.0.1/24"))}); err != nil {
+	uplink := plug(t, "vup0", "vup1", internet, netip.MustParsePrefix("198.18.0.2/30"), netip.Addr{})
+	if err := netlink.AddrAdd(uplink, &netlink.Addr{IPNet: ipNet(netip.MustParsePrefix("198.18.0.1/30"))}); err != nil {
 		t.Fatal(err)
 	}
+	if err := netlink.RouteAdd(&netlink.Route{LinkIndex: uplink.Attrs().Index, Gw: net.ParseIP("198.18.0.2")}); err != nil {
+		t.Fatal(err)
+	}
+	onThreadIn(t, internet, func() {
+		lo, _ := netlink.LinkByName("lo")
+		netlink.AddrAdd(lo, &netlink.Addr{IPNet: ipNet(netip.MustParsePrefix("203.0.113.5/32"))})
+	})
 
 	var ln net.Listener
 	var err error
-	onThreadIn(t, internet, func() { ln, err = net.Listen("tcp4", "10.60.0.2:0") })
+	onThreadIn(t, internet, func() { ln, err = net.Listen("tcp4", "203.0.113.5:0") })
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -160,8 +172,8 @@ func TestMasqueradeCarriesTraffic(t *testing.T) {
 		t.Fatal(err)
 	}
 	c.Close()
-	if from := c.RemoteAddr().(*net.TCPAddr).IP.String(); from != "10.60.0.1" {
-		t.Fatalf("the internet saw the guest's connection from %s, want the uplink's 10.60.0.1", from)
+	if from := c.RemoteAddr().(*net.TCPAddr).IP.String(); from != "198.18.0.1" {
+		t.Fatalf("the internet saw the guest's connection from %s, want the uplink's 198.18.0.1", from)
 	}
 
 	mustCall(t, srv, api.MethodPrivClearNAT, nat, nil)
@@ -256,8 +268,24 @@ func TestDNSRedirectCarriesQueries(t *testing.T) {
 		t.Errorf("masquerade rules after dns_port 0: %d, want 1", len(got))
 	}
 
-	// clear_nat takes the redirect with it, and then the table.
+	// clear_dns takes the redirect away and leaves the NAT.
 	nat.DNSPort = 5354
+	mustCall(t, srv, api.MethodPrivEnsureNAT, nat, nil)
+	if !mustCall(t, srv, api.MethodPrivClearDNS, api.PrivNAT{Bridge: "banger0", CIDR: "10.77.0.0/24"}, nil) {
+		t.Error("clear_dns changed nothing")
+	}
+	wantDNSRules(t)
+	if got := bangerRules(t); len(got) != 1 {
+		t.Errorf("masquerade rules after clear_dns: %d, want 1", len(got))
+	}
+	if _, err := query(time.Second); err == nil {
+		t.Error("a query reached the daemon's port after clear_dns")
+	}
+	if mustCall(t, srv, api.MethodPrivClearDNS, api.PrivNAT{Bridge: "banger0", CIDR: "10.77.0.0/24"}, nil) {
+		t.Error("a second clear_dns changed something")
+	}
+
+	// clear_nat takes the redirect with it, and then the table.
 	mustCall(t, srv, api.MethodPrivEnsureNAT, nat, nil)
 	if !mustCall(t, srv, api.MethodPrivClearNAT, api.PrivNAT{Bridge: "banger0", CIDR: "10.77.0.0/24"}, nil) {
 		t.Error("clear_nat changed nothing")
@@ -292,5 +320,136 @@ func wantDNSRules(t *testing.T, want ...string) {
 		for _, r := range st.chains[dnsChain] {
 			t.Log(dumpExprs(r.Exprs))
 		}
+	}
+}
+
+// TestBridgedGuestsAreFiltered: a guest on banger0 reaches the internet
+// and the daemon's DNS, and nothing else of the host: not a listener on
+// the bridge's address, not one on another address of the host, not a
+// network of the host's own (a LAN), not a private one. With forwarding
+// banger turned on, the host routes nothing between its other
+// interfaces. A guest pinned to its MAC and address cannot send as
+// another.
+func TestBridgedGuestsAreFiltered(t *testing.T) {
+	if !inNetns(t) {
+		return
+	}
+	srv := testServer(t)
+	os.WriteFile(ipForward, []byte("0\n"), 0o644)
+	mustCall(t, srv, api.MethodPrivEnsureBridge, api.PrivBridge{Name: "banger0", CIDR: "10.77.0.0/24"}, nil)
+	guest, internet, lan := guestOnBridge(t), newNetns(t), newNetns(t)
+	uplink := plug(t, "vup0", "vup1", internet, netip.MustParsePrefix("198.18.0.2/30"), netip.Addr{})
+	netlink.AddrAdd(uplink, &netlink.Addr{IPNet: ipNet(netip.MustParsePrefix("198.18.0.1/30"))})
+	netlink.RouteAdd(&netlink.Route{LinkIndex: uplink.Attrs().Index, Gw: net.ParseIP("198.18.0.2")})
+	onThreadIn(t, internet, func() {
+		lo, _ := netlink.LinkByName("lo")
+		netlink.AddrAdd(lo, &netlink.Addr{IPNet: ipNet(netip.MustParsePrefix("203.0.113.5/32"))})
+		netlink.RouteAdd(&netlink.Route{Dst: ipNet(netip.MustParsePrefix("192.168.50.0/24")), Gw: net.ParseIP("198.18.0.1")})
+	})
+	lanLink := plug(t, "vlan0", "vlan1", lan, netip.MustParsePrefix("192.168.50.2/24"), netip.MustParseAddr("192.168.50.1"))
+	netlink.AddrAdd(lanLink, &netlink.Addr{IPNet: ipNet(netip.MustParsePrefix("192.168.50.1/24"))})
+	// Another address of the host (no dummy links here: no modules).
+	lo, err := netlink.LinkByName("lo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := netlink.AddrAdd(lo, &netlink.Addr{IPNet: ipNet(netip.MustParsePrefix("192.0.2.1/32"))}); err != nil {
+		t.Fatal(err)
+	}
+	// ensure_nat now, so the LAN is among the host's routes.
+	mustCall(t, srv, api.MethodPrivEnsureNAT, api.PrivNAT{Bridge: "banger0", CIDR: "10.77.0.0/24", DNSPort: 5354}, nil)
+
+	listen := func(ns *netns.NsHandle, addr string) string {
+		var ln net.Listener
+		var err error
+		do := func() { ln, err = net.Listen("tcp4", addr) }
+		if ns == nil {
+			do()
+		} else {
+			onThreadIn(t, *ns, do)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { ln.Close() })
+		go func() {
+			for {
+				c, err := ln.Accept()
+				if err != nil {
+					return
+				}
+				c.Close()
+			}
+		}()
+		return ln.Addr().String()
+	}
+	dialFrom := func(ns netns.NsHandle, local, to string) error {
+		var err error
+		onThreadIn(t, ns, func() {
+			d := net.Dialer{Timeout: time.Second}
+			if local != "" {
+				d.LocalAddr = &net.TCPAddr{IP: net.ParseIP(local)}
+			}
+			var c net.Conn
+			if c, err = d.Dial("tcp4", to); err == nil {
+				c.Close()
+			}
+		})
+		return err
+	}
+	internetAddr := listen(&internet, "203.0.113.5:0")
+	if err := dialFrom(guest, "", internetAddr); err != nil {
+		t.Fatalf("the guest cannot reach the internet: %v", err)
+	}
+	dnsAddr := listen(nil, "10.77.0.1:5354") // the daemon's DNS, past the redirect
+	for what, to := range map[string]string{
+		"a listener on the bridge's address": listen(nil, "10.77.0.1:0"),
+		"a listener on another address":      listen(nil, "192.0.2.1:0"),
+		"a host of the host's LAN":           listen(&lan, "192.168.50.2:0"),
+		"the host's side of the LAN":         listen(nil, "192.168.50.1:0"),
+	} {
+		if err := dialFrom(guest, "", to); err == nil {
+			t.Errorf("the guest reached %s (%s)", what, to)
+		}
+	}
+	if err := dialFrom(guest, "", "10.77.0.1:53"); err != nil {
+		t.Errorf("the guest cannot reach the daemon's DNS (%s) through the redirect: %v", dnsAddr, err)
+	}
+	if err := dialFrom(lan, "", internetAddr); err == nil {
+		t.Error("the host routed between its other interfaces with the forwarding banger turned on")
+	}
+
+	// Pinned to its MAC and address (as create_tap pins a tap's guest),
+	// it can no longer send as another address of the bridge.
+	var guestMAC net.HardwareAddr
+	onThreadIn(t, guest, func() {
+		l, _ := netlink.LinkByName("vguest1")
+		guestMAC = l.Attrs().HardwareAddr
+		netlink.AddrAdd(l, &netlink.Addr{IPNet: ipNet(netip.MustParsePrefix("10.77.0.9/24"))})
+	})
+	if _, err := pinTap(tapPlan{name: "vguest0", mac: guestMAC, addr: netip.MustParseAddr("10.77.0.2")}); err != nil {
+		t.Fatal(err)
+	}
+	if err := dialFrom(guest, "10.77.0.2", internetAddr); err != nil {
+		t.Errorf("the pinned guest cannot reach the internet as itself: %v", err)
+	}
+	if err := dialFrom(guest, "10.77.0.9", internetAddr); err == nil {
+		t.Error("the pinned guest sent as 10.77.0.9")
+	}
+	onThreadIn(t, guest, func() {
+		l, _ := netlink.LinkByName("vguest1")
+		netlink.LinkSetHardwareAddr(l, net.HardwareAddr{0x02, 0, 0, 0, 0, 0x99})
+	})
+	if err := dialFrom(guest, "10.77.0.2", internetAddr); err == nil {
+		t.Error("the pinned guest sent with another MAC")
+	}
+	if changed, err := unpinTap("vguest0"); !changed || err != nil {
+		t.Errorf("unpin: %v %v", changed, err)
+	}
+
+	// The last bridge's NAT cleared: the guard and the forwarding go.
+	mustCall(t, srv, api.MethodPrivClearNAT, api.PrivNAT{Bridge: "banger0", CIDR: "10.77.0.0/24"}, nil)
+	if b, _ := os.ReadFile(ipForward); strings.TrimSpace(string(b)) != "0" {
+		t.Errorf("ip_forward %q after the last clear_nat; banger turned it on", b)
 	}
 }

@@ -79,6 +79,12 @@ func (n *network) ensureBridge(plan bridgePlan) (api.PrivBridgeResult, error) {
 
 func (n *network) createTap(plan tapPlan) (api.PrivTapResult, error) {
 	res := api.PrivTapResult{Name: plan.name, Bridge: plan.bridge.Name, Owner: n.owner}
+	// Pinned before it is up: no frame of its guest goes unchecked.
+	pinned, err := pinTap(plan)
+	if err != nil {
+		return res, err
+	}
+	res.Changed = pinned
 	if plan.link == nil {
 		// Persistent, one queue, exclusive create (netlink's defaults);
 		// the engine sets its own flags (vnet_hdr, no_pi) when it opens
@@ -109,6 +115,11 @@ func (n *network) createTap(plan tapPlan) (api.PrivTapResult, error) {
 
 func (n *network) deleteTap(plan tapPlan) (api.PrivTapResult, error) {
 	res := api.PrivTapResult{Name: plan.name}
+	unpinned, err := unpinTap(plan.name)
+	if err != nil {
+		return res, err
+	}
+	res.Changed = unpinned
 	if plan.link == nil {
 		return res, nil
 	}
@@ -126,12 +137,28 @@ func (n *network) ensureNAT(plan natPlan) (api.PrivNATResult, error) {
 	if err != nil {
 		return res, err
 	}
+	// The filter before forwarding: no guest packet is routed unfiltered.
+	wasOff, err := forwardingOff()
+	if err != nil {
+		return res, err
+	}
+	filtered, err := ensureFilter(plan, wasOff)
+	if err != nil {
+		return res, err
+	}
 	fwd, err := enableForwarding()
 	if err != nil {
 		return res, err
 	}
-	res.Changed = changed || fwd
+	res.Changed = changed || filtered || fwd
 	return res, nil
+}
+
+func (n *network) clearDNS(plan natPlan) (api.PrivNATResult, error) {
+	res := api.PrivNATResult{Bridge: plan.bridge, CIDR: plan.cidr.String()}
+	var err error
+	res.Changed, err = clearDNSRules(plan)
+	return res, err
 }
 
 func (n *network) clearNAT(plan natPlan) (api.PrivNATResult, error) {
@@ -167,7 +194,11 @@ func (n *network) resetNetwork(ctx context.Context, _ rpc.NoParams) (api.PrivRes
 		}
 	}
 	res.NATTable, err = deleteNATTable()
-	res.Changed = len(res.Removed) > 0 || res.NATTable
+	if err != nil {
+		return res, err
+	}
+	pins, err := deletePinTable()
+	res.Changed = len(res.Removed) > 0 || res.NATTable || pins
 	return res, err
 }
 

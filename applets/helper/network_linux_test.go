@@ -279,7 +279,7 @@ func TestNetworkMethodsInANamespace(t *testing.T) {
 	wantCode(t, srv, rpc.CodeInvalidParams, api.MethodPrivEnsureBridge, api.PrivBridge{Name: "br-keep", CIDR: "10.50.0.0/24"})
 
 	// Taps.
-	tap := api.PrivTap{Name: "bgtap-1", Bridge: "banger0"}
+	tap := api.PrivTap{Name: "bgtap-1", Bridge: "banger0", MAC: "02:aa:bb:cc:dd:01", Address: "10.77.0.2"}
 	var tr api.PrivTapResult
 	idempotent(t, srv, api.MethodPrivCreateTap, tap, &tr)
 	if tr.Owner != testOwner {
@@ -307,7 +307,7 @@ func TestNetworkMethodsInANamespace(t *testing.T) {
 	wantCode(t, srv, rpc.CodeInvalidParams, api.MethodPrivDeleteTap, api.PrivTap{Name: "tapkeep"})
 	wantCode(t, srv, rpc.CodeConflict, api.MethodPrivDeleteTap, api.PrivTap{Name: "bgtap-tun"})
 	wantCode(t, srv, rpc.CodeConflict, api.MethodPrivDeleteTap, api.PrivTap{Name: "bgtap-v1"})
-	wantCode(t, srv, rpc.CodeConflict, api.MethodPrivCreateTap, api.PrivTap{Name: "bgtap-tun", Bridge: "banger0"})
+	wantCode(t, srv, rpc.CodeConflict, api.MethodPrivCreateTap, api.PrivTap{Name: "bgtap-tun", Bridge: "banger0", MAC: "02:aa:bb:cc:dd:02", Address: "10.77.0.3"})
 	wantCode(t, srv, rpc.CodeInvalidParams, api.MethodPrivCreateTap, api.PrivTap{Name: "bgtap-2", Bridge: "banger-v0"})
 	idempotent(t, srv, api.MethodPrivDeleteTap, api.PrivTap{Name: "bgtap-1"}, nil)
 	if _, err := netlink.LinkByName("bgtap-1"); err == nil {

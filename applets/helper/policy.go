@@ -9,8 +9,11 @@ package helper
 
 import (
 	"crypto/sha256"
+	"encoding/binary"
 	"fmt"
+	"net"
 	"net/netip"
+	"slices"
 	"strings"
 
 	"banger/applets/api"
@@ -152,8 +155,11 @@ type bridgePlan struct {
 // expires: a guest loses the host (DNS, NAT) for tens of seconds.
 func bridgeMAC(name string) string {
 	h := sha256.Sum256([]byte("banger bridge " + name))
-	return fmt.Sprintf("02:62:67:%02x:%02x:%02x", h[0], h[1], h[2])
+	return fmt.Sprintf(bridgeMACPrefix+"%02x:%02x:%02x", h[0], h[1], h[2])
 }
+
+// bridgeMACPrefix starts every banger bridge's MAC; no guest has one.
+const bridgeMACPrefix = "02:62:67:"
 
 func checkEnsureBridge(v hostView, p api.PrivBridge) (bridgePlan, error) {
 	cidr, err := checkBridgeNet(p.Name, p.CIDR)
@@ -203,6 +209,9 @@ type tapPlan struct {
 	name   string
 	bridge *hostLink // create_tap: the bridge to attach to
 	link   *hostLink // the tap when it is already there
+	// create_tap: what the guest behind the tap may send as.
+	mac  net.HardwareAddr
+	addr netip.Addr
 }
 
 func checkCreateTap(v hostView, p api.PrivTap) (tapPlan, error) {
@@ -216,9 +225,53 @@ func checkCreateTap(v hostView, p api.PrivTap) (tapPlan, error) {
 	if err != nil {
 		return tapPlan{}, err
 	}
+	mac, err := checkGuestMAC(p.MAC)
+	if err != nil {
+		return tapPlan{}, err
+	}
+	addr, err := checkGuestAddress(br, p.Address)
+	if err != nil {
+		return tapPlan{}, err
+	}
 	plan, err := checkDeleteTap(v, p)
-	plan.bridge = &br
+	plan.bridge, plan.mac, plan.addr = &br, mac, addr
 	return plan, err
+}
+
+// checkGuestMAC admits a unicast, locally administered MAC (what banger
+// gives its guests), and no other: not the bridge's, not a vendor's.
+func checkGuestMAC(s string) (net.HardwareAddr, error) {
+	mac, err := net.ParseMAC(s)
+	if err != nil || len(mac) != 6 {
+		return nil, invalid("guest mac %q: want six bytes, 02:xx:xx:xx:xx:xx", s)
+	}
+	if mac[0]&1 != 0 || mac[0]&2 == 0 || strings.HasPrefix(mac.String(), bridgeMACPrefix) {
+		return nil, invalid("guest mac %s: want a unicast, locally administered address of a guest", mac)
+	}
+	return mac, nil
+}
+
+// checkGuestAddress admits an IPv4 host address of the bridge's network
+// that is not the bridge's own.
+func checkGuestAddress(br hostLink, s string) (netip.Addr, error) {
+	a, err := netip.ParseAddr(s)
+	if err != nil || !a.Is4() {
+		return netip.Addr{}, invalid("guest address %q: want an IPv4 address", s)
+	}
+	for _, p := range br.Addrs {
+		network := p.Masked()
+		if network.Contains(a) && a != p.Addr() && a != network.Addr() && a != broadcast(network) {
+			return a, nil
+		}
+	}
+	return netip.Addr{}, invalid("guest address %s is not a host address of bridge %s's network", a, br.Name)
+}
+
+// broadcast is an IPv4 network's last address.
+func broadcast(p netip.Prefix) netip.Addr {
+	b := p.Masked().Addr().As4()
+	binary.BigEndian.PutUint32(b[:], binary.BigEndian.Uint32(b[:])|(uint32(1)<<(32-p.Bits())-1))
+	return netip.AddrFrom4(b)
 }
 
 func checkDeleteTap(v hostView, p api.PrivTap) (tapPlan, error) {
@@ -244,6 +297,9 @@ type natPlan struct {
 	// dnsPort is where the guests' DNS to the bridge's port 53 goes; 0
 	// for no redirect.
 	dnsPort uint16
+	// others are the networks of the host's routes other than the
+	// bridge's (ensure_nat): its guests reach none of them.
+	others []netip.Prefix
 }
 
 // DNS redirects go to an unprivileged port: the daemon, which is not
@@ -276,12 +332,19 @@ func checkEnsureNAT(v hostView, p api.PrivNAT) (natPlan, error) {
 		return natPlan{}, err
 	}
 	want := bridgeAddress(plan.cidr)
-	for _, a := range br.Addrs {
-		if a == want {
-			return plan, nil
+	if !slices.Contains(br.Addrs, want) {
+		return natPlan{}, invalid("bridge %s does not carry %s, so %s is not its network", p.Bridge, want, plan.cidr)
+	}
+	routes, err := v.routes()
+	if err != nil {
+		return natPlan{}, err
+	}
+	for _, r := range routes {
+		if r.Dev != p.Bridge && r.Dst.Bits() > 0 && !slices.Contains(plan.others, r.Dst.Masked()) {
+			plan.others = append(plan.others, r.Dst.Masked())
 		}
 	}
-	return natPlan{}, invalid("bridge %s does not carry %s, so %s is not its network", p.Bridge, want, plan.cidr)
+	return plan, nil
 }
 
 // isBangerLink says whether reset_network may remove l: a banger-named

@@ -13,7 +13,7 @@ const (
 	// MethodPrivClearDNS removes a bridge's DNS redirect (and the
 	// filter's opening for it), leaving its NAT: a daemon that stops
 	// leaves no redirect to a port someone else could then take.
-	MethodPrivClearDNS = "priv.clear_dns"
+	MethodPrivClearDNS     = "priv.clear_dns"
 	MethodPrivResetNetwork = "priv.reset_network"
 )
 

@@ -129,7 +129,9 @@ func guardRule() []expr.Any {
 func pinRules(tap string, mac net.HardwareAddr, addr netip.Addr) []namedRule {
 	iif := metaEq(expr.MetaKeyIIFNAME, ifname(tap))
 	ip := addr.As4()
-	proto := func(etype uint16) []expr.Any { return metaEq(expr.MetaKeyPROTOCOL, binaryutil.BigEndian.PutUint16(etype)) }
+	proto := func(etype uint16) []expr.Any {
+		return metaEq(expr.MetaKeyPROTOCOL, binaryutil.BigEndian.PutUint16(etype))
+	}
 	c := func(what string) string { return pinComment(tap, what) }
 	return []namedRule{
 		{c("ether saddr"), join(iif, []expr.Any{&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseLLHeader, Offset: 6, Len: 6},

@@ -75,25 +75,11 @@ func (ns *netns) exec(args ...string) (string, error) {
 func (ns *netns) wantName(t *testing.T, name, want string) {
 	t.Helper()
 	var r *dns.Msg
-	var err error
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		// The thread stays locked, so it ends with the goroutine and no
-		// other goroutine runs in the namespace.
-		runtime.LockOSThread()
-		var h nsh.NsHandle
-		if h, err = nsh.GetFromName(ns.name); err != nil {
-			return
-		}
-		defer h.Close()
-		if err = nsh.Set(h); err != nil {
-			return
-		}
+	err := ns.do(func() (err error) {
 		c := &dns.Client{Timeout: 5 * time.Second}
 		r, _, err = c.Exchange(new(dns.Msg).SetQuestion(name, dns.TypeA), net.JoinHostPort("127.0.0.1", strconv.Itoa(daemon.DefaultDNSPort)))
-	}()
-	<-done
+		return err
+	})
 	if err != nil {
 		t.Errorf("query %s in %s: %v", name, ns.name, err)
 		return
@@ -113,16 +99,15 @@ func (ns *netns) wantName(t *testing.T, name, want string) {
 	}
 }
 
-// listen serves TCP on addr inside the namespace until the test ends,
-// accepting and closing each connection, and returns where it listens.
-func (ns *netns) listen(t *testing.T, addr string) string {
-	t.Helper()
-	var ln net.Listener
+// do runs fn on a thread of its own inside the namespace. The thread
+// stays locked, so it ends with its goroutine and no other goroutine
+// runs in the namespace.
+func (ns *netns) do(fn func() error) error {
 	var err error
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		runtime.LockOSThread() // the thread ends with the goroutine
+		runtime.LockOSThread()
 		var h nsh.NsHandle
 		if h, err = nsh.GetFromName(ns.name); err != nil {
 			return
@@ -131,9 +116,21 @@ func (ns *netns) listen(t *testing.T, addr string) string {
 		if err = nsh.Set(h); err != nil {
 			return
 		}
-		ln, err = net.Listen("tcp4", addr)
+		err = fn()
 	}()
 	<-done
+	return err
+}
+
+// listen serves TCP on addr inside the namespace until the test ends,
+// accepting and closing each connection, and returns where it listens.
+func (ns *netns) listen(t *testing.T, addr string) string {
+	t.Helper()
+	var ln net.Listener
+	err := ns.do(func() (err error) {
+		ln, err = net.Listen("tcp4", addr)
+		return err
+	})
 	if err != nil {
 		t.Fatalf("listen on %s in %s: %v", addr, ns.name, err)
 	}

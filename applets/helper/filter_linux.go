@@ -295,11 +295,7 @@ func clearFilterRules(c *nftables.Conn, st natState, bridge string) (int, error)
 
 // pinTap makes the pin rules of plan's tap what they should be.
 func pinTap(plan tapPlan) (bool, error) {
-	c, err := nftables.New()
-	if err != nil {
-		return false, fmt.Errorf("open nftables: %w", err)
-	}
-	rules, err := pinTableRules(c)
+	c, rules, err := openPins()
 	if err != nil {
 		return false, err
 	}
@@ -317,11 +313,7 @@ func pinTap(plan tapPlan) (bool, error) {
 
 // unpinTap removes the pin rules of tap, if any.
 func unpinTap(tap string) (bool, error) {
-	c, err := nftables.New()
-	if err != nil {
-		return false, fmt.Errorf("open nftables: %w", err)
-	}
-	rules, err := pinTableRules(c)
+	c, rules, err := openPins()
 	if err != nil || rules == nil {
 		return false, err
 	}
@@ -334,6 +326,17 @@ func unpinTap(tap string) (bool, error) {
 		return false, fmt.Errorf("unpin the guest of %s: %w", tap, err)
 	}
 	return true, nil
+}
+
+// openPins connects to nftables and reads the rules of banger's bridge
+// table (nil when it is not there).
+func openPins() (*nftables.Conn, []*nftables.Rule, error) {
+	c, err := nftables.New()
+	if err != nil {
+		return nil, nil, fmt.Errorf("open nftables: %w", err)
+	}
+	rules, err := pinTableRules(c)
+	return c, rules, err
 }
 
 // pinTableRules reads the rules of banger's bridge table, nil when it is
@@ -361,11 +364,7 @@ func pinTableRules(c *nftables.Conn) ([]*nftables.Rule, error) {
 // deletePinTable removes banger's bridge table, and reports whether it was
 // there.
 func deletePinTable() (bool, error) {
-	c, err := nftables.New()
-	if err != nil {
-		return false, fmt.Errorf("open nftables: %w", err)
-	}
-	rules, err := pinTableRules(c)
+	c, rules, err := openPins()
 	if err != nil || rules == nil {
 		return false, err
 	}

@@ -160,8 +160,7 @@ func (s *vmService) bridgeSteps(name string) []operation.Step {
 			return s.helper.Call(ctx, api.MethodPrivEnsureBridge, api.PrivBridge{Name: s.bridge.name, CIDR: s.bridge.cidr.String()}, &res)
 		}},
 		{Name: "ensure nat", Do: func(ctx context.Context) error {
-			var res api.PrivNATResult
-			return s.helper.Call(ctx, api.MethodPrivEnsureNAT, api.PrivNAT{Bridge: s.bridge.name, CIDR: s.bridge.cidr.String(), DNSPort: int(s.bridge.dnsPort)}, &res)
+			return s.openDNS(ctx)
 		}},
 		{Name: "create tap", Do: func(ctx context.Context) error {
 			return s.createTap(ctx, name)
@@ -332,12 +331,24 @@ func dnsName(vm state.VM) string {
 // DNS redirect at the daemon's start and stop.
 const dnsCallTimeout = 10 * time.Second
 
+// openDNS ensures the bridge's NAT, filter and DNS redirect, and marks
+// the redirect as this daemon's to take away when it stops.
+func (s *vmService) openDNS(ctx context.Context) error {
+	var res api.PrivNATResult
+	err := s.helper.Call(ctx, api.MethodPrivEnsureNAT, api.PrivNAT{Bridge: s.bridge.name, CIDR: s.bridge.cidr.String(), DNSPort: int(s.bridge.dnsPort)}, &res)
+	if err == nil && s.bridge.dnsPort != 0 {
+		s.dnsOpened.Store(true)
+	}
+	return err
+}
+
 // closeDNS takes the bridged guests' DNS redirect away as the daemon
-// stops: while no daemon listens on its port, another local user could,
-// and answer the guests' DNS. (A daemon killed cannot: the next one
-// finds the redirect still there, and listens on it again.)
+// stops, when it made or found one: while no daemon listens on its port,
+// another local user could, and answer the guests' DNS. (A daemon killed
+// cannot: the next one to serve bridged VMs listens on it again, and
+// takes it away when it stops.)
 func (s *vmService) closeDNS() {
-	if !s.helper.Configured() || s.bridge.dnsPort == 0 {
+	if !s.helper.Configured() || !s.dnsOpened.Load() {
 		return
 	}
 	opID := rpc.NewOpID()
@@ -364,8 +375,7 @@ func (s *vmService) reopenDNS(ctx context.Context) {
 		if vm.Network == api.NetworkBridge && vm.State == state.VMRunning {
 			ctx, cancel := context.WithTimeout(ctx, dnsCallTimeout)
 			defer cancel()
-			var res api.PrivNATResult
-			if err := s.helper.Call(ctx, api.MethodPrivEnsureNAT, api.PrivNAT{Bridge: s.bridge.name, CIDR: s.bridge.cidr.String(), DNSPort: int(s.bridge.dnsPort)}, &res); err != nil {
+			if err := s.openDNS(ctx); err != nil {
 				logging.From(ctx).Warn().Err(err).Msg("the bridged guests get no dns until the next bridged create")
 			}
 			return

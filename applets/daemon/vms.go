@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/oklog/ulid/v2"
@@ -47,6 +48,9 @@ type vmService struct {
 	bridge bridgeNet      // where bridged VMs go
 	warm   *warmStarts    // nil: every VM boots
 	log    zerolog.Logger // for work no call asked for (a VM that ended on its own)
+	// dnsOpened is set once this daemon ensured the guests' DNS redirect:
+	// it takes it away when it stops (closeDNS).
+	dnsOpened atomic.Bool
 
 	mu    sync.Mutex              // guards busy and procs
 	busy  map[string]*busyWith    // VM name -> what is being done to it

@@ -239,14 +239,7 @@ func (s *vmService) create(ctx context.Context, prog *operation.Progress, p api.
 		steps = append(steps, s.allocateStep(vm.Name))
 	}
 	if p.NoStart {
-		steps = append(steps, operation.Step{Name: "make disk", Do: func(ctx context.Context) error {
-			if err := os.MkdirAll(vm.InstanceDir, 0o700); err != nil {
-				return err
-			}
-			return s.images.Overlay(ctx, img, filepath.Join(vm.InstanceDir, diskFile), p.DiskMiB)
-		}, Undo: func(ctx context.Context) error {
-			return os.RemoveAll(vm.InstanceDir)
-		}}, operation.Step{Name: "mark stopped", Do: func(ctx context.Context) error {
+		steps = append(steps, s.overlayStep(vm, &img), operation.Step{Name: "mark stopped", Do: func(ctx context.Context) error {
 			_, err := s.db.UpdateVM(ctx, vm.Name, func(v *state.VM) error { v.State = state.VMStopped; return nil })
 			return err
 		}})

@@ -146,17 +146,22 @@ func (s *vmService) bootWay(vm state.VM, img *vmImage, plan *warmPlan) operation
 	var proc vmProcess
 	var spec launchSpec
 	return operation.Way{Name: "boot", Steps: []operation.Step{
-		{Name: "make disk", Do: func(ctx context.Context) error {
-			if err := os.MkdirAll(vm.InstanceDir, 0o700); err != nil {
-				return err
-			}
-			return s.images.Overlay(ctx, *img, filepath.Join(vm.InstanceDir, diskFile), vm.DiskMiB)
-		}, Undo: func(ctx context.Context) error {
-			return os.RemoveAll(vm.InstanceDir)
-		}},
+		s.overlayStep(vm, img),
 		s.launchStep(vm.Name, img, &proc, &spec, nil),
 		s.waitAgentStep(vm.Name, &proc),
 		s.saveStep(plan, &proc, func() string { return spec.Disk }),
+	}}
+}
+
+// overlayStep makes a new VM's disk: copy-on-write over its image.
+func (s *vmService) overlayStep(vm state.VM, img *vmImage) operation.Step {
+	return operation.Step{Name: "make disk", Do: func(ctx context.Context) error {
+		if err := os.MkdirAll(vm.InstanceDir, 0o700); err != nil {
+			return err
+		}
+		return s.images.Overlay(ctx, *img, filepath.Join(vm.InstanceDir, diskFile), vm.DiskMiB)
+	}, Undo: func(ctx context.Context) error {
+		return os.RemoveAll(vm.InstanceDir)
 	}}
 }
 

@@ -221,14 +221,17 @@ func daddrEq(addr [4]byte) []expr.Any {
 	}
 }
 
-func daddrIn(n netip.Prefix) []expr.Any {
+func daddrIn(n netip.Prefix) []expr.Any { return addrIn(16, n) }
+
+// addrIn is `ip saddr NET` (offset 12) or `ip daddr NET` (offset 16).
+func addrIn(offset uint32, n netip.Prefix) []expr.Any {
 	mask := make([]byte, 4)
 	for i := range n.Bits() {
 		mask[i/8] |= 0x80 >> (i % 8)
 	}
 	network := n.Masked().Addr().As4()
 	return []expr.Any{
-		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 16, Len: 4},
+		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: offset, Len: 4},
 		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: mask, Xor: make([]byte, 4)},
 		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: network[:]},
 	}

@@ -179,19 +179,11 @@ func ensureMasquerade(plan natPlan) (bool, error) {
 
 // masquerade is `ip saddr CIDR oifname != BRIDGE masquerade`.
 func masquerade(plan natPlan) []expr.Any {
-	mask := make([]byte, 4)
-	for i := range plan.cidr.Bits() {
-		mask[i/8] |= 0x80 >> (i % 8)
-	}
-	network := plan.cidr.Addr().As4()
-	return []expr.Any{
-		&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 12, Len: 4}, // saddr
-		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4, Mask: mask, Xor: make([]byte, 4)},
-		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: network[:]},
+	return join(addrIn(12, plan.cidr), []expr.Any{
 		&expr.Meta{Key: expr.MetaKeyOIFNAME, Register: 1},
 		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: ifname(plan.bridge)},
 		&expr.Masq{},
-	}
+	})
 }
 
 // dnsRedirects are plan's DNS redirect rules by comment, none without a
@@ -202,24 +194,17 @@ func dnsRedirects(plan natPlan) map[string][]expr.Any {
 		return nil
 	}
 	to := bridgeAddress(plan.cidr).Addr()
-	addr := to.As4()
 	rules := map[string][]expr.Any{}
 	for _, p := range []struct {
 		name  string
 		proto byte
 	}{{"udp", unix.IPPROTO_UDP}, {"tcp", unix.IPPROTO_TCP}} {
-		rules[dnsComment(plan.bridge, p.name, to, plan.dnsPort)] = []expr.Any{
-			&expr.Meta{Key: expr.MetaKeyIIFNAME, Register: 1},
-			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: ifname(plan.bridge)},
-			&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 16, Len: 4}, // daddr
-			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: addr[:]},
-			&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
-			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{p.proto}},
-			&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2}, // dport
-			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binaryutil.BigEndian.PutUint16(53)},
-			&expr.Immediate{Register: 1, Data: binaryutil.BigEndian.PutUint16(plan.dnsPort)},
-			&expr.Redir{RegisterProtoMin: 1},
-		}
+		rules[dnsComment(plan.bridge, p.name, to, plan.dnsPort)] = join(
+			metaEq(expr.MetaKeyIIFNAME, ifname(plan.bridge)), daddrEq(to.As4()), l4Eq(p.proto), dportEq(53),
+			[]expr.Any{
+				&expr.Immediate{Register: 1, Data: binaryutil.BigEndian.PutUint16(plan.dnsPort)},
+				&expr.Redir{RegisterProtoMin: 1},
+			})
 	}
 	return rules
 }

@@ -262,6 +262,8 @@ func TestDaemonLogRotatesAndTraceReadsItAll(t *testing.T) {
 	for range 5000 {
 		s.call(api.MethodPing, nil, nil)
 	}
+	// lumberjack removes the files past --log-max-files in the background.
+	waitFor(t, 10*time.Second, func() bool { return len(logfile.Files(s.daemonLog())) <= 3 })
 	if files := logfile.Files(s.daemonLog()); len(files) != 3 {
 		t.Errorf("files kept: %v", files)
 	}

@@ -5,6 +5,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/rs/zerolog"
 
@@ -25,11 +26,17 @@ func TestRotatingLogKeepsItsRecordsInFiles(t *testing.T) {
 	}
 	log := logging.New(w, "bangerd", zerolog.InfoLevel)
 	pad := strings.Repeat("x", 1000)
-	for i := range 3000 { // about 3 MiB: two rotations
+	for i := range 3000 { // about 3 MiB: three rotations, one file too many
 		log.Info().Int("n", i).Str("pad", pad).Msg("record")
 	}
 	w.Close()
-	files := logfile.Files(path)
+	// lumberjack removes the files past MaxFiles in the background.
+	var files []string
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		if files = logfile.Files(path); len(files) == 3 || time.Now().After(deadline) {
+			break
+		}
+	}
 	if len(files) != 3 || files[2] != path {
 		t.Fatalf("files: %v", files)
 	}

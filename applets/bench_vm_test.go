@@ -330,8 +330,9 @@ func (q *bareQEMU) boot(b *testing.B, dir string) (overlay, boot time.Duration) 
 
 // startBareQEMU starts QEMU in dir as the engine does: the recorded argv
 // with refDir made dir, its sockets bound first and passed as fds 3 and
-// 4, its own session, its output in dir/qemu.log. The context ends when
-// QEMU exits or after vmBenchBoot; stop kills QEMU and waits for it.
+// 4 (and 5 for a user-mode VM's network card, which nothing serves
+// here), its own session, its output in dir/qemu.log. The context ends
+// when QEMU exits or after vmBenchBoot; stop kills QEMU and waits for it.
 func startBareQEMU(b *testing.B, recorded []string, refDir, dir string) (ctx context.Context, stop func()) {
 	b.Helper()
 	argv := make([]string, len(recorded))
@@ -339,7 +340,11 @@ func startBareQEMU(b *testing.B, recorded []string, refDir, dir string) (ctx con
 		argv[i] = strings.ReplaceAll(a, refDir, dir)
 	}
 	var files []*os.File
-	for _, s := range []string{"qmp.sock", "agent.sock"} {
+	socks := []string{"qmp.sock", "agent.sock"}
+	if slices.ContainsFunc(argv, func(a string) bool { return strings.HasPrefix(a, "stream,") }) {
+		socks = append(socks, "net.sock")
+	}
+	for _, s := range socks {
 		f, err := listenUnixFile(filepath.Join(dir, s))
 		if err != nil {
 			b.Fatal(err)

@@ -71,6 +71,9 @@ type VMCreate struct {
 	NoStart   bool   `json:"no_start,omitempty"`
 	// Publish forwards host ports to the guest (user-mode networking).
 	Publish []PortForward `json:"publish,omitempty"`
+	// AllowHost are host loopback ports the guest reaches at its gateway
+	// address (user-mode networking); it reaches nothing else of the host.
+	AllowHost []int `json:"allow_host,omitempty"`
 	// Network is NetworkUser (when empty) or NetworkBridge.
 	Network string `json:"network,omitempty"`
 	// Cold boots the VM even when its image has a warm snapshot, and
@@ -100,6 +103,8 @@ type VM struct {
 	BootID      string        `json:"boot_id,omitempty"`
 	InstanceDir string        `json:"instance_dir"`
 	Ports       []PortForward `json:"ports,omitempty"`
+	// AllowHost are the host loopback ports the guest reaches.
+	AllowHost []int `json:"allow_host,omitempty"`
 }
 
 // VMRef names a VM.

@@ -106,14 +106,16 @@ func vmShapeFlags() []cli.Flag {
 		&cli.StringFlag{Name: "memory", Value: strconv.Itoa(api.DefaultMemoryMiB) + "M", Usage: "memory `SIZE` (M or G; a plain number is MiB)"},
 		&cli.StringFlag{Name: "disk-size", Usage: "the VM's disk `SIZE` (M or G; default: the image's size)"},
 		&cli.StringSliceFlag{Name: "publish", Aliases: []string{"p"}, Usage: "forward 127.0.0.1:`HOST:GUEST` to the guest's TCP port GUEST (repeatable; user network only)"},
-		&cli.StringFlag{Name: "network", Value: api.NetworkUser, Usage: "`user` (QEMU's user-mode network, published ports) or bridge (an address of its own on banger's bridge; needs the root helper)"},
+		&cli.IntSliceFlag{Name: "allow-host", Usage: "let the guest reach the host's 127.0.0.1:`PORT` at 10.0.2.2:PORT (repeatable; user network only: by default a guest reaches nothing of the host)"},
+		&cli.StringFlag{Name: "network", Value: api.NetworkUser, Usage: "`user` (a user-mode network: the internet, published ports, nothing of the host) or bridge (an address of its own on banger's bridge; needs the root helper)"},
 		&cli.BoolFlag{Name: "cold", Usage: "boot, even when the image has a warm snapshot for this shape (and save none)"},
 	}
 }
 
 // createParams reads vmShapeFlags.
 func createParams(c *cli.Context) (api.VMCreate, error) {
-	p := api.VMCreate{Name: c.String("name"), Image: c.String("image"), CPUs: c.Int("cpus"), Network: c.String("network"), Cold: c.Bool("cold")}
+	p := api.VMCreate{Name: c.String("name"), Image: c.String("image"), CPUs: c.Int("cpus"), Network: c.String("network"), Cold: c.Bool("cold"),
+		AllowHost: c.IntSlice("allow-host")}
 	switch p.Network {
 	case api.NetworkUser, api.NetworkBridge:
 	default:

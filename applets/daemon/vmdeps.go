@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"context"
+	"errors"
 	"net"
 	"net/netip"
 	"time"
@@ -15,12 +16,18 @@ import (
 // imagestore, agentlink) are wired in by adapters (vmwiring.go), and a
 // Firecracker engine or a vsock channel plugs in the same way.
 
+// errExitedAtStart wraps a launch's error when the engine process ended
+// as it started: for a launch that loads a saved state, the state did
+// not load.
+var errExitedAtStart = errors.New("the engine exited as it started")
+
 // vmEngine starts VM processes and finds them again after a restart.
 type vmEngine interface {
 	Launch(ctx context.Context, spec launchSpec) (vmProcess, error)
 	// Attach finds the running engine process of an instance directory;
-	// an error means it is not running (or not ours).
-	Attach(ctx context.Context, instanceDir string) (vmProcess, error)
+	// an error means it is not running (or not ours). A user-mode VM's
+	// network is made again from user (nil for a bridged VM).
+	Attach(ctx context.Context, instanceDir string, user *userNet) (vmProcess, error)
 	// Leftovers removes the runtime files (sockets, pidfile) of an
 	// instance whose process is gone, keeping its disk.
 	Leftovers(instanceDir string) error
@@ -43,9 +50,10 @@ type launchSpec struct {
 	Hostname    string
 	CPUs        int
 	MemoryMiB   int
-	Ports       []state.PortForward
-	// Tap is a bridged VM's network; nil gives it user-mode networking
-	// with Ports.
+	// User is a user-mode VM's network; nil with no Tap is one with no
+	// published ports that reaches nothing of the host (a standby's).
+	User *userNet
+	// Tap is a bridged VM's network; nil gives it user-mode networking.
 	Tap *launchTap
 	// Incoming is a saved state the VM loads as it starts, instead of
 	// booting (vmProcess.LoadState waits for it).
@@ -66,6 +74,13 @@ type guestIdentity struct {
 	Time      time.Time
 	// Tap is the bridged network; nil is user-mode networking.
 	Tap *launchTap
+}
+
+// userNet is a user-mode VM's network: the ports it publishes and the
+// host loopback ports it reaches.
+type userNet struct {
+	Ports     []state.PortForward
+	AllowHost []int
 }
 
 // launchTap is a VM's network device on an existing tap, and the guest's
@@ -113,6 +128,9 @@ type vmProcess interface {
 	// running VM.
 	AddForward(ctx context.Context, f state.PortForward) error
 	RemoveForward(ctx context.Context, f state.PortForward) error
+	// AllowHost sets the host loopback ports a user-mode VM reaches (a
+	// standby's, once taken).
+	AllowHost(ports []int) error
 	// SignalSession signals the command of the exec session whose call
 	// had the op id opID.
 	SignalSession(ctx context.Context, opID string, sig int) error

@@ -127,11 +127,14 @@ func (s *vmService) checkNetwork(p api.VMCreate) (string, error) {
 	case "", api.NetworkUser:
 		return api.NetworkUser, nil
 	case api.NetworkBridge:
-		if !s.helper.Configured() {
-			return "", rpc.Errorf(rpc.CodeUnavailable, "--network bridge needs the root helper, and this daemon runs without one (--helper none); use --network user, or run bangerd with a helper (banger system install sets one up)")
-		}
 		if len(p.Publish) > 0 {
 			return "", rpc.Errorf(rpc.CodeInvalidParams, "--publish is for --network user: a bridged VM is reached at its own address")
+		}
+		if len(p.AllowHost) > 0 {
+			return "", rpc.Errorf(rpc.CodeInvalidParams, "--allow-host is for --network user: a bridged guest reaches the host's DNS on the bridge, and nothing else of it")
+		}
+		if !s.helper.Configured() {
+			return "", rpc.Errorf(rpc.CodeUnavailable, "--network bridge needs the root helper, and this daemon runs without one (--helper none); use --network user, or run bangerd with a helper (banger system install sets one up)")
 		}
 		return api.NetworkBridge, nil
 	}

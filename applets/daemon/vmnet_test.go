@@ -73,7 +73,7 @@ func (e *fakeEngine) Launch(ctx context.Context, spec launchSpec) (vmProcess, er
 	return nil, errors.New("fake engine launches nothing")
 }
 
-func (e *fakeEngine) Attach(ctx context.Context, dir string) (vmProcess, error) {
+func (e *fakeEngine) Attach(ctx context.Context, dir string, user *userNet) (vmProcess, error) {
 	return nil, errors.New("not running")
 }
 
@@ -214,7 +214,7 @@ func TestBridgedCreateFailureUndoesTapAndAddress(t *testing.T) {
 		t.Errorf("helper calls: %v", calls)
 	}
 	if len(e.launched) != 1 || e.launched[0].Tap == nil || e.launched[0].Tap.Address.String() != "10.77.0.2/24" ||
-		e.launched[0].Tap.Gateway.String() != "10.77.0.1" || e.launched[0].Tap.DNS.IsValid() || e.launched[0].Ports != nil {
+		e.launched[0].Tap.Gateway.String() != "10.77.0.1" || e.launched[0].Tap.DNS.IsValid() || e.launched[0].User != nil {
 		t.Errorf("launch spec: %+v", e.launched)
 	}
 	if _, err := s.db.GetVM(context.Background(), "box"); rpc.CodeOf(err) != rpc.CodeNotFound {

@@ -2,18 +2,19 @@ package daemon
 
 import (
 	"context"
+	"slices"
 
 	"banger/applets/api"
-	"banger/applets/daemon/engine"
 	"banger/applets/daemon/state"
+	"banger/applets/daemon/usernet"
 	"banger/rpc"
 )
 
 // Published ports: a host port on loopback forwarded to a guest port by
 // the VM's user-mode network. They are part of the VM's configuration
 // (state.VM.Ports), given to every launch, and changed on a running VM
-// through its engine. The three types that carry one (api, state,
-// engine) have the same fields, so they convert into each other.
+// through its network. The three types that carry one (api, state,
+// usernet) have the same fields, so they convert into each other.
 
 // checkPublish validates forwards and checks that their host ports are
 // free now, so a taken one fails the call, not the boot.
@@ -25,18 +26,34 @@ func checkPublish(fs []api.PortForward) ([]state.PortForward, error) {
 		if f.Proto != "tcp" {
 			return nil, rpc.Errorf(rpc.CodeInvalidParams, "publish %d:%d/%s: only tcp ports are published", f.HostPort, f.GuestPort, f.Proto)
 		}
-		if err := engine.HostFwd(f).Validate(); err != nil {
+		if err := usernet.Forward(f).Validate(); err != nil {
 			return nil, err
 		}
 		if seen[f.HostPort] {
 			return nil, rpc.Errorf(rpc.CodeInvalidParams, "host port %d is published twice", f.HostPort)
 		}
 		seen[f.HostPort] = true
-		if err := engine.CheckHostPortFree(f.HostAddr, f.HostPort); err != nil {
+		if err := usernet.CheckHostPortFree(f.HostAddr, f.HostPort); err != nil {
 			return nil, err
 		}
 		out = append(out, state.PortForward(f))
 	}
+	return out, nil
+}
+
+// checkAllowHost validates the host loopback ports a VM may reach, in
+// order, once each.
+func checkAllowHost(ports []int) ([]int, error) {
+	var out []int
+	for _, p := range ports {
+		if p < 1 || p > 65535 {
+			return nil, rpc.Errorf(rpc.CodeInvalidParams, "allow-host port %d: want 1 to 65535", p)
+		}
+		if !slices.Contains(out, p) {
+			out = append(out, p)
+		}
+	}
+	slices.Sort(out)
 	return out, nil
 }
 
@@ -54,14 +71,6 @@ func portsToAPI(ps []state.PortForward) []api.PortForward {
 	var out []api.PortForward
 	for _, p := range ps {
 		out = append(out, api.PortForward(p))
-	}
-	return out
-}
-
-func portsToEngine(ps []state.PortForward) []engine.HostFwd {
-	var out []engine.HostFwd
-	for _, p := range ps {
-		out = append(out, engine.HostFwd(p))
 	}
 	return out
 }

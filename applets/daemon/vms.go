@@ -163,7 +163,8 @@ func (s *vmService) forgetProc(name string, p vmProcess) {
 func toAPI(v state.VM) api.VM {
 	return api.VM{ID: v.ID, Name: v.Name, Image: v.Image, State: v.State, CPUs: v.CPUs, MemoryMiB: v.MemoryMiB,
 		DiskMiB: v.DiskMiB, Network: v.Network, Address: v.Address, DNSName: dnsName(v), Created: v.Created, LastError: v.LastError, PID: v.PID,
-		BootID: v.BootID, InstanceDir: v.InstanceDir, Ports: portsToAPI(v.Ports)}
+		BootID: v.BootID, InstanceDir: v.InstanceDir, Ports: portsToAPI(v.Ports),
+		AllowHost: v.AllowHost}
 }
 
 // createBegin validates the request, then runs the create as an
@@ -187,13 +188,18 @@ func (s *vmService) createBegin(ctx context.Context, p api.VMCreate) (api.Operat
 	if err != nil {
 		return api.Operation{}, err
 	}
+	allowHost, err := checkAllowHost(p.AllowHost)
+	if err != nil {
+		return api.Operation{}, err
+	}
 	release, err := s.claim(p.Name, "being created")
 	if err != nil {
 		return api.Operation{}, err
 	}
 	id := "vm-" + ulid.Make().String()
 	vm := state.VM{ID: id, Name: p.Name, Image: p.Image, CPUs: p.CPUs, MemoryMiB: p.MemoryMiB, DiskMiB: p.DiskMiB,
-		State: state.VMCreating, Network: network, InstanceDir: filepath.Join(s.root, id), Ports: ports}
+		State: state.VMCreating, Network: network, InstanceDir: filepath.Join(s.root, id), Ports: ports,
+		AllowHost: allowHost}
 	var plan *warmPlan
 	if !p.Cold && !p.NoStart {
 		plan = &warmPlan{}
@@ -673,7 +679,11 @@ func (s *vmService) attachAll(ctx context.Context, vms []state.VM, interrupted m
 			defer wg.Done()
 			sem <- struct{}{}
 			defer func() { <-sem }()
-			proc, err := s.engine.Attach(ctx, vm.InstanceDir)
+			var user *userNet
+			if vm.Network != api.NetworkBridge {
+				user = &userNet{Ports: vm.Ports, AllowHost: vm.AllowHost}
+			}
+			proc, err := s.engine.Attach(ctx, vm.InstanceDir, user)
 			mu.Lock()
 			out[vm.Name] = attachResult{proc, err}
 			mu.Unlock()

@@ -96,6 +96,9 @@ func (s *vmService) adoptStandby(ctx context.Context, sb *standby, vm state.VM) 
 	}); err != nil {
 		return fail(err)
 	}
+	if err := proc.AllowHost(vm.AllowHost); err != nil {
+		return fail(err)
+	}
 	for _, f := range vm.Ports {
 		if err := proc.AddForward(ctx, f); err != nil {
 			return fail(err)
@@ -119,18 +122,13 @@ func (s *vmService) restoreWay(vm state.VM, img *vmImage, plan *warmPlan) operat
 			}, Undo: func(ctx context.Context) error {
 				return os.RemoveAll(vm.InstanceDir)
 			}},
-			s.launchStep(vm.Name, img, &proc, &spec, func(spec *launchSpec) {
-				spec.Incoming = filepath.Join(spec.InstanceDir, memoryFile)
-			}),
+			s.restoreLaunchStep(vm.Name, img, &proc, &spec, plan),
 			{Name: "restore", Do: func(ctx context.Context) error {
 				err := proc.LoadState(ctx, true)
 				// The VM has its state, or failed: either way the link goes.
 				os.Remove(spec.Incoming)
 				if err != nil {
-					// Never try this snapshot again: the next VM boots and
-					// saves a new one.
-					s.warm.store.Drop(plan.key)
-					return fmt.Errorf("restore the warm snapshot of %s (removed; the next VM boots): %w", plan.key.Image, err)
+					return s.dropSnapshot(plan, err)
 				}
 				return nil
 			}},
@@ -138,6 +136,31 @@ func (s *vmService) restoreWay(vm state.VM, img *vmImage, plan *warmPlan) operat
 				return s.resumeGuest(ctx, vm.Name, proc, spec.Tap)
 			}},
 		}}
+}
+
+// restoreLaunchStep launches the VM loading the snapshot's state. QEMU
+// reads the state as it starts, so a state that does not load can end it
+// before the launch returns: that is a failed restore too.
+func (s *vmService) restoreLaunchStep(name string, img *vmImage, proc *vmProcess, spec *launchSpec, plan *warmPlan) operation.Step {
+	step := s.launchStep(name, img, proc, spec, func(spec *launchSpec) {
+		spec.Incoming = filepath.Join(spec.InstanceDir, memoryFile)
+	})
+	launch := step.Do
+	step.Do = func(ctx context.Context) error {
+		err := launch(ctx)
+		if errors.Is(err, errExitedAtStart) {
+			return s.dropSnapshot(plan, err)
+		}
+		return err
+	}
+	return step
+}
+
+// dropSnapshot makes sure a snapshot that failed to restore is never
+// tried again: the next VM boots and saves a new one.
+func (s *vmService) dropSnapshot(plan *warmPlan, err error) error {
+	s.warm.store.Drop(plan.key)
+	return fmt.Errorf("restore the warm snapshot of %s (removed; the next VM boots): %w", plan.key.Image, err)
 }
 
 // bootWay boots the VM on a disk of its own over the image, and saves the
@@ -198,7 +221,9 @@ func (s *vmService) launchStep(name string, img *vmImage, proc *vmProcess, spec 
 		*spec = launchSpec{
 			InstanceDir: vm.InstanceDir, Kernel: img.Kernel, Initrd: img.Initrd, KernelArgs: img.KernelArgs,
 			Disk: filepath.Join(vm.InstanceDir, diskFile), Hostname: vm.Name, CPUs: vm.CPUs, MemoryMiB: vm.MemoryMiB,
-			Ports: vm.Ports,
+		}
+		if vm.Network != api.NetworkBridge {
+			spec.User = &userNet{Ports: vm.Ports, AllowHost: vm.AllowHost}
 		}
 		if adjust != nil {
 			adjust(spec)

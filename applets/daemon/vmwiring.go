@@ -24,6 +24,7 @@ import (
 	"banger/applets/daemon/kernel/kernelbuild"
 	"banger/applets/daemon/operation"
 	"banger/applets/daemon/state"
+	"banger/applets/daemon/usernet"
 	"banger/applets/daemon/warm"
 	"banger/applets/printable"
 	"banger/logging"
@@ -46,24 +47,102 @@ func (e *qemuEngine) Launch(ctx context.Context, spec launchSpec) (vmProcess, er
 		Disk: spec.Disk, CPUs: spec.CPUs, MemoryMiB: spec.MemoryMiB, KernelArgs: args, Accel: e.accel,
 		Incoming: spec.Incoming, AwaitState: spec.AwaitState,
 	}
+	var un *usernet.Network
 	if t := spec.Tap; t != nil {
 		es.Tap = &engine.TapNet{Name: t.Name, MAC: t.MAC, Guest: boot.Network{Address: t.Address, Gateway: t.Gateway, DNS: t.DNS, Search: t.Search}}
 	} else {
-		es.Net = &engine.UserNet{HostFwd: portsToEngine(spec.Ports)}
+		// Made first: a published port that is taken fails the launch
+		// before QEMU starts.
+		user := spec.User
+		if user == nil {
+			user = &userNet{}
+		}
+		var err error
+		if un, err = newUserNet(ctx, *user, true); err != nil {
+			return nil, err
+		}
+		es.Net = &engine.UserNet{}
 	}
 	inst, err := e.q.Launch(ctx, es)
 	if err != nil {
+		if un != nil {
+			un.Close()
+		}
+		if errors.Is(err, engine.ErrExitedAtStart) {
+			err = fmt.Errorf("%w: %w", errExitedAtStart, err)
+		}
 		return nil, err
 	}
-	return &qemuProcess{inst: inst}, nil
+	p := &qemuProcess{inst: inst}
+	if un != nil {
+		if err := p.connectNet(ctx, un); err != nil {
+			inst.Kill(context.WithoutCancel(ctx))
+			return nil, err
+		}
+	}
+	return p, nil
 }
 
-func (e *qemuEngine) Attach(ctx context.Context, dir string) (vmProcess, error) {
+// newUserNet makes a user-mode VM's network and publishes its ports.
+// When strict, a port that cannot be published fails it; otherwise (a
+// VM found running by a restarted daemon, whose port something else took
+// meanwhile) the port is skipped, with a warning.
+func newUserNet(ctx context.Context, user userNet, strict bool) (*usernet.Network, error) {
+	log := logging.From(ctx)
+	un, err := usernet.New(usernet.Config{AllowHost: user.AllowHost, Log: *log})
+	if err != nil {
+		return nil, err
+	}
+	for _, f := range user.Ports {
+		if err := un.Expose(usernet.Forward(f)); err != nil {
+			if strict {
+				un.Close()
+				return nil, err
+			}
+			log.Warn().Err(err).Int("host_port", f.HostPort).Msg("a published port of a running VM is not published again")
+		}
+	}
+	return un, nil
+}
+
+// connectNet connects un to the VM's network card; un ends when QEMU
+// does.
+func (p *qemuProcess) connectNet(ctx context.Context, un *usernet.Network) error {
+	var d net.Dialer
+	conn, err := d.DialContext(ctx, "unix", p.inst.NetSocket())
+	if err != nil {
+		un.Close()
+		return fmt.Errorf("connect the user network: %w", err)
+	}
+	if err := un.Attach(conn); err != nil {
+		un.Close()
+		return err
+	}
+	p.mu.Lock()
+	p.net = un
+	p.mu.Unlock()
+	go func() {
+		<-p.inst.Done()
+		un.Close()
+	}()
+	return nil
+}
+
+func (e *qemuEngine) Attach(ctx context.Context, dir string, user *userNet) (vmProcess, error) {
 	inst, err := engine.Attach(ctx, dir)
 	if err != nil {
 		return nil, err
 	}
 	p := &qemuProcess{inst: inst}
+	if user != nil {
+		un, err := newUserNet(ctx, *user, false)
+		if err != nil {
+			return nil, err
+		}
+		if err := p.connectNet(ctx, un); err != nil {
+			logging.From(ctx).Warn().Err(err).Str("dir", dir).Msg("a running VM's network is not connected again")
+		}
+	}
 	// A re-attached VM gets its agent link back (the agent answers a new
 	// host with a new Hello), so shutdown stays clean.
 	lctx, cancel := context.WithTimeout(ctx, 10*time.Second)
@@ -84,23 +163,26 @@ func (e *qemuEngine) AttachPaused(ctx context.Context, dir string) (vmProcess, e
 
 func (e *qemuEngine) Leftovers(dir string) error { return engine.CleanRuntime(dir) }
 
-// Identity is QEMU's binary and the accelerator setting: a state saved
-// under TCG does not load under KVM.
+// Identity is QEMU's binary, the accelerator setting and the user
+// network's card: a state saved under TCG does not load under KVM, nor
+// one saved with QEMU's own user network (slirp) into a stream netdev.
 func (e *qemuEngine) Identity() (string, error) {
 	bin, err := e.q.Path()
 	if err != nil {
 		return "", err
 	}
 	id, err := warm.FileID(bin)
-	return id + " accel=" + string(e.accel), err
+	return id + " accel=" + string(e.accel) + " usernet=stream", err
 }
 
 // qemuProcess is one running QEMU and, once ready, its agent link.
 type qemuProcess struct {
 	inst *engine.Instance
 
-	mu   sync.Mutex // guards link and early
+	mu   sync.Mutex // guards link, net and early
 	link *agentlink.Link
+	// net is a user-mode VM's network, nil for a bridged VM.
+	net *usernet.Network
 	// early is the handshake LoadState began, for Resume to finish.
 	early agentWait
 }
@@ -285,11 +367,37 @@ func (p *qemuProcess) OpenSession(ctx context.Context, method string, params any
 }
 
 func (p *qemuProcess) AddForward(ctx context.Context, f state.PortForward) error {
-	return p.inst.AddHostFwd(ctx, engine.HostFwd(f))
+	un, err := p.userNet()
+	if err != nil {
+		return err
+	}
+	return un.Expose(usernet.Forward(f))
 }
 
 func (p *qemuProcess) RemoveForward(ctx context.Context, f state.PortForward) error {
-	return p.inst.RemoveHostFwd(ctx, engine.HostFwd(f))
+	un, err := p.userNet()
+	if err != nil {
+		return err
+	}
+	return un.Unexpose(usernet.Forward(f))
+}
+
+func (p *qemuProcess) AllowHost(ports []int) error {
+	un, err := p.userNet()
+	if err != nil {
+		return err
+	}
+	return un.AllowHost(ports)
+}
+
+// userNet is the VM's user-mode network.
+func (p *qemuProcess) userNet() (*usernet.Network, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.net == nil {
+		return nil, rpc.Errorf(rpc.CodeInvalidParams, "the VM has no user-mode network")
+	}
+	return p.net, nil
 }
 
 func (p *qemuProcess) SignalSession(ctx context.Context, opID string, sig int) error {
@@ -390,6 +498,10 @@ func (p *qemuProcess) Close() error {
 	if p.link != nil {
 		p.link.Close()
 		p.link = nil
+	}
+	if p.net != nil {
+		p.net.Close()
+		p.net = nil
 	}
 	return nil
 }

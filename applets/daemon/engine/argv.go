@@ -60,11 +60,11 @@ func buildArgv(bin string, spec Spec, accel Accel, tscKHz int) []string {
 		"-device", "virtio-rng-device",
 	)
 	if spec.Net != nil {
-		netdev := "user,id=" + netdevID
-		for _, f := range spec.Net.HostFwd {
-			netdev += ",hostfwd=" + f.String()
-		}
-		argv = append(argv, "-netdev", netdev, "-device", "virtio-net-device,netdev="+netdevID)
+		// QEMU listens (fd 5) and takes a new connection when one ends,
+		// so a restarted daemon connects its network again.
+		argv = append(argv,
+			"-netdev", "stream,id="+netdevID+",server=on,addr.type=fd,addr.str=5",
+			"-device", "virtio-net-device,netdev="+netdevID)
 	}
 	if spec.Incoming != "" {
 		// Loaded as QEMU starts, not after a QMP round trip.
@@ -83,6 +83,9 @@ func buildArgv(bin string, spec Spec, accel Accel, tscKHz int) []string {
 	}
 	return argv
 }
+
+// netdevID names the guest's network card's backend.
+const netdevID = "net0"
 
 // kernelArgs is the guest's kernel command line.
 func kernelArgs(spec Spec, accel Accel, tscKHz int) []string {

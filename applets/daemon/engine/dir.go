@@ -30,6 +30,9 @@ const (
 	QMPSocket = "qmp.sock"
 	// AgentSocket is the host end of the agent's virtio-serial port.
 	AgentSocket = "agent.sock"
+	// NetSocket is the host end of a user-mode VM's network card: QEMU's
+	// stream netdev, which the daemon's user network connects to.
+	NetSocket = "net.sock"
 )
 
 // KVMProbeFile, in the engine's state directory, caches the KVM probe's
@@ -38,11 +41,11 @@ const KVMProbeFile = "kvm-probe.json"
 
 // sockets are the instance directory's Unix sockets, whose paths must fit
 // sun_path.
-func sockets() []string { return []string{QMPSocket, AgentSocket} }
+func sockets() []string { return []string{QMPSocket, AgentSocket, NetSocket} }
 
 // runtimeFiles are what a running QEMU owns; they are removed when it is
 // gone. The disk, the argv and the logs stay for inspection.
-func runtimeFiles() []string { return []string{PIDFile, QMPSocket, AgentSocket} }
+func runtimeFiles() []string { return []string{PIDFile, QMPSocket, AgentSocket, NetSocket} }
 
 // CheckDir refuses an instance directory whose sockets' paths would not
 // fit a Unix socket address (108 bytes with the NUL on Linux).

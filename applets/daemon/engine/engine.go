@@ -128,11 +128,6 @@ func (q *QEMU) Launch(ctx context.Context, spec Spec) (*Instance, error) {
 	} else if !errors.Is(err, ErrNotRunning) {
 		return nil, rpc.Errorf(rpc.CodeConflict, "%s may run a VM: %v", dir, err)
 	}
-	if spec.Net != nil {
-		if err := checkHostFwdsFree(spec.Net.HostFwd); err != nil {
-			return nil, fmt.Errorf("launch %s: %w", spec.Name, err)
-		}
-	}
 	if err := CleanRuntime(dir); err != nil {
 		return nil, err
 	}
@@ -146,16 +141,21 @@ func (q *QEMU) Launch(ctx context.Context, spec Spec) (*Instance, error) {
 		return nil, fmt.Errorf("record argv: %w", err)
 	}
 
-	// The sockets are bound here and handed to QEMU as fds 3 and 4, so
-	// they exist before QEMU runs: a client connecting early waits in the
-	// backlog for QEMU instead of polling for a file to appear.
+	// The sockets are bound here and handed to QEMU as fds 3, 4 (and 5
+	// for a user-mode network), so they exist before QEMU runs: a client
+	// connecting early waits in the backlog for QEMU instead of polling
+	// for a file to appear.
 	var files []*os.File
 	defer func() {
 		for _, f := range files {
 			f.Close()
 		}
 	}()
-	for _, s := range []string{QMPSocket, AgentSocket} {
+	socks := []string{QMPSocket, AgentSocket}
+	if spec.Net != nil {
+		socks = append(socks, NetSocket)
+	}
+	for _, s := range socks {
 		f, err := listenFile(filepath.Join(dir, s))
 		if err != nil {
 			return nil, fmt.Errorf("launch %s: %w", spec.Name, err)
@@ -174,7 +174,7 @@ func (q *QEMU) Launch(ctx context.Context, spec Spec) (*Instance, error) {
 		Dir:        dir,
 		Stdout:     logFile,
 		Stderr:     logFile,
-		ExtraFiles: files[:2],
+		ExtraFiles: files[:len(socks)],
 		// Its own session: no signal of the daemon's terminal or process
 		// group reaches it, and it outlives the daemon.
 		SysProcAttr: &syscall.SysProcAttr{Setsid: true},
@@ -201,7 +201,7 @@ func (q *QEMU) Launch(ctx context.Context, spec Spec) (*Instance, error) {
 		inst.kill()
 		<-inst.Done()
 		if exitedAtStart {
-			return nil, fmt.Errorf("launch %s: qemu exited at start: %s", spec.Name, tail(filepath.Join(dir, EngineLog)))
+			return nil, fmt.Errorf("launch %s: %w: %s", spec.Name, ErrExitedAtStart, tail(filepath.Join(dir, EngineLog)))
 		}
 		return nil, fmt.Errorf("launch %s: %w", spec.Name, err)
 	}

@@ -23,6 +23,11 @@ import (
 // process.
 var ErrNotRunning = errors.New("vm is not running")
 
+// ErrExitedAtStart is QEMU ending before it answered QMP: a bad argument,
+// a kernel it cannot load, or a saved state (Spec.Incoming) that does not
+// load.
+var ErrExitedAtStart = errors.New("qemu exited at start")
+
 // Instance is a running (or just exited) QEMU process of one VM.
 type Instance struct {
 	Dir   string
@@ -58,6 +63,9 @@ func newChild(dir string, proc *os.Process, argv []string) (*Instance, func(erro
 func (i *Instance) Moved(dir string) { i.Dir = dir }
 
 func (i *Instance) AgentSocket() string { return filepath.Join(i.Dir, AgentSocket) }
+
+// NetSocket is the host end of a user-mode VM's network card.
+func (i *Instance) NetSocket() string { return filepath.Join(i.Dir, NetSocket) }
 
 // QMPSocket is QEMU's control socket.
 func (i *Instance) QMPSocket() string { return filepath.Join(i.Dir, QMPSocket) }

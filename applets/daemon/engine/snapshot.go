@@ -150,7 +150,7 @@ func (i *Instance) LoadState(ctx context.Context, run bool) error {
 				return err
 			case "inmigrate", "prelaunch":
 			default:
-				return fmt.Errorf("load state: the VM is %s", st.Status)
+				return fmt.Errorf("load state: the VM is %q (query-status: %s)", st.Status, raw)
 			}
 			if err := sleepCtx(ctx, statePoll); err != nil {
 				return err

@@ -82,11 +82,11 @@ func (t *TapNet) validate() error {
 	return nil
 }
 
-// UserNet is QEMU's user-mode network: the guest is 10.0.2.15 behind a NAT
-// at 10.0.2.2, with a DNS relay at 10.0.2.3, and no root is needed.
-type UserNet struct {
-	HostFwd []HostFwd
-}
+// UserNet is a user-mode network: the guest's network card is a stream
+// of frames on NetSocket, which QEMU listens on and the daemon's user
+// network (package usernet) connects to. The guest is 10.0.2.15 behind
+// a gateway at 10.0.2.2, with DNS at 10.0.2.3, and no root is needed.
+type UserNet struct{}
 
 func (s Spec) withDefaults() Spec {
 	if s.Name == "" {
@@ -156,11 +156,6 @@ func (s Spec) validate() error {
 	for _, f := range s.KernelArgs {
 		if strings.ContainsAny(f, " \t\n") {
 			return bad("kernel argument %q contains white space", f)
-		}
-	}
-	if s.Net != nil {
-		if err := validateHostFwds(s.Net.HostFwd); err != nil {
-			return err
 		}
 	}
 	if s.Incoming != "" {

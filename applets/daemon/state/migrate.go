@@ -56,6 +56,8 @@ var migrations = []string{
 	ALTER TABLE vms ADD COLUMN tap TEXT NOT NULL DEFAULT '';
 	CREATE UNIQUE INDEX vms_address ON vms(address) WHERE address != '';
 	CREATE UNIQUE INDEX vms_tap ON vms(tap) WHERE tap != '';`,
+	// 4: the host loopback ports a user-mode VM may reach, a JSON array.
+	`ALTER TABLE vms ADD COLUMN allow_host TEXT NOT NULL DEFAULT '[]';`,
 }
 
 func (d *DB) migrate(ctx context.Context) error {

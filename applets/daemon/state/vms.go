@@ -50,6 +50,9 @@ type VM struct {
 	// Ports are the VM's published ports. A host port is published by
 	// one VM at most, running or not, so a stopped VM can start again.
 	Ports []PortForward
+	// AllowHost are the host loopback ports a user-mode VM reaches at its
+	// gateway address; it reaches nothing else of the host.
+	AllowHost []int
 }
 
 // PortForward is one published port: the host's HostAddr:HostPort
@@ -62,13 +65,13 @@ type PortForward struct {
 }
 
 const vmColumns = `id, name, image, cpus, memory_mib, disk_mib, state, network, created, updated,
-	last_error, instance_dir, pid, boot_id, runtime, ports, address, tap`
+	last_error, instance_dir, pid, boot_id, runtime, ports, address, tap, allow_host`
 
 func scanVM(row interface{ Scan(...any) error }) (VM, error) {
 	var v VM
-	var created, updated, runtime, ports string
+	var created, updated, runtime, ports, allowHost string
 	err := row.Scan(&v.ID, &v.Name, &v.Image, &v.CPUs, &v.MemoryMiB, &v.DiskMiB, &v.State, &v.Network,
-		&created, &updated, &v.LastError, &v.InstanceDir, &v.PID, &v.BootID, &runtime, &ports, &v.Address, &v.Tap)
+		&created, &updated, &v.LastError, &v.InstanceDir, &v.PID, &v.BootID, &runtime, &ports, &v.Address, &v.Tap, &allowHost)
 	if err != nil {
 		return v, err
 	}
@@ -79,17 +82,26 @@ func scanVM(row interface{ Scan(...any) error }) (VM, error) {
 	if len(v.Ports) == 0 {
 		v.Ports = nil
 	}
+	if err := json.Unmarshal([]byte(allowHost), &v.AllowHost); err != nil {
+		return v, fmt.Errorf("vm %s: allow_host %q: %w", v.Name, allowHost, err)
+	}
+	if len(v.AllowHost) == 0 {
+		v.AllowHost = nil
+	}
 	return v, nil
 }
 
-// portsJSON is the ports column's text.
-func portsJSON(ports []PortForward) (string, error) {
-	if len(ports) == 0 {
+// listJSON is a JSON array column's text: "[]" for none.
+func listJSON[T any](list []T) (string, error) {
+	if len(list) == 0 {
 		return "[]", nil
 	}
-	b, err := json.Marshal(ports)
+	b, err := json.Marshal(list)
 	return string(b), err
 }
+
+// portsJSON is the ports column's text.
+func portsJSON(ports []PortForward) (string, error) { return listJSON(ports) }
 
 // checkPorts refuses ports that another VM than v publishes: a host port
 // (per protocol, whatever the loopback address) belongs to one VM.
@@ -152,9 +164,13 @@ func (d *DB) CreateVM(ctx context.Context, v VM) error {
 		if err != nil {
 			return err
 		}
-		_, err = tx.ExecContext(ctx, `INSERT INTO vms (`+vmColumns+`) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)`,
+		allowHost, err := listJSON(v.AllowHost)
+		if err != nil {
+			return err
+		}
+		_, err = tx.ExecContext(ctx, `INSERT INTO vms (`+vmColumns+`) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)`,
 			v.ID, v.Name, v.Image, v.CPUs, v.MemoryMiB, v.DiskMiB, v.State, v.Network,
-			fmtTime(v.Created), fmtTime(now), v.LastError, v.InstanceDir, v.PID, v.BootID, string(v.Runtime), ports, v.Address, v.Tap)
+			fmtTime(v.Created), fmtTime(now), v.LastError, v.InstanceDir, v.PID, v.BootID, string(v.Runtime), ports, v.Address, v.Tap, allowHost)
 		if err := uniqueConflict(err, v); err != nil {
 			return err
 		}
@@ -234,6 +250,10 @@ func (d *DB) UpdateVM(ctx context.Context, name string, fn func(*VM) error) (VM,
 		if err != nil {
 			return err
 		}
+		allowHost, err := listJSON(v.AllowHost)
+		if err != nil {
+			return err
+		}
 		// Only a change of ports is checked: a state change never fails
 		// on them.
 		if ports != before {
@@ -243,9 +263,9 @@ func (d *DB) UpdateVM(ctx context.Context, name string, fn func(*VM) error) (VM,
 		}
 		v.Updated = time.Now()
 		_, err = tx.ExecContext(ctx, `UPDATE vms SET cpus=?, memory_mib=?, disk_mib=?, state=?, network=?, updated=?,
-			last_error=?, instance_dir=?, pid=?, boot_id=?, runtime=?, ports=?, address=?, tap=? WHERE id = ?`,
+			last_error=?, instance_dir=?, pid=?, boot_id=?, runtime=?, ports=?, address=?, tap=?, allow_host=? WHERE id = ?`,
 			v.CPUs, v.MemoryMiB, v.DiskMiB, v.State, v.Network, fmtTime(v.Updated),
-			v.LastError, v.InstanceDir, v.PID, v.BootID, string(v.Runtime), ports, v.Address, v.Tap, v.ID)
+			v.LastError, v.InstanceDir, v.PID, v.BootID, string(v.Runtime), ports, v.Address, v.Tap, allowHost, v.ID)
 		out = v
 		return uniqueConflict(err, v)
 	})

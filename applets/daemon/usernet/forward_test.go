@@ -1,11 +1,8 @@
-package engine
+package usernet
 
 import (
-	"context"
 	"errors"
 	"net"
-	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
@@ -15,8 +12,8 @@ import (
 	"banger/rpc"
 )
 
-func TestHostFwdValidate(t *testing.T) {
-	for _, f := range []HostFwd{
+func TestForwardValidate(t *testing.T) {
+	for _, f := range []Forward{
 		{HostPort: 8080, GuestPort: 80},
 		{Proto: "udp", HostAddr: "127.0.0.2", HostPort: 5353, GuestPort: 53},
 		{Proto: "tcp", HostAddr: "127.255.255.254", HostPort: 65535, GuestPort: 1},
@@ -25,7 +22,7 @@ func TestHostFwdValidate(t *testing.T) {
 			t.Errorf("%+v: %v", f, err)
 		}
 	}
-	for name, f := range map[string]HostFwd{
+	for name, f := range map[string]Forward{
 		"sctp":              {Proto: "sctp", HostPort: 8080, GuestPort: 80},
 		"host port 0":       {HostPort: 0, GuestPort: 80},
 		"host port 65536":   {HostPort: 65536, GuestPort: 80},
@@ -42,10 +39,10 @@ func TestHostFwdValidate(t *testing.T) {
 		}
 	}
 	// A removal names the host side only.
-	if err := (HostFwd{HostPort: 8080}).validateHost(); err != nil {
+	if err := (Forward{HostPort: 8080}).validateHost(); err != nil {
 		t.Errorf("host side only: %v", err)
 	}
-	if got := (HostFwd{HostPort: 8080, GuestPort: 80}).String(); got != "tcp:127.0.0.1:8080-:80" {
+	if got := (Forward{HostPort: 8080, GuestPort: 80}).String(); got != "tcp:127.0.0.1:8080-:80" {
 		t.Errorf("String = %q", got)
 	}
 }
@@ -98,29 +95,7 @@ func TestCheckHostPortFree(t *testing.T) {
 	}
 	defer pc.Close()
 	uport := pc.LocalAddr().(*net.UDPAddr).Port
-	wantPortConflict(t, "a held UDP port", HostFwd{Proto: "udp", HostPort: uport}.checkFree(), uport)
-}
-
-// TestLaunchRefusesTakenHostPort: a forward whose host port is taken is
-// refused before QEMU starts (QEMU would exit saying only that it "could
-// not set up host forwarding rule").
-func TestLaunchRefusesTakenHostPort(t *testing.T) {
-	needQEMU(t)
-	dir := shortDir(t)
-	os.WriteFile(dir+"/k", nil, 0o644)
-	os.WriteFile(dir+"/d", nil, 0o644)
-	_, taken := listenTCP(t)
-	free := freePorts(t, 1)[0]
-	spec := Spec{Dir: dir, Kernel: dir + "/k", Disk: dir + "/d", DiskFormat: "raw", Accel: AccelTCG,
-		Net: &UserNet{HostFwd: []HostFwd{{HostPort: free, GuestPort: 22}, {HostPort: taken, GuestPort: 80}}}}
-	_, err := (&QEMU{}).Launch(context.Background(), spec)
-	t.Logf("Launch: %v", err)
-	wantPortConflict(t, "Launch", err, taken)
-	for _, f := range []string{PIDFile, ArgvFile, EngineLog} {
-		if _, err := os.Stat(filepath.Join(dir, f)); !errors.Is(err, os.ErrNotExist) {
-			t.Errorf("%s written: QEMU was started", f)
-		}
-	}
+	wantPortConflict(t, "a held UDP port", Forward{Proto: "udp", HostPort: uport}.checkFree(), uport)
 }
 
 // dialErr connects to a loopback port and hangs up.
@@ -132,55 +107,48 @@ func dialErr(port int) error {
 	return err
 }
 
-// TestHostFwdAtRuntime boots one VM with a forward, adds and removes
-// forwards while it runs, and checks each with a real connection: QEMU
-// listens on a published port, and nothing does once it is removed. No
-// guest listener is needed: the host's kernel completes the handshake on
-// QEMU's listening socket. The guest is paused at once, to spare the CPU;
-// QEMU's user network runs in its main loop all the same.
-func TestHostFwdAtRuntime(t *testing.T) {
-	spec := bootSpec(t)
+// TestForwardsAtRuntime publishes and removes ports of a network while
+// it runs, and checks each with a real connection: the network listens
+// on a published port, and nothing does once it is removed. No guest is
+// needed: the listener accepts before it dials the guest.
+func TestForwardsAtRuntime(t *testing.T) {
 	ports := freePorts(t, 3)
-	atLaunch, added, udp := ports[0], ports[1], ports[2]
-	spec.Net = &UserNet{HostFwd: []HostFwd{{HostPort: atLaunch, GuestPort: 22}}}
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	inst, err := (&QEMU{}).Launch(ctx, spec)
+	first, added, udp := ports[0], ports[1], ports[2]
+	n, err := New(Config{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { inst.Kill(context.Background()) })
-	if _, err := inst.qmp(ctx, "stop"); err != nil {
+	defer n.Close()
+	if err := n.Expose(Forward{HostPort: first, GuestPort: 22}); err != nil {
 		t.Fatal(err)
 	}
-
-	if err := dialErr(atLaunch); err != nil {
-		t.Errorf("the forward given at launch: %v", err)
+	if err := dialErr(first); err != nil {
+		t.Errorf("the first forward: %v", err)
 	}
 	if err := dialErr(added); !errors.Is(err, syscall.ECONNREFUSED) {
 		t.Fatalf("port %d answers before it is added: %v", added, err)
 	}
-	if err := inst.AddHostFwd(ctx, HostFwd{HostPort: added, GuestPort: 80}); err != nil {
+	if err := n.Expose(Forward{HostPort: added, GuestPort: 80}); err != nil {
 		t.Fatal(err)
 	}
 	if err := dialErr(added); err != nil {
-		t.Errorf("the forward added at runtime: %v", err)
+		t.Errorf("the forward added: %v", err)
 	}
-	// QEMU's own port, and someone else's, are taken.
-	wantPortConflict(t, "adding a port twice", inst.AddHostFwd(ctx, HostFwd{HostPort: added, GuestPort: 81}), added)
+	// Its own port, and someone else's, are taken.
+	wantPortConflict(t, "adding a port twice", n.Expose(Forward{HostPort: added, GuestPort: 81}), added)
 	_, held := listenTCP(t)
-	wantPortConflict(t, "adding a held port", inst.AddHostFwd(ctx, HostFwd{HostPort: held, GuestPort: 80}), held)
-	if err := inst.AddHostFwd(ctx, HostFwd{HostAddr: "0.0.0.0", HostPort: held + 1, GuestPort: 80}); rpc.CodeOf(err) != rpc.CodeInvalidParams {
+	wantPortConflict(t, "adding a held port", n.Expose(Forward{HostPort: held, GuestPort: 80}), held)
+	if err := n.Expose(Forward{HostAddr: "0.0.0.0", HostPort: held + 1, GuestPort: 80}); rpc.CodeOf(err) != rpc.CodeInvalidParams {
 		t.Errorf("adding a public forward: %v", err)
 	}
 
-	if err := inst.RemoveHostFwd(ctx, HostFwd{HostPort: atLaunch}); err != nil {
+	if err := n.Unexpose(Forward{HostPort: first}); err != nil {
 		t.Fatal(err)
 	}
-	if err := dialErr(atLaunch); !errors.Is(err, syscall.ECONNREFUSED) {
+	if err := dialErr(first); !errors.Is(err, syscall.ECONNREFUSED) {
 		t.Errorf("the removed forward still answers: %v", err)
 	}
-	err = inst.RemoveHostFwd(ctx, HostFwd{HostPort: atLaunch})
+	err = n.Unexpose(Forward{HostPort: first})
 	t.Logf("removing it again: %v", err)
 	if rpc.CodeOf(err) != rpc.CodeNotFound {
 		t.Errorf("removing it again: %v, want not_found", err)
@@ -189,19 +157,22 @@ func TestHostFwdAtRuntime(t *testing.T) {
 		t.Errorf("removing one forward ended another: %v", err)
 	}
 
-	// UDP: QEMU holds the port while the forward exists.
-	fu := HostFwd{Proto: "udp", HostPort: udp, GuestPort: 53}
-	if err := inst.AddHostFwd(ctx, fu); err != nil {
+	// UDP: the network holds the port while the forward exists.
+	fu := Forward{Proto: "udp", HostPort: udp, GuestPort: 53}
+	if err := n.Expose(fu); err != nil {
 		t.Fatal(err)
 	}
 	wantPortConflict(t, "the added UDP port", fu.checkFree(), udp)
-	if err := inst.RemoveHostFwd(ctx, fu); err != nil {
+	if err := n.Unexpose(fu); err != nil {
 		t.Fatal(err)
 	}
 	if err := fu.checkFree(); err != nil {
 		t.Errorf("the removed UDP port: %v", err)
 	}
-	if !inst.Running() {
-		t.Error("QEMU exited")
+
+	// Closing the network ends its ports.
+	n.Close()
+	if err := dialErr(added); !errors.Is(err, syscall.ECONNREFUSED) {
+		t.Errorf("a closed network's port still answers: %v", err)
 	}
 }

@@ -108,23 +108,74 @@ func CheckHostPortFree(addr string, port int) error {
 // checkFree binds the forward's host port for a moment.
 func (f Forward) checkFree() error {
 	f = f.withDefaults()
-	hostport := f.local()
 	var l io.Closer
 	var err error
 	if f.Proto == "udp" {
-		l, err = net.ListenPacket("udp", hostport)
+		l, err = net.ListenPacket("udp", f.local())
 	} else {
-		l, err = net.Listen("tcp", hostport)
+		l, err = net.Listen("tcp", f.local())
 	}
-	switch {
-	case err == nil:
-		l.Close()
-		return nil
-	case errors.Is(err, syscall.EADDRINUSE):
+	if err != nil {
+		return f.listenError(err)
+	}
+	return l.Close()
+}
+
+// listenError is the error of a failed bind of f's host port: a conflict
+// when something holds it.
+func (f Forward) listenError(err error) error {
+	if errors.Is(err, syscall.EADDRINUSE) {
 		return rpc.Errorf(rpc.CodeConflict, "host port %d (%s on %s) is already in use on this host: publish on another host port, or stop what holds it",
 			f.HostPort, f.Proto, f.HostAddr)
 	}
 	return fmt.Errorf("check host port %d (%s on %s): %w", f.HostPort, f.Proto, f.HostAddr, err)
+}
+
+// Expose publishes f: its host port listens from now on, and each
+// connection to it is one to the guest's port. The network publishes TCP
+// ports (as the daemon does).
+func (n *Network) Expose(f Forward) error {
+	f = f.withDefaults()
+	if err := f.Validate(); err != nil {
+		return err
+	}
+	if f.Proto != "tcp" {
+		return rpc.Errorf(rpc.CodeInvalidParams, "port forward %s: the user network publishes TCP ports only", f)
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.closed {
+		return errors.New("user network: closed")
+	}
+	if _, ok := n.exposed[f.host()]; ok {
+		return rpc.Errorf(rpc.CodeConflict, "host port %d (%s on %s) is already published by this VM", f.HostPort, f.Proto, f.HostAddr)
+	}
+	ln, err := net.Listen("tcp", f.local())
+	if err != nil {
+		return f.listenError(err)
+	}
+	p := &published{ln: ln, f: f}
+	n.exposed[f.host()] = p
+	go n.serve(p)
+	return nil
+}
+
+// Unexpose stops publishing f's host port; f's guest port does not
+// matter. A port the VM does not publish is not_found. Connections made
+// through it go on.
+func (n *Network) Unexpose(f Forward) error {
+	f = f.withDefaults()
+	if err := f.validateHost(); err != nil {
+		return err
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	p, ok := n.exposed[f.host()]
+	if !ok {
+		return rpc.Errorf(rpc.CodeNotFound, "remove port forward %s: the VM has no forward from host port %d", f.host(), f.HostPort)
+	}
+	delete(n.exposed, f.host())
+	return p.ln.Close()
 }
 
 // local is the forward's host address and port, "127.0.0.1:8080".

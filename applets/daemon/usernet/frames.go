@@ -4,52 +4,43 @@ import (
 	"bufio"
 	"encoding/binary"
 	"io"
-	"net"
 
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 )
 
-// maxFrame is the largest frame passed on: QEMU's stream netdev carries
-// no offloads, so a guest's frames are at most its MTU and a header;
-// this leaves room for a larger MTU.
+// maxFrame is the largest frame taken: QEMU's stream netdev carries no
+// offloads, so a guest's frames are at most its MTU and a header; this
+// leaves room for a larger MTU.
 const maxFrame = 65535 + header.EthernetMinimumSize
 
-// guardFrames passes on the frames of QEMU's stream protocol (a 4-byte
-// big-endian length, then the frame) that the switch can take: it reads
-// an Ethernet header from whatever it is given, and a guest can send a
-// runt, after which it serves the guest no more
-// (TestHostileFramesAreDropped).
-func guardFrames(c net.Conn) net.Conn {
-	return &guardedConn{Conn: c, r: bufio.NewReaderSize(c, 64<<10)}
+// frameReader reads QEMU's stream protocol: each frame is a 4-byte
+// big-endian length, then the frame. The length is the guest's to pick:
+// frames shorter than an Ethernet header or longer than maxFrame are
+// skipped, never allocated.
+type frameReader struct{ r *bufio.Reader }
+
+func newFrameReader(r io.Reader) *frameReader {
+	return &frameReader{r: bufio.NewReaderSize(r, 64<<10)}
 }
 
-type guardedConn struct {
-	net.Conn
-	r       *bufio.Reader
-	pending []byte // the rest of the frame being read, with its length
-}
-
-func (c *guardedConn) Read(p []byte) (int, error) {
-	for len(c.pending) == 0 {
+// next returns the next frame that may be one.
+func (f *frameReader) next() ([]byte, error) {
+	for {
 		var size [4]byte
-		if _, err := io.ReadFull(c.r, size[:]); err != nil {
-			return 0, err
+		if _, err := io.ReadFull(f.r, size[:]); err != nil {
+			return nil, err
 		}
 		n := binary.BigEndian.Uint32(size[:])
 		if n < header.EthernetMinimumSize || n > maxFrame {
-			if _, err := io.CopyN(io.Discard, c.r, int64(n)); err != nil {
-				return 0, err
+			if _, err := io.CopyN(io.Discard, f.r, int64(n)); err != nil {
+				return nil, err
 			}
 			continue
 		}
-		frame := make([]byte, 4+n)
-		copy(frame, size[:])
-		if _, err := io.ReadFull(c.r, frame[4:]); err != nil {
-			return 0, err
+		frame := make([]byte, n)
+		if _, err := io.ReadFull(f.r, frame); err != nil {
+			return nil, err
 		}
-		c.pending = frame
+		return frame, nil
 	}
-	n := copy(p, c.pending)
-	c.pending = c.pending[n:]
-	return n, nil
 }

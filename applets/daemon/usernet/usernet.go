@@ -1,11 +1,12 @@
 // Package usernet is a VM's user-mode network, which needs no root: the
 // guest's Ethernet frames come from QEMU's stream netdev to a user-space
-// TCP/IP stack in the daemon (gVisor's netstack, as gvisor-tap-vsock
-// assembles it), which dials the guest's connections from the host.
+// TCP/IP stack in the daemon (gVisor's netstack), which dials the guest's
+// connections from the host.
 //
 // The addresses are those QEMU's own user network gave (the guest at
-// 10.0.2.15, a gateway at 10.0.2.2, DNS at 10.0.2.3), so guests and their
-// configuration stay as they were. What changes is what a guest reaches.
+// 10.0.2.15, a gateway at 10.0.2.2, DNS at 10.0.2.3, relayed to the
+// host's resolver as QEMU's was), so guests and their configuration stay
+// as they were. What changes is what a guest reaches.
 // QEMU's network dialed 10.0.2.2 as the host's 127.0.0.1, and any address
 // as the host would; this one dials only addresses outside the host (see
 // egress.go): not its loopback, not its own addresses (so not other VMs'
@@ -20,20 +21,18 @@ package usernet
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"net"
 	"net/netip"
-	"strconv"
 	"sync"
 
-	"github.com/containers/gvisor-tap-vsock/pkg/services/dns"
-	"github.com/containers/gvisor-tap-vsock/pkg/services/forwarder"
-	"github.com/containers/gvisor-tap-vsock/pkg/tap"
-	"github.com/containers/gvisor-tap-vsock/pkg/types"
 	"github.com/rs/zerolog"
+	"gvisor.dev/gvisor/pkg/buffer"
 	"gvisor.dev/gvisor/pkg/tcpip"
-	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
+	"gvisor.dev/gvisor/pkg/tcpip/link/channel"
+	"gvisor.dev/gvisor/pkg/tcpip/link/ethernet"
 	"gvisor.dev/gvisor/pkg/tcpip/network/arp"
 	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
@@ -48,10 +47,14 @@ import (
 const (
 	nicID = 1
 	mtu   = 1500
-	// gatewayMAC is QEMU's own: a guest restored from a snapshot taken
-	// on another network still has it in its neighbour table.
-	gatewayMAC = "52:55:0a:00:02:02"
+	// queued bounds the frames waiting for the guest; more are dropped,
+	// as a full NIC queue drops them.
+	queued = 512
 )
+
+// gatewayMAC is QEMU's own: a guest restored from a snapshot taken on
+// another network still has it in its neighbour table.
+var gatewayMAC = tcpip.LinkAddress([]byte{0x52, 0x55, 0x0a, 0x00, 0x02, 0x02})
 
 // Config is one VM's network.
 type Config struct {
@@ -64,10 +67,9 @@ type Config struct {
 // Network is one VM's user-mode network.
 type Network struct {
 	log   zerolog.Logger
-	guest netip.Addr
+	guest tcpip.Address
+	link  *channel.Endpoint
 	stack *stack.Stack
-	sw    *tap.Switch
-	ports *forwarder.PortsForwarder
 	// flows holds a token for each open connection the guest made: a
 	// guest cannot hold more host sockets than it has.
 	flows chan struct{}
@@ -75,7 +77,7 @@ type Network struct {
 	mu        sync.Mutex // guards the fields below
 	allowHost map[uint16]bool
 	conn      net.Conn
-	exposed   map[string]Forward // by host side
+	exposed   map[string]*published // by host side
 	closed    bool
 }
 
@@ -89,40 +91,31 @@ var (
 // VM's netdev connection; published ports listen from Expose on.
 func New(cfg Config) (*Network, error) {
 	n := &Network{
-		log:       cfg.Log,
-		allowHost: map[uint16]bool{},
-		guest:     guestNet.Address.Addr(),
-		flows:     make(chan struct{}, maxFlows),
-		exposed:   map[string]Forward{},
+		log:     cfg.Log,
+		guest:   tcpip.AddrFrom4(guestNet.Address.Addr().As4()),
+		link:    channel.New(queued, mtu+14, gatewayMAC),
+		flows:   make(chan struct{}, maxFlows),
+		exposed: map[string]*published{},
 	}
 	if err := n.AllowHost(cfg.AllowHost); err != nil {
 		return nil, err
 	}
-	useLogger(cfg.Log)
-	link, err := tap.NewLinkEndpoint(false, mtu, gatewayMAC, guestNet.Gateway.String(), []string{guestNet.DNS.String()})
-	if err != nil {
-		return nil, fmt.Errorf("user network: %w", err)
-	}
-	n.sw = tap.NewSwitch(false)
-	link.Connect(n.sw)
-	n.sw.Connect(link)
 	n.stack = stack.New(stack.Options{
 		NetworkProtocols:   []stack.NetworkProtocolFactory{ipv4.NewProtocol, arp.NewProtocol},
 		TransportProtocols: []stack.TransportProtocolFactory{tcp.NewProtocol, udp.NewProtocol, icmp.NewProtocol4},
 	})
-	if err := n.setUpStack(link); err != nil {
+	if err := n.setUpStack(); err != nil {
 		n.stack.Close()
 		return nil, fmt.Errorf("user network: %w", err)
 	}
-	n.ports = forwarder.NewPortsForwarder(n.stack)
 	return n, nil
 }
 
-// setUpStack gives the stack the gateway's and the DNS server's
-// addresses, a route to the guest, and the handlers that serve the
-// guest: DNS, and the forwarders that dial what it connects to.
-func (n *Network) setUpStack(link stack.LinkEndpoint) error {
-	if err := n.stack.CreateNIC(nicID, link); err != nil {
+// setUpStack gives the stack an Ethernet card with the gateway's and the
+// DNS relay's addresses, a route to the guest, and the forwarders that
+// dial what the guest connects to.
+func (n *Network) setUpStack() error {
+	if err := n.stack.CreateNIC(nicID, ethernet.New(n.link)); err != nil {
 		return errors.New(err.String())
 	}
 	for _, a := range []netip.Addr{guestNet.Gateway, guestNet.DNS} {
@@ -142,29 +135,6 @@ func (n *Network) setUpStack(link stack.LinkEndpoint) error {
 	n.stack.SetRouteTable([]tcpip.Route{{Destination: sub, NIC: nicID}})
 	n.stack.SetTransportProtocolHandler(tcp.ProtocolNumber, n.tcpForwarder().HandlePacket)
 	n.stack.SetTransportProtocolHandler(udp.ProtocolNumber, n.udpForwarder().HandlePacket)
-	return n.serveDNS()
-}
-
-// serveDNS answers the guest's queries at the DNS address with the
-// host's resolver.
-func (n *Network) serveDNS() error {
-	at := tcpip.FullAddress{NIC: nicID, Addr: tcpip.AddrFrom4(guestNet.DNS.As4()), Port: 53}
-	udpConn, err := gonet.DialUDP(n.stack, &at, nil, ipv4.ProtocolNumber)
-	if err != nil {
-		return fmt.Errorf("dns: %w", err)
-	}
-	tcpLn, err := gonet.ListenTCP(n.stack, at, ipv4.ProtocolNumber)
-	if err != nil {
-		udpConn.Close()
-		return fmt.Errorf("dns: %w", err)
-	}
-	server, err := dns.New(udpConn, tcpLn, nil)
-	if err != nil {
-		return fmt.Errorf("dns: %w", err)
-	}
-	// They end when the stack closes their endpoints.
-	go server.Serve()
-	go server.ServeTCP()
 	return nil
 }
 
@@ -182,8 +152,11 @@ func (n *Network) Attach(conn net.Conn) error {
 		return errors.New("user network: already attached")
 	}
 	n.conn = conn
+	ctx, cancel := context.WithCancel(context.Background())
 	go func() {
-		err := n.sw.Accept(context.Background(), guardFrames(conn), types.QemuProtocol)
+		err := n.receive(newFrameReader(conn))
+		cancel()
+		conn.Close()
 		n.log.Debug().Err(err).Msg("user network detached")
 		n.mu.Lock()
 		if n.conn == conn {
@@ -191,70 +164,39 @@ func (n *Network) Attach(conn net.Conn) error {
 		}
 		n.mu.Unlock()
 	}()
+	go n.send(ctx, conn)
 	return nil
 }
 
-// Expose publishes f: its host port listens from now on, and each
-// connection to it is one to the guest's port.
-func (n *Network) Expose(f Forward) error {
-	f = f.withDefaults()
-	if err := f.Validate(); err != nil {
-		return err
+// receive gives the stack each frame the guest sends.
+func (n *Network) receive(frames *frameReader) error {
+	for {
+		frame, err := frames.next()
+		if err != nil {
+			return err
+		}
+		pkt := stack.NewPacketBuffer(stack.PacketBufferOptions{Payload: buffer.MakeWithData(frame)})
+		n.link.InjectInbound(0, pkt)
+		pkt.DecRef()
 	}
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	if n.closed {
-		return errors.New("user network: closed")
-	}
-	if _, ok := n.exposed[f.host()]; ok {
-		return rpc.Errorf(rpc.CodeConflict, "host port %d (%s on %s) is already published by this VM", f.HostPort, f.Proto, f.HostAddr)
-	}
-	// Checked first: the forwarder's own error does not say the port is
-	// taken.
-	if err := f.checkFree(); err != nil {
-		return err
-	}
-	remote := net.JoinHostPort(n.guest.String(), strconv.Itoa(f.GuestPort))
-	if err := n.ports.Expose(types.TransportProtocol(f.Proto), f.local(), remote); err != nil {
-		return fmt.Errorf("publish %s: %w", f, err)
-	}
-	n.exposed[f.host()] = f
-	return nil
 }
 
-// Unexpose stops publishing f's host port; f's guest port does not
-// matter. A port the VM does not publish is not_found.
-func (n *Network) Unexpose(f Forward) error {
-	f = f.withDefaults()
-	if err := f.validateHost(); err != nil {
-		return err
+// send writes each frame the stack has for the guest, until ctx ends.
+func (n *Network) send(ctx context.Context, conn net.Conn) {
+	for {
+		pkt := n.link.ReadContext(ctx)
+		if pkt == nil {
+			return
+		}
+		v := pkt.ToView()
+		out := binary.BigEndian.AppendUint32(make([]byte, 0, 4+v.Size()), uint32(v.Size()))
+		out = append(out, v.AsSlice()...)
+		v.Release()
+		pkt.DecRef()
+		if _, err := conn.Write(out); err != nil {
+			return
+		}
 	}
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	if _, ok := n.exposed[f.host()]; !ok {
-		return rpc.Errorf(rpc.CodeNotFound, "remove port forward %s: the VM has no forward from host port %d", f.host(), f.HostPort)
-	}
-	delete(n.exposed, f.host())
-	return n.ports.Unexpose(types.TransportProtocol(f.Proto), f.local())
-}
-
-// Close ends the network: its published ports, its connection to QEMU
-// and every connection the guest made.
-func (n *Network) Close() {
-	n.mu.Lock()
-	if n.closed {
-		n.mu.Unlock()
-		return
-	}
-	n.closed = true
-	for _, f := range n.exposed {
-		n.ports.Unexpose(types.TransportProtocol(f.Proto), f.local())
-	}
-	if n.conn != nil {
-		n.conn.Close()
-	}
-	n.mu.Unlock()
-	n.stack.Close()
 }
 
 // AllowHost replaces the host loopback ports the guest reaches at the
@@ -271,4 +213,24 @@ func (n *Network) AllowHost(ports []int) error {
 	n.allowHost = allow
 	n.mu.Unlock()
 	return nil
+}
+
+// Close ends the network: its published ports, its connection to QEMU
+// and every connection the guest made.
+func (n *Network) Close() {
+	n.mu.Lock()
+	if n.closed {
+		n.mu.Unlock()
+		return
+	}
+	n.closed = true
+	for _, p := range n.exposed {
+		p.ln.Close()
+	}
+	if n.conn != nil {
+		n.conn.Close()
+	}
+	n.mu.Unlock()
+	n.stack.Close()
+	n.link.Close()
 }

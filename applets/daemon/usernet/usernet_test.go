@@ -6,6 +6,8 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"os"
+	"path/filepath"
 	"testing"
 	"time"
 )
@@ -32,10 +34,9 @@ func arpWhoHas(addr netip.Addr) []byte {
 	return b.Bytes()
 }
 
-// A guest's frames reach a switch that reads an Ethernet header from
-// whatever it is given: runts (and frames past the limit) are dropped,
-// not passed on to panic the daemon, and the frames after them are
-// served, here an ARP request for the gateway.
+// The guest picks each frame's length: runts and frames past the limit
+// are skipped (never allocated), and the frames after them are served,
+// here an ARP request for the gateway.
 func TestHostileFramesAreDropped(t *testing.T) {
 	n, err := New(Config{})
 	if err != nil {
@@ -54,8 +55,7 @@ func TestHostileFramesAreDropped(t *testing.T) {
 		guest.Write(frame(make([]byte, maxFrame+1)))
 		guest.Write(frame(arpWhoHas(guestNet.Gateway)))
 	}()
-	// Read every frame back (the switch may send a guest's frame to
-	// another address back to it) until the gateway's ARP reply.
+	// Read what comes back until the gateway's ARP reply.
 	guest.SetReadDeadline(time.Now().Add(10 * time.Second))
 	var reply []byte
 	for {
@@ -71,7 +71,7 @@ func TestHostileFramesAreDropped(t *testing.T) {
 			break
 		}
 	}
-	gw, _ := net.ParseMAC(gatewayMAC)
+	gw := []byte(gatewayMAC)
 	// Ethernet to the guest, ARP; a reply (2) from the gateway's MAC for
 	// the gateway's address.
 	if !bytes.Equal(reply[0:6], guestMAC) || !bytes.Equal(reply[12:14], []byte{0x08, 0x06}) ||
@@ -87,6 +87,9 @@ func TestDialTarget(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer n.Close()
+	resolvConf = filepath.Join(t.TempDir(), "resolv.conf")
+	defer func() { resolvConf = "/etc/resolv.conf" }()
+	os.WriteFile(resolvConf, []byte("# a comment\nnameserver fe80::1\nnameserver 192.0.2.53\nnameserver 192.0.2.54\n"), 0o644)
 	loop := netip.MustParseAddr("127.0.0.1")
 	for _, c := range []struct {
 		dst  string
@@ -96,7 +99,8 @@ func TestDialTarget(t *testing.T) {
 		{"10.0.2.2", 8080, "127.0.0.1:8080"},
 		{"10.0.2.2", 8081, ""},
 		{"10.0.2.2", 22, ""},
-		{"10.0.2.3", 53, ""}, // served by the DNS server, never dialed
+		{"10.0.2.3", 53, "192.0.2.53:53"}, // the relay to the host's resolver
+		{"10.0.2.3", 80, ""},
 		{"10.0.2.4", 80, ""},
 		{"127.0.0.1", 8080, ""},
 		{"127.1.2.3", 80, ""},

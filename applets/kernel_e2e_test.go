@@ -16,7 +16,7 @@ import (
 // linux-source-6.1 and boots the default image with it to a command's
 // output. It is long — the build alone is 10 to 25 minutes on 2 cores —
 // so it runs only with BANGER_TEST_KERNEL_BUILD=1 (not in
-// packaging/test.sh). It needs the packages the README's "Kernels" names.
+// packaging/test.sh). It needs the packages docs/images-and-kernels.md, "Kernels", names.
 func TestKernelBuildBootsAGuest(t *testing.T) {
 	if os.Getenv("BANGER_TEST_KERNEL_BUILD") != "1" {
 		t.Skip("builds a kernel (10-25 min); set BANGER_TEST_KERNEL_BUILD=1")

@@ -27,7 +27,7 @@ import (
 // Warm starts: a VM of an image with a warm snapshot (package warm)
 // restores the snapshot instead of booting, and is given its own
 // identity; a VM that boots saves one when its image has none that is
-// valid. README.md, "Warm starts", says what a user sees of it.
+// valid. docs/warm-starts.md says what a user sees of it.
 
 // memoryFile is where a restoring VM's instance directory keeps its link
 // to the snapshot's memory until the state is loaded.

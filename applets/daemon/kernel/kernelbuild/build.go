@@ -24,7 +24,7 @@ import (
 const SourceGlob = "/usr/src/linux-source-*.tar.xz"
 
 // Packages are the Debian packages a build needs, for error messages and
-// the README.
+// docs/images-and-kernels.md.
 const Packages = "linux-source-6.1 build-essential flex bison bc libelf-dev"
 
 // EstimatedObjects is how many objects a build of banger's fragment on

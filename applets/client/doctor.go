@@ -259,7 +259,7 @@ func (h *doctorHost) daemon(ctx context.Context) *daemonView {
 		d.accel = &ha
 	}
 	var im api.Image
-	if d.imageErr = call(doctorCallTimeout, api.MethodImageShow, api.VMRef{Name: imagestore.DefaultName}, &im); d.imageErr == nil {
+	if d.imageErr = call(doctorCallTimeout, api.MethodImageShow, api.VMRef{Name: api.DefaultImage}, &im); d.imageErr == nil {
 		d.image = &im
 	}
 	return d

@@ -125,7 +125,7 @@ func (m *kernelMethods) buildBegin(ctx context.Context, p api.KernelBuild) (api.
 // another kernel and no VM uses it: the next VM makes it again, from the
 // new default kernel. One that VMs use stays (logged): its VMs keep it.
 func (m *kernelMethods) retireDefaultImage(ctx context.Context) error {
-	im, err := m.images.Get(ctx, imagestore.DefaultName)
+	im, err := m.images.Get(ctx, api.DefaultImage)
 	if rpc.CodeOf(err) == rpc.CodeNotFound {
 		return nil
 	}
@@ -142,7 +142,7 @@ func (m *kernelMethods) retireDefaultImage(ctx context.Context) error {
 	if m.deleteImage == nil {
 		return nil
 	}
-	if _, err := m.deleteImage(ctx, api.VMRef{Name: imagestore.DefaultName}); err != nil {
+	if _, err := m.deleteImage(ctx, api.VMRef{Name: api.DefaultImage}); err != nil {
 		if rpc.CodeOf(err) != rpc.CodeConflict {
 			return err
 		}

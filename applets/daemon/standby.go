@@ -12,6 +12,7 @@ import (
 	"github.com/oklog/ulid/v2"
 
 	"banger/applets/api"
+	"banger/applets/daemon/engine"
 	"banger/applets/daemon/state"
 	"banger/applets/daemon/warm"
 	"banger/logging"
@@ -264,7 +265,7 @@ func (s *vmService) makeStandby(ctx context.Context, key warm.Key, img vmImage, 
 		}
 		// A disk for QEMU to open; the snapshot's replaces its content
 		// before the state loads.
-		disk, mem := filepath.Join(dir, diskFile), filepath.Join(dir, memoryFile)
+		disk, mem := filepath.Join(dir, engine.DiskFile), filepath.Join(dir, memoryFile)
 		if err := s.images.Overlay(ctx, img, disk, key.DiskMiB); err != nil {
 			return err
 		}
@@ -280,7 +281,7 @@ func (s *vmService) makeStandby(ctx context.Context, key warm.Key, img vmImage, 
 				return ctx.Err()
 			}
 		}
-		ok, err := s.warm.store.Checkout(key, disk, mem, filepath.Join(dir, consoleFile))
+		ok, err := s.warm.store.Checkout(key, disk, mem, filepath.Join(dir, engine.ConsoleLog))
 		if !ok {
 			return errors.Join(errNoSnapshot, err)
 		}

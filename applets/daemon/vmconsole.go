@@ -10,6 +10,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"banger/applets/daemon/engine"
 	"banger/logging"
 )
 
@@ -44,7 +45,7 @@ func (s *vmService) keepConsoles(ctx context.Context, max int64) {
 		case <-t.C:
 		}
 		for _, dir := range []string{s.root, s.standbyRoot()} {
-			files, _ := filepath.Glob(filepath.Join(dir, "*", consoleFile))
+			files, _ := filepath.Glob(filepath.Join(dir, "*", engine.ConsoleLog))
 			for _, f := range files {
 				if cut, err := trimConsole(f, max); err != nil {
 					log.Warn().Err(err).Str("console", f).Msg("console not trimmed")

@@ -17,17 +17,11 @@ import (
 	"golang.org/x/sys/unix"
 
 	"banger/applets/api"
+	"banger/applets/daemon/engine"
 	"banger/applets/daemon/operation"
 	"banger/applets/daemon/state"
 	"banger/logging"
 	"banger/rpc"
-)
-
-// Files of a VM's instance directory that the VM service itself owns; the
-// engine names the rest (sockets, pidfile, console log).
-const (
-	diskFile    = "disk.qcow2"
-	consoleFile = "console.log"
 )
 
 // Bounds of the VM lifecycle.
@@ -550,7 +544,7 @@ func (s *vmService) logs(ctx context.Context, p api.VMLogs) (api.VMLogsResult, e
 		return api.VMLogsResult{}, err
 	}
 	res := api.VMLogsResult{Next: p.Offset, Running: vm.State == state.VMRunning || vm.State == state.VMStarting}
-	f, err := os.Open(filepath.Join(vm.InstanceDir, consoleFile))
+	f, err := os.Open(filepath.Join(vm.InstanceDir, engine.ConsoleLog))
 	if errors.Is(err, os.ErrNotExist) {
 		return res, nil
 	}

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 
 	"banger/applets/api"
+	"banger/applets/daemon/engine"
 	"banger/applets/daemon/operation"
 	"banger/applets/daemon/state"
 	"banger/rpc"
@@ -182,7 +183,7 @@ func (s *vmService) overlayStep(vm state.VM, img *vmImage) operation.Step {
 		if err := os.MkdirAll(vm.InstanceDir, 0o700); err != nil {
 			return err
 		}
-		return s.images.Overlay(ctx, *img, filepath.Join(vm.InstanceDir, diskFile), vm.DiskMiB)
+		return s.images.Overlay(ctx, *img, filepath.Join(vm.InstanceDir, engine.DiskFile), vm.DiskMiB)
 	}, Undo: func(ctx context.Context) error {
 		return os.RemoveAll(vm.InstanceDir)
 	}}
@@ -220,7 +221,7 @@ func (s *vmService) launchStep(name string, img *vmImage, proc *vmProcess, spec 
 		}
 		*spec = launchSpec{
 			InstanceDir: vm.InstanceDir, Kernel: img.Kernel, Initrd: img.Initrd, KernelArgs: img.KernelArgs,
-			Disk: filepath.Join(vm.InstanceDir, diskFile), Hostname: vm.Name, CPUs: vm.CPUs, MemoryMiB: vm.MemoryMiB,
+			Disk: filepath.Join(vm.InstanceDir, engine.DiskFile), Hostname: vm.Name, CPUs: vm.CPUs, MemoryMiB: vm.MemoryMiB,
 		}
 		if vm.Network != api.NetworkBridge {
 			spec.User = &userNet{Ports: vm.Ports, AllowHost: vm.AllowHost}

@@ -302,7 +302,7 @@ func readTail(path string, max int64) (string, error) {
 
 // consoleTail is the end of a VM's console (nothing when it has none).
 func consoleTail(instanceDir string) string {
-	tail, _ := readTail(filepath.Join(instanceDir, consoleFile), 8192)
+	tail, _ := readTail(filepath.Join(instanceDir, engine.ConsoleLog), 8192)
 	return tail
 }
 
@@ -523,7 +523,7 @@ type storeImages struct {
 func (s *storeImages) Resolve(ctx context.Context, name string) (vmImage, error) {
 	var img imagestore.Image
 	var err error
-	if name == imagestore.DefaultName {
+	if name == api.DefaultImage {
 		img, err = s.ensureDefault(ctx)
 	} else {
 		img, err = s.get(ctx, name)
@@ -567,7 +567,7 @@ func (s *storeImages) Overlay(ctx context.Context, img vmImage, dst string, disk
 
 // Exists reports whether an image is known, without building the default.
 func (s *storeImages) Exists(ctx context.Context, name string) error {
-	if name == imagestore.DefaultName {
+	if name == api.DefaultImage {
 		return nil
 	}
 	_, err := s.get(ctx, name)

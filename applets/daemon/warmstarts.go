@@ -15,6 +15,7 @@ import (
 
 	"banger/applets/agentlink"
 	"banger/applets/api"
+	"banger/applets/daemon/engine"
 	"banger/applets/daemon/filecopy"
 	"banger/applets/daemon/operation"
 	"banger/applets/daemon/state"
@@ -153,7 +154,7 @@ func (s *vmService) canRestore(plan *warmPlan) bool {
 // checkoutSnapshot makes a restoring VM's disk and memory link from the
 // snapshot.
 func (s *vmService) checkoutSnapshot(ctx context.Context, plan *warmPlan, dir string) error {
-	ok, err := s.warm.store.Checkout(plan.key, filepath.Join(dir, diskFile), filepath.Join(dir, memoryFile), filepath.Join(dir, consoleFile))
+	ok, err := s.warm.store.Checkout(plan.key, filepath.Join(dir, engine.DiskFile), filepath.Join(dir, memoryFile), filepath.Join(dir, engine.ConsoleLog))
 	if err != nil {
 		return err
 	}
@@ -187,7 +188,7 @@ func (s *vmService) saveStep(plan *warmPlan, proc *vmProcess, disk func() string
 			if err == nil {
 				// What the guest said while it booted, for the consoles of
 				// the VMs that restore it.
-				filecopy.New(filepath.Join(filepath.Dir(disk()), consoleFile), filepath.Join(filepath.Dir(memory), warm.ConsoleFile))
+				filecopy.New(filepath.Join(filepath.Dir(disk()), engine.ConsoleLog), filepath.Join(filepath.Dir(memory), warm.ConsoleFile))
 			}
 			resumeErr = (*proc).Continue(context.WithoutCancel(ctx))
 			return errors.Join(err, resumeErr)

@@ -16,12 +16,13 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"banger/applets/agent/boot"
+	"banger/applets/api"
 	"banger/rpc"
 )
 
 // The default image's defaults, and the Debian packages it is made from.
 const (
-	DefaultName    = "default"
 	DefaultBusybox = "/bin/busybox"
 	DefaultBootDir = "/boot"
 
@@ -32,7 +33,7 @@ const (
 // DefaultSpec says what the default image is assembled from; zero fields
 // take the host's.
 type DefaultSpec struct {
-	Name        string // DefaultName
+	Name        string // api.DefaultImage
 	Kernel      string // the newest /boot/vmlinuz-*
 	Busybox     string // DefaultBusybox; must be statically linked
 	AgentBinary string // the banger binary
@@ -47,7 +48,7 @@ type DefaultSpec struct {
 // the others wait for that build and get its image.
 func (s *Store) EnsureDefault(ctx context.Context, spec DefaultSpec) (Image, error) {
 	if spec.Name == "" {
-		spec.Name = DefaultName
+		spec.Name = api.DefaultImage
 	}
 	if spec.Busybox == "" {
 		spec.Busybox = DefaultBusybox
@@ -202,7 +203,7 @@ func stageBusybox(ctx context.Context, st *stager, busybox string, applets []str
 	if err := st.create(ctx, "bin/busybox", rootAttr(0o755), f, time.Time{}); err != nil {
 		return err
 	}
-	agent := strings.TrimPrefix(AgentPath, "/")
+	agent := strings.TrimPrefix(boot.AgentPath, "/")
 	links := map[string]bool{}
 	for _, a := range append(applets, "bin/sh") {
 		a = strings.TrimPrefix(a, "/")

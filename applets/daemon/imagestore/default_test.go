@@ -9,6 +9,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"banger/applets/api"
 )
 
 // hostParts returns the host's kernel and busybox, or skips the test
@@ -47,7 +49,7 @@ func TestEnsureDefault(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("default image assembled in %v: %d MiB rootfs, %v", time.Since(start), im.RootfsMiB, im.Notes)
-	if im.Name != DefaultName || im.Kernel.From.Path != kernel || im.Rootfs.From.Kind != OriginBusybox {
+	if im.Name != api.DefaultImage || im.Kernel.From.Path != kernel || im.Rootfs.From.Kind != OriginBusybox {
 		t.Fatalf("manifest %+v", im.Manifest)
 	}
 	img := im.RootfsPath
@@ -75,7 +77,7 @@ func TestEnsureDefault(t *testing.T) {
 		}
 	}
 	fsckClean(t, img)
-	if err := f.store.Verify(ctx, DefaultName); err != nil {
+	if err := f.store.Verify(ctx, api.DefaultImage); err != nil {
 		t.Fatal(err)
 	}
 

@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 
+	"banger/applets/agent/boot"
 	"banger/rpc"
 )
 
@@ -146,7 +147,7 @@ func resizeForAgent(ctx context.Context, s ext4Spec) error {
 	return nil
 }
 
-// placeAgent writes the agent to AgentPath and makes the missing mount
+// placeAgent writes the agent to boot.AgentPath and makes the missing mount
 // points, all root's. debugfs does not follow a symlinked /sbin (merged
 // /usr) when it writes, but "cd /sbin/." does, so the agent is written
 // from inside its directory.
@@ -165,14 +166,14 @@ func placeAgent(ctx context.Context, s ext4Spec) error {
 			mkdir("/"+mp.name, mp.perm)
 		}
 	}
-	dir, base := path.Split(AgentPath)
+	dir, base := path.Split(boot.AgentPath)
 	dir = strings.TrimSuffix(dir, "/")
 	if !rootNames[strings.TrimPrefix(dir, "/")] {
 		mkdir(dir, 0o755)
 	}
-	if old, err := statInImage(ctx, s.file, AgentPath); err == nil {
+	if old, err := statInImage(ctx, s.file, boot.AgentPath); err == nil {
 		if old.typ == "directory" {
-			return rpc.Errorf(rpc.CodeInvalidParams, "the ext4 image has a directory at %s, where the agent goes", AgentPath)
+			return rpc.Errorf(rpc.CodeInvalidParams, "the ext4 image has a directory at %s, where the agent goes", boot.AgentPath)
 		}
 		fmt.Fprintf(&b, "cd %s\nrm %s\n", debugfsQuote(dir+"/."), debugfsQuote(base))
 	}

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"testing"
 
+	"banger/applets/agent/boot"
 	"banger/rpc"
 )
 
@@ -112,7 +113,7 @@ func checkAgent(t *testing.T, img, agent string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	st := statIn(t, img, AgentPath)
+	st := statIn(t, img, boot.AgentPath)
 	if st.typ != "regular" || st.perm != 0o755 || st.uid != 0 || st.gid != 0 || st.size != fi.Size() {
 		t.Fatalf("agent in image: %+v; want regular 0755 0:0 size %d", st, fi.Size())
 	}

@@ -12,6 +12,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"banger/applets/agent/boot"
 	"banger/applets/api"
 	"banger/logging"
 	"banger/rpc"
@@ -28,7 +29,7 @@ type ImportSpec struct {
 	RootfsTar  string // a tarball of it: plain, gzip, xz, zstd or bzip2
 	RootfsExt4 string // an ext4 image of it (not a whole disk)
 
-	// AgentBinary is the banger binary; it becomes AgentPath.
+	// AgentBinary is the banger binary; it becomes boot.AgentPath.
 	AgentBinary string
 	// KernelArgs are extra kernel arguments the image boots with.
 	KernelArgs string
@@ -303,7 +304,7 @@ func stepAgent(ctx context.Context, b buildSpec, m *Manifest) error {
 	if err != nil {
 		return fmt.Errorf("read the agent binary: %w", err)
 	}
-	m.Agent = Part{File: AgentPath, Size: size, SHA256: sum, From: Origin{Kind: OriginFile, Path: absPath(b.agent)}}
+	m.Agent = Part{File: boot.AgentPath, Size: size, SHA256: sum, From: Origin{Kind: OriginFile, Path: absPath(b.agent)}}
 	if static, err := isStatic(b.agent); err == nil && !static {
 		m.Notes = append(m.Notes, "the agent binary is dynamically linked, and guests have no loader for it; build banger with CGO_ENABLED=0")
 	}

@@ -38,7 +38,7 @@ type Manifest struct {
 	Kernel Part  `json:"kernel"`
 	Initrd *Part `json:"initrd,omitempty"`
 	Rootfs Part  `json:"rootfs"`
-	// Agent is the banger binary placed at AgentPath; its digest tells
+	// Agent is the banger binary placed at boot.AgentPath; its digest tells
 	// which banger an image carries.
 	Agent Part `json:"agent"`
 

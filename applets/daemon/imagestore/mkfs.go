@@ -9,6 +9,7 @@ import (
 	"strings"
 	"syscall"
 
+	"banger/applets/agent/boot"
 	"banger/rpc"
 )
 
@@ -259,13 +260,13 @@ func statInImage(ctx context.Context, file, p string) (inodeStat, error) {
 // must be, a root-owned 0755 regular file of the agent's size, and
 // e2fsck finds nothing wrong.
 func checkImage(ctx context.Context, file string, agentSize int64) error {
-	st, err := statInImage(ctx, file, AgentPath)
+	st, err := statInImage(ctx, file, boot.AgentPath)
 	if err != nil {
 		return fmt.Errorf("check the agent in the root filesystem: %w", err)
 	}
 	if st.typ != "regular" || st.perm != 0o755 || st.uid != 0 || st.gid != 0 || st.size != agentSize {
 		return fmt.Errorf("check the agent in the root filesystem: %s is a %s, mode %04o, owner %d:%d, %d bytes; want a regular file, 0755, 0:0, %d bytes",
-			AgentPath, st.typ, st.perm, st.uid, st.gid, st.size, agentSize)
+			boot.AgentPath, st.typ, st.perm, st.uid, st.gid, st.size, agentSize)
 	}
 	if _, err := run(ctx, toolRun{name: "e2fsck", args: []string{"-f", "-n", file}}); err != nil {
 		return fmt.Errorf("check the root filesystem: %w", err)

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"banger/applets/agent/boot"
 	"banger/rpc"
 )
 
@@ -282,7 +283,7 @@ func mountPoints() []struct {
 	}
 }
 
-// addGuestParts puts the agent at AgentPath and makes the mount points
+// addGuestParts puts the agent at boot.AgentPath and makes the mount points
 // the tree lacks (anything already there, even a symlink, is kept).
 func (st *stager) addGuestParts(ctx context.Context, agent string) error {
 	for _, mp := range mountPoints() {
@@ -292,7 +293,7 @@ func (st *stager) addGuestParts(ctx context.Context, agent string) error {
 			}
 		}
 	}
-	sbin := path.Dir(strings.TrimPrefix(AgentPath, "/"))
+	sbin := path.Dir(strings.TrimPrefix(boot.AgentPath, "/"))
 	p, err := st.resolve(sbin, true)
 	if err != nil {
 		return err
@@ -307,7 +308,7 @@ func (st *stager) addGuestParts(ctx context.Context, agent string) error {
 		case err != nil:
 			return fmt.Errorf("look at /%s: %w", p, err)
 		case !fi.IsDir():
-			return rpc.Errorf(rpc.CodeInvalidParams, "/%s is not a directory in the root filesystem; the agent goes in %s", sbin, path.Dir(AgentPath))
+			return rpc.Errorf(rpc.CodeInvalidParams, "/%s is not a directory in the root filesystem; the agent goes in %s", sbin, path.Dir(boot.AgentPath))
 		}
 	}
 	f, err := os.Open(agent)
@@ -315,7 +316,7 @@ func (st *stager) addGuestParts(ctx context.Context, agent string) error {
 		return fmt.Errorf("open the agent binary: %w", err)
 	}
 	defer f.Close()
-	return st.create(ctx, strings.TrimPrefix(AgentPath, "/"), rootAttr(0o755), f, time.Time{})
+	return st.create(ctx, strings.TrimPrefix(boot.AgentPath, "/"), rootAttr(0o755), f, time.Time{})
 }
 
 // fileMode turns Unix permission bits (07777) into an os.FileMode.

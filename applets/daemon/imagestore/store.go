@@ -61,8 +61,6 @@ const (
 
 // In the image.
 const (
-	// AgentPath is where the agent is in every image's root filesystem.
-	AgentPath = "/sbin/banger-agent"
 	// RootfsLabel is the ext4 label of images built here.
 	RootfsLabel = "banger-root"
 )

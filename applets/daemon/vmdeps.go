@@ -103,27 +103,24 @@ type vmHelper interface {
 	Configured() bool
 }
 
-// vmProcess is a running engine process.
+// vmProcess is a running engine process, in two roles: the machine (its
+// process, CPUs, memory state and network) and the guest agent inside it.
 type vmProcess interface {
+	vmMachine
+	vmAgent
+	// Close lets go of the process (its agent link, its user network)
+	// without ending it.
+	Close() error
+}
+
+// vmMachine is what the engine does with a VM's process.
+type vmMachine interface {
 	PID() int
 	// Exited is closed when the process has exited (the guest powered
 	// off, panicked, or the process was killed).
 	Exited() <-chan struct{}
-	// CheckStandby is the cheap check of a standby before a create takes
-	// it, bounded by ctx: its process alive, its agent link open, its
-	// guest paused.
-	CheckStandby(ctx context.Context) error
-	// WaitAgent waits for the guest agent's readiness and returns the boot
-	// id it reported.
-	WaitAgent(ctx context.Context) (bootID string, err error)
-	// Shutdown asks the guest to power off (agent first, then ACPI) and
-	// waits for the process to exit, until ctx ends.
-	Shutdown(ctx context.Context) error
 	// Kill ends the process at once and waits for it.
 	Kill(ctx context.Context) error
-	// OpenSession starts a stream method of the guest agent (agent.exec,
-	// agent.untar) and returns its stream, carrying session frames.
-	OpenSession(ctx context.Context, method string, params any) (net.Conn, error)
 	// AddForward and RemoveForward change the published ports of the
 	// running VM.
 	AddForward(ctx context.Context, f state.PortForward) error
@@ -131,11 +128,6 @@ type vmProcess interface {
 	// AllowHost sets the host loopback ports a user-mode VM reaches (a
 	// standby's, once taken).
 	AllowHost(ports []int) error
-	// SignalSession signals the command of the exec session whose call
-	// had the op id opID.
-	SignalSession(ctx context.Context, opID string, sig int) error
-	// GuestPorts lists what listens in the guest.
-	GuestPorts(ctx context.Context) ([]api.GuestPort, error)
 	// SaveState pauses the guest and saves its state to a file; it
 	// stays paused until Continue, its disk then matching the state.
 	SaveState(ctx context.Context, path string) error
@@ -153,10 +145,32 @@ type vmProcess interface {
 	// Moved tells the process its instance directory was renamed (a
 	// standby taken by a VM); nothing else may use it meanwhile.
 	Moved(dir string)
+}
+
+// vmAgent is what the VM service asks of the guest agent (and, where the
+// agent does not answer, of the machine on its behalf).
+type vmAgent interface {
+	// CheckStandby is the cheap check of a standby before a create takes
+	// it, bounded by ctx: its process alive, its agent link open, its
+	// guest paused.
+	CheckStandby(ctx context.Context) error
+	// WaitAgent waits for the guest agent's readiness and returns the boot
+	// id it reported.
+	WaitAgent(ctx context.Context) (bootID string, err error)
 	// Resume waits for the restored guest's agent and gives it its
 	// identity; it returns the boot id the agent then reports.
 	Resume(ctx context.Context, id guestIdentity) (bootID string, err error)
-	Close() error
+	// Shutdown asks the guest to power off (agent first, then ACPI) and
+	// waits for the process to exit, until ctx ends.
+	Shutdown(ctx context.Context) error
+	// OpenSession starts a stream method of the guest agent (agent.exec,
+	// agent.untar) and returns its stream, carrying session frames.
+	OpenSession(ctx context.Context, method string, params any) (net.Conn, error)
+	// SignalSession signals the command of the exec session whose call
+	// had the op id opID.
+	SignalSession(ctx context.Context, opID string, sig int) error
+	// GuestPorts lists what listens in the guest.
+	GuestPorts(ctx context.Context) ([]api.GuestPort, error)
 }
 
 // vmImages resolves images for VMs.

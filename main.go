@@ -5,7 +5,7 @@ import (
 	"runtime/debug"
 
 	"banger/applets"
-	"banger/applets/api"
+	"banger/internal/api"
 )
 
 func main() {

@@ -7,11 +7,11 @@ import (
 	"os"
 
 	"banger/applets/agent"
-	"banger/applets/api"
 	"banger/applets/client"
 	"banger/applets/daemon"
 	"banger/applets/helper"
-	"banger/applets/registry"
+	"banger/internal/api"
+	"banger/internal/registry"
 )
 
 // Table returns the table of every applet of this build.

@@ -12,7 +12,7 @@ import (
 	"testing"
 	"time"
 
-	"banger/applets/api"
+	"banger/internal/api"
 )
 
 // BenchmarkSoak is banger used the way a person or an agent uses it over

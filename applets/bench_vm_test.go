@@ -41,8 +41,8 @@ import (
 	"testing"
 	"time"
 
-	"banger/applets/agentlink"
-	"banger/applets/api"
+	"banger/internal/agentlink"
+	"banger/internal/api"
 	"banger/rpc"
 )
 

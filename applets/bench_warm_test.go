@@ -14,7 +14,7 @@ import (
 
 	"github.com/digitalocean/go-qemu/qmp"
 
-	"banger/applets/api"
+	"banger/internal/api"
 )
 
 // envBenchKernel names the directory of a kernel `banger kernel build`

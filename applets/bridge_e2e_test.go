@@ -19,8 +19,8 @@ import (
 	"github.com/miekg/dns"
 	nsh "github.com/vishvananda/netns"
 
-	"banger/applets/api"
 	"banger/applets/daemon"
+	"banger/internal/api"
 )
 
 // Bridged networking end to end, with real guests: the root helper and

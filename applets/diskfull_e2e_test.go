@@ -9,7 +9,7 @@ import (
 	"syscall"
 	"testing"
 
-	"banger/applets/api"
+	"banger/internal/api"
 )
 
 // A state directory that fills up, for real: a small tmpfs under the

@@ -14,7 +14,7 @@ import (
 	"testing"
 	"time"
 
-	"banger/applets/api"
+	"banger/internal/api"
 	"banger/rpc"
 )
 

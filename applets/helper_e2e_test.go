@@ -11,7 +11,7 @@ import (
 	"syscall"
 	"testing"
 
-	"banger/applets/api"
+	"banger/internal/api"
 	"banger/rpc"
 )
 

@@ -9,7 +9,7 @@ import (
 	"strings"
 	"testing"
 
-	"banger/applets/api"
+	"banger/internal/api"
 )
 
 // accelRow runs `banger doctor --json` and returns its accelerator row.

@@ -8,8 +8,8 @@ import (
 	"testing"
 	"time"
 
-	"banger/applets/api"
 	"banger/applets/daemon/kernel"
+	"banger/internal/api"
 )
 
 // TestKernelBuildBootsAGuest builds banger's microVM kernel from Debian's

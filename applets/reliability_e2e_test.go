@@ -15,8 +15,8 @@ import (
 	"github.com/hashicorp/yamux"
 	"github.com/rs/zerolog"
 
-	"banger/applets/agentlink"
-	"banger/applets/api"
+	"banger/internal/agentlink"
+	"banger/internal/api"
 	"banger/logging/logfile"
 	"banger/rpc"
 )

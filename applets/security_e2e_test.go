@@ -12,7 +12,7 @@ import (
 	"testing"
 	"time"
 
-	"banger/applets/api"
+	"banger/internal/api"
 )
 
 // Boundaries held against another local user.

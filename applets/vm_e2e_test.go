@@ -12,8 +12,8 @@ import (
 	"testing"
 	"time"
 
-	"banger/applets/api"
 	"banger/applets/daemon/imagestore"
+	"banger/internal/api"
 	"banger/rpc"
 )
 

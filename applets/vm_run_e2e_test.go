@@ -20,7 +20,7 @@ import (
 	"github.com/creack/pty"
 	"golang.org/x/sys/unix"
 
-	"banger/applets/api"
+	"banger/internal/api"
 )
 
 // Sandboxes on real guests: vm run, exec, shell, the workspace copy and

@@ -22,8 +22,8 @@ import (
 	"testing"
 	"time"
 
-	"banger/applets/api"
-	"banger/applets/dirs"
+	"banger/internal/api"
+	"banger/internal/dirs"
 	"banger/rpc"
 )
 

@@ -12,7 +12,7 @@ import (
 	"testing"
 	"time"
 
-	"banger/applets/api"
+	"banger/internal/api"
 )
 
 // Warm starts on real guests: the first boot of an image saves a

@@ -9,8 +9,8 @@ import (
 	"sync"
 	"text/template"
 
-	"banger/applets/api"
-	"banger/applets/dirs"
+	"banger/internal/api"
+	"banger/internal/dirs"
 )
 
 // Helper modes of a system install: how the owner's daemon reaches the

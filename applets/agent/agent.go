@@ -24,7 +24,7 @@ import (
 
 	"github.com/rs/zerolog"
 
-	"banger/applets/api"
+	"banger/internal/api"
 	"banger/logging"
 )
 

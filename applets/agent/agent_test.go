@@ -17,8 +17,8 @@ import (
 	"golang.org/x/sys/unix"
 
 	"banger/applets/agent/boot"
-	"banger/applets/agentlink"
-	"banger/applets/api"
+	"banger/internal/agentlink"
+	"banger/internal/api"
 )
 
 func TestRefusesOutsideAVM(t *testing.T) {

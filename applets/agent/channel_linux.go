@@ -20,7 +20,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"banger/applets/agent/boot"
-	"banger/applets/agentlink"
+	"banger/internal/agentlink"
 	"banger/rpc"
 )
 

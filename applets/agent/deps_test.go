@@ -29,7 +29,7 @@ func TestImportGraph(t *testing.T) {
 	}
 	// printable comes with agentlink, whose host side filters what the
 	// guest says; it imports only the standard library.
-	allowed := []string{"banger/applets/agent", "banger/applets/api", "banger/applets/agentlink", "banger/applets/session", "banger/applets/printable",
+	allowed := []string{"banger/applets/agent", "banger/internal/api", "banger/internal/agentlink", "banger/internal/session", "banger/internal/printable",
 		"banger/logging", "banger/rpc",
 		"golang.org/x/sys/", "github.com/rs/zerolog", "github.com/mattn/", "github.com/oklog/ulid/",
 		"github.com/hashicorp/yamux", "github.com/vishvananda/", "github.com/creack/pty", "github.com/prometheus/procfs"}

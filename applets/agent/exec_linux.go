@@ -16,7 +16,7 @@ import (
 	"github.com/rs/zerolog"
 	"golang.org/x/sys/unix"
 
-	"banger/applets/session"
+	"banger/internal/session"
 	"banger/logging"
 	"banger/rpc"
 )

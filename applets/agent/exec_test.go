@@ -21,8 +21,8 @@ import (
 
 	"github.com/rs/zerolog"
 
-	"banger/applets/agentlink"
-	"banger/applets/session"
+	"banger/internal/agentlink"
+	"banger/internal/session"
 	"banger/rpc"
 )
 

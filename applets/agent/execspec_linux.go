@@ -10,7 +10,7 @@ import (
 	"strings"
 	"syscall"
 
-	"banger/applets/session"
+	"banger/internal/session"
 )
 
 // The guest's defaults for agent.exec.

@@ -7,7 +7,7 @@ import (
 	"strings"
 	"testing"
 
-	"banger/applets/session"
+	"banger/internal/session"
 )
 
 func TestNewExecSpec(t *testing.T) {

@@ -9,8 +9,8 @@ import (
 	"golang.org/x/sys/unix"
 
 	"banger/applets/agent/boot"
-	"banger/applets/agentlink"
-	"banger/applets/api"
+	"banger/internal/agentlink"
+	"banger/internal/api"
 	"banger/rpc"
 )
 

@@ -14,7 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"banger/applets/agent/boot"
-	"banger/applets/api"
+	"banger/internal/api"
 	"banger/logging"
 )
 

@@ -10,7 +10,7 @@ import (
 
 	"github.com/prometheus/procfs"
 
-	"banger/applets/agentlink"
+	"banger/internal/agentlink"
 	"banger/rpc"
 )
 

@@ -6,7 +6,7 @@ import (
 	"slices"
 	"testing"
 
-	"banger/applets/agentlink"
+	"banger/internal/agentlink"
 )
 
 const procNetTCP = `  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode

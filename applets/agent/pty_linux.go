@@ -7,7 +7,7 @@ import (
 	"github.com/creack/pty"
 	"golang.org/x/sys/unix"
 
-	"banger/applets/session"
+	"banger/internal/session"
 )
 
 // openPTY opens a new PTY of the given size. The master comes back

@@ -4,7 +4,7 @@ import (
 	"net/netip"
 	"testing"
 
-	"banger/applets/agentlink"
+	"banger/internal/agentlink"
 	"banger/rpc"
 )
 

@@ -6,7 +6,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"banger/applets/agentlink"
+	"banger/internal/agentlink"
 	"banger/rpc"
 )
 

@@ -11,7 +11,7 @@ import (
 
 	"github.com/rs/zerolog"
 
-	"banger/applets/session"
+	"banger/internal/session"
 	"banger/logging"
 	"banger/rpc"
 )

@@ -11,8 +11,8 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"banger/applets/agentlink"
-	"banger/applets/session"
+	"banger/internal/agentlink"
+	"banger/internal/session"
 )
 
 // entry is a tar entry to write; a zero Mode is 0o644, a zero ModTime a

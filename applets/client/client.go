@@ -20,7 +20,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
-	"banger/applets/api"
+	"banger/internal/api"
 	"banger/logging"
 	"banger/rpc"
 )

@@ -12,7 +12,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
-	"banger/applets/api"
+	"banger/internal/api"
 	"banger/rpc"
 )
 

@@ -26,9 +26,9 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
-	"banger/applets/api"
 	"banger/applets/daemon/imagestore"
-	"banger/applets/dirs"
+	"banger/internal/api"
+	"banger/internal/dirs"
 	"banger/packaging"
 	"banger/rpc"
 )

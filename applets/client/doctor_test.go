@@ -25,8 +25,8 @@ import (
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 
-	"banger/applets/api"
-	"banger/applets/dirs"
+	"banger/internal/api"
+	"banger/internal/dirs"
 	"banger/packaging"
 	"banger/rpc"
 )

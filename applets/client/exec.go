@@ -14,8 +14,8 @@ import (
 	"github.com/urfave/cli/v2"
 	"golang.org/x/term"
 
-	"banger/applets/api"
-	sess "banger/applets/session"
+	"banger/internal/api"
+	sess "banger/internal/session"
 )
 
 // Commands that run something in a VM: vm exec and vm shell. Their exit

@@ -11,7 +11,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
-	"banger/applets/api"
+	"banger/internal/api"
 )
 
 // byName is the action of a `show NAME` or `delete NAME` command: it

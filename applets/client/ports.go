@@ -10,7 +10,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
-	"banger/applets/api"
+	"banger/internal/api"
 )
 
 // Ports: what listens in a VM, and the host ports forwarded to it.

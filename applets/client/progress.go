@@ -10,7 +10,7 @@ import (
 	"github.com/urfave/cli/v2"
 	"golang.org/x/term"
 
-	"banger/applets/api"
+	"banger/internal/api"
 )
 
 // pollEvery is how often a followed operation is read while it runs: long

@@ -11,8 +11,8 @@ import (
 
 	"github.com/urfave/cli/v2"
 
-	"banger/applets/api"
-	sess "banger/applets/session"
+	"banger/internal/api"
+	sess "banger/internal/session"
 )
 
 // vm run: banger's main job. A fresh VM, the workspace copied in, then a

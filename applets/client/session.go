@@ -13,8 +13,8 @@ import (
 
 	"github.com/urfave/cli/v2"
 
-	"banger/applets/api"
-	"banger/applets/dirs"
+	"banger/internal/api"
+	"banger/internal/dirs"
 	"banger/logging"
 	"banger/packaging"
 	"banger/rpc"

@@ -14,7 +14,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
-	"banger/applets/api"
+	"banger/internal/api"
 	"banger/packaging"
 	"banger/rpc"
 )

@@ -10,7 +10,7 @@ import (
 
 	"github.com/rs/zerolog"
 
-	"banger/applets/api"
+	"banger/internal/api"
 	"banger/rpc"
 )
 

@@ -11,7 +11,7 @@ import (
 
 	"golang.org/x/term"
 
-	sess "banger/applets/session"
+	sess "banger/internal/session"
 )
 
 // The client's terminal during a session: raw mode for a PTY session,

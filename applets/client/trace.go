@@ -10,8 +10,8 @@ import (
 
 	"github.com/urfave/cli/v2"
 
-	"banger/applets/dirs"
-	"banger/applets/trace"
+	"banger/internal/dirs"
+	"banger/internal/trace"
 	"banger/logging/logfile"
 	"banger/rpc"
 )

@@ -12,8 +12,8 @@ import (
 
 	"github.com/urfave/cli/v2"
 
-	"banger/applets/api"
-	"banger/applets/printable"
+	"banger/internal/api"
+	"banger/internal/printable"
 )
 
 func newVMCommand() *cli.Command {

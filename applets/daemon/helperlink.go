@@ -11,8 +11,8 @@ import (
 	"strings"
 	"sync"
 
-	"banger/applets/api"
-	"banger/applets/dirs"
+	"banger/internal/api"
+	"banger/internal/dirs"
 	"banger/logging"
 	"banger/rpc"
 )

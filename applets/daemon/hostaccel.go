@@ -3,8 +3,8 @@ package daemon
 import (
 	"context"
 
-	"banger/applets/api"
 	"banger/applets/daemon/engine"
+	"banger/internal/api"
 	"banger/rpc"
 )
 

@@ -5,8 +5,8 @@ import (
 	"strings"
 	"testing"
 
-	"banger/applets/api"
 	"banger/applets/daemon/engine"
+	"banger/internal/api"
 	"banger/rpc"
 )
 

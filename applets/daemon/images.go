@@ -3,11 +3,11 @@ package daemon
 import (
 	"context"
 
-	"banger/applets/api"
 	"banger/applets/daemon/imagestore"
 	"banger/applets/daemon/kernel/kernelbuild"
 	"banger/applets/daemon/state"
 	"banger/applets/daemon/warm"
+	"banger/internal/api"
 	"banger/logging"
 	"banger/rpc"
 )

@@ -9,10 +9,10 @@ import (
 	"sync"
 	"time"
 
-	"banger/applets/api"
 	"banger/applets/daemon/imagestore"
 	"banger/applets/daemon/kernel/kernelbuild"
 	"banger/applets/daemon/operation"
+	"banger/internal/api"
 	"banger/logging"
 	"banger/rpc"
 )

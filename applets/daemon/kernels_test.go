@@ -8,9 +8,9 @@ import (
 	"testing"
 	"time"
 
-	"banger/applets/api"
 	"banger/applets/daemon/kernel/kernelbuild"
 	"banger/applets/daemon/operation"
+	"banger/internal/api"
 	"banger/rpc"
 )
 

@@ -11,9 +11,9 @@ import (
 	"testing"
 	"time"
 
-	"banger/applets/api"
 	"banger/applets/daemon/state"
 	"banger/applets/daemon/warm"
+	"banger/internal/api"
 )
 
 // The VM lifecycle without QEMU: a machine that "runs" at once and a guest

@@ -6,7 +6,7 @@ import (
 	"runtime"
 	"time"
 
-	"banger/applets/api"
+	"banger/internal/api"
 	"banger/logging"
 	"banger/rpc"
 )

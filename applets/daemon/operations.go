@@ -5,9 +5,9 @@ import (
 	"encoding/json"
 	"time"
 
-	"banger/applets/api"
 	"banger/applets/daemon/operation"
 	"banger/applets/daemon/state"
+	"banger/internal/api"
 	"banger/logging"
 	"banger/rpc"
 )

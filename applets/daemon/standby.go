@@ -11,10 +11,10 @@ import (
 
 	"github.com/oklog/ulid/v2"
 
-	"banger/applets/api"
 	"banger/applets/daemon/engine"
 	"banger/applets/daemon/state"
 	"banger/applets/daemon/warm"
+	"banger/internal/api"
 	"banger/logging"
 )
 

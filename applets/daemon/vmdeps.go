@@ -7,8 +7,8 @@ import (
 	"net/netip"
 	"time"
 
-	"banger/applets/api"
 	"banger/applets/daemon/state"
+	"banger/internal/api"
 )
 
 // What the VM service needs of the engine, the image store and the guest

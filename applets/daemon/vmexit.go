@@ -7,7 +7,7 @@ import (
 	"time"
 
 	"banger/applets/daemon/state"
-	"banger/applets/printable"
+	"banger/internal/printable"
 	"banger/logging"
 	"banger/rpc"
 )

@@ -12,10 +12,10 @@ import (
 
 	"github.com/rs/zerolog"
 
-	"banger/applets/api"
 	"banger/applets/daemon/operation"
 	"banger/applets/daemon/state"
 	"banger/applets/daemon/vmdns"
+	"banger/internal/api"
 	"banger/logging"
 	"banger/rpc"
 )

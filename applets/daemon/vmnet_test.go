@@ -16,9 +16,9 @@ import (
 	"github.com/miekg/dns"
 	"github.com/rs/zerolog"
 
-	"banger/applets/api"
 	"banger/applets/daemon/operation"
 	"banger/applets/daemon/state"
+	"banger/internal/api"
 	"banger/rpc"
 )
 

@@ -4,9 +4,9 @@ import (
 	"context"
 	"slices"
 
-	"banger/applets/api"
 	"banger/applets/daemon/state"
 	"banger/applets/daemon/usernet"
+	"banger/internal/api"
 	"banger/rpc"
 )
 

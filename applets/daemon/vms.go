@@ -16,10 +16,10 @@ import (
 	"github.com/rs/zerolog"
 	"golang.org/x/sys/unix"
 
-	"banger/applets/api"
 	"banger/applets/daemon/engine"
 	"banger/applets/daemon/operation"
 	"banger/applets/daemon/state"
+	"banger/internal/api"
 	"banger/logging"
 	"banger/rpc"
 )

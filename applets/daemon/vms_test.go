@@ -9,8 +9,8 @@ import (
 	"testing"
 	"time"
 
-	"banger/applets/api"
 	"banger/applets/daemon/state"
+	"banger/internal/api"
 	"banger/rpc"
 )
 

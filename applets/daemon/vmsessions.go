@@ -13,10 +13,10 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"banger/applets/agentlink"
-	"banger/applets/api"
 	"banger/applets/daemon/state"
-	"banger/applets/session"
+	"banger/internal/agentlink"
+	"banger/internal/api"
+	"banger/internal/session"
 	"banger/logging"
 	"banger/rpc"
 )

@@ -7,10 +7,10 @@ import (
 	"os"
 	"path/filepath"
 
-	"banger/applets/api"
 	"banger/applets/daemon/engine"
 	"banger/applets/daemon/operation"
 	"banger/applets/daemon/state"
+	"banger/internal/api"
 	"banger/rpc"
 )
 

@@ -16,8 +16,6 @@ import (
 	"time"
 
 	"banger/applets/agent/boot"
-	"banger/applets/agentlink"
-	"banger/applets/api"
 	"banger/applets/daemon/engine"
 	"banger/applets/daemon/imagestore"
 	"banger/applets/daemon/kernel"
@@ -26,7 +24,9 @@ import (
 	"banger/applets/daemon/state"
 	"banger/applets/daemon/usernet"
 	"banger/applets/daemon/warm"
-	"banger/applets/printable"
+	"banger/internal/agentlink"
+	"banger/internal/api"
+	"banger/internal/printable"
 	"banger/logging"
 	"banger/rpc"
 )

@@ -13,14 +13,14 @@ import (
 	"github.com/oklog/ulid/v2"
 	"github.com/prometheus/procfs"
 
-	"banger/applets/agentlink"
-	"banger/applets/api"
 	"banger/applets/daemon/engine"
 	"banger/applets/daemon/filecopy"
 	"banger/applets/daemon/operation"
 	"banger/applets/daemon/state"
 	"banger/applets/daemon/warm"
-	"banger/applets/session"
+	"banger/internal/agentlink"
+	"banger/internal/api"
+	"banger/internal/session"
 	"banger/logging"
 	"banger/rpc"
 )

@@ -25,8 +25,8 @@ import (
 	"github.com/rs/zerolog"
 	"github.com/urfave/cli/v2"
 
-	"banger/applets/api"
-	"banger/applets/service"
+	"banger/internal/api"
+	"banger/internal/service"
 	"banger/logging"
 	"banger/rpc"
 )

@@ -11,7 +11,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"banger/applets/dirs"
+	"banger/internal/dirs"
 	"banger/rpc"
 )
 

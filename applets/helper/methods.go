@@ -4,7 +4,7 @@ import (
 	"context"
 	"os"
 
-	"banger/applets/api"
+	"banger/internal/api"
 	"banger/rpc"
 )
 

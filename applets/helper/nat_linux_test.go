@@ -14,7 +14,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 
-	"banger/applets/api"
+	"banger/internal/api"
 )
 
 // onThreadIn runs fn on a thread of its own in the network namespace ns.

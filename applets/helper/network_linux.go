@@ -10,7 +10,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
-	"banger/applets/api"
+	"banger/internal/api"
 	"banger/rpc"
 )
 

@@ -17,7 +17,7 @@ import (
 	"github.com/google/nftables/expr"
 	"github.com/vishvananda/netlink"
 
-	"banger/applets/api"
+	"banger/internal/api"
 	"banger/rpc"
 )
 

@@ -16,7 +16,7 @@ import (
 	"slices"
 	"strings"
 
-	"banger/applets/api"
+	"banger/internal/api"
 	"banger/rpc"
 )
 

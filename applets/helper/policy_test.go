@@ -11,7 +11,7 @@ import (
 
 	"github.com/rs/zerolog"
 
-	"banger/applets/api"
+	"banger/internal/api"
 	"banger/logging"
 	"banger/rpc"
 )

@@ -5,7 +5,7 @@ import (
 	"os"
 	"path/filepath"
 
-	"banger/applets/dirs"
+	"banger/internal/dirs"
 )
 
 // Files of an instance directory. Everything about one VM lives in its

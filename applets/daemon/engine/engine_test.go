@@ -20,7 +20,7 @@ import (
 
 	"banger/applets/agent/boot"
 	"banger/applets/daemon/imagestore"
-	"banger/applets/dirs"
+	"banger/internal/dirs"
 	"banger/rpc"
 )
 

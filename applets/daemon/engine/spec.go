@@ -6,7 +6,7 @@ import (
 	"strings"
 
 	"banger/applets/agent/boot"
-	"banger/applets/api"
+	"banger/internal/api"
 	"banger/rpc"
 )
 

@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"banger/applets/api"
+	"banger/internal/api"
 )
 
 // hostParts returns the host's kernel and busybox, or skips the test

@@ -13,7 +13,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"banger/applets/agent/boot"
-	"banger/applets/api"
+	"banger/internal/api"
 	"banger/logging"
 	"banger/rpc"
 )

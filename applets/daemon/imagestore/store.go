@@ -29,7 +29,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"banger/applets/api"
+	"banger/internal/api"
 	"banger/rpc"
 )
 

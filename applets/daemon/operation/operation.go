@@ -14,7 +14,7 @@ import (
 	"sync"
 	"time"
 
-	"banger/applets/api"
+	"banger/internal/api"
 	"banger/logging"
 	"banger/rpc"
 )

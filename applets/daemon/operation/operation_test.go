@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"banger/applets/api"
+	"banger/internal/api"
 	"banger/rpc"
 )
 

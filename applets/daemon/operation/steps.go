@@ -6,7 +6,7 @@ import (
 	"slices"
 	"time"
 
-	"banger/applets/api"
+	"banger/internal/api"
 	"banger/logging"
 	"banger/rpc"
 )

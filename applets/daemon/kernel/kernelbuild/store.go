@@ -22,7 +22,7 @@ import (
 	"strings"
 	"time"
 
-	"banger/applets/api"
+	"banger/internal/api"
 	"banger/rpc"
 )
 

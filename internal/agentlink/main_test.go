@@ -13,10 +13,10 @@ import (
 	"time"
 
 	"banger/applets/agent/boot"
-	"banger/applets/agentlink"
 	"banger/applets/daemon/engine"
 	"banger/applets/daemon/imagestore"
 	"banger/applets/daemon/kernel"
+	"banger/internal/agentlink"
 )
 
 // The real-guest tests of this package boot Debian's kernel under QEMU

@@ -14,7 +14,7 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"banger/applets/printable"
+	"banger/internal/printable"
 )
 
 // Source is one log to read: a file or journalctl's output.

@@ -1,6 +1,6 @@
 package api
 
-import "banger/applets/session"
+import "banger/internal/session"
 
 // Methods of the daemon's stream socket (dirs.StreamSocket): their call
 // goes on as a session (package session) after the response.

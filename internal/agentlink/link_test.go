@@ -16,7 +16,7 @@ import (
 	"github.com/hashicorp/yamux"
 	"github.com/rs/zerolog"
 
-	"banger/applets/agentlink"
+	"banger/internal/agentlink"
 	"banger/rpc"
 )
 

@@ -20,8 +20,8 @@ import (
 	"time"
 
 	"banger/applets/agent/boot"
-	"banger/applets/agentlink"
-	"banger/applets/session"
+	"banger/internal/agentlink"
+	"banger/internal/session"
 )
 
 // The session tests run commands in the guest, so their image is the

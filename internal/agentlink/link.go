@@ -24,7 +24,7 @@ import (
 
 	"github.com/hashicorp/yamux"
 
-	"banger/applets/printable"
+	"banger/internal/printable"
 	"banger/logging"
 	"banger/rpc"
 )

@@ -11,8 +11,8 @@ import (
 	"testing"
 	"time"
 
-	"banger/applets/agentlink"
 	"banger/applets/daemon/engine"
+	"banger/internal/agentlink"
 	"banger/rpc"
 )
 

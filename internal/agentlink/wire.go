@@ -1,7 +1,7 @@
 package agentlink
 
 import (
-	"banger/applets/api"
+	"banger/internal/api"
 
 	"bytes"
 	"encoding/hex"

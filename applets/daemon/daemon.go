@@ -205,7 +205,8 @@ func run(ctx context.Context, build api.Build, o options) error {
 	if err != nil {
 		return fail(service.ExitUsage, err)
 	}
-	if d.vms, d.images, err = newVMs(startCtx, o.stateDir, accel, warmOpts, db, d.ops, helper, bridge, interruptedCreates(interrupted)); err != nil {
+	if d.vms, d.images, err = newVMs(startCtx, vmsConfig{StateDir: o.stateDir, Accel: accel, Warm: warmOpts,
+		DB: db, Ops: d.ops, Helper: helper, Bridge: bridge, Interrupted: interruptedCreates(interrupted)}); err != nil {
 		return fail(service.ExitFailed, err)
 	}
 	defer d.vms.shutdown()

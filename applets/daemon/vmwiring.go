@@ -636,9 +636,23 @@ func initrdBuilder(agent string, kernels *kernelbuild.Store) func(ctx context.Co
 	}
 }
 
-// newVMs opens the image store and the engine under stateDir and
-// reconciles the VMs a previous daemon left.
-func newVMs(ctx context.Context, stateDir string, accel engine.Accel, wo warmOptions, db *state.DB, ops *operation.Registry, helper vmHelper, bridge bridgeNet, interrupted map[string]bool) (*vmService, *imageMethods, error) {
+// vmsConfig is what the daemon's start gives the VM service.
+type vmsConfig struct {
+	StateDir string // images, kernels, snapshots and VMs live under it
+	Accel    engine.Accel
+	Warm     warmOptions
+	DB       *state.DB
+	Ops      *operation.Registry
+	Helper   vmHelper
+	Bridge   bridgeNet
+	// Interrupted names the creates a previous daemon left half done.
+	Interrupted map[string]bool
+}
+
+// newVMs opens the image store and the engine under the state directory
+// and reconciles the VMs a previous daemon left.
+func newVMs(ctx context.Context, c vmsConfig) (*vmService, *imageMethods, error) {
+	stateDir, db := c.StateDir, c.DB
 	self, err := os.Executable()
 	if err != nil {
 		return nil, nil, fmt.Errorf("find this binary (the guest agent): %w", err)
@@ -664,14 +678,14 @@ func newVMs(ctx context.Context, stateDir string, accel engine.Accel, wo warmOpt
 	}
 	// Hashed once, when first needed: 25 MB is not worth a slower start.
 	agentSum := sync.OnceValues(func() (string, error) { return fileSHA256(self) })
-	eng := &qemuEngine{q: &engine.QEMU{StateDir: stateDir}, accel: accel}
+	eng := &qemuEngine{q: &engine.QEMU{StateDir: stateDir}, accel: c.Accel}
 	images := &storeImages{store: store, agent: self, kernels: kernels, agentSum: agentSum, usedBy: db.ImageUsers}
-	s := newVMService(db, ops, eng, images, filepath.Join(stateDir, "vms"), helper, bridge)
+	s := newVMService(db, c.Ops, eng, images, filepath.Join(stateDir, "vms"), c.Helper, c.Bridge)
 	s.log = *logging.From(ctx)
-	if s.warm, err = newWarmStarts(snaps, wo, agentSum); err != nil {
+	if s.warm, err = newWarmStarts(snaps, c.Warm, agentSum); err != nil {
 		return nil, nil, err
 	}
-	if err := s.reconcile(ctx, interrupted); err != nil {
+	if err := s.reconcile(ctx, c.Interrupted); err != nil {
 		return nil, nil, fmt.Errorf("reconcile VMs: %w", err)
 	}
 	s.sweepStandbys(ctx)

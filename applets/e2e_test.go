@@ -58,6 +58,10 @@ func newSandbox(t testing.TB) *sandbox {
 		// is tested on its own), and git without the user's config.
 		"BANGER_ACCEL=tcg", "BANGER_STANDBY_MIN_FREE=64M", "GIT_CONFIG_GLOBAL=/dev/null", "GIT_CONFIG_NOSYSTEM=1")
 	t.Cleanup(func() {
+		if t.Failed() {
+			// What the daemon was doing, before the directory goes.
+			t.Logf("the end of the daemon's log:\n%s", lastLines(s.daemonLog(), 60))
+		}
 		s.stopDaemon()
 		// VMs outlive their daemon by design: a failed test must not leave
 		// its guests running.
@@ -67,6 +71,16 @@ func newSandbox(t testing.TB) *sandbox {
 		os.RemoveAll(dir)
 	})
 	return s
+}
+
+// lastLines is the last n lines of a file, or why there are none.
+func lastLines(path string, n int) string {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return err.Error()
+	}
+	lines := strings.Split(strings.TrimRight(string(data), "\n"), "\n")
+	return strings.Join(lines[max(0, len(lines)-n):], "\n")
 }
 
 // cleanEnv is the test's environment without banger's own variables, so a

@@ -62,6 +62,9 @@ type standbyPool struct {
 	// filling is closed when the filler of this pool ends; nil when none
 	// runs. One filler at a time makes the pool's standbys one by one.
 	filling chan struct{}
+	// stopFill cancels the filler's work: a standby no one will take is
+	// not worth finishing (the image deleted, the daemon stopping).
+	stopFill context.CancelFunc
 	// skipped says why the last fill made no standby (the host's memory),
 	// and when; "" once one was made.
 	skipped   string
@@ -187,12 +190,14 @@ func (s *vmService) fillStandby(ctx context.Context, key warm.Key, img vmImage, 
 		return
 	}
 	done := make(chan struct{})
-	pool.filling = done
+	ctx, stop := context.WithCancel(ctx)
+	pool.filling, pool.stopFill = done, stop
 	w.mu.Unlock()
 	defer func() {
 		w.mu.Lock()
-		pool.filling = nil
+		pool.filling, pool.stopFill = nil, nil
 		w.mu.Unlock()
+		stop()
 		close(done)
 	}()
 	log := logging.From(ctx)
@@ -213,7 +218,7 @@ func (s *vmService) fillStandby(ctx context.Context, key warm.Key, img vmImage, 
 		sb, err := s.makeStandby(ctx, key, img, saved)
 		saved = nil
 		if err != nil {
-			if errors.Is(err, errNoSnapshot) {
+			if errors.Is(err, errNoSnapshot) || ctx.Err() != nil {
 				log.Debug().Err(err).Msg("no standby")
 			} else {
 				log.Warn().Err(err).Msg("no standby")
@@ -307,7 +312,9 @@ func (s *vmService) makeStandby(ctx context.Context, key warm.Key, img vmImage, 
 		return errors.Join(err, sb.proc.Pause(ctx))
 	})
 	if err != nil {
-		s.discardStandby(ctx, sb)
+		// Waited for even when the fill was stopped: whoever stopped it
+		// counts on the standby's QEMU being gone.
+		s.discardStandby(context.WithoutCancel(ctx), sb)
 		return nil, err
 	}
 	return sb, nil
@@ -364,6 +371,9 @@ func (s *vmService) dropStandby(ctx context.Context, image string) {
 	var filling chan struct{}
 	if pool != nil {
 		filling = pool.filling
+		if pool.stopFill != nil {
+			pool.stopFill()
+		}
 	}
 	s.warm.mu.Unlock()
 	if pool == nil {
@@ -396,11 +406,12 @@ func (s *vmService) closeStandbys(ctx context.Context) {
 	for _, p := range s.warm.pools {
 		if p.filling != nil {
 			filling = append(filling, p.filling)
+			p.stopFill()
 		}
 	}
 	s.warm.mu.Unlock()
-	// A standby on its way sees closed once loaded and discards itself;
-	// the daemon must not exit before.
+	// A standby on its way is stopped and discards itself; the daemon
+	// must not exit before.
 	for _, ch := range filling {
 		select {
 		case <-ch:

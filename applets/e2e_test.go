@@ -189,6 +189,9 @@ func (s *sandbox) startProcess(uid int, stderr *bytes.Buffer, bin string, args .
 	cmd := exec.Command(bin, args...)
 	cmd.Env = s.env
 	cmd.Stderr = stderr
+	// A child that outlives it must not hold Wait (and the test's
+	// cleanup) on its stderr.
+	cmd.WaitDelay = 5 * time.Second
 	if uid != 0 {
 		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uint32(uid), Gid: uint32(uid)}}
 	}

@@ -62,9 +62,6 @@ type standbyPool struct {
 	// filling is closed when the filler of this pool ends; nil when none
 	// runs. One filler at a time makes the pool's standbys one by one.
 	filling chan struct{}
-	// stopFill cancels the filler's work: a standby no one will take is
-	// not worth finishing (the image deleted, the daemon stopping).
-	stopFill context.CancelFunc
 	// skipped says why the last fill made no standby (the host's memory),
 	// and when; "" once one was made.
 	skipped   string
@@ -190,14 +187,12 @@ func (s *vmService) fillStandby(ctx context.Context, key warm.Key, img vmImage, 
 		return
 	}
 	done := make(chan struct{})
-	ctx, stop := context.WithCancel(ctx)
-	pool.filling, pool.stopFill = done, stop
+	pool.filling = done
 	w.mu.Unlock()
 	defer func() {
 		w.mu.Lock()
-		pool.filling, pool.stopFill = nil, nil
+		pool.filling = nil
 		w.mu.Unlock()
-		stop()
 		close(done)
 	}()
 	log := logging.From(ctx)
@@ -218,7 +213,7 @@ func (s *vmService) fillStandby(ctx context.Context, key warm.Key, img vmImage, 
 		sb, err := s.makeStandby(ctx, key, img, saved)
 		saved = nil
 		if err != nil {
-			if errors.Is(err, errNoSnapshot) || ctx.Err() != nil {
+			if errors.Is(err, errNoSnapshot) {
 				log.Debug().Err(err).Msg("no standby")
 			} else {
 				log.Warn().Err(err).Msg("no standby")
@@ -312,9 +307,7 @@ func (s *vmService) makeStandby(ctx context.Context, key warm.Key, img vmImage, 
 		return errors.Join(err, sb.proc.Pause(ctx))
 	})
 	if err != nil {
-		// Waited for even when the fill was stopped: whoever stopped it
-		// counts on the standby's QEMU being gone.
-		s.discardStandby(context.WithoutCancel(ctx), sb)
+		s.discardStandby(ctx, sb)
 		return nil, err
 	}
 	return sb, nil
@@ -371,9 +364,6 @@ func (s *vmService) dropStandby(ctx context.Context, image string) {
 	var filling chan struct{}
 	if pool != nil {
 		filling = pool.filling
-		if pool.stopFill != nil {
-			pool.stopFill()
-		}
 	}
 	s.warm.mu.Unlock()
 	if pool == nil {
@@ -406,12 +396,11 @@ func (s *vmService) closeStandbys(ctx context.Context) {
 	for _, p := range s.warm.pools {
 		if p.filling != nil {
 			filling = append(filling, p.filling)
-			p.stopFill()
 		}
 	}
 	s.warm.mu.Unlock()
-	// A standby on its way is stopped and discards itself; the daemon
-	// must not exit before.
+	// A standby on its way sees closed once loaded and discards itself;
+	// the daemon must not exit before.
 	for _, ch := range filling {
 		select {
 		case <-ch:

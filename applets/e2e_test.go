@@ -206,7 +206,13 @@ func (s *sandbox) startProcess(uid int, stderr *bytes.Buffer, bin string, args .
 		case <-done:
 		case <-time.After(15 * time.Second):
 			cmd.Process.Kill()
-			<-done
+			select {
+			case <-done:
+			case <-time.After(15 * time.Second):
+				// Killed, but Wait still waits for its stderr: a process
+				// it left holds that pipe. Say so rather than hang.
+				s.t.Errorf("%s %v: its stderr is still held open 15 s after it was killed", cmd.Path, cmd.Args[1:])
+			}
 		}
 	})
 	return cmd

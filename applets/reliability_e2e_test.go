@@ -161,8 +161,11 @@ func TestWarmFaultsFallBack(t *testing.T) {
 	r = run()
 	wantStart(t, r, false)
 	wantStart(t, run(), true)
+	// Its exit, not d.Wait: startProcess already waits for it, so a
+	// second Wait returns at once, and the next daemon would start while
+	// this one still holds the socket.
 	d.Process.Signal(syscall.SIGTERM)
-	d.Wait()
+	waitFor(t, time.Minute, func() bool { return syscall.Kill(d.Process.Pid, 0) != nil })
 	s.daemon()
 	s.assertNothingLeft()
 }

@@ -6,6 +6,7 @@ import (
 	"net"
 	"os/exec"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -119,7 +120,8 @@ func TestUserModeGuestsReachNothingOfTheHost(t *testing.T) {
 	// A daemon that restarts connects the running VMs' networks again,
 	// with their published ports and allowed ports.
 	d.Process.Kill()
-	d.Wait()
+	// startProcess waits for it; a second Wait would return at once.
+	waitFor(t, 30*time.Second, func() bool { return syscall.Kill(d.Process.Pid, 0) != nil })
 	u.daemon()
 	if !u.reaches("allowed", outside) || !u.reaches("allowed", gateway(loopPort)) {
 		t.Errorf("after a daemon restart, the guest lost its network")

@@ -59,8 +59,9 @@ func newSandbox(t testing.TB) *sandbox {
 		"BANGER_ACCEL=tcg", "BANGER_STANDBY_MIN_FREE=64M", "GIT_CONFIG_GLOBAL=/dev/null", "GIT_CONFIG_NOSYSTEM=1")
 	t.Cleanup(func() {
 		if t.Failed() {
-			// What the daemon was doing, before the directory goes.
-			t.Logf("the end of the daemon's log:\n%s", lastLines(s.daemonLog(), 60))
+			// What the daemon was doing, before the directory goes: what
+			// went wrong first (CI keeps only a part of long output).
+			t.Logf("the daemon's warnings:\n%s\nthe end of its log:\n%s", warnLines(s.daemonLog(), 40), lastLines(s.daemonLog(), 30))
 		}
 		s.stopDaemon()
 		// VMs outlive their daemon by design: a failed test must not leave
@@ -81,6 +82,21 @@ func lastLines(path string, n int) string {
 	}
 	lines := strings.Split(strings.TrimRight(string(data), "\n"), "\n")
 	return strings.Join(lines[max(0, len(lines)-n):], "\n")
+}
+
+// warnLines is the first n warning and error records of a log file.
+func warnLines(path string, n int) string {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return err.Error()
+	}
+	var warns []string
+	for _, l := range strings.Split(string(data), "\n") {
+		if len(warns) < n && (strings.Contains(l, `"level":"warn"`) || strings.Contains(l, `"level":"error"`)) {
+			warns = append(warns, l)
+		}
+	}
+	return strings.Join(warns, "\n")
 }
 
 // cleanEnv is the test's environment without banger's own variables, so a

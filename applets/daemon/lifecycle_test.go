@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -30,6 +31,8 @@ type machineEngine struct {
 	procs   []*fakeMachine
 	waitErr error // what each machine's agent answers WaitAgent
 	loadErr error // what each machine answers LoadState
+	// standbyFails is how many launches of a standby fail from now on.
+	standbyFails int
 }
 
 func (e *machineEngine) Launch(ctx context.Context, spec launchSpec) (vmProcess, error) {
@@ -38,6 +41,10 @@ func (e *machineEngine) Launch(ctx context.Context, spec launchSpec) (vmProcess,
 	e.launched = append(e.launched, spec)
 	if e.launchErr != nil {
 		return nil, e.launchErr
+	}
+	if spec.AwaitState && e.standbyFails > 0 {
+		e.standbyFails--
+		return nil, errors.New("QEMU did not answer in time")
 	}
 	m := &fakeMachine{pid: 1000 + len(e.procs), exited: make(chan struct{}), waitErr: e.waitErr, loadErr: e.loadErr, ports: map[int]bool{}}
 	e.procs = append(e.procs, m)
@@ -330,5 +337,48 @@ func TestWarmLadder(t *testing.T) {
 	}
 	if ms := e.machines(); !ms[2].killed {
 		t.Error("the process that failed to restore was not killed")
+	}
+}
+
+// A standby that fails to be made (a host under load) is tried again: the
+// pool heals without waiting for the next create, and says why it was
+// empty until then.
+func TestAFailedStandbyIsTriedAgain(t *testing.T) {
+	s, e := warmService(t)
+	s.warm.perImage = 1
+	e.mu.Lock()
+	e.standbyFails = standbyAttempts - 1
+	e.mu.Unlock()
+	if op := create(t, s, api.VMCreate{Name: "first"}); op.State != api.OpSucceeded {
+		t.Fatalf("create: %+v", op)
+	}
+	if st := s.standbyStatus(api.DefaultImage); st.Ready == 0 && !st.Filling {
+		t.Fatalf("no standby and none on its way: %+v", st)
+	}
+	deadline := time.Now().Add(time.Duration(standbyAttempts*standbyAttempts) * standbyRetryPause)
+	for s.standbyStatus(api.DefaultImage).Ready == 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("no standby after %d failures: %+v", standbyAttempts-1, s.standbyStatus(api.DefaultImage))
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if st := s.standbyStatus(api.DefaultImage); st.Skipped != "" {
+		t.Errorf("a ready standby still says why there is none: %q", st.Skipped)
+	}
+
+	// One failure too many leaves the pool empty, and says why.
+	sb := s.takeStandby(context.Background(), &warmPlan{key: s.warm.pools[api.DefaultImage].key, usable: true}, state.VM{Network: api.NetworkUser})
+	if sb == nil {
+		t.Fatal("no standby to take")
+	}
+	s.discardStandby(context.Background(), sb)
+	e.mu.Lock()
+	e.standbyFails = standbyAttempts
+	e.mu.Unlock()
+	key := s.warm.pools[api.DefaultImage].key
+	s.fillStandby(context.Background(), key, vmImage{Name: api.DefaultImage}, nil)
+	st := s.standbyStatus(api.DefaultImage)
+	if st.Ready != 0 || st.Filling || !strings.Contains(st.Skipped, "QEMU did not answer in time") {
+		t.Errorf("after %d failures: %+v", standbyAttempts, st)
 	}
 }

@@ -43,6 +43,14 @@ const standbyWait = 2 * time.Second
 // milliseconds, and a create that finds a hung one restores instead.
 const standbyCheckTimeout = 2 * time.Second
 
+// standbyAttempts is how many standbys in a row a fill tries to make
+// before it leaves the pool empty, standbyRetryPause the pause after the
+// first failure (then twice that, ...).
+const (
+	standbyAttempts   = 3
+	standbyRetryPause = time.Second
+)
+
 // standbyOverheadMiB is what a standby costs the host beyond its guest's
 // memory: QEMU itself and its translation cache, as measured under TCG.
 const standbyOverheadMiB = 96
@@ -62,8 +70,9 @@ type standbyPool struct {
 	// filling is closed when the filler of this pool ends; nil when none
 	// runs. One filler at a time makes the pool's standbys one by one.
 	filling chan struct{}
-	// skipped says why the last fill made no standby (the host's memory),
-	// and when; "" once one was made.
+	// skipped says why the last fill made no standby (the host's
+	// memory, or the last attempt's error), and when; "" once one was
+	// made.
 	skipped   string
 	skippedAt time.Time
 }
@@ -196,6 +205,7 @@ func (s *vmService) fillStandby(ctx context.Context, key warm.Key, img vmImage, 
 		close(done)
 	}()
 	log := logging.From(ctx)
+	failed := 0 // attempts in a row that made none
 	for {
 		w.mu.Lock()
 		full := w.closed || len(pool.ready) >= w.perImage || w.pools[key.Image] != pool
@@ -212,14 +222,26 @@ func (s *vmService) fillStandby(ctx context.Context, key warm.Key, img vmImage, 
 		}
 		sb, err := s.makeStandby(ctx, key, img, saved)
 		saved = nil
-		if err != nil {
-			if errors.Is(err, errNoSnapshot) {
-				log.Debug().Err(err).Msg("no standby")
-			} else {
-				log.Warn().Err(err).Msg("no standby")
-			}
+		if errors.Is(err, errNoSnapshot) {
+			log.Debug().Err(err).Msg("no standby")
 			return
 		}
+		if err != nil {
+			// A host under load can fail one (a guest slow to answer):
+			// try again a little later, a few times, before leaving the
+			// pool to the next create.
+			failed++
+			w.mu.Lock()
+			pool.skipped, pool.skippedAt = "making one failed: "+err.Error(), time.Now()
+			w.mu.Unlock()
+			log.Warn().Err(err).Int("attempt", failed).Msg("no standby")
+			if failed == standbyAttempts {
+				return
+			}
+			time.Sleep(time.Duration(failed) * standbyRetryPause)
+			continue
+		}
+		failed = 0
 		w.mu.Lock()
 		keep := !w.closed && w.pools[key.Image] == pool
 		if keep {

@@ -1,11 +1,11 @@
-package applets_test
+package e2e_test
 
 // The user-mode network (issue 13): how fast a guest downloads through
 // the daemon's user-space stack, beside the host downloading the same
 // file from the same server in the same iteration, and what a running
 // user-mode VM costs the daemon in memory.
 //
-//	go test -run '^$' -bench UserNet -benchtime 5x ./applets/
+//	go test -run '^$' -bench UserNet -benchtime 5x ./e2e/
 
 import (
 	"bytes"

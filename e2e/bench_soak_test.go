@@ -1,4 +1,4 @@
-package applets_test
+package e2e_test
 
 import (
 	"fmt"
@@ -26,7 +26,7 @@ import (
 // the longest gap for a quick try; BANGER_SOAK_REPORT names a file for
 // the markdown table.
 //
-//	BANGER_SOAK=70m go test -run '^$' -bench Soak -benchtime 1x -timeout 0 ./applets/
+//	BANGER_SOAK=70m go test -run '^$' -bench Soak -benchtime 1x -timeout 0 ./e2e/
 func BenchmarkSoak(b *testing.B) {
 	total, err := time.ParseDuration(os.Getenv("BANGER_SOAK"))
 	if err != nil || total <= 0 {

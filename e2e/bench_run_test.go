@@ -1,9 +1,9 @@
-package applets_test
+package e2e_test
 
 // Sandbox benchmarks (issue 4): banger's main job against a bare boot,
 // the exec round trip on a running VM, and the workspace copy.
 //
-//	go test -run '^$' -bench 'VMRun|Exec|Workspace' -benchtime 5x ./applets/
+//	go test -run '^$' -bench 'VMRun|Exec|Workspace' -benchtime 5x ./e2e/
 //
 // Targets:
 //

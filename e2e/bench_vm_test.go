@@ -1,10 +1,10 @@
-package applets_test
+package e2e_test
 
 // Real-guest benchmarks (issue 3): what banger's orchestration adds to a
 // boot, how the daemon answers while guests boot, and what an idle daemon
 // costs in memory.
 //
-//	go test -run '^$' -bench 'VM|Bare|Ping|RSS' -benchtime 5x ./applets/
+//	go test -run '^$' -bench 'VM|Bare|Ping|RSS' -benchtime 5x ./e2e/
 //
 // Targets:
 //

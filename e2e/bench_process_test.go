@@ -1,4 +1,4 @@
-package applets_test
+package e2e_test
 
 // Process-level benchmarks: what running banger costs as a whole process,
 // the way a person or a script runs it, next to a peer anchor measured in
@@ -7,7 +7,7 @@ package applets_test
 // Targets (from the issue): `banger ping` costs at most 1.2× `banger
 // --version`, and no more than `ctr version` against a running containerd.
 //
-//	go test -run '^$' -bench Process -benchtime 200x -count 3 ./applets/
+//	go test -run '^$' -bench Process -benchtime 200x -count 3 ./e2e/
 //
 // Each iteration starts the real process with exec.Command(...).Run() and
 // checks that it succeeded. Besides ns/op (the mean), each benchmark

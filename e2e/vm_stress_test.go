@@ -1,4 +1,4 @@
-package applets_test
+package e2e_test
 
 // Many real guests through one daemon, several at once: nothing may hang
 // and nothing may be left behind.

@@ -34,6 +34,15 @@ const (
 	HelperSocket  = dirs.SystemHelperSocket    // the helper's, in a root-owned 0711 directory
 )
 
+// RestartDaemon is the command that restarts a daemon: the system
+// install's (systemd runs it) or a user's own.
+func RestartDaemon(system bool) string {
+	if system {
+		return "sudo systemctl restart " + DaemonUnit
+	}
+	return "banger daemon stop && banger daemon start"
+}
+
 // Config is a system install, as /etc/banger/install.toml keeps it.
 type Config struct {
 	Owner  string `toml:"owner" json:"owner"`

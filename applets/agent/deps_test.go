@@ -1,9 +1,10 @@
 package agent
 
 import (
-	"os/exec"
 	"strings"
 	"testing"
+
+	"banger/internal/depstest"
 )
 
 // TestImportGraph keeps the guest side lean: the agent and its boot
@@ -11,17 +12,7 @@ import (
 // or its dependencies, and the boot contract imports only the standard
 // library.
 func TestImportGraph(t *testing.T) {
-	goTool, err := exec.LookPath("go")
-	if err != nil {
-		t.Skip("no go tool")
-	}
-	deps := func(pkg string) []string {
-		out, err := exec.Command(goTool, "list", "-deps", "-f", "{{if not .Standard}}{{.ImportPath}}{{end}}", pkg).Output()
-		if err != nil {
-			t.Fatalf("go list %s: %v", pkg, err)
-		}
-		return strings.Fields(string(out))
-	}
+	deps := func(pkg string) []string { return depstest.Deps(t, pkg) }
 	for _, d := range deps("banger/applets/agent/boot") {
 		if d != "banger/applets/agent/boot" {
 			t.Errorf("the boot contract imports %s", d)

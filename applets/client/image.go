@@ -144,8 +144,8 @@ func printImage(w io.Writer, im api.Image) {
 	if w := im.Warm; w != nil {
 		fmt.Fprintf(tw, "warm snapshot:\t%s\n", warmSummary(*w))
 	}
-	if st := im.Standby; st != nil && standbySummary(*st) != "" {
-		fmt.Fprintf(tw, "standby:\t%s\n", standbySummary(*st))
+	if st := im.Standby; st != nil && st.Summary() != "" {
+		fmt.Fprintf(tw, "standby:\t%s\n", st.Summary())
 	}
 	tw.Flush()
 }

@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"io"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/urfave/cli/v2"
@@ -56,32 +55,4 @@ func warmSummary(w api.WarmSnapshot) string {
 	}
 	return fmt.Sprintf("for %d cpu, %d MiB memory, %s; %d MiB saved, %s", w.CPUs, w.MemoryMiB, disk,
 		(w.MemoryBytes+w.DiskBytes)>>20, w.Created.Local().Format(time.DateTime))
-}
-
-// standbySummary is one line about an image's standbys, "" when there is
-// nothing to say.
-func standbySummary(st api.StandbyStatus) string {
-	var out string
-	switch {
-	case st.Ready > 0:
-		out = fmt.Sprintf("%d of %d ready (qemu pid %s)", st.Ready, st.Want, joinInts(st.PIDs))
-	case st.Filling:
-		out = "on its way"
-	case st.Skipped == "":
-		return ""
-	default:
-		out = "none"
-	}
-	if st.Skipped != "" {
-		out += fmt.Sprintf("; skipped %s: %s", st.SkippedAt.Local().Format(time.DateTime), st.Skipped)
-	}
-	return out
-}
-
-func joinInts(ns []int) string {
-	s := make([]string, len(ns))
-	for i, n := range ns {
-		s[i] = strconv.Itoa(n)
-	}
-	return strings.Join(s, ", ")
 }

@@ -29,6 +29,7 @@ import (
 	"banger/internal/service"
 	"banger/logging"
 	"banger/logging/logfile"
+	"banger/packaging"
 	"banger/rpc"
 )
 
@@ -59,6 +60,7 @@ func Main(build api.Build, args []string) int {
 			&cli.StringFlag{Name: "test-hold-stage", EnvVars: []string{"BANGER_TEST_HOLD_STAGE"}, Hidden: true, Usage: "for tests: `VM:STAGE` stops the operations on VM at the start of STAGE until they are canceled"},
 			&cli.IntFlag{Name: "dns-port", EnvVars: []string{"BANGER_DNS_PORT"}, Value: DefaultDNSPort, Usage: "answer NAME.vm for bridged VMs on 127.0.0.1:`PORT` and the bridge's address (0: a free port, -1: none)"},
 		},
+		Commands: []*cli.Command{newDoctorCommand()},
 		Action: func(c *cli.Context) error {
 			return run(c.Context, build, options{
 				socket:       c.String("socket"),
@@ -192,7 +194,8 @@ func run(ctx context.Context, build api.Build, o options) error {
 			defer stopDNS()
 		}
 	}
-	d := &daemon{build: build, started: time.Now(), helper: helper, stop: make(chan struct{}), db: db}
+	d := &daemon{build: build, started: time.Now(), helper: helper, stop: make(chan struct{}), db: db,
+		system: o.socket == packaging.DaemonSocket}
 	d.ops = operation.NewRegistry(d.persistOperation)
 	d.ops.Explain = func(err error) error { return fullStateError(o.stateDir, err) }
 	d.ops.Hold = o.holdStage
@@ -312,4 +315,5 @@ type daemon struct {
 	vms      *vmService
 	images   *imageMethods
 	kernels  *kernelMethods
+	system   bool // serving on the system install's socket: systemd runs it
 }

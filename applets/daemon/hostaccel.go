@@ -46,7 +46,7 @@ func reportAccel(ctx context.Context, configured engine.Accel, q kvmProber) (api
 		}
 	}
 	if known {
-		res.Probe = &api.KVMProbe{Usable: st.Usable, Reason: st.Reason, TookMS: st.TookMS, ProbedAt: st.ProbedAt}
+		res.Probe = &api.KVMProbe{Usable: st.Usable, Reason: st.Reason, Code: st.Code, TookMS: st.TookMS, ProbedAt: st.ProbedAt}
 	}
 	res.Usable = true
 	switch {

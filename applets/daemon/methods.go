@@ -14,8 +14,9 @@ import (
 // methods is the daemon's dispatch table.
 func (d *daemon) methods() rpc.Methods {
 	return rpc.Methods{
-		api.MethodHostCheck: rpc.Handle(d.hostCheck),
-		api.MethodHostAccel: rpc.Handle(d.hostAccel),
+		api.MethodHostCheck:  rpc.Handle(d.hostCheck),
+		api.MethodHostAccel:  rpc.Handle(d.hostAccel),
+		api.MethodHostDoctor: rpc.Handle(d.hostDoctor),
 
 		api.MethodVMCreateBegin:  rpc.Handle(d.vms.createBegin),
 		api.MethodVMStartBegin:   rpc.Handle(d.vms.startBegin),

@@ -43,7 +43,7 @@ import (
 
 // Defaults of the bridge.
 const (
-	DefaultBridge     = "banger0"
+	DefaultBridge     = api.DefaultBridge
 	DefaultBridgeCIDR = "10.77.0.0/24"
 )
 

@@ -48,6 +48,7 @@ func Main(build api.Build, args []string) int {
 			&cli.StringFlag{Name: "log-file", Usage: "also append JSON records to `FILE`"},
 			&cli.StringFlag{Name: "lock-file", Value: DefaultLockFile, Usage: "order network changes with the host's other helpers by an flock on `FILE` (its directory must be root's alone)"},
 		},
+		Commands: []*cli.Command{newDoctorCommand()},
 		Action: func(c *cli.Context) error {
 			return run(c.Context, build, options{
 				socket:   c.String("socket"),

@@ -35,8 +35,11 @@ type HostAccelResult struct {
 // once per host configuration (QEMU, kernel release, /dev/kvm) by a test
 // boot, and kept across restarts.
 type KVMProbe struct {
-	Usable   bool      `json:"usable"`
-	Reason   string    `json:"reason"`
+	Usable bool   `json:"usable"`
+	Reason string `json:"reason"`
+	// Code says why it is not usable (KVMMissing, ...); it may be empty
+	// in an answer kept by an older daemon.
+	Code     string    `json:"code,omitempty"`
 	TookMS   float64   `json:"took_ms"`
 	ProbedAt time.Time `json:"probed_at"`
 }

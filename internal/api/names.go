@@ -20,6 +20,10 @@ var (
 	mac     = Lazy(`^[0-9a-f][26ae](:[0-9a-f]{2}){5}$`)
 )
 
+// DefaultBridge is the bridge of bridged VMs: the daemon asks the helper
+// for it, and the helper's doctor reads it.
+const DefaultBridge = "banger0"
+
 // IsTapName reports whether s is a tap banger makes: "bgtap-" and 1 to 9
 // of a-z, 0-9.
 func IsTapName(s string) bool { return tapName().MatchString(s) }

@@ -1,6 +1,11 @@
 package api
 
-import "time"
+import (
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+)
 
 // Warm snapshots: image.warm.begin saves one for an image (an operation
 // of kind KindImageWarm whose result is the WarmSnapshot); vm create and
@@ -40,7 +45,32 @@ type StandbyStatus struct {
 	Filling bool  `json:"filling,omitempty"`
 	PIDs    []int `json:"pids,omitempty"`
 	// Skipped says why the daemon made no standby the last time it
-	// tried (the host's memory), and when; empty once one was made.
+	// tried (the host's memory, or the last attempt's error), and when;
+	// empty once one was made.
 	Skipped   string    `json:"skipped,omitempty"`
 	SkippedAt time.Time `json:"skipped_at,omitzero"`
+}
+
+// Summary is one line about the standbys (image show, the doctor), ""
+// when there is nothing to say.
+func (st StandbyStatus) Summary() string {
+	var out string
+	switch {
+	case st.Ready > 0:
+		pids := make([]string, len(st.PIDs))
+		for i, p := range st.PIDs {
+			pids[i] = strconv.Itoa(p)
+		}
+		out = fmt.Sprintf("%d of %d ready (qemu pid %s)", st.Ready, st.Want, strings.Join(pids, ", "))
+	case st.Filling:
+		out = "on its way"
+	case st.Skipped == "":
+		return ""
+	default:
+		out = "none"
+	}
+	if st.Skipped != "" {
+		out += fmt.Sprintf("; skipped %s: %s", st.SkippedAt.Local().Format(time.DateTime), st.Skipped)
+	}
+	return out
 }

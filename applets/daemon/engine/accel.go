@@ -17,6 +17,7 @@ import (
 	"github.com/rs/zerolog"
 	"golang.org/x/sys/unix"
 
+	"banger/internal/api"
 	"banger/logging"
 )
 
@@ -30,6 +31,9 @@ const DefaultProbeTimeout = 4 * time.Second
 type KVMStatus struct {
 	Usable bool   `json:"usable"`
 	Reason string `json:"reason"`
+	// Code says why it is not usable (api.KVMMissing, ...); "" when it
+	// is, and in answers kept before codes were.
+	Code string `json:"code,omitempty"`
 	// TookMS is how long the probe took.
 	TookMS   float64   `json:"took_ms"`
 	ProbedAt time.Time `json:"probed_at"`
@@ -143,20 +147,8 @@ func ProbeKVM(ctx context.Context, bin, kernel string, timeout time.Duration) (s
 		st.TookMS = logging.Millis(time.Since(start))
 		st.ProbedAt = start.UTC()
 	}()
-	f, err := os.OpenFile("/dev/kvm", os.O_RDWR|unix.O_CLOEXEC, 0)
-	switch {
-	case errors.Is(err, os.ErrNotExist):
-		return KVMStatus{Reason: "no /dev/kvm: KVM is not available on this host"}, true
-	case errors.Is(err, os.ErrPermission):
-		return KVMStatus{Reason: "/dev/kvm: permission denied (add the user to the kvm group)"}, true
-	case err != nil:
-		return KVMStatus{Reason: fmt.Sprintf("open /dev/kvm: %v", err)}, true
-	}
-	const kvmGetAPIVersion = 0xae00 // _IO(KVMIO, 0x00)
-	v, err := unix.IoctlRetInt(int(f.Fd()), kvmGetAPIVersion)
-	f.Close()
-	if err != nil || v != 12 {
-		return KVMStatus{Reason: fmt.Sprintf("/dev/kvm: API version %d (%v), want 12", v, err)}, true
+	if st, ok := OpenKVM(KVMDevice); !ok {
+		return st, true
 	}
 	if kernel == "" {
 		return KVMStatus{Reason: "/dev/kvm opens, but there is no kernel to test-boot with"}, false
@@ -169,15 +161,38 @@ func ProbeKVM(ctx context.Context, bin, kernel string, timeout time.Duration) (s
 	case ctx.Err() != nil:
 		return KVMStatus{Reason: fmt.Sprintf("probe interrupted: %v", ctx.Err())}, false
 	case errors.Is(err, context.DeadlineExceeded):
-		return KVMStatus{Reason: fmt.Sprintf("a test boot under KVM did not get far in %s (a nested or emulated KVM?)", timeout)}, true
+		return KVMStatus{Code: api.KVMCannotRun, Reason: fmt.Sprintf("a test boot under KVM did not get far in %s (a nested or emulated KVM?)", timeout)}, true
 	case err != nil:
 		return KVMStatus{Reason: fmt.Sprintf("test boot: %v", err)}, false
 	default:
 		if stderr == "" {
 			stderr = "no error output"
 		}
-		return KVMStatus{Reason: "a test boot under KVM failed: " + stderr}, true
+		return KVMStatus{Code: api.KVMCannotRun, Reason: "a test boot under KVM failed: " + stderr}, true
 	}
+}
+
+// KVMDevice is the KVM device.
+const KVMDevice = "/dev/kvm"
+
+// OpenKVM checks the KVM device at p as a probe starts: it must open and
+// speak the stable API. ok is false with the reason it does not.
+func OpenKVM(p string) (st KVMStatus, ok bool) {
+	f, err := os.OpenFile(p, os.O_RDWR|unix.O_CLOEXEC, 0)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		return KVMStatus{Code: api.KVMMissing, Reason: "no " + p + ": KVM is not available on this host"}, false
+	case errors.Is(err, os.ErrPermission):
+		return KVMStatus{Code: api.KVMDenied, Reason: p + ": permission denied (add the user to the kvm group)"}, false
+	case err != nil:
+		return KVMStatus{Code: api.KVMBadDevice, Reason: fmt.Sprintf("open %s: %v", p, err)}, false
+	}
+	defer f.Close()
+	const kvmGetAPIVersion = 0xae00 // _IO(KVMIO, 0x00)
+	if v, err := unix.IoctlRetInt(int(f.Fd()), kvmGetAPIVersion); err != nil || v != 12 {
+		return KVMStatus{Code: api.KVMBadDevice, Reason: fmt.Sprintf("%s: KVM API version %d (%v), want 12", p, v, err)}, false
+	}
+	return KVMStatus{Reason: p + " opens and speaks KVM API 12"}, true
 }
 
 // testBoot boots kernel with no disk and no initrd and reports whether it
@@ -229,11 +244,11 @@ func probeKey(bin string) string {
 	if fi, err := os.Stat(bin); err == nil {
 		key += fmt.Sprintf(" size=%d mtime=%d", fi.Size(), fi.ModTime().Unix())
 	}
-	if fi, err := os.Stat("/dev/kvm"); err == nil {
+	if fi, err := os.Stat(KVMDevice); err == nil {
 		key += fmt.Sprintf(" kvm=%s", fi.Mode())
 		// Joining the kvm group changes no file, only whether we may
 		// open it: a kept "permission denied" must not outlive the fix.
-		if unix.Access("/dev/kvm", unix.R_OK|unix.W_OK) != nil {
+		if unix.Access(KVMDevice, unix.R_OK|unix.W_OK) != nil {
 			key += " denied"
 		}
 	} else {

@@ -34,18 +34,27 @@ func toolPackage(tool string) string {
 // findTool returns the path of an external tool, or an unavailable error
 // naming the Debian package to install.
 func findTool(name string) (string, error) {
-	if p, err := exec.LookPath(name); err == nil {
+	if p, err := LookTool(name); err == nil {
 		return p, nil
 	}
-	// e2fsprogs installs into /sbin, which is not on a normal Debian
-	// user's PATH, and the daemon runs as that user.
+	return "", rpc.Errorf(rpc.CodeUnavailable, "%s is not installed; install the Debian package %s", name, toolPackage(name))
+}
+
+// LookTool finds a program the daemon runs: on PATH, then in the sbin
+// directories a normal user's PATH lacks (e2fsprogs installs into /sbin,
+// and the daemon runs as that user).
+func LookTool(name string) (string, error) {
+	p, err := exec.LookPath(name)
+	if err == nil {
+		return p, nil
+	}
 	for _, dir := range []string{"/usr/sbin", "/sbin"} {
-		p := filepath.Join(dir, name)
-		if fi, err := os.Stat(p); err == nil && fi.Mode().IsRegular() && fi.Mode().Perm()&0o111 != 0 {
-			return p, nil
+		q := filepath.Join(dir, name)
+		if fi, serr := os.Stat(q); serr == nil && fi.Mode().IsRegular() && fi.Mode().Perm()&0o111 != 0 {
+			return q, nil
 		}
 	}
-	return "", rpc.Errorf(rpc.CodeUnavailable, "%s is not installed; install the Debian package %s", name, toolPackage(name))
+	return "", err
 }
 
 // toolRun is one run of an external tool.

@@ -19,7 +19,7 @@ import (
 	"github.com/miekg/dns"
 	nsh "github.com/vishvananda/netns"
 
-	"banger/applets/daemon"
+	"banger/applets/daemon/vm"
 	"banger/internal/api"
 )
 
@@ -77,7 +77,7 @@ func (ns *netns) wantName(t *testing.T, name, want string) {
 	var r *dns.Msg
 	err := ns.do(func() (err error) {
 		c := &dns.Client{Timeout: 5 * time.Second}
-		r, _, err = c.Exchange(new(dns.Msg).SetQuestion(name, dns.TypeA), net.JoinHostPort("127.0.0.1", strconv.Itoa(daemon.DefaultDNSPort)))
+		r, _, err = c.Exchange(new(dns.Msg).SetQuestion(name, dns.TypeA), net.JoinHostPort("127.0.0.1", strconv.Itoa(vm.DefaultDNSPort)))
 		return err
 	})
 	if err != nil {

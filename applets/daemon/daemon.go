@@ -24,6 +24,7 @@ import (
 	"banger/applets/daemon/engine"
 	"banger/applets/daemon/operation"
 	"banger/applets/daemon/state"
+	"banger/applets/daemon/vm"
 	"banger/internal/api"
 	"banger/internal/dirs"
 	"banger/internal/service"
@@ -50,15 +51,15 @@ func Main(build api.Build, args []string) int {
 			&cli.IntFlag{Name: "log-max-files", EnvVars: []string{"BANGER_LOG_MAX_FILES"}, Value: logfile.DefaultMaxFiles, Usage: "keep `N` rotated log files beside it (the oldest go first)"},
 			&cli.StringFlag{Name: "helper", EnvVars: []string{"BANGER_HELPER"}, Value: HelperAuto, Usage: "how to reach the root helper: auto, socket, sudo or none"},
 			&cli.StringFlag{Name: "accel", EnvVars: []string{"BANGER_ACCEL"}, Value: "auto", Usage: "VM accelerator: auto (KVM when it can really run a guest, else TCG), kvm or tcg"},
-			&cli.StringFlag{Name: "bridge-cidr", EnvVars: []string{"BANGER_BRIDGE_CIDR"}, Value: DefaultBridgeCIDR, Usage: "the `CIDR` of bridge " + DefaultBridge + " (bridged VMs): the bridge is its first host, VMs get the next ones"},
+			&cli.StringFlag{Name: "bridge-cidr", EnvVars: []string{"BANGER_BRIDGE_CIDR"}, Value: vm.DefaultBridgeCIDR, Usage: "the `CIDR` of bridge " + vm.DefaultBridge + " (bridged VMs): the bridge is its first host, VMs get the next ones"},
 			&cli.StringFlag{Name: "helper-socket", EnvVars: []string{"BANGER_HELPER_SOCKET"}, Usage: "the root helper's socket `PATH` (default " + dirs.SystemHelperSocket + " when it exists)"},
 			&cli.BoolFlag{Name: "auto-warm", EnvVars: []string{"BANGER_AUTO_WARM"}, Value: true, Usage: "save a warm snapshot of an image after a VM of it boots, when it has none (--auto-warm=false: only `banger image warm` saves them)"},
 			&cli.IntFlag{Name: "standbys", EnvVars: []string{"BANGER_STANDBYS"}, Value: 1, Usage: "keep `N` VMs per warm snapshot restored ahead of time and paused, for the next creates to take (user-mode networking; each holds its memory, no CPU); 0: none"},
 			&cli.BoolFlag{Name: "standby", EnvVars: []string{"BANGER_STANDBY"}, Value: true, Usage: "false keeps no standbys (as --standbys 0)"},
 			&cli.StringFlag{Name: "standby-min-free", EnvVars: []string{"BANGER_STANDBY_MIN_FREE"}, Usage: "make a standby only while it leaves `SIZE` of the host's memory available (default: an eighth of the host's memory, at least 512M)"},
-			&cli.IntFlag{Name: "console-max-size", EnvVars: []string{"BANGER_CONSOLE_MAX_SIZE"}, Value: DefaultConsoleMaxMiB, Usage: "keep each VM's console (vm logs) under `MIB` MiB, dropping its oldest part"},
+			&cli.IntFlag{Name: "console-max-size", EnvVars: []string{"BANGER_CONSOLE_MAX_SIZE"}, Value: vm.DefaultConsoleMaxMiB, Usage: "keep each VM's console (vm logs) under `MIB` MiB, dropping its oldest part"},
 			&cli.StringFlag{Name: "test-hold-stage", EnvVars: []string{"BANGER_TEST_HOLD_STAGE"}, Hidden: true, Usage: "for tests: `VM:STAGE` stops the operations on VM at the start of STAGE until they are canceled"},
-			&cli.IntFlag{Name: "dns-port", EnvVars: []string{"BANGER_DNS_PORT"}, Value: DefaultDNSPort, Usage: "answer NAME.vm for bridged VMs on 127.0.0.1:`PORT` and the bridge's address (0: a free port, -1: none)"},
+			&cli.IntFlag{Name: "dns-port", EnvVars: []string{"BANGER_DNS_PORT"}, Value: vm.DefaultDNSPort, Usage: "answer NAME.vm for bridged VMs on 127.0.0.1:`PORT` and the bridge's address (0: a free port, -1: none)"},
 		},
 		Commands: []*cli.Command{newDoctorCommand()},
 		Action: func(c *cli.Context) error {
@@ -172,7 +173,7 @@ func run(ctx context.Context, build api.Build, o options) error {
 	if err != nil {
 		return fail(service.ExitUsage, err)
 	}
-	bridge, err := parseBridgeNet(DefaultBridge, o.bridgeCIDR)
+	bridge, err := vm.ParseBridgeNet(vm.DefaultBridge, o.bridgeCIDR)
 	if err != nil {
 		return fail(service.ExitUsage, err)
 	}
@@ -187,7 +188,7 @@ func run(ctx context.Context, build api.Build, o options) error {
 	// NAME.vm is for bridged VMs, which need the helper. A port that is
 	// taken (another user's daemon) costs the names, not the daemon.
 	if helper.Configured() && o.dnsPort >= 0 {
-		stopDNS, err := serveDNS(ctx, log, o.dnsPort, &bridge, db)
+		stopDNS, err := vm.ServeDNS(ctx, log, o.dnsPort, &bridge, db)
 		if err != nil {
 			log.Warn().Err(err).Msg("dns responder not started: bridged VMs get no name server")
 		} else {
@@ -208,17 +209,17 @@ func run(ctx context.Context, build api.Build, o options) error {
 	if err != nil {
 		return fail(service.ExitUsage, err)
 	}
-	if d.vms, d.images, err = newVMs(startCtx, vmsConfig{StateDir: o.stateDir, Accel: accel, Warm: warmOpts,
+	if d.vms, d.images, err = newVMs(startCtx, vm.Config{StateDir: o.stateDir, Accel: accel, Warm: warmOpts,
 		DB: db, Ops: d.ops, Helper: helper, Bridge: bridge, Interrupted: interruptedCreates(interrupted)}); err != nil {
 		return fail(service.ExitFailed, err)
 	}
-	defer d.vms.shutdown()
+	defer d.vms.Shutdown()
 	if o.consoleMax < 1 {
 		return fail(service.ExitUsage, fmt.Errorf("--console-max-size %d: want 1 MiB or more", o.consoleMax))
 	}
 	keepCtx, stopKeeping := context.WithCancel(startCtx)
 	defer stopKeeping()
-	go d.vms.keepConsoles(keepCtx, int64(o.consoleMax)<<20)
+	go d.vms.KeepConsoles(keepCtx, int64(o.consoleMax)<<20)
 	d.kernels = newKernelMethods(d.images, d.ops)
 	authorize := rpc.AllowUIDs(uint32(os.Getuid()), 0)
 	srv := &rpc.Server{Methods: sayFull(o.stateDir, d.methods()), Authorize: authorize, Logger: log}
@@ -265,20 +266,20 @@ func run(ctx context.Context, build api.Build, o options) error {
 }
 
 // warmOptions checks the warm-start flags.
-func (o options) warmOptions() (warmOptions, error) {
-	w := warmOptions{auto: o.autoWarm, standbys: o.standbys}
+func (o options) warmOptions() (vm.WarmOptions, error) {
+	w := vm.WarmOptions{Auto: o.autoWarm, Standbys: o.standbys}
 	if o.standbyOff {
-		w.standbys = 0
+		w.Standbys = 0
 	}
-	if w.standbys < 0 || w.standbys > maxStandbys {
-		return w, fmt.Errorf("--standbys %d: want 0 to %d", o.standbys, maxStandbys)
+	if w.Standbys < 0 || w.Standbys > vm.MaxStandbys {
+		return w, fmt.Errorf("--standbys %d: want 0 to %d", o.standbys, vm.MaxStandbys)
 	}
 	if o.minFree != "" {
 		mib, err := api.ParseMiB("--standby-min-free", o.minFree)
 		if err != nil {
 			return w, err
 		}
-		w.minFree = int64(mib) << 20
+		w.MinFree = int64(mib) << 20
 	}
 	return w, nil
 }
@@ -312,7 +313,7 @@ type daemon struct {
 	stopOnce sync.Once
 	db       *state.DB
 	ops      *operation.Registry
-	vms      *vmService
+	vms      *vm.Service
 	images   *imageMethods
 	kernels  *kernelMethods
 	system   bool // serving on the system install's socket: systemd runs it

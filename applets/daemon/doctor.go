@@ -80,14 +80,10 @@ func newDoctorHost(uid int, owner string, system bool, view daemonView) *doctorH
 // knows.
 func (d *daemon) hostDoctor(ctx context.Context, _ rpc.NoParams) (api.DoctorResult, error) {
 	view := daemonView{running: true}
-	if e, ok := d.vms.engine.(*qemuEngine); ok {
-		if res, err := reportAccel(ctx, e.accel, e.q); err == nil {
-			view.accel = &res
-		} else {
-			view.accelErr = err
-		}
+	if res, err := d.hostAccel(ctx, rpc.NoParams{}); err == nil {
+		view.accel = &res
 	} else {
-		view.accelErr = rpc.Errorf(rpc.CodeUnavailable, "this daemon's engine does not report its accelerator")
+		view.accelErr = err
 	}
 	if im, err := d.images.show(ctx, api.VMRef{Name: api.DefaultImage}); err == nil {
 		view.image = &im

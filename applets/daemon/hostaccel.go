@@ -19,11 +19,11 @@ type kvmProber interface {
 // and why. It boots nothing (the doctor promises that): with no kept
 // answer it checks /dev/kvm only, and the first VM start test-boots.
 func (d *daemon) hostAccel(ctx context.Context, _ rpc.NoParams) (api.HostAccelResult, error) {
-	e, ok := d.vms.engine.(*qemuEngine)
+	q, accel, ok := d.vms.QEMU()
 	if !ok {
 		return api.HostAccelResult{}, rpc.Errorf(rpc.CodeUnavailable, "this daemon's engine does not report its accelerator")
 	}
-	return reportAccel(ctx, e.accel, e.q)
+	return reportAccel(ctx, accel, q)
 }
 
 // reportAccel decides what configured resolves to, as the engine's

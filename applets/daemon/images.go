@@ -6,6 +6,7 @@ import (
 	"banger/applets/daemon/imagestore"
 	"banger/applets/daemon/kernel/kernelbuild"
 	"banger/applets/daemon/state"
+	"banger/applets/daemon/vm"
 	"banger/applets/daemon/warm"
 	"banger/internal/api"
 	"banger/logging"
@@ -32,7 +33,7 @@ type imageMethods struct {
 func (m *imageMethods) withWarm(im api.Image) api.Image {
 	if m.snapshots != nil {
 		if w, ok := m.snapshots.Get(im.Name); ok {
-			im.Warm = toAPIWarm(w)
+			im.Warm = vm.ToAPIWarm(w)
 		}
 	}
 	if m.standbyStatus != nil {

@@ -212,17 +212,3 @@ func kernelUsers(ctx context.Context, images *imagestore.Store, vmlinux string) 
 	}
 	return names, nil
 }
-
-// defaultImageKernel is the kernel the default image is assembled from:
-// the built kernel named api.DefaultKernel when there is one (it boots
-// in half the time of the distribution's), else "" for the host's.
-func defaultImageKernel(store *kernelbuild.Store) string {
-	if store == nil {
-		return ""
-	}
-	k, err := store.Get(api.DefaultKernel)
-	if err != nil {
-		return ""
-	}
-	return k.VmlinuxPath
-}

@@ -18,28 +18,28 @@ func (d *daemon) methods() rpc.Methods {
 		api.MethodHostAccel:  rpc.Handle(d.hostAccel),
 		api.MethodHostDoctor: rpc.Handle(d.hostDoctor),
 
-		api.MethodVMCreateBegin:  rpc.Handle(d.vms.createBegin),
-		api.MethodVMStartBegin:   rpc.Handle(d.vms.startBegin),
-		api.MethodVMRestartBegin: rpc.Handle(d.vms.restartBegin),
-		api.MethodVMStop:         rpc.Handle(d.vms.stop),
-		api.MethodVMKill:         rpc.Handle(d.vms.kill),
-		api.MethodVMDelete:       rpc.Handle(d.vms.delete),
-		api.MethodVMPrune:        rpc.Handle(d.vms.prune),
-		api.MethodVMList:         rpc.Handle(d.vms.list),
-		api.MethodVMShow:         rpc.Handle(d.vms.show),
-		api.MethodVMLogs:         rpc.Handle(d.vms.logs),
-		api.MethodVMPorts:        rpc.Handle(d.vms.ports),
-		api.MethodVMExecSignal:   rpc.Handle(d.vms.execSignal),
-		api.MethodVMPortAdd:      rpc.Handle(d.vms.portAdd),
-		api.MethodVMPortRemove:   rpc.Handle(d.vms.portRemove),
+		api.MethodVMCreateBegin:  rpc.Handle(d.vms.CreateBegin),
+		api.MethodVMStartBegin:   rpc.Handle(d.vms.StartBegin),
+		api.MethodVMRestartBegin: rpc.Handle(d.vms.RestartBegin),
+		api.MethodVMStop:         rpc.Handle(d.vms.Stop),
+		api.MethodVMKill:         rpc.Handle(d.vms.Kill),
+		api.MethodVMDelete:       rpc.Handle(d.vms.Delete),
+		api.MethodVMPrune:        rpc.Handle(d.vms.Prune),
+		api.MethodVMList:         rpc.Handle(d.vms.List),
+		api.MethodVMShow:         rpc.Handle(d.vms.Show),
+		api.MethodVMLogs:         rpc.Handle(d.vms.Logs),
+		api.MethodVMPorts:        rpc.Handle(d.vms.Ports),
+		api.MethodVMExecSignal:   rpc.Handle(d.vms.ExecSignal),
+		api.MethodVMPortAdd:      rpc.Handle(d.vms.PortAdd),
+		api.MethodVMPortRemove:   rpc.Handle(d.vms.PortRemove),
 
-		api.MethodNetworkReset: rpc.Handle(d.vms.networkReset),
+		api.MethodNetworkReset: rpc.Handle(d.vms.NetworkReset),
 
 		api.MethodImageImport:    rpc.Handle(d.images.importImage),
 		api.MethodImageList:      rpc.Handle(d.images.list),
 		api.MethodImageShow:      rpc.Handle(d.images.show),
 		api.MethodImageDelete:    rpc.Handle(d.images.delete),
-		api.MethodImageWarmBegin: rpc.Handle(d.vms.warmBegin),
+		api.MethodImageWarmBegin: rpc.Handle(d.vms.WarmBegin),
 
 		api.MethodKernelBuildBegin: rpc.Handle(d.kernels.buildBegin),
 		api.MethodKernelList:       rpc.Handle(d.kernels.list),
@@ -60,8 +60,8 @@ func (d *daemon) methods() rpc.Methods {
 // streams is the dispatch table of the stream socket.
 func (d *daemon) streams() rpc.Streams {
 	return rpc.Streams{
-		api.MethodVMExec: rpc.HandleStream(d.vms.exec),
-		api.MethodVMCopy: rpc.HandleStream(d.vms.copyIn),
+		api.MethodVMExec: rpc.HandleStream(d.vms.Exec),
+		api.MethodVMCopy: rpc.HandleStream(d.vms.CopyIn),
 	}
 }
 

@@ -1,4 +1,4 @@
-package daemon
+package vm
 
 import (
 	"context"
@@ -33,7 +33,7 @@ import (
 // disk by then, and boots.
 
 // startWays brings a new VM's guest up, the first way that can.
-func (s *vmService) startWays(ctx context.Context, vm state.VM, img *vmImage, plan *warmPlan) operation.Step {
+func (s *Service) startWays(ctx context.Context, vm state.VM, img *vmImage, plan *warmPlan) operation.Step {
 	return operation.FirstOf(
 		s.standbyWay(ctx, vm, plan),
 		s.restoreWay(vm, img, plan),
@@ -43,7 +43,7 @@ func (s *vmService) startWays(ctx context.Context, vm state.VM, img *vmImage, pl
 
 // standbyWay takes a standby of the VM's image and shape, if one is ready
 // (or on its way: takeStandby waits for it a little).
-func (s *vmService) standbyWay(ctx context.Context, vm state.VM, plan *warmPlan) operation.Way {
+func (s *Service) standbyWay(ctx context.Context, vm state.VM, plan *warmPlan) operation.Way {
 	var sb *standby
 	var proc vmProcess
 	return operation.Way{Name: "standby",
@@ -71,7 +71,7 @@ func (s *vmService) standbyWay(ctx context.Context, vm state.VM, plan *warmPlan)
 // adoptStandby makes a standby the VM's process, once it passed its
 // check: its directory becomes the VM's, and it gets the VM's ports. A
 // standby that fails is discarded here (its step has no undo yet).
-func (s *vmService) adoptStandby(ctx context.Context, sb *standby, vm state.VM) (vmProcess, error) {
+func (s *Service) adoptStandby(ctx context.Context, sb *standby, vm state.VM) (vmProcess, error) {
 	cctx, cancel := context.WithTimeout(ctx, standbyCheckTimeout)
 	err := sb.proc.CheckStandby(cctx)
 	cancel()
@@ -109,7 +109,7 @@ func (s *vmService) adoptStandby(ctx context.Context, sb *standby, vm state.VM) 
 }
 
 // restoreWay restores the image's warm snapshot into a new process.
-func (s *vmService) restoreWay(vm state.VM, img *vmImage, plan *warmPlan) operation.Way {
+func (s *Service) restoreWay(vm state.VM, img *vmImage, plan *warmPlan) operation.Way {
 	var proc vmProcess
 	var spec launchSpec
 	return operation.Way{Name: "restore",
@@ -142,7 +142,7 @@ func (s *vmService) restoreWay(vm state.VM, img *vmImage, plan *warmPlan) operat
 // restoreLaunchStep launches the VM loading the snapshot's state. QEMU
 // reads the state as it starts, so a state that does not load can end it
 // before the launch returns: that is a failed restore too.
-func (s *vmService) restoreLaunchStep(name string, img *vmImage, proc *vmProcess, spec *launchSpec, plan *warmPlan) operation.Step {
+func (s *Service) restoreLaunchStep(name string, img *vmImage, proc *vmProcess, spec *launchSpec, plan *warmPlan) operation.Step {
 	step := s.launchStep(name, img, proc, spec, func(spec *launchSpec) {
 		spec.Incoming = filepath.Join(spec.InstanceDir, memoryFile)
 	})
@@ -159,14 +159,14 @@ func (s *vmService) restoreLaunchStep(name string, img *vmImage, proc *vmProcess
 
 // dropSnapshot makes sure a snapshot that failed to restore is never
 // tried again: the next VM boots and saves a new one.
-func (s *vmService) dropSnapshot(plan *warmPlan, err error) error {
+func (s *Service) dropSnapshot(plan *warmPlan, err error) error {
 	s.warm.store.Drop(plan.key)
 	return fmt.Errorf("restore the warm snapshot of %s (removed; the next VM boots): %w", plan.key.Image, err)
 }
 
 // bootWay boots the VM on a disk of its own over the image, and saves the
 // image's snapshot when the plan says to.
-func (s *vmService) bootWay(vm state.VM, img *vmImage, plan *warmPlan) operation.Way {
+func (s *Service) bootWay(vm state.VM, img *vmImage, plan *warmPlan) operation.Way {
 	var proc vmProcess
 	var spec launchSpec
 	return operation.Way{Name: "boot", Steps: []operation.Step{
@@ -178,7 +178,7 @@ func (s *vmService) bootWay(vm state.VM, img *vmImage, plan *warmPlan) operation
 }
 
 // overlayStep makes a new VM's disk: copy-on-write over its image.
-func (s *vmService) overlayStep(vm state.VM, img *vmImage) operation.Step {
+func (s *Service) overlayStep(vm state.VM, img *vmImage) operation.Step {
 	return operation.Step{Name: "make disk", Do: func(ctx context.Context) error {
 		if err := os.MkdirAll(vm.InstanceDir, 0o700); err != nil {
 			return err
@@ -190,7 +190,7 @@ func (s *vmService) overlayStep(vm state.VM, img *vmImage) operation.Step {
 }
 
 // bootSteps boot a VM that has its disk already (vm start, restart).
-func (s *vmService) bootSteps(name, network string) []operation.Step {
+func (s *Service) bootSteps(name, network string) []operation.Step {
 	var proc vmProcess
 	var spec launchSpec
 	var img vmImage
@@ -205,7 +205,7 @@ func (s *vmService) bootSteps(name, network string) []operation.Step {
 // adjust (may be nil) changes the launch (a restore's saved state). The
 // pid is recorded as soon as the process exists (the engine's pidfile
 // already holds it, for a daemon that dies in between).
-func (s *vmService) launchStep(name string, img *vmImage, proc *vmProcess, spec *launchSpec, adjust func(*launchSpec)) operation.Step {
+func (s *Service) launchStep(name string, img *vmImage, proc *vmProcess, spec *launchSpec, adjust func(*launchSpec)) operation.Step {
 	return operation.Step{Name: "launch", Do: func(ctx context.Context) error {
 		vm, err := s.db.UpdateVM(ctx, name, func(v *state.VM) error {
 			v.State, v.LastError = state.VMStarting, ""
@@ -246,7 +246,7 @@ func (s *vmService) launchStep(name string, img *vmImage, proc *vmProcess, spec 
 }
 
 // endLaunch undoes a launch: the process ends, and the VM is stopped.
-func (s *vmService) endLaunch(ctx context.Context, name string, proc vmProcess) error {
+func (s *Service) endLaunch(ctx context.Context, name string, proc vmProcess) error {
 	if proc == nil {
 		return nil
 	}
@@ -261,7 +261,7 @@ func (s *vmService) endLaunch(ctx context.Context, name string, proc vmProcess) 
 }
 
 // waitAgentStep waits for a booting guest's agent to say it is ready.
-func (s *vmService) waitAgentStep(name string, proc *vmProcess) operation.Step {
+func (s *Service) waitAgentStep(name string, proc *vmProcess) operation.Step {
 	return operation.Step{Name: "wait for agent", Do: func(ctx context.Context) error {
 		ctx, cancel := context.WithTimeout(ctx, bootTimeout)
 		defer cancel()
@@ -278,7 +278,7 @@ func (s *vmService) waitAgentStep(name string, proc *vmProcess) operation.Step {
 
 // resumeGuest gives a restored guest its own identity (tap: a bridged
 // VM's network) and records it running.
-func (s *vmService) resumeGuest(ctx context.Context, name string, proc vmProcess, tap *launchTap) error {
+func (s *Service) resumeGuest(ctx context.Context, name string, proc vmProcess, tap *launchTap) error {
 	ctx, cancel := context.WithTimeout(ctx, bootTimeout)
 	defer cancel()
 	id, err := newIdentity(name, tap)

@@ -1,4 +1,4 @@
-package daemon
+package vm
 
 import (
 	"context"
@@ -27,7 +27,7 @@ const exitClaimRetry = 50 * time.Millisecond
 
 // watchExit waits for r's process to exit, and records the VM's end
 // unless the process was replaced or forgotten first.
-func (s *vmService) watchExit(name string, r *runningProc) {
+func (s *Service) watchExit(name string, r *runningProc) {
 	select {
 	case <-r.proc.Exited():
 	case <-r.unwatch:

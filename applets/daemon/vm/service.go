@@ -1,4 +1,4 @@
-package daemon
+package vm
 
 import (
 	"context"
@@ -30,16 +30,16 @@ const (
 	killTimeout = 15 * time.Second
 )
 
-// vmService runs the VM methods: the rows in the state database, the
+// Service runs the VM methods: the rows in the state database, the
 // engine processes and the instance directories, kept in step.
-type vmService struct {
+type Service struct {
 	db     *state.DB
 	ops    *operation.Registry
 	engine vmEngine
 	images vmImages
 	root   string         // instance directories: root/<vm id>
 	helper vmHelper       // the root helper: bridges, taps, NAT
-	bridge bridgeNet      // where bridged VMs go
+	bridge BridgeNet      // where bridged VMs go
 	warm   *warmStarts    // nil: every VM boots
 	log    zerolog.Logger // for work no call asked for (a VM that ended on its own)
 	// dnsOpened is set once this daemon ensured the guests' DNS redirect:
@@ -52,34 +52,34 @@ type vmService struct {
 }
 
 // runningProc is a running VM's engine process and the watch on its exit
-// (vmexit.go), which ends when the process is replaced or forgotten.
+// (exit.go), which ends when the process is replaced or forgotten.
 type runningProc struct {
 	proc    vmProcess
 	unwatch chan struct{}
 }
 
-func newVMService(db *state.DB, ops *operation.Registry, eng vmEngine, images vmImages, root string, helper vmHelper, bridge bridgeNet) *vmService {
-	return &vmService{db: db, ops: ops, engine: eng, images: images, root: root, helper: helper, bridge: bridge, log: zerolog.Nop(),
+func newVMService(db *state.DB, ops *operation.Registry, eng vmEngine, images vmImages, root string, helper vmHelper, bridge BridgeNet) *Service {
+	return &Service{db: db, ops: ops, engine: eng, images: images, root: root, helper: helper, bridge: bridge, log: zerolog.Nop(),
 		busy: map[string]*busyWith{}, procs: map[string]*runningProc{}}
 }
 
 // claim marks the VM busy with what, so two changes of one VM never run at
 // once; the second gets a conflict that says what is going on.
-func (s *vmService) claim(name, what string) (release func(), err error) {
+func (s *Service) claim(name, what string) (release func(), err error) {
 	return s.claimAs(name, what, false)
 }
 
 // claimBrief is a claim for a change no one asked for and that takes
 // milliseconds (recording that a guest ended on its own): a claim that
 // comes meanwhile waits for it instead of failing.
-func (s *vmService) claimBrief(name, what string) (release func(), err error) {
+func (s *Service) claimBrief(name, what string) (release func(), err error) {
 	return s.claimAs(name, what, true)
 }
 
 // briefWait bounds how long a claim waits for a brief one.
 const briefWait = 5 * time.Second
 
-func (s *vmService) claimAs(name, what string, brief bool) (release func(), err error) {
+func (s *Service) claimAs(name, what string, brief bool) (release func(), err error) {
 	deadline := time.Now().Add(briefWait)
 	for {
 		s.mu.Lock()
@@ -113,7 +113,7 @@ type busyWith struct {
 	done  chan struct{} // closed when it ends
 }
 
-func (s *vmService) proc(name string) vmProcess {
+func (s *Service) proc(name string) vmProcess {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if r := s.procs[name]; r != nil {
@@ -124,7 +124,7 @@ func (s *vmService) proc(name string) vmProcess {
 
 // setProc records the running process of a VM (nil: none), closing the
 // one it replaces, and watches for its exit.
-func (s *vmService) setProc(name string, p vmProcess) {
+func (s *Service) setProc(name string, p vmProcess) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	old := s.procs[name]
@@ -145,7 +145,7 @@ func (s *vmService) setProc(name string, p vmProcess) {
 
 // forgetProc drops p as the VM's process, if it is, without closing it
 // (its caller does).
-func (s *vmService) forgetProc(name string, p vmProcess) {
+func (s *Service) forgetProc(name string, p vmProcess) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if r := s.procs[name]; r != nil && r.proc == p {
@@ -163,7 +163,7 @@ func toAPI(v state.VM) api.VM {
 
 // createBegin validates the request, then runs the create as an
 // operation whose id is this call's op id.
-func (s *vmService) createBegin(ctx context.Context, p api.VMCreate) (api.Operation, error) {
+func (s *Service) CreateBegin(ctx context.Context, p api.VMCreate) (api.Operation, error) {
 	p, err := checkCreate(p, "vm-")
 	if err != nil {
 		return api.Operation{}, err
@@ -210,8 +210,8 @@ func (s *vmService) createBegin(ctx context.Context, p api.VMCreate) (api.Operat
 
 // create runs the steps of a create whose params are checked and whose
 // name is claimed: the VM's row, its address and tap when bridged, then
-// the first way its guest can come up (vmstart.go).
-func (s *vmService) create(ctx context.Context, prog *operation.Progress, p api.VMCreate, vm state.VM, plan *warmPlan) (api.VM, error) {
+// the first way its guest can come up (start.go).
+func (s *Service) create(ctx context.Context, prog *operation.Progress, p api.VMCreate, vm state.VM, plan *warmPlan) (api.VM, error) {
 	network := vm.Network
 	var img vmImage
 	var saved chan struct{} // closed once the steps (a snapshot's save among them) are over
@@ -260,13 +260,13 @@ func (s *vmService) create(ctx context.Context, prog *operation.Progress, p api.
 		// The next create of this image and shape takes it.
 		go s.fillStandby(context.WithoutCancel(ctx), plan.key, img, nil)
 	}
-	return s.show(ctx, api.VMRef{Name: vm.Name})
+	return s.Show(ctx, api.VMRef{Name: vm.Name})
 }
 
 // forgetCreate undoes "record vm": the row goes, unless a tap is still
 // recorded (its removal failed), in which case the VM stays, failed, so
 // that `vm delete` or the next daemon retries rather than leak the tap.
-func (s *vmService) forgetCreate(ctx context.Context, name string) error {
+func (s *Service) forgetCreate(ctx context.Context, name string) error {
 	vm, err := s.db.GetVM(ctx, name)
 	if err != nil {
 		return err
@@ -316,7 +316,7 @@ func validateCreate(p api.VMCreate) error {
 }
 
 // markRunning records a VM whose guest is ready.
-func (s *vmService) markRunning(ctx context.Context, name string, proc vmProcess, bootID string) error {
+func (s *Service) markRunning(ctx context.Context, name string, proc vmProcess, bootID string) error {
 	if _, err := s.db.UpdateVM(ctx, name, func(v *state.VM) error {
 		v.State, v.BootID = state.VMRunning, bootID
 		return nil
@@ -328,16 +328,16 @@ func (s *vmService) markRunning(ctx context.Context, name string, proc vmProcess
 }
 
 // startBegin boots a stopped VM as an operation.
-func (s *vmService) startBegin(ctx context.Context, p api.VMRef) (api.Operation, error) {
+func (s *Service) StartBegin(ctx context.Context, p api.VMRef) (api.Operation, error) {
 	return s.bootBegin(ctx, p.Name, api.KindVMStart, false)
 }
 
 // restartBegin stops a running VM (cleanly) and boots it again.
-func (s *vmService) restartBegin(ctx context.Context, p api.VMRef) (api.Operation, error) {
+func (s *Service) RestartBegin(ctx context.Context, p api.VMRef) (api.Operation, error) {
 	return s.bootBegin(ctx, p.Name, api.KindVMRestart, true)
 }
 
-func (s *vmService) bootBegin(ctx context.Context, name, kind string, restart bool) (api.Operation, error) {
+func (s *Service) bootBegin(ctx context.Context, name, kind string, restart bool) (api.Operation, error) {
 	vm, err := s.db.GetVM(ctx, name)
 	if err != nil {
 		return api.Operation{}, err
@@ -363,11 +363,11 @@ func (s *vmService) bootBegin(ctx context.Context, name, kind string, restart bo
 			s.db.UpdateVM(context.WithoutCancel(ctx), name, func(v *state.VM) error { v.LastError = err.Error(); return nil })
 			return nil, err
 		}
-		return s.show(ctx, api.VMRef{Name: name})
+		return s.Show(ctx, api.VMRef{Name: name})
 	}), nil
 }
 
-func (s *vmService) stop(ctx context.Context, p api.VMStop) (api.VM, error) {
+func (s *Service) Stop(ctx context.Context, p api.VMStop) (api.VM, error) {
 	release, err := s.claim(p.Name, "being stopped")
 	if err != nil {
 		return api.VM{}, err
@@ -381,7 +381,7 @@ func (s *vmService) stop(ctx context.Context, p api.VMStop) (api.VM, error) {
 }
 
 // stopVM shuts a running VM down, cleanly within timeout, else kills it.
-func (s *vmService) stopVM(ctx context.Context, name string, timeout time.Duration) (api.VM, error) {
+func (s *Service) stopVM(ctx context.Context, name string, timeout time.Duration) (api.VM, error) {
 	vm, err := s.db.GetVM(ctx, name)
 	if err != nil {
 		return api.VM{}, err
@@ -404,14 +404,14 @@ func (s *vmService) stopVM(ctx context.Context, name string, timeout time.Durati
 	return s.markStopped(ctx, name)
 }
 
-func (s *vmService) markStopped(ctx context.Context, name string) (api.VM, error) {
+func (s *Service) markStopped(ctx context.Context, name string) (api.VM, error) {
 	return s.markEnded(ctx, name, state.VMStopped, "")
 }
 
 // markEnded records a VM whose process is gone as st (stopped, or failed
 // with why) and releases what the process held: its runtime files and
 // its tap.
-func (s *vmService) markEnded(ctx context.Context, name, st, why string) (api.VM, error) {
+func (s *Service) markEnded(ctx context.Context, name, st, why string) (api.VM, error) {
 	s.setProc(name, nil)
 	vm, err := s.db.UpdateVM(ctx, name, func(v *state.VM) error {
 		v.State, v.PID, v.BootID = st, 0, ""
@@ -436,7 +436,7 @@ func (s *vmService) markEnded(ctx context.Context, name, st, why string) (api.VM
 	return toAPI(vm), nil
 }
 
-func (s *vmService) kill(ctx context.Context, p api.VMRef) (api.VM, error) {
+func (s *Service) Kill(ctx context.Context, p api.VMRef) (api.VM, error) {
 	release, err := s.claim(p.Name, "being killed")
 	if err != nil {
 		return api.VM{}, err
@@ -456,7 +456,7 @@ func (s *vmService) kill(ctx context.Context, p api.VMRef) (api.VM, error) {
 	return s.markStopped(ctx, p.Name)
 }
 
-func (s *vmService) delete(ctx context.Context, p api.VMDelete) (api.VM, error) {
+func (s *Service) Delete(ctx context.Context, p api.VMDelete) (api.VM, error) {
 	release, err := s.claim(p.Name, "being deleted")
 	if err != nil {
 		return api.VM{}, err
@@ -465,7 +465,7 @@ func (s *vmService) delete(ctx context.Context, p api.VMDelete) (api.VM, error) 
 	return s.deleteVM(ctx, p.Name)
 }
 
-func (s *vmService) deleteVM(ctx context.Context, name string) (api.VM, error) {
+func (s *Service) deleteVM(ctx context.Context, name string) (api.VM, error) {
 	vm, err := s.db.GetVM(ctx, name)
 	if err != nil {
 		return api.VM{}, err
@@ -494,7 +494,7 @@ func (s *vmService) deleteVM(ctx context.Context, name string) (api.VM, error) {
 	return toAPI(vm), nil
 }
 
-func (s *vmService) prune(ctx context.Context, _ rpc.NoParams) (api.PruneResult, error) {
+func (s *Service) Prune(ctx context.Context, _ rpc.NoParams) (api.PruneResult, error) {
 	vms, err := s.db.ListVMs(ctx)
 	if err != nil {
 		return api.PruneResult{}, err
@@ -518,7 +518,7 @@ func (s *vmService) prune(ctx context.Context, _ rpc.NoParams) (api.PruneResult,
 	return res, nil
 }
 
-func (s *vmService) list(ctx context.Context, _ rpc.NoParams) ([]api.VM, error) {
+func (s *Service) List(ctx context.Context, _ rpc.NoParams) ([]api.VM, error) {
 	vms, err := s.db.ListVMs(ctx)
 	if err != nil {
 		return nil, err
@@ -530,7 +530,7 @@ func (s *vmService) list(ctx context.Context, _ rpc.NoParams) ([]api.VM, error) 
 	return out, nil
 }
 
-func (s *vmService) show(ctx context.Context, p api.VMRef) (api.VM, error) {
+func (s *Service) Show(ctx context.Context, p api.VMRef) (api.VM, error) {
 	vm, err := s.db.GetVM(ctx, p.Name)
 	return toAPI(vm), err
 }
@@ -538,7 +538,7 @@ func (s *vmService) show(ctx context.Context, p api.VMRef) (api.VM, error) {
 // maxLogChunk bounds one vm.logs answer.
 const maxLogChunk = 256 << 10
 
-func (s *vmService) logs(ctx context.Context, p api.VMLogs) (api.VMLogsResult, error) {
+func (s *Service) Logs(ctx context.Context, p api.VMLogs) (api.VMLogsResult, error) {
 	vm, err := s.db.GetVM(ctx, p.Name)
 	if err != nil {
 		return api.VMLogsResult{}, err
@@ -557,7 +557,7 @@ func (s *vmService) logs(ctx context.Context, p api.VMLogs) (api.VMLogsResult, e
 		limit = maxLogChunk
 	}
 	if fi, err := f.Stat(); err == nil && p.Offset > fi.Size() {
-		// The console was trimmed (vmconsole.go) past where the reader
+		// The console was trimmed (console.go) past where the reader
 		// was: go on from the start of what is kept.
 		p.Offset = 0
 	}
@@ -580,7 +580,7 @@ func (s *vmService) logs(ctx context.Context, p api.VMLogs) (api.VMLogsResult, e
 // would have (interrupted names the VMs whose create operation was
 // running); a tap still recorded for a VM that does not run is removed.
 // Its helper calls share one op id, logged with the records.
-func (s *vmService) reconcile(ctx context.Context, interrupted map[string]bool) error {
+func (s *Service) reconcile(ctx context.Context, interrupted map[string]bool) error {
 	vms, err := s.db.ListVMs(ctx)
 	if err != nil {
 		return err
@@ -656,7 +656,7 @@ type attachResult struct {
 // its agent's hello, up to seconds for a guest that says none, and one
 // after another a host of such guests would hold the daemon's start that
 // long each.
-func (s *vmService) attachAll(ctx context.Context, vms []state.VM, interrupted map[string]bool) map[string]attachResult {
+func (s *Service) attachAll(ctx context.Context, vms []state.VM, interrupted map[string]bool) map[string]attachResult {
 	out := make(map[string]attachResult)
 	var mu sync.Mutex
 	var wg sync.WaitGroup
@@ -689,7 +689,7 @@ func (s *vmService) attachAll(ctx context.Context, vms []state.VM, interrupted m
 
 // shutdown releases the daemon's handles on running VMs; the VMs keep
 // running (they are detached) and the next daemon re-attaches.
-func (s *vmService) shutdown() {
+func (s *Service) Shutdown() {
 	s.closeStandbys(context.Background())
 	s.closeDNS()
 	s.mu.Lock()

@@ -1,4 +1,4 @@
-package daemon
+package vm
 
 import (
 	"context"
@@ -56,19 +56,19 @@ type warmStarts struct {
 	closed bool                    // the daemon is stopping: make no more
 }
 
-// warmOptions are the daemon's warm-start settings.
-type warmOptions struct {
-	auto     bool  // --auto-warm
-	standbys int   // --standbys, per snapshot
-	minFree  int64 // --standby-min-free, bytes; 0 is the default
+// WarmOptions are the daemon's warm-start settings.
+type WarmOptions struct {
+	Auto     bool  // --auto-warm
+	Standbys int   // --standbys, per snapshot
+	MinFree  int64 // --standby-min-free, bytes; 0 is the default
 }
 
-// maxStandbys bounds --standbys: each holds its guest's memory.
-const maxStandbys = 16
+// MaxStandbys bounds --standbys: each holds its guest's memory.
+const MaxStandbys = 16
 
 // newWarmStarts is the warm starts of a daemon with options o, reading
 // the host's memory from /proc.
-func newWarmStarts(store *warm.Store, o warmOptions, agentSum func() (string, error)) (*warmStarts, error) {
+func newWarmStarts(store *warm.Store, o WarmOptions, agentSum func() (string, error)) (*warmStarts, error) {
 	fs, err := procfs.NewDefaultFS()
 	if err != nil {
 		return nil, fmt.Errorf("read the host's memory: %w", err)
@@ -80,7 +80,7 @@ func newWarmStarts(store *warm.Store, o warmOptions, agentSum func() (string, er
 		}
 		return m, err
 	}
-	w := &warmStarts{store: store, auto: o.auto, agentSum: agentSum, perImage: o.standbys, minFree: o.minFree,
+	w := &warmStarts{store: store, auto: o.Auto, agentSum: agentSum, perImage: o.Standbys, minFree: o.MinFree,
 		pools: map[string]*standbyPool{},
 		memAvailable: func() (int64, error) {
 			m, err := meminfo()
@@ -111,7 +111,7 @@ type warmPlan struct {
 
 // planWarm works out the snapshot key of a new VM; a VM that boots cold
 // (--cold, or a key that cannot be known) gets no plan.
-func (s *vmService) planWarm(ctx context.Context, plan *warmPlan, img vmImage, vm vmShape) {
+func (s *Service) planWarm(ctx context.Context, plan *warmPlan, img vmImage, vm vmShape) {
 	if s.warm == nil || plan == nil {
 		return
 	}
@@ -133,7 +133,7 @@ type vmShape struct {
 	Network                  string // the network mode: its state is in the snapshot
 }
 
-func (s *vmService) warmKey(img vmImage, vm vmShape) (warm.Key, error) {
+func (s *Service) warmKey(img vmImage, vm vmShape) (warm.Key, error) {
 	k := warm.Key{Image: img.Name, ImageDigest: img.Digest, Agent: img.AgentSHA256,
 		CPUs: vm.CPUs, MemoryMiB: vm.MemoryMiB, DiskMiB: vm.DiskMiB}
 	if vm.Network == api.NetworkBridge {
@@ -147,13 +147,13 @@ func (s *vmService) warmKey(img vmImage, vm vmShape) (warm.Key, error) {
 }
 
 // canRestore says whether a new VM can restore its image's snapshot.
-func (s *vmService) canRestore(plan *warmPlan) bool {
+func (s *Service) canRestore(plan *warmPlan) bool {
 	return plan != nil && plan.usable && !plan.save && s.warm.store.Has(plan.key)
 }
 
 // checkoutSnapshot makes a restoring VM's disk and memory link from the
 // snapshot.
-func (s *vmService) checkoutSnapshot(ctx context.Context, plan *warmPlan, dir string) error {
+func (s *Service) checkoutSnapshot(ctx context.Context, plan *warmPlan, dir string) error {
 	ok, err := s.warm.store.Checkout(plan.key, filepath.Join(dir, engine.DiskFile), filepath.Join(dir, memoryFile), filepath.Join(dir, engine.ConsoleLog))
 	if err != nil {
 		return err
@@ -165,7 +165,7 @@ func (s *vmService) checkoutSnapshot(ctx context.Context, plan *warmPlan, dir st
 }
 
 // wantsSave says whether a VM that booted saves a snapshot.
-func (s *vmService) wantsSave(plan *warmPlan) bool {
+func (s *Service) wantsSave(plan *warmPlan) bool {
 	if plan == nil || !plan.usable {
 		return false
 	}
@@ -176,7 +176,7 @@ func (s *vmService) wantsSave(plan *warmPlan) bool {
 // state saved and its disk copied, then running again. A snapshot that
 // cannot be saved only costs later VMs their warm start; a VM that
 // cannot run again fails the create.
-func (s *vmService) saveStep(plan *warmPlan, proc *vmProcess, disk func() string) operation.Step {
+func (s *Service) saveStep(plan *warmPlan, proc *vmProcess, disk func() string) operation.Step {
 	return operation.Step{Name: "save warm snapshot", When: func() bool { return s.wantsSave(plan) }, Do: func(ctx context.Context) error {
 		primeGuest(ctx, *proc)
 		var resumeErr error
@@ -246,7 +246,7 @@ func newIdentity(hostname string, tap *launchTap) (guestIdentity, error) {
 
 // warmBegin saves a warm snapshot of an image as an operation: a VM of
 // the given shape boots, its snapshot is saved, and it is deleted.
-func (s *vmService) warmBegin(ctx context.Context, p api.ImageWarm) (api.Operation, error) {
+func (s *Service) WarmBegin(ctx context.Context, p api.ImageWarm) (api.Operation, error) {
 	if s.warm == nil {
 		return api.Operation{}, rpc.Errorf(rpc.CodeUnavailable, "this daemon keeps no warm snapshots")
 	}
@@ -290,11 +290,11 @@ func (s *vmService) warmBegin(ctx context.Context, p api.ImageWarm) (api.Operati
 		if !ok {
 			return nil, fmt.Errorf("the snapshot of %s is gone", c.Image)
 		}
-		return toAPIWarm(m), nil
+		return ToAPIWarm(m), nil
 	}), nil
 }
 
-func toAPIWarm(m warm.Manifest) *api.WarmSnapshot {
+func ToAPIWarm(m warm.Manifest) *api.WarmSnapshot {
 	return &api.WarmSnapshot{Image: m.Key.Image, Created: m.Created, CPUs: m.Key.CPUs, MemoryMiB: m.Key.MemoryMiB,
 		DiskMiB: m.Key.DiskMiB, MemoryBytes: m.MemoryBytes, DiskBytes: m.DiskBytes}
 }

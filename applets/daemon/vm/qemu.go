@@ -1,16 +1,13 @@
-package daemon
+package vm
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
 	"net"
 	"os"
 	"path/filepath"
-	"runtime/debug"
 	"strings"
 	"sync"
 	"time"
@@ -18,7 +15,6 @@ import (
 	"banger/applets/agent/boot"
 	"banger/applets/daemon/engine"
 	"banger/applets/daemon/imagestore"
-	"banger/applets/daemon/kernel"
 	"banger/applets/daemon/kernel/kernelbuild"
 	"banger/applets/daemon/operation"
 	"banger/applets/daemon/state"
@@ -32,7 +28,7 @@ import (
 )
 
 // The adapters that wire the QEMU engine, the agent link and the image
-// store into the VM service's interfaces (vmdeps.go).
+// store into the VM service's interfaces (deps.go).
 
 // qemuEngine is the vmEngine of QEMU's microvm.
 type qemuEngine struct {
@@ -583,111 +579,66 @@ func (s *storeImages) get(ctx context.Context, name string) (imagestore.Image, e
 	return img, err
 }
 
-// fileSHA256 is the hex sha256 of a file's content.
-func fileSHA256(path string) (string, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return "", err
-	}
-	defer f.Close()
-	h := sha256.New()
-	if _, err := io.Copy(h, f); err != nil {
-		return "", err
-	}
-	return hex.EncodeToString(h.Sum(nil)), nil
-}
-
-// prepareKernel turns a compressed kernel into the vmlinux banger boots.
-func prepareKernel(ctx context.Context, src, dst string) error {
-	_, err := kernel.Extract(src, dst)
-	return err
-}
-
-// initrdBuilder makes an initramfs of the guest modules a kernel keeps as
-// modules (Debian's: virtio, ext4), with this binary as the agent; a
-// kernel with them built in (banger's own, from the kernel store) needs
-// none: the agent boots as the root file system's init.
-func initrdBuilder(agent string, kernels *kernelbuild.Store) func(ctx context.Context, kernelPath, dst string) (bool, error) {
-	return func(ctx context.Context, kernelPath, dst string) (bool, error) {
-		release, err := kernel.Release(kernelPath)
-		if err != nil {
-			return false, fmt.Errorf("read the kernel's release: %w", err)
-		}
-		if kernels.Contains(kernelPath) {
-			// Everything it needs is built in, and the agent, as the root
-			// file system's init, mounts what an initramfs would have:
-			// no initramfs to unpack at every boot.
-			return false, nil
-		}
-		modules := filepath.Join("/lib/modules", release)
-		ix, err := kernel.ReadModuleIndex(modules)
-		if err != nil {
-			return false, rpc.Errorf(rpc.CodeUnavailable, "the modules of kernel %s are not in %s (install its linux-image package): %v", release, modules, err)
-		}
-		mods, err := ix.Resolve(kernel.GuestModules())
-		if err != nil {
-			return false, err
-		}
-		if len(mods) == 0 {
-			return false, nil
-		}
-		_, err = kernel.WriteInitramfs(dst, kernel.InitramfsSpec{Agent: agent, Modules: mods, ModulesDir: modules, Release: release})
-		return err == nil, err
-	}
-}
-
-// vmsConfig is what the daemon's start gives the VM service.
-type vmsConfig struct {
-	StateDir string // images, kernels, snapshots and VMs live under it
+// Config is what the daemon's start gives the VM service: its settings,
+// the stores it has opened, and the VMs a previous daemon left.
+type Config struct {
+	StateDir string // the engine's state and the VMs live under it
 	Accel    engine.Accel
-	Warm     warmOptions
+	Warm     WarmOptions
 	DB       *state.DB
 	Ops      *operation.Registry
 	Helper   vmHelper
-	Bridge   bridgeNet
+	Bridge   BridgeNet
+	// Images, Kernels and Snapshots are the daemon's stores.
+	Images    *imagestore.Store
+	Kernels   *kernelbuild.Store
+	Snapshots *warm.Store
+	// Agent is this binary, the guests' agent; AgentSum its sha256.
+	Agent    string
+	AgentSum func() (string, error)
 	// Interrupted names the creates a previous daemon left half done.
 	Interrupted map[string]bool
 }
 
-// newVMs opens the image store and the engine under the state directory
-// and reconciles the VMs a previous daemon left.
-func newVMs(ctx context.Context, c vmsConfig) (*vmService, *imageMethods, error) {
-	stateDir, db := c.StateDir, c.DB
-	self, err := os.Executable()
-	if err != nil {
-		return nil, nil, fmt.Errorf("find this binary (the guest agent): %w", err)
-	}
-	kernels, err := kernelbuild.Open(filepath.Join(stateDir, "kernels"))
-	if err != nil {
-		return nil, nil, err
-	}
-	store, err := imagestore.Open(ctx, filepath.Join(stateDir, "images"), imagestore.Options{
-		PrepareKernel: prepareKernel,
-		BuildInitrd:   initrdBuilder(self, kernels),
-		// A build reads the kernel, the agent and the initramfs whole (a
-		// few hundred MiB), which Go's runtime would keep for a long
-		// while: a daemon runs for weeks.
-		Built: debug.FreeOSMemory,
-	})
-	if err != nil {
-		return nil, nil, fmt.Errorf("open the image store: %w", err)
-	}
-	snaps, err := warm.Open(filepath.Join(stateDir, "snapshots"))
-	if err != nil {
-		return nil, nil, err
-	}
-	// Hashed once, when first needed: 25 MB is not worth a slower start.
-	agentSum := sync.OnceValues(func() (string, error) { return fileSHA256(self) })
-	eng := &qemuEngine{q: &engine.QEMU{StateDir: stateDir}, accel: c.Accel}
-	images := &storeImages{store: store, agent: self, kernels: kernels, agentSum: agentSum, usedBy: db.ImageUsers}
-	s := newVMService(db, c.Ops, eng, images, filepath.Join(stateDir, "vms"), c.Helper, c.Bridge)
+// New is the VM service of a daemon: the QEMU engine under the state
+// directory, with the VMs a previous daemon left reconciled and its
+// standbys swept.
+func New(ctx context.Context, c Config) (*Service, error) {
+	eng := &qemuEngine{q: &engine.QEMU{StateDir: c.StateDir}, accel: c.Accel}
+	images := &storeImages{store: c.Images, agent: c.Agent, kernels: c.Kernels, agentSum: c.AgentSum, usedBy: c.DB.ImageUsers}
+	s := newVMService(c.DB, c.Ops, eng, images, filepath.Join(c.StateDir, "vms"), c.Helper, c.Bridge)
 	s.log = *logging.From(ctx)
-	if s.warm, err = newWarmStarts(snaps, c.Warm, agentSum); err != nil {
-		return nil, nil, err
+	var err error
+	if s.warm, err = newWarmStarts(c.Snapshots, c.Warm, c.AgentSum); err != nil {
+		return nil, err
 	}
 	if err := s.reconcile(ctx, c.Interrupted); err != nil {
-		return nil, nil, fmt.Errorf("reconcile VMs: %w", err)
+		return nil, fmt.Errorf("reconcile VMs: %w", err)
 	}
 	s.sweepStandbys(ctx)
-	return s, &imageMethods{store: store, db: db, agent: self, kernels: kernels, snapshots: snaps, dropStandby: s.dropStandby, standbyStatus: s.standbyStatus}, nil
+	return s, nil
+}
+
+// QEMU is the service's engine when it is QEMU (host.accel reports its
+// accelerator), and the accelerator it was started with.
+func (s *Service) QEMU() (*engine.QEMU, engine.Accel, bool) {
+	e, ok := s.engine.(*qemuEngine)
+	if !ok {
+		return nil, "", false
+	}
+	return e.q, e.accel, true
+}
+
+// defaultImageKernel is the kernel the default image is assembled from:
+// the built kernel named api.DefaultKernel when there is one (it boots
+// in half the time of the distribution's), else "" for the host's.
+func defaultImageKernel(store *kernelbuild.Store) string {
+	if store == nil {
+		return ""
+	}
+	k, err := store.Get(api.DefaultKernel)
+	if err != nil {
+		return ""
+	}
+	return k.VmlinuxPath
 }

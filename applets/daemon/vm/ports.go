@@ -1,4 +1,4 @@
-package daemon
+package vm
 
 import (
 	"context"
@@ -76,7 +76,7 @@ func portsToAPI(ps []state.PortForward) []api.PortForward {
 }
 
 // portAdd publishes a port, at once when the VM runs.
-func (s *vmService) portAdd(ctx context.Context, p api.VMPort) (api.VM, error) {
+func (s *Service) PortAdd(ctx context.Context, p api.VMPort) (api.VM, error) {
 	release, err := s.claim(p.Name, "changing its ports")
 	if err != nil {
 		return api.VM{}, err
@@ -114,7 +114,7 @@ func (s *vmService) portAdd(ctx context.Context, p api.VMPort) (api.VM, error) {
 }
 
 // portRemove stops publishing a host port.
-func (s *vmService) portRemove(ctx context.Context, p api.VMPort) (api.VM, error) {
+func (s *Service) PortRemove(ctx context.Context, p api.VMPort) (api.VM, error) {
 	release, err := s.claim(p.Name, "changing its ports")
 	if err != nil {
 		return api.VM{}, err

@@ -1,4 +1,4 @@
-package daemon
+package vm
 
 import (
 	"context"
@@ -34,7 +34,7 @@ const consoleCheckEvery = 100 * time.Millisecond
 
 // keepConsoles bounds the consoles of the VMs and standbys under the
 // state directory until ctx ends.
-func (s *vmService) keepConsoles(ctx context.Context, max int64) {
+func (s *Service) KeepConsoles(ctx context.Context, max int64) {
 	t := time.NewTicker(consoleCheckEvery)
 	defer t.Stop()
 	log := logging.From(ctx)

@@ -1,4 +1,4 @@
-package daemon
+package vm
 
 import (
 	"context"
@@ -13,7 +13,7 @@ import (
 
 // What the VM service needs of the engine, the image store and the guest
 // agent's channel, as small interfaces: the concrete packages (engine,
-// imagestore, agentlink) are wired in by adapters (vmwiring.go), and a
+// imagestore, agentlink) are wired in by adapters (qemu.go), and a
 // Firecracker engine or a vsock channel plugs in the same way.
 
 // errExitedAtStart wraps a launch's error when the engine process ended

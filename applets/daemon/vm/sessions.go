@@ -1,4 +1,4 @@
-package daemon
+package vm
 
 import (
 	"context"
@@ -31,7 +31,7 @@ import (
 const sessionOpenTimeout = 30 * time.Second
 
 // running returns a VM that must be running and its engine process.
-func (s *vmService) running(ctx context.Context, name string) (state.VM, vmProcess, error) {
+func (s *Service) running(ctx context.Context, name string) (state.VM, vmProcess, error) {
 	vm, err := s.db.GetVM(ctx, name)
 	if err != nil {
 		return vm, nil, err
@@ -46,7 +46,7 @@ func (s *vmService) running(ctx context.Context, name string) (state.VM, vmProce
 // exec starts a command in the VM. The agent knows the session by this
 // call's op id (it adopts the op id the daemon forwards), which the
 // result gives the client for vm.exec.signal.
-func (s *vmService) exec(ctx context.Context, p api.VMExec) (api.VMExecResult, rpc.StreamFunc, error) {
+func (s *Service) Exec(ctx context.Context, p api.VMExec) (api.VMExecResult, rpc.StreamFunc, error) {
 	res := api.VMExecResult{OpID: rpc.OpIDFrom(ctx)}
 	if len(p.Argv) == 0 && !p.Shell {
 		return res, nil, rpc.Errorf(rpc.CodeInvalidParams, "no command to run")
@@ -56,7 +56,7 @@ func (s *vmService) exec(ctx context.Context, p api.VMExec) (api.VMExecResult, r
 }
 
 // execSignal signals the command of a running exec session.
-func (s *vmService) execSignal(ctx context.Context, p api.VMExecSignal) (struct{}, error) {
+func (s *Service) ExecSignal(ctx context.Context, p api.VMExecSignal) (struct{}, error) {
 	_, proc, err := s.running(ctx, p.Name)
 	if err != nil {
 		return struct{}{}, err
@@ -65,7 +65,7 @@ func (s *vmService) execSignal(ctx context.Context, p api.VMExecSignal) (struct{
 }
 
 // copyIn unpacks the session's tar stream into a directory of the VM.
-func (s *vmService) copyIn(ctx context.Context, p api.VMCopy) (struct{}, rpc.StreamFunc, error) {
+func (s *Service) CopyIn(ctx context.Context, p api.VMCopy) (struct{}, rpc.StreamFunc, error) {
 	if !path.IsAbs(p.Dir) {
 		return struct{}{}, nil, rpc.Errorf(rpc.CodeInvalidParams, "the directory to copy into must be absolute, not %q", p.Dir)
 	}
@@ -75,7 +75,7 @@ func (s *vmService) copyIn(ctx context.Context, p api.VMCopy) (struct{}, rpc.Str
 
 // openSession opens method on the VM's agent and returns the session
 // that splices the caller's connection to it.
-func (s *vmService) openSession(ctx context.Context, name, method string, params any) (rpc.StreamFunc, error) {
+func (s *Service) openSession(ctx context.Context, name, method string, params any) (rpc.StreamFunc, error) {
 	_, proc, err := s.running(ctx, name)
 	if err != nil {
 		return nil, err
@@ -196,7 +196,7 @@ func watchHangup(conn net.Conn, gone func()) (stop func()) {
 }
 
 // ports lists the guest's listening sockets and the VM's published ports.
-func (s *vmService) ports(ctx context.Context, p api.VMRef) (api.VMPorts, error) {
+func (s *Service) Ports(ctx context.Context, p api.VMRef) (api.VMPorts, error) {
 	vm, proc, err := s.running(ctx, p.Name)
 	if err != nil {
 		return api.VMPorts{}, err

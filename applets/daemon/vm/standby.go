@@ -1,4 +1,4 @@
-package daemon
+package vm
 
 import (
 	"context"
@@ -32,7 +32,7 @@ import (
 // out while it is paused (agentlink.SessionConfig). One whose QEMU exits
 // while it waits is replaced at once; one that fails its check when a
 // create takes it (vmProcess.CheckStandby) is discarded, and the create
-// restores instead (vmstart.go).
+// restores instead (start.go).
 
 // standbyWait bounds how long a create waits for a standby on its way
 // (with its snapshot saved, one is ready in well under that; a restore
@@ -78,7 +78,7 @@ type standbyPool struct {
 }
 
 // standbys is how many standbys the daemon keeps per snapshot.
-func (s *vmService) standbys() int {
+func (s *Service) standbys() int {
 	if s.warm == nil {
 		return 0
 	}
@@ -87,14 +87,14 @@ func (s *vmService) standbys() int {
 
 // standbyRoot is where standbys wait: beside the VMs' directories, on the
 // same file system, so a create takes one with a rename.
-func (s *vmService) standbyRoot() string { return filepath.Join(filepath.Dir(s.root), "standby") }
+func (s *Service) standbyRoot() string { return filepath.Join(filepath.Dir(s.root), "standby") }
 
 // takeStandby removes a ready standby of plan's key from its pool and
 // returns it (nil when there is none): the create checks it and moves it
 // into the VM's directory (adoptStandby). Standbys of another key are
 // discarded. One on its way, with its snapshot saved, is waited for a
 // little.
-func (s *vmService) takeStandby(ctx context.Context, plan *warmPlan, vm state.VM) *standby {
+func (s *Service) takeStandby(ctx context.Context, plan *warmPlan, vm state.VM) *standby {
 	w := s.warm
 	if s.standbys() == 0 || plan == nil || !plan.usable || plan.save || vm.Network != api.NetworkUser {
 		return nil
@@ -152,7 +152,7 @@ func (s *vmService) takeStandby(ctx context.Context, plan *warmPlan, vm state.VM
 // kind of host, touching a new process's memory for the first time is
 // most of what loading a state costs, and a standby made while the first
 // VM of an image boots pays it then.
-func (s *vmService) fillStandby(ctx context.Context, key warm.Key, img vmImage, saved <-chan struct{}) {
+func (s *Service) fillStandby(ctx context.Context, key warm.Key, img vmImage, saved <-chan struct{}) {
 	w := s.warm
 	w.mu.Lock()
 	pool := w.pools[key.Image]
@@ -261,7 +261,7 @@ func (s *vmService) fillStandby(ctx context.Context, key warm.Key, img vmImage, 
 // standbyFits says why the host cannot spare a standby's memory now, or
 // "" when it can: the standby's guest memory and QEMU's own must leave the
 // daemon's --standby-min-free available for everything else.
-func (s *vmService) standbyFits(key warm.Key) string {
+func (s *Service) standbyFits(key warm.Key) string {
 	avail, err := s.warm.memAvailable()
 	if err != nil {
 		return "the host's available memory is unknown: " + err.Error()
@@ -276,7 +276,7 @@ func (s *vmService) standbyFits(key warm.Key) string {
 
 // makeStandby makes one standby of key: launched, given the snapshot
 // (once saved is closed, when it is not nil), run once and paused.
-func (s *vmService) makeStandby(ctx context.Context, key warm.Key, img vmImage, saved <-chan struct{}) (*standby, error) {
+func (s *Service) makeStandby(ctx context.Context, key warm.Key, img vmImage, saved <-chan struct{}) (*standby, error) {
 	ctx, cancel := context.WithTimeout(ctx, 2*bootTimeout)
 	defer cancel()
 	dir := filepath.Join(s.standbyRoot(), strings.ToLower(ulid.Make().String()))
@@ -340,7 +340,7 @@ var errNoSnapshot = errors.New("no snapshot")
 
 // watchStandby replaces a standby whose QEMU exits while it waits in its
 // pool (killed, out of memory): the next create then still finds one.
-func (s *vmService) watchStandby(ctx context.Context, pool *standbyPool, sb *standby) {
+func (s *Service) watchStandby(ctx context.Context, pool *standbyPool, sb *standby) {
 	<-sb.proc.Exited()
 	w := s.warm
 	w.mu.Lock()
@@ -365,7 +365,7 @@ func (s *vmService) watchStandby(ctx context.Context, pool *standbyPool, sb *sta
 }
 
 // discardStandby ends a standby's process and removes its directory.
-func (s *vmService) discardStandby(ctx context.Context, sb *standby) {
+func (s *Service) discardStandby(ctx context.Context, sb *standby) {
 	if sb.proc != nil {
 		sb.proc.Kill(ctx)
 		sb.proc.Close()
@@ -375,7 +375,7 @@ func (s *vmService) discardStandby(ctx context.Context, sb *standby) {
 
 // dropStandby discards the standbys of an image (deleted, or its snapshot
 // replaced).
-func (s *vmService) dropStandby(ctx context.Context, image string) {
+func (s *Service) DropStandby(ctx context.Context, image string) {
 	if s.warm == nil {
 		return
 	}
@@ -408,7 +408,7 @@ func (s *vmService) dropStandby(ctx context.Context, image string) {
 
 // closeStandbys discards every standby, at shutdown: they are cheap to
 // make again, and a process nobody will take is memory for nothing.
-func (s *vmService) closeStandbys(ctx context.Context) {
+func (s *Service) closeStandbys(ctx context.Context) {
 	if s.warm == nil {
 		return
 	}
@@ -443,7 +443,7 @@ func (s *vmService) closeStandbys(ctx context.Context) {
 
 // sweepStandbys ends the standbys a previous daemon left (killed, it
 // could not discard them).
-func (s *vmService) sweepStandbys(ctx context.Context) {
+func (s *Service) sweepStandbys(ctx context.Context) {
 	entries, _ := os.ReadDir(s.standbyRoot())
 	for _, e := range entries {
 		dir := filepath.Join(s.standbyRoot(), e.Name())
@@ -457,7 +457,7 @@ func (s *vmService) sweepStandbys(ctx context.Context) {
 
 // standbyStatus is what image show and the doctor say of an image's
 // standbys.
-func (s *vmService) standbyStatus(image string) *api.StandbyStatus {
+func (s *Service) StandbyStatus(image string) *api.StandbyStatus {
 	if s.warm == nil {
 		return nil
 	}

@@ -1,4 +1,4 @@
-package daemon
+package vm
 
 import (
 	"context"
@@ -51,15 +51,15 @@ const (
 // of [a-z0-9].
 const tapPrefix = "bgtap-"
 
-// bridgeNet is the bridge the daemon puts bridged VMs on.
-type bridgeNet struct {
+// BridgeNet is the bridge the daemon puts bridged VMs on.
+type BridgeNet struct {
 	name    string
 	cidr    netip.Prefix
 	gateway netip.Addr // the bridge's own address: the CIDR's first host
 	first   netip.Addr // the range VMs get addresses from
 	last    netip.Addr
 	// dns is the name server bridged guests are given, none while it is
-	// invalid: the gateway when the daemon serves NAME.vm (serveDNS).
+	// invalid: the gateway when the daemon serves NAME.vm (ServeDNS).
 	dns netip.Addr
 	// search is the guests' search domain with dns: "vm", so that NAME
 	// resolves as NAME.vm.
@@ -69,20 +69,20 @@ type bridgeNet struct {
 	dnsPort uint16
 }
 
-// parseBridgeNet checks a bridge CIDR: an IPv4 network address with a
+// ParseBridgeNet checks a bridge CIDR: an IPv4 network address with a
 // prefix from /16 to /30 (the helper also wants it private and free of
 // the host's routes, and says so when it is not).
-func parseBridgeNet(name, cidr string) (bridgeNet, error) {
+func ParseBridgeNet(name, cidr string) (BridgeNet, error) {
 	p, err := netip.ParsePrefix(cidr)
 	switch {
 	case err != nil:
-		return bridgeNet{}, fmt.Errorf("bridge cidr %q: %v", cidr, err)
+		return BridgeNet{}, fmt.Errorf("bridge cidr %q: %v", cidr, err)
 	case !p.Addr().Is4():
-		return bridgeNet{}, fmt.Errorf("bridge cidr %q is not IPv4", cidr)
+		return BridgeNet{}, fmt.Errorf("bridge cidr %q is not IPv4", cidr)
 	case p.Bits() < 16 || p.Bits() > 30:
-		return bridgeNet{}, fmt.Errorf("bridge cidr %q: the prefix must be /16 to /30", cidr)
+		return BridgeNet{}, fmt.Errorf("bridge cidr %q: the prefix must be /16 to /30", cidr)
 	case p.Masked() != p:
-		return bridgeNet{}, fmt.Errorf("bridge cidr %q is not a network address (did you mean %s?)", cidr, p.Masked())
+		return BridgeNet{}, fmt.Errorf("bridge cidr %q is not a network address (did you mean %s?)", cidr, p.Masked())
 	}
 	gw := p.Addr().Next()
 	b := p.Addr().As4()
@@ -91,7 +91,7 @@ func parseBridgeNet(name, cidr string) (bridgeNet, error) {
 		b[3-i] |= byte(host >> (8 * i))
 	}
 	broadcast := netip.AddrFrom4(b)
-	return bridgeNet{name: name, cidr: p, gateway: gw, first: gw.Next(), last: broadcast.Prev()}, nil
+	return BridgeNet{name: name, cidr: p, gateway: gw, first: gw.Next(), last: broadcast.Prev()}, nil
 }
 
 // tapName is a VM's tap: "bgtap-" and the last 9 letters and digits of
@@ -122,7 +122,7 @@ func macAddress(vmID string) string {
 
 // checkNetwork validates a create's network: "" is user-mode; a bridge
 // needs a helper, and publishes no ports (it has an address).
-func (s *vmService) checkNetwork(p api.VMCreate) (string, error) {
+func (s *Service) checkNetwork(p api.VMCreate) (string, error) {
 	switch p.Network {
 	case "", api.NetworkUser:
 		return api.NetworkUser, nil
@@ -142,7 +142,7 @@ func (s *vmService) checkNetwork(p api.VMCreate) (string, error) {
 }
 
 // allocateStep gives a new bridged VM its address.
-func (s *vmService) allocateStep(name string) operation.Step {
+func (s *Service) allocateStep(name string) operation.Step {
 	return operation.Step{Name: "allocate address", Do: func(ctx context.Context) error {
 		a, err := s.db.AllocateAddress(ctx, name, s.bridge.first, s.bridge.last)
 		if err == nil {
@@ -156,7 +156,7 @@ func (s *vmService) allocateStep(name string) operation.Step {
 
 // bridgeSteps come before a bridged VM's launch: the bridge and its NAT
 // (idempotent, shared, never undone), then the VM's tap.
-func (s *vmService) bridgeSteps(name string) []operation.Step {
+func (s *Service) bridgeSteps(name string) []operation.Step {
 	return []operation.Step{
 		{Name: "ensure bridge", Do: func(ctx context.Context) error {
 			var res api.PrivBridgeResult
@@ -176,7 +176,7 @@ func (s *vmService) bridgeSteps(name string) []operation.Step {
 // createTap records the VM's tap, then asks the helper for it. The VM's
 // address is checked first: one outside the bridge's network (the
 // daemon's --bridge-cidr changed) is replaced.
-func (s *vmService) createTap(ctx context.Context, name string) error {
+func (s *Service) createTap(ctx context.Context, name string) error {
 	if _, err := s.db.AllocateAddress(ctx, name, s.bridge.first, s.bridge.last); err != nil {
 		return err
 	}
@@ -203,7 +203,7 @@ func (s *vmService) createTap(ctx context.Context, name string) error {
 
 // removeTap asks the helper to delete the VM's recorded tap, then forgets
 // it. A VM with no tap recorded has nothing to remove.
-func (s *vmService) removeTap(ctx context.Context, name string) error {
+func (s *Service) removeTap(ctx context.Context, name string) error {
 	vm, err := s.db.GetVM(ctx, name)
 	if err != nil || vm.Tap == "" {
 		return err
@@ -217,7 +217,7 @@ func (s *vmService) removeTap(ctx context.Context, name string) error {
 }
 
 // launchTap is the bridged network of a VM about to boot.
-func (s *vmService) launchTap(vm state.VM) (*launchTap, error) {
+func (s *Service) launchTap(vm state.VM) (*launchTap, error) {
 	addr, err := netip.ParseAddr(vm.Address)
 	if err != nil || vm.Tap == "" {
 		return nil, fmt.Errorf("vm %s has no address or no tap (address %q, tap %q)", vm.Name, vm.Address, vm.Tap)
@@ -229,7 +229,7 @@ func (s *vmService) launchTap(vm state.VM) (*launchTap, error) {
 // networkReset removes banger's taps, bridges and NAT through the helper.
 // It refuses while a bridged VM runs or is being changed: their taps would
 // go from under them.
-func (s *vmService) networkReset(ctx context.Context, _ rpc.NoParams) (api.NetworkResetResult, error) {
+func (s *Service) NetworkReset(ctx context.Context, _ rpc.NoParams) (api.NetworkResetResult, error) {
 	if !s.helper.Configured() {
 		return api.NetworkResetResult{}, rpc.Errorf(rpc.CodeUnavailable, "network reset needs the root helper, and this daemon runs without one (--helper none)")
 	}
@@ -275,13 +275,13 @@ const DefaultDNSPort = 7753
 // dnsLookupTimeout bounds one query's read of the state database.
 const dnsLookupTimeout = 2 * time.Second
 
-// serveDNS starts the NAME.vm responder on 127.0.0.1:port and on the
+// ServeDNS starts the NAME.vm responder on 127.0.0.1:port and on the
 // bridge's address, the same port (port 0: the one loopback gets), and
 // records in b that bridged guests have it. It serves whether or not the
 // bridge exists yet (vmdns binds a missing address) until stop. A VM is
 // found by name in db, running or not: a bridged VM holds its address
 // from create to delete.
-func serveDNS(ctx context.Context, log zerolog.Logger, port int, b *bridgeNet, db *state.DB) (stop func(), err error) {
+func ServeDNS(ctx context.Context, log zerolog.Logger, port int, b *BridgeNet, db *state.DB) (stop func(), err error) {
 	lookup := func(name string) (netip.Addr, bool) {
 		ctx, cancel := context.WithTimeout(context.Background(), dnsLookupTimeout)
 		defer cancel()
@@ -336,7 +336,7 @@ const dnsCallTimeout = 10 * time.Second
 
 // openDNS ensures the bridge's NAT, filter and DNS redirect, and marks
 // the redirect as this daemon's to take away when it stops.
-func (s *vmService) openDNS(ctx context.Context) error {
+func (s *Service) openDNS(ctx context.Context) error {
 	var res api.PrivNATResult
 	err := s.helper.Call(ctx, api.MethodPrivEnsureNAT, api.PrivNAT{Bridge: s.bridge.name, CIDR: s.bridge.cidr.String(), DNSPort: int(s.bridge.dnsPort)}, &res)
 	if err == nil && s.bridge.dnsPort != 0 {
@@ -350,7 +350,7 @@ func (s *vmService) openDNS(ctx context.Context) error {
 // another local user could, and answer the guests' DNS. (A daemon killed
 // cannot: the next one to serve bridged VMs listens on it again, and
 // takes it away when it stops.)
-func (s *vmService) closeDNS() {
+func (s *Service) closeDNS() {
 	if !s.helper.Configured() || !s.dnsOpened.Load() {
 		return
 	}
@@ -366,7 +366,7 @@ func (s *vmService) closeDNS() {
 
 // reopenDNS gives the bridged guests that outlived the last daemon their
 // DNS again (a daemon that stops takes the redirect away).
-func (s *vmService) reopenDNS(ctx context.Context) {
+func (s *Service) reopenDNS(ctx context.Context) {
 	if !s.helper.Configured() || s.bridge.dnsPort == 0 {
 		return
 	}

@@ -1,4 +1,4 @@
-package daemon
+package vm
 
 import (
 	"context"
@@ -150,7 +150,7 @@ func (m *fakeMachine) Close() error {
 	return nil
 }
 
-func lifecycleService(t *testing.T) (*vmService, *machineEngine) {
+func lifecycleService(t *testing.T) (*Service, *machineEngine) {
 	t.Helper()
 	s, _, _ := testService(t)
 	e := &machineEngine{}
@@ -197,10 +197,10 @@ func TestCreateBootsAVM(t *testing.T) {
 
 	// Stopped and deleted: the process ends, the record and the
 	// directory go.
-	if _, err := s.stop(context.Background(), api.VMStop{Name: "box"}); err != nil {
+	if _, err := s.Stop(context.Background(), api.VMStop{Name: "box"}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := s.delete(context.Background(), api.VMDelete{Name: "box"}); err != nil {
+	if _, err := s.Delete(context.Background(), api.VMDelete{Name: "box"}); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := s.db.GetVM(context.Background(), "box"); err == nil {
@@ -278,7 +278,7 @@ func waitUntil(t *testing.T, ok func() bool) {
 
 // warmService is a lifecycleService with warm starts: snapshots saved
 // after a boot, no standbys.
-func warmService(t *testing.T) (*vmService, *machineEngine) {
+func warmService(t *testing.T) (*Service, *machineEngine) {
 	t.Helper()
 	s, e := lifecycleService(t)
 	store, err := warm.Open(t.TempDir())
@@ -353,13 +353,13 @@ func TestAFailedStandbyIsTriedAgain(t *testing.T) {
 		t.Fatalf("create: %+v", op)
 	}
 	deadline := time.Now().Add(time.Duration(standbyAttempts*standbyAttempts) * standbyRetryPause)
-	for s.standbyStatus(api.DefaultImage).Ready == 0 {
+	for s.StandbyStatus(api.DefaultImage).Ready == 0 {
 		if time.Now().After(deadline) {
-			t.Fatalf("no standby after %d failures: %+v", standbyAttempts-1, s.standbyStatus(api.DefaultImage))
+			t.Fatalf("no standby after %d failures: %+v", standbyAttempts-1, s.StandbyStatus(api.DefaultImage))
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	if st := s.standbyStatus(api.DefaultImage); st.Skipped != "" {
+	if st := s.StandbyStatus(api.DefaultImage); st.Skipped != "" {
 		t.Errorf("a ready standby still says why there is none: %q", st.Skipped)
 	}
 	e.mu.Lock()
@@ -380,7 +380,7 @@ func TestAFailedStandbyIsTriedAgain(t *testing.T) {
 	e.mu.Unlock()
 	key := s.warm.pools[api.DefaultImage].key
 	s.fillStandby(context.Background(), key, vmImage{Name: api.DefaultImage}, nil)
-	st := s.standbyStatus(api.DefaultImage)
+	st := s.StandbyStatus(api.DefaultImage)
 	if st.Ready != 0 || st.Filling || !strings.Contains(st.Skipped, "QEMU did not answer in time") {
 		t.Errorf("after %d failures: %+v", standbyAttempts, st)
 	}

@@ -1,4 +1,4 @@
-package daemon
+package vm
 
 import (
 	"context"
@@ -93,7 +93,7 @@ func (fakeImages) Overlay(ctx context.Context, img vmImage, dst string, diskMiB 
 	return os.WriteFile(dst, nil, 0o600)
 }
 
-func testService(t *testing.T) (*vmService, *fakeHelper, *fakeEngine) {
+func testService(t *testing.T) (*Service, *fakeHelper, *fakeEngine) {
 	t.Helper()
 	dir := t.TempDir()
 	db, err := state.Open(context.Background(), filepath.Join(dir, state.FileName))
@@ -104,7 +104,7 @@ func testService(t *testing.T) (*vmService, *fakeHelper, *fakeEngine) {
 	if err := db.PutImage(context.Background(), state.Image{Name: api.DefaultImage, Digest: "d", Created: time.Now()}); err != nil {
 		t.Fatal(err)
 	}
-	br, err := parseBridgeNet(DefaultBridge, DefaultBridgeCIDR)
+	br, err := ParseBridgeNet(DefaultBridge, DefaultBridgeCIDR)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -113,10 +113,10 @@ func testService(t *testing.T) (*vmService, *fakeHelper, *fakeEngine) {
 }
 
 // create runs a create to its end and returns the operation.
-func create(t *testing.T, s *vmService, p api.VMCreate) api.Operation {
+func create(t *testing.T, s *Service, p api.VMCreate) api.Operation {
 	t.Helper()
 	ctx := rpc.WithOpID(context.Background(), rpc.NewOpID())
-	op, err := s.createBegin(ctx, p)
+	op, err := s.CreateBegin(ctx, p)
 	if err != nil {
 		t.Fatalf("create %+v: %v", p, err)
 	}
@@ -128,20 +128,20 @@ func create(t *testing.T, s *vmService, p api.VMCreate) api.Operation {
 }
 
 func TestParseBridgeNet(t *testing.T) {
-	b, err := parseBridgeNet("banger0", "10.77.0.0/24")
+	b, err := ParseBridgeNet("banger0", "10.77.0.0/24")
 	if err != nil || b.gateway.String() != "10.77.0.1" || b.first.String() != "10.77.0.2" || b.last.String() != "10.77.0.254" || b.dns.IsValid() {
 		t.Errorf("/24: %+v, %v", b, err)
 	}
-	b, err = parseBridgeNet("banger0", "192.168.8.0/30")
+	b, err = ParseBridgeNet("banger0", "192.168.8.0/30")
 	if err != nil || b.first.String() != "192.168.8.2" || b.last.String() != "192.168.8.2" {
 		t.Errorf("/30: %+v, %v", b, err)
 	}
-	b, err = parseBridgeNet("banger0", "172.16.0.0/16")
+	b, err = ParseBridgeNet("banger0", "172.16.0.0/16")
 	if err != nil || b.last.String() != "172.16.255.254" {
 		t.Errorf("/16: %+v, %v", b, err)
 	}
 	for _, bad := range []string{"", "10.77.0.1/24", "10.77.0.0/31", "10.0.0.0/8", "fd00::/64", "10.77.0.0"} {
-		if _, err := parseBridgeNet("banger0", bad); err == nil {
+		if _, err := ParseBridgeNet("banger0", bad); err == nil {
 			t.Errorf("%q accepted", bad)
 		}
 	}
@@ -166,14 +166,14 @@ func TestTapNameAndMAC(t *testing.T) {
 func TestBridgeRefusals(t *testing.T) {
 	s, h, _ := testService(t)
 	ctx := context.Background()
-	_, err := s.createBegin(ctx, api.VMCreate{Name: "x", Network: "wifi"})
+	_, err := s.CreateBegin(ctx, api.VMCreate{Name: "x", Network: "wifi"})
 	wantErrCode(t, err, rpc.CodeInvalidParams)
-	_, err = s.createBegin(ctx, api.VMCreate{Name: "x", Network: api.NetworkBridge, Publish: []api.PortForward{{HostPort: 18080, GuestPort: 80}}})
+	_, err = s.CreateBegin(ctx, api.VMCreate{Name: "x", Network: api.NetworkBridge, Publish: []api.PortForward{{HostPort: 18080, GuestPort: 80}}})
 	wantErrCode(t, err, rpc.CodeInvalidParams)
 	h.none = true
-	_, err = s.createBegin(ctx, api.VMCreate{Name: "x", Network: api.NetworkBridge})
+	_, err = s.CreateBegin(ctx, api.VMCreate{Name: "x", Network: api.NetworkBridge})
 	wantErrCode(t, err, rpc.CodeUnavailable)
-	_, err = s.networkReset(ctx, rpc.NoParams{})
+	_, err = s.NetworkReset(ctx, rpc.NoParams{})
 	wantErrCode(t, err, rpc.CodeUnavailable)
 	if len(h.taken()) != 0 {
 		t.Error("a refused call reached the helper")
@@ -252,11 +252,11 @@ func TestUndoThatCannotRemoveTheTapKeepsTheRecord(t *testing.T) {
 	if err != nil || vm.State != state.VMFailed || vm.Tap == "" || !strings.Contains(vm.LastError, vm.Tap) {
 		t.Fatalf("after a failed undo: %+v, %v", vm, err)
 	}
-	_, err = s.delete(ctx, api.VMDelete{Name: "box"})
+	_, err = s.Delete(ctx, api.VMDelete{Name: "box"})
 	wantErrCode(t, err, rpc.CodeUnavailable)
 	delete(h.fail, api.MethodPrivDeleteTap)
 	h.taken()
-	if _, err := s.delete(ctx, api.VMDelete{Name: "box"}); err != nil {
+	if _, err := s.Delete(ctx, api.VMDelete{Name: "box"}); err != nil {
 		t.Fatal(err)
 	}
 	if calls := h.taken(); !slices.Equal(calls, []string{api.MethodPrivDeleteTap + " " + vm.Tap}) {
@@ -267,7 +267,7 @@ func TestUndoThatCannotRemoveTheTapKeepsTheRecord(t *testing.T) {
 // interruptedAfterTap leaves what a daemon killed between "create tap"
 // and "launch" of a create leaves: a row in creating, with an address
 // and a recorded tap.
-func interruptedAfterTap(t *testing.T, s *vmService, name string) state.VM {
+func interruptedAfterTap(t *testing.T, s *Service, name string) state.VM {
 	t.Helper()
 	ctx := context.Background()
 	vm := state.VM{ID: "vm-01JT2M3QZ8Y4N7K5W6X9ABCDEF", Name: name, Image: api.DefaultImage, CPUs: 1, MemoryMiB: 256,
@@ -349,13 +349,13 @@ func TestNetworkResetRefusedWhileBridgedVMsRun(t *testing.T) {
 	ctx := context.Background()
 	s.db.CreateVM(ctx, state.VM{ID: "vm-1", Name: "user", Image: api.DefaultImage, CPUs: 1, MemoryMiB: 256, State: state.VMRunning, Network: api.NetworkUser})
 	s.db.CreateVM(ctx, state.VM{ID: "vm-2", Name: "br", Image: api.DefaultImage, CPUs: 1, MemoryMiB: 256, State: state.VMRunning, Network: api.NetworkBridge, Tap: "bgtap-2"})
-	_, err := s.networkReset(ctx, rpc.NoParams{})
+	_, err := s.NetworkReset(ctx, rpc.NoParams{})
 	wantErrCode(t, err, rpc.CodeConflict)
 	if !strings.Contains(err.Error(), "br") || strings.Contains(err.Error(), "user") || len(h.taken()) != 0 {
 		t.Errorf("refusal: %v", err)
 	}
 	s.db.UpdateVM(ctx, "br", func(v *state.VM) error { v.State = state.VMStopped; return nil })
-	if _, err := s.networkReset(ctx, rpc.NoParams{}); err != nil {
+	if _, err := s.NetworkReset(ctx, rpc.NoParams{}); err != nil {
 		t.Fatal(err)
 	}
 	if calls := h.taken(); !slices.Equal(calls, []string{api.MethodPrivResetNetwork}) {
@@ -384,13 +384,13 @@ func TestServeDNSAnswersBridgedVMs(t *testing.T) {
 	if _, err := s.db.AllocateAddress(ctx, "web", s.bridge.first, s.bridge.last); err != nil {
 		t.Fatal(err)
 	}
-	stop, err := serveDNS(ctx, zerolog.Nop(), 0, &s.bridge, s.db)
+	stop, err := ServeDNS(ctx, zerolog.Nop(), 0, &s.bridge, s.db)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer stop()
 	if s.bridge.dns != s.bridge.gateway || s.bridge.dnsPort < 1024 {
-		t.Fatalf("bridge after serveDNS: dns %s port %d", s.bridge.dns, s.bridge.dnsPort)
+		t.Fatalf("bridge after ServeDNS: dns %s port %d", s.bridge.dns, s.bridge.dnsPort)
 	}
 	server := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), s.bridge.dnsPort).String()
 	for _, tc := range []struct {

@@ -1,0 +1,17 @@
+// Package vm is the VM lifecycle of the daemon: a VM's row in the state
+// database, its engine process and its instance directory, kept in step
+// through create, start, stop, restart, delete and a daemon's restart.
+//
+// A create (service.go) records the VM and runs its steps as an
+// operation, each with its undo; its guest comes up by the first way
+// that works of three (start.go): take a standby (standby.go), restore
+// the image's warm snapshot (warmstarts.go), or boot. A VM is on a user
+// network of its own (the engine's) or on banger's bridge through the
+// root helper (bridge.go). Running VMs have published ports (ports.go),
+// exec and copy sessions over the agent link (sessions.go), a bounded
+// console (console.go), and an exit that is noticed (exit.go).
+//
+// The service talks to the engine, the image store and the guest's agent
+// through small interfaces (deps.go); qemu.go adapts QEMU's engine, the
+// agent link and the image store to them, and New wires them up.
+package vm

@@ -288,7 +288,7 @@ func warmService(t *testing.T) (*Service, *machineEngine) {
 	kernel := filepath.Join(t.TempDir(), "vmlinux")
 	os.WriteFile(kernel, []byte("a kernel"), 0o644)
 	s.images = kernelImages{kernel}
-	s.warm = &warmStarts{store: store, auto: true, agentSum: func() (string, error) { return "", nil }, pools: map[string]*standbyPool{},
+	s.warm = &warmStarts{store: store, auto: true, agentSum: func() (string, error) { return "", nil }, pools: newStandbyPools(0),
 		memAvailable: func() (int64, error) { return 1 << 40, nil }}
 	return s, e
 }
@@ -345,7 +345,7 @@ func TestWarmLadder(t *testing.T) {
 // empty until then.
 func TestAFailedStandbyIsTriedAgain(t *testing.T) {
 	s, e := warmService(t)
-	s.warm.perImage = 1
+	s.warm.pools.perImage = 1
 	e.mu.Lock()
 	e.standbyFails = standbyAttempts - 1
 	e.mu.Unlock()
@@ -370,7 +370,8 @@ func TestAFailedStandbyIsTriedAgain(t *testing.T) {
 	}
 
 	// One failure too many leaves the pool empty, and says why.
-	sb := s.takeStandby(context.Background(), &warmPlan{key: s.warm.pools[api.DefaultImage].key, usable: true}, state.VM{Network: api.NetworkUser})
+	key, _ := s.warm.pools.keyOf(api.DefaultImage)
+	sb := s.takeStandby(context.Background(), &warmPlan{key: key, usable: true}, state.VM{Network: api.NetworkUser})
 	if sb == nil {
 		t.Fatal("no standby to take")
 	}
@@ -378,7 +379,6 @@ func TestAFailedStandbyIsTriedAgain(t *testing.T) {
 	e.mu.Lock()
 	e.standbyFails = standbyAttempts
 	e.mu.Unlock()
-	key := s.warm.pools[api.DefaultImage].key
 	s.fillStandby(context.Background(), key, vmImage{Name: api.DefaultImage}, nil)
 	st := s.StandbyStatus(api.DefaultImage)
 	if st.Ready != 0 || st.Filling || !strings.Contains(st.Skipped, "QEMU did not answer in time") {

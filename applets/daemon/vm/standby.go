@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/oklog/ulid/v2"
@@ -77,66 +78,242 @@ type standbyPool struct {
 	skippedAt time.Time
 }
 
-// standbys is how many standbys the daemon keeps per snapshot.
-func (s *Service) standbys() int {
-	if s.warm == nil {
-		return 0
-	}
-	return s.warm.perImage
+// standbyPools are the standbys of every image, one pool per image (an
+// image has one snapshot), and the only place they are kept: it owns
+// the lock over them. Its methods do the bookkeeping; the processes are
+// made, checked and ended by the VM service (makeStandby,
+// discardStandby), never under the lock.
+type standbyPools struct {
+	perImage int // how many to keep per snapshot; 0 keeps none
+
+	mu     sync.Mutex              // guards pools, each pool's fields, and closed
+	pools  map[string]*standbyPool // by image
+	closed bool                    // the daemon is stopping: make no more
 }
 
-// standbyRoot is where standbys wait: beside the VMs' directories, on the
-// same file system, so a create takes one with a rename.
-func (s *Service) standbyRoot() string { return filepath.Join(filepath.Dir(s.root), "standby") }
+func newStandbyPools(perImage int) *standbyPools {
+	return &standbyPools{perImage: perImage, pools: map[string]*standbyPool{}}
+}
 
-// takeStandby removes a ready standby of plan's key from its pool and
-// returns it (nil when there is none): the create checks it and moves it
-// into the VM's directory (adoptStandby). Standbys of another key are
-// discarded. One on its way, with its snapshot saved, is waited for a
-// little.
-func (s *Service) takeStandby(ctx context.Context, plan *warmPlan, vm state.VM) *standby {
-	w := s.warm
-	if s.standbys() == 0 || plan == nil || !plan.usable || plan.save || vm.Network != api.NetworkUser {
-		return nil
+// take removes a ready standby of key from its image's pool, or returns
+// nil. Standbys of another key (another shape, or a snapshot since
+// replaced) are taken out as stale, for the caller to discard. When none
+// is ready but one is on its way and wait says it is worth it, take
+// waits up to standbyWait for it.
+func (ps *standbyPools) take(ctx context.Context, key warm.Key, wait func() bool) (sb *standby, stale []*standby) {
+	ps.mu.Lock()
+	pool := ps.pools[key.Image]
+	if pool != nil && pool.key != key {
+		stale, pool.ready = pool.ready, nil
+		ps.mu.Unlock()
+		return nil, stale
 	}
-	w.mu.Lock()
-	pool := w.pools[plan.key.Image]
-	if pool != nil && pool.key != plan.key {
-		// Another shape, or a snapshot since replaced.
-		stale := pool.ready
-		pool.ready = nil
-		w.mu.Unlock()
-		for _, sb := range stale {
-			s.discardStandby(ctx, sb)
-		}
-		return nil
-	}
-	var filling chan struct{}
-	if pool != nil && len(pool.ready) == 0 {
-		filling = pool.filling
-	}
-	w.mu.Unlock()
-	if filling != nil && w.store.Has(plan.key) {
-		// One on its way is ready sooner than a restore from scratch
-		// would be: wait for it, a little. (Without a snapshot, it waits
-		// for a VM still booting to save one: not worth waiting for.)
+	onItsWay := pool != nil && len(pool.ready) == 0 && pool.filling != nil
+	ps.mu.Unlock()
+	if onItsWay && wait() {
 		for deadline := time.Now().Add(standbyWait); time.Now().Before(deadline) && ctx.Err() == nil; {
-			w.mu.Lock()
+			ps.mu.Lock()
 			waiting := len(pool.ready) == 0 && pool.filling != nil
-			w.mu.Unlock()
+			ps.mu.Unlock()
 			if !waiting {
 				break
 			}
 			time.Sleep(10 * time.Millisecond)
 		}
 	}
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	if pool == nil || len(pool.ready) == 0 || pool.key != plan.key {
+	ps.mu.Lock()
+	defer ps.mu.Unlock()
+	if pool == nil || len(pool.ready) == 0 || pool.key != key {
+		return nil, nil
+	}
+	sb, pool.ready = pool.ready[0], pool.ready[1:]
+	return sb, nil
+}
+
+// keyOf is the key of image's pool, and whether it has one.
+func (ps *standbyPools) keyOf(image string) (warm.Key, bool) {
+	ps.mu.Lock()
+	defer ps.mu.Unlock()
+	if p := ps.pools[image]; p != nil {
+		return p.key, true
+	}
+	return warm.Key{}, false
+}
+
+// startFill makes key's pool the image's (a pool of another key goes:
+// its standbys are returned as stale) and marks it filling. ok is false
+// when it needs no filler: one runs already (also one of the old key,
+// which discards what it makes), it is full, or the daemon is stopping.
+// done ends the fill.
+func (ps *standbyPools) startFill(key warm.Key, img vmImage) (pool *standbyPool, stale []*standby, done func(), ok bool) {
+	ps.mu.Lock()
+	defer ps.mu.Unlock()
+	pool = ps.pools[key.Image]
+	if pool == nil || pool.key != key {
+		if pool != nil {
+			if pool.filling != nil {
+				return nil, nil, nil, false
+			}
+			stale = pool.ready
+		}
+		pool = &standbyPool{key: key, img: img}
+		ps.pools[key.Image] = pool
+	}
+	if pool.filling != nil || ps.closed || len(pool.ready) >= ps.perImage {
+		return pool, stale, nil, false
+	}
+	ch := make(chan struct{})
+	pool.filling = ch
+	return pool, stale, func() {
+		ps.mu.Lock()
+		pool.filling = nil
+		ps.mu.Unlock()
+		close(ch)
+	}, true
+}
+
+// full says whether pool needs no more standbys: it has enough, it is no
+// longer its image's, or the daemon is stopping.
+func (ps *standbyPools) full(pool *standbyPool) bool {
+	ps.mu.Lock()
+	defer ps.mu.Unlock()
+	return ps.closed || len(pool.ready) >= ps.perImage || ps.pools[pool.key.Image] != pool
+}
+
+// skip records why pool got no standby.
+func (ps *standbyPools) skip(pool *standbyPool, why string) {
+	ps.mu.Lock()
+	defer ps.mu.Unlock()
+	pool.skipped, pool.skippedAt = why, time.Now()
+}
+
+// add puts a new standby in pool, unless the pool is no longer its
+// image's or the daemon is stopping (false: discard it).
+func (ps *standbyPools) add(pool *standbyPool, sb *standby) bool {
+	ps.mu.Lock()
+	defer ps.mu.Unlock()
+	if ps.closed || ps.pools[pool.key.Image] != pool {
+		return false
+	}
+	pool.ready = append(pool.ready, sb)
+	pool.skipped = ""
+	return true
+}
+
+// remove takes sb out of pool: found is false when it was taken or
+// discarded already; refill when the pool is still its image's.
+func (ps *standbyPools) remove(pool *standbyPool, sb *standby) (found, refill bool) {
+	ps.mu.Lock()
+	defer ps.mu.Unlock()
+	for i, r := range pool.ready {
+		if r == sb {
+			pool.ready = append(pool.ready[:i:i], pool.ready[i+1:]...)
+			return true, !ps.closed && ps.pools[pool.key.Image] == pool
+		}
+	}
+	return false, false
+}
+
+// drop removes image's pool and returns its standbys once its filler,
+// if one runs, is done (bounded by bootTimeout): one on its way would
+// land after the drop.
+func (ps *standbyPools) drop(image string) []*standby {
+	ps.mu.Lock()
+	pool := ps.pools[image]
+	delete(ps.pools, image)
+	var filling chan struct{}
+	if pool != nil {
+		filling = pool.filling
+	}
+	ps.mu.Unlock()
+	if pool == nil {
 		return nil
 	}
-	sb := pool.ready[0]
-	pool.ready = pool.ready[1:]
+	if filling != nil {
+		select {
+		case <-filling:
+		case <-time.After(bootTimeout):
+		}
+	}
+	ps.mu.Lock()
+	defer ps.mu.Unlock()
+	ready := pool.ready
+	pool.ready = nil
+	return ready
+}
+
+// close makes no more standbys and returns every ready one, once the
+// fillers at work are done (bounded by wait): a standby on its way sees
+// closed once loaded and discards itself.
+func (ps *standbyPools) close(wait time.Duration) []*standby {
+	ps.mu.Lock()
+	ps.closed = true
+	var filling []chan struct{}
+	for _, p := range ps.pools {
+		if p.filling != nil {
+			filling = append(filling, p.filling)
+		}
+	}
+	ps.mu.Unlock()
+	for _, ch := range filling {
+		select {
+		case <-ch:
+		case <-time.After(wait):
+		}
+	}
+	ps.mu.Lock()
+	defer ps.mu.Unlock()
+	var ready []*standby
+	for _, p := range ps.pools {
+		ready = append(ready, p.ready...)
+		p.ready = nil
+	}
+	return ready
+}
+
+// status is what image show and the doctor say of image's standbys.
+func (ps *standbyPools) status(image string) *api.StandbyStatus {
+	st := &api.StandbyStatus{Want: ps.perImage}
+	ps.mu.Lock()
+	defer ps.mu.Unlock()
+	if p := ps.pools[image]; p != nil {
+		st.Ready, st.Filling = len(p.ready), p.filling != nil
+		for _, sb := range p.ready {
+			st.PIDs = append(st.PIDs, sb.proc.PID())
+		}
+		if p.skipped != "" {
+			st.Skipped, st.SkippedAt = p.skipped, p.skippedAt.UTC()
+		}
+	}
+	return st
+}
+
+// standbys is how many standbys the daemon keeps per snapshot.
+func (s *Service) standbys() int {
+	if s.warm == nil {
+		return 0
+	}
+	return s.warm.pools.perImage
+}
+
+// standbyRoot is where standbys wait: beside the VMs' directories, on the
+// same file system, so a create takes one with a rename.
+func (s *Service) standbyRoot() string { return filepath.Join(filepath.Dir(s.root), "standby") }
+
+// takeStandby returns a ready standby of plan's key, out of its pool
+// (nil when there is none): the create checks it and moves it into the
+// VM's directory (adoptStandby). Standbys of another key are discarded.
+// One on its way, with its snapshot saved, is waited for a little
+// (without a snapshot, it waits for a VM still booting to save one: not
+// worth waiting for).
+func (s *Service) takeStandby(ctx context.Context, plan *warmPlan, vm state.VM) *standby {
+	if s.standbys() == 0 || plan == nil || !plan.usable || plan.save || vm.Network != api.NetworkUser {
+		return nil
+	}
+	sb, stale := s.warm.pools.take(ctx, plan.key, func() bool { return s.warm.store.Has(plan.key) })
+	for _, st := range stale {
+		s.discardStandby(ctx, st)
+	}
 	return sb
 }
 
@@ -154,10 +331,7 @@ func (s *Service) takeStandby(ctx context.Context, plan *warmPlan, vm state.VM) 
 // VM of an image boots pays it then.
 func (s *Service) fillStandby(ctx context.Context, key warm.Key, img vmImage, saved <-chan struct{}) {
 	w := s.warm
-	w.mu.Lock()
-	pool := w.pools[key.Image]
-	w.mu.Unlock()
-	if pool != nil && pool.key != key && saved != nil {
+	if old, ok := w.pools.keyOf(key.Image); ok && old != key && saved != nil {
 		// The image's snapshot of another shape stays, and its standbys
 		// with it, unless this VM's save replaces it.
 		select {
@@ -170,53 +344,19 @@ func (s *Service) fillStandby(ctx context.Context, key warm.Key, img vmImage, sa
 			return
 		}
 	}
-	w.mu.Lock()
-	pool = w.pools[key.Image]
-	if pool == nil || pool.key != key {
-		var stale []*standby
-		if pool != nil {
-			stale = pool.ready
-			if pool.filling != nil {
-				// A filler of the old key is still at work; it discards
-				// what it makes for a pool that is no longer its own.
-				w.mu.Unlock()
-				return
-			}
-		}
-		pool = &standbyPool{key: key, img: img}
-		w.pools[key.Image] = pool
-		defer func() {
-			for _, sb := range stale {
-				s.discardStandby(ctx, sb)
-			}
-		}()
+	pool, stale, done, ok := w.pools.startFill(key, img)
+	for _, sb := range stale {
+		defer s.discardStandby(ctx, sb)
 	}
-	if pool.filling != nil || w.closed || len(pool.ready) >= w.perImage {
-		w.mu.Unlock()
+	if !ok {
 		return
 	}
-	done := make(chan struct{})
-	pool.filling = done
-	w.mu.Unlock()
-	defer func() {
-		w.mu.Lock()
-		pool.filling = nil
-		w.mu.Unlock()
-		close(done)
-	}()
+	defer done()
 	log := logging.From(ctx)
 	failed := 0 // attempts in a row that made none
-	for {
-		w.mu.Lock()
-		full := w.closed || len(pool.ready) >= w.perImage || w.pools[key.Image] != pool
-		w.mu.Unlock()
-		if full {
-			return
-		}
+	for !w.pools.full(pool) {
 		if why := s.standbyFits(key); why != "" {
-			w.mu.Lock()
-			pool.skipped, pool.skippedAt = why, time.Now()
-			w.mu.Unlock()
+			w.pools.skip(pool, why)
 			log.Info().Str("image", key.Image).Str("why", why).Msg("standby skipped")
 			return
 		}
@@ -231,9 +371,7 @@ func (s *Service) fillStandby(ctx context.Context, key warm.Key, img vmImage, sa
 			// try again a little later, a few times, before leaving the
 			// pool to the next create.
 			failed++
-			w.mu.Lock()
-			pool.skipped, pool.skippedAt = "making one failed: "+err.Error(), time.Now()
-			w.mu.Unlock()
+			w.pools.skip(pool, "making one failed: "+err.Error())
 			log.Warn().Err(err).Int("attempt", failed).Msg("no standby")
 			if failed == standbyAttempts {
 				return
@@ -242,14 +380,7 @@ func (s *Service) fillStandby(ctx context.Context, key warm.Key, img vmImage, sa
 			continue
 		}
 		failed = 0
-		w.mu.Lock()
-		keep := !w.closed && w.pools[key.Image] == pool
-		if keep {
-			pool.ready = append(pool.ready, sb)
-			pool.skipped = ""
-		}
-		w.mu.Unlock()
-		if !keep {
+		if !w.pools.add(pool, sb) {
 			s.discardStandby(ctx, sb)
 			return
 		}
@@ -342,18 +473,7 @@ var errNoSnapshot = errors.New("no snapshot")
 // pool (killed, out of memory): the next create then still finds one.
 func (s *Service) watchStandby(ctx context.Context, pool *standbyPool, sb *standby) {
 	<-sb.proc.Exited()
-	w := s.warm
-	w.mu.Lock()
-	found := false
-	for i, r := range pool.ready {
-		if r == sb {
-			pool.ready = append(pool.ready[:i:i], pool.ready[i+1:]...)
-			found = true
-			break
-		}
-	}
-	refill := found && !w.closed && w.pools[pool.key.Image] == pool
-	w.mu.Unlock()
+	found, refill := s.warm.pools.remove(pool, sb)
 	if !found {
 		return // taken, or discarded
 	}
@@ -373,70 +493,25 @@ func (s *Service) discardStandby(ctx context.Context, sb *standby) {
 	os.RemoveAll(sb.dir)
 }
 
-// dropStandby discards the standbys of an image (deleted, or its snapshot
+// DropStandby discards the standbys of an image (deleted, or its snapshot
 // replaced).
 func (s *Service) DropStandby(ctx context.Context, image string) {
 	if s.warm == nil {
 		return
 	}
-	// One on its way would land after the drop: wait for its filler.
-	s.warm.mu.Lock()
-	pool := s.warm.pools[image]
-	delete(s.warm.pools, image)
-	var filling chan struct{}
-	if pool != nil {
-		filling = pool.filling
-	}
-	s.warm.mu.Unlock()
-	if pool == nil {
-		return
-	}
-	if filling != nil {
-		select {
-		case <-filling:
-		case <-time.After(bootTimeout):
-		}
-	}
-	s.warm.mu.Lock()
-	ready := pool.ready
-	pool.ready = nil
-	s.warm.mu.Unlock()
-	for _, sb := range ready {
+	for _, sb := range s.warm.pools.drop(image) {
 		s.discardStandby(ctx, sb)
 	}
 }
 
 // closeStandbys discards every standby, at shutdown: they are cheap to
-// make again, and a process nobody will take is memory for nothing.
+// make again, and a process nobody will take is memory for nothing. The
+// daemon does not exit before a standby on its way is gone too.
 func (s *Service) closeStandbys(ctx context.Context) {
 	if s.warm == nil {
 		return
 	}
-	s.warm.mu.Lock()
-	s.warm.closed = true
-	var filling []chan struct{}
-	for _, p := range s.warm.pools {
-		if p.filling != nil {
-			filling = append(filling, p.filling)
-		}
-	}
-	s.warm.mu.Unlock()
-	// A standby on its way sees closed once loaded and discards itself;
-	// the daemon must not exit before.
-	for _, ch := range filling {
-		select {
-		case <-ch:
-		case <-time.After(30 * time.Second):
-		}
-	}
-	s.warm.mu.Lock()
-	var ready []*standby
-	for _, p := range s.warm.pools {
-		ready = append(ready, p.ready...)
-		p.ready = nil
-	}
-	s.warm.mu.Unlock()
-	for _, sb := range ready {
+	for _, sb := range s.warm.pools.close(30 * time.Second) {
 		s.discardStandby(ctx, sb)
 	}
 }
@@ -455,23 +530,11 @@ func (s *Service) sweepStandbys(ctx context.Context) {
 	}
 }
 
-// standbyStatus is what image show and the doctor say of an image's
+// StandbyStatus is what image show and the doctor say of an image's
 // standbys.
 func (s *Service) StandbyStatus(image string) *api.StandbyStatus {
 	if s.warm == nil {
 		return nil
 	}
-	st := &api.StandbyStatus{Want: s.warm.perImage}
-	s.warm.mu.Lock()
-	defer s.warm.mu.Unlock()
-	if p := s.warm.pools[image]; p != nil {
-		st.Ready, st.Filling = len(p.ready), p.filling != nil
-		for _, sb := range p.ready {
-			st.PIDs = append(st.PIDs, sb.proc.PID())
-		}
-		if p.skipped != "" {
-			st.Skipped, st.SkippedAt = p.skipped, p.skippedAt.UTC()
-		}
-	}
-	return st
+	return s.warm.pools.status(image)
 }

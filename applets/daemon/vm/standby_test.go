@@ -13,7 +13,7 @@ import (
 func TestStandbyFitsTheHostsMemory(t *testing.T) {
 	avail := int64(1 << 30)
 	var readErr error
-	s := &Service{warm: &warmStarts{perImage: 1, minFree: 512 << 20,
+	s := &Service{warm: &warmStarts{pools: newStandbyPools(1), minFree: 512 << 20,
 		memAvailable: func() (int64, error) { return avail, readErr }}}
 	key := warm.Key{Image: "img", MemoryMiB: 256}
 	if why := s.standbyFits(key); why != "" {

@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
-	"sync"
 	"time"
 
 	"github.com/oklog/ulid/v2"
@@ -43,17 +42,13 @@ type warmStarts struct {
 	// agentSum is the sha256 of this binary: only a guest whose agent
 	// is this very banger knows agent.resume as this daemon calls it.
 	agentSum func() (string, error)
-	// perImage is how many standbys to keep per snapshot (standby.go);
-	// 0 keeps none.
-	perImage int
 	// minFree is the host memory, in bytes, a new standby must leave
 	// available; memAvailable reads what is available now.
 	minFree      int64
 	memAvailable func() (int64, error)
 
-	mu     sync.Mutex              // guards pools, each pool's fields, and closed
-	pools  map[string]*standbyPool // by image: one snapshot per image
-	closed bool                    // the daemon is stopping: make no more
+	// pools are the standbys kept per snapshot (standby.go).
+	pools *standbyPools
 }
 
 // WarmOptions are the daemon's warm-start settings.
@@ -80,8 +75,8 @@ func newWarmStarts(store *warm.Store, o WarmOptions, agentSum func() (string, er
 		}
 		return m, err
 	}
-	w := &warmStarts{store: store, auto: o.Auto, agentSum: agentSum, perImage: o.Standbys, minFree: o.MinFree,
-		pools: map[string]*standbyPool{},
+	w := &warmStarts{store: store, auto: o.Auto, agentSum: agentSum, minFree: o.MinFree,
+		pools: newStandbyPools(o.Standbys),
 		memAvailable: func() (int64, error) {
 			m, err := meminfo()
 			if err != nil {

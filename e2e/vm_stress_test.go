@@ -23,7 +23,7 @@ import (
 	"time"
 
 	"banger/internal/api"
-	"banger/internal/dirs"
+	"banger/internal/layout"
 	"banger/rpc"
 )
 
@@ -129,7 +129,7 @@ func TestCreateDeleteCycles(t *testing.T) {
 		t.Errorf("the daemon still has children (zombies are state Z): %v", kids)
 	}
 	// The daemon's two sockets (rpc and stream), nothing of a VM.
-	if socks := socketsUnder(s.dir); len(socks) != 2 || !slices.Contains(socks, s.socket()) || !slices.Contains(socks, dirs.StreamSocket(s.socket())) {
+	if socks := socketsUnder(s.dir); len(socks) != 2 || !slices.Contains(socks, s.socket()) || !slices.Contains(socks, layout.StreamSocket(s.socket())) {
 		t.Errorf("sockets under the sandbox: %v, want only %s and its stream socket", socks, s.socket())
 	}
 	// The database's connection pool may have grown (to its bound, 4

@@ -10,7 +10,7 @@ import (
 	"text/template"
 
 	"banger/internal/api"
-	"banger/internal/dirs"
+	"banger/internal/layout"
 )
 
 // Helper modes of a system install: how the owner's daemon reaches the
@@ -31,7 +31,7 @@ const (
 	SudoersFile   = "/etc/sudoers.d/banger"
 	StateDir      = "/var/lib/banger"          // the daemon's, owned by the owner (StateDirectory=)
 	DaemonSocket  = "/run/banger/bangerd.sock" // the daemon's (RuntimeDirectory=)
-	HelperSocket  = dirs.SystemHelperSocket    // the helper's, in a root-owned 0711 directory
+	HelperSocket  = layout.SystemHelperSocket  // the helper's, in a root-owned 0711 directory
 )
 
 // RestartDaemon is the command that restarts a daemon: the system

@@ -22,8 +22,8 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"banger/internal/api"
-	"banger/internal/dirs"
 	"banger/internal/doctor"
+	"banger/internal/layout"
 	"banger/packaging"
 	"banger/rpc"
 )
@@ -349,11 +349,11 @@ func checkDaemonSockets(ctx context.Context, h *doctorHost) api.DoctorRow {
 	var bad []string
 	bad = append(bad, fileProblems(filepath.Dir(h.socket), fs.ModeDir, 0o700, owner)...)
 	bad = append(bad, fileProblems(h.socket, fs.ModeSocket, 0o600, owner)...)
-	bad = append(bad, fileProblems(dirs.StreamSocket(h.socket), fs.ModeSocket, 0o600, owner)...)
+	bad = append(bad, fileProblems(layout.StreamSocket(h.socket), fs.ModeSocket, 0o600, owner)...)
 	if len(bad) > 0 {
 		return doctor.Fail("socket_perms", strings.Join(bad, "; "), "remove what is not the daemon's, then "+h.restartFix()+" (it makes its directory 0700 and its sockets 0600)")
 	}
-	return doctor.OK(fmt.Sprintf("%s and %s 0600, directory 0700, uid %d", filepath.Base(h.socket), filepath.Base(dirs.StreamSocket(h.socket)), owner))
+	return doctor.OK(fmt.Sprintf("%s and %s 0600, directory 0700, uid %d", filepath.Base(h.socket), filepath.Base(layout.StreamSocket(h.socket)), owner))
 }
 
 // fileProblems says how p differs from a kind, a mode and an owner.

@@ -18,9 +18,9 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"banger/internal/api"
-	"banger/internal/dirs"
 	"banger/internal/doctor"
 	"banger/internal/doctor/doctortest"
+	"banger/internal/layout"
 	"banger/packaging"
 	"banger/rpc"
 )
@@ -407,7 +407,7 @@ func TestDoctorEndToEnd(t *testing.T) {
 	os.Mkdir(runDir, 0o700)
 	// BANGER_SOCKET: the host's system install, if any, stays out of it.
 	env = append(env, "XDG_RUNTIME_DIR="+runDir, "XDG_STATE_HOME="+filepath.Join(dir, "state"),
-		"BANGER_SOCKET="+filepath.Join(runDir, "banger", dirs.DaemonSocket))
+		"BANGER_SOCKET="+filepath.Join(runDir, "banger", layout.DaemonSocket))
 	doctor := func(args ...string) (doctorReport, int, string) {
 		t.Helper()
 		cmd := exec.Command(bin, args...)

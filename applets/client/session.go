@@ -14,7 +14,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"banger/internal/api"
-	"banger/internal/dirs"
+	"banger/internal/layout"
 	"banger/logging"
 	"banger/packaging"
 	"banger/rpc"
@@ -46,7 +46,7 @@ func newSession(c *cli.Context) (*session, error) {
 	}
 	s.trusted = []int{os.Getuid(), 0}
 	if s.socket == "" {
-		s.socket = dirs.DefaultSocket()
+		s.socket = layout.DefaultSocket()
 		if sock, owner, ok := systemSocket(packaging.System{Root: "/"}, os.Getuid()); ok {
 			s.socket, s.system, s.autostart = sock, true, false
 			s.trusted = append(s.trusted, owner)
@@ -56,7 +56,7 @@ func newSession(c *cli.Context) (*session, error) {
 		}
 	}
 	if s.stateDir == "" {
-		s.stateDir = dirs.State()
+		s.stateDir = layout.State()
 	}
 	if s.logLevel != "" {
 		if _, err := logging.ParseLevel(s.logLevel); err != nil {
@@ -106,13 +106,13 @@ func (s *session) clientOf(socket string) *rpc.Client {
 // refused. A --socket given by the caller is the caller's choice; the
 // server's credentials are still checked (clientOf).
 func (s *session) checkPath() error {
-	if filepath.Dir(s.socket) != dirs.Runtime() {
+	if filepath.Dir(s.socket) != layout.Runtime() {
 		return nil
 	}
-	if err := dirs.CheckDialable(s.socket, s.trusted...); err != nil {
+	if err := layout.CheckDialable(s.socket, s.trusted...); err != nil {
 		return rpc.Errorf(rpc.CodeUnauthorized, "refusing the daemon's socket: %v; remove it, or set XDG_RUNTIME_DIR to a directory of your own", err)
 	}
-	if err := dirs.CheckDialable(dirs.StreamSocket(s.socket), s.trusted...); err != nil {
+	if err := layout.CheckDialable(layout.StreamSocket(s.socket), s.trusted...); err != nil {
 		return rpc.Errorf(rpc.CodeUnauthorized, "refusing the daemon's stream socket: %v; remove it, or set XDG_RUNTIME_DIR to a directory of your own", err)
 	}
 	return nil
@@ -140,7 +140,7 @@ func (s *session) stream(ctx context.Context, method string, params, result any)
 	if err := s.checkPath(); err != nil {
 		return nil, err
 	}
-	c := s.clientOf(dirs.StreamSocket(s.socket))
+	c := s.clientOf(layout.StreamSocket(s.socket))
 	st, err := c.OpenStream(ctx, method, params, result)
 	if !errors.Is(err, rpc.ErrUnreachable) {
 		return st, err
@@ -211,7 +211,7 @@ func (s *session) startDaemon(ctx context.Context) error {
 	exited := make(chan error, 1)
 	go func() { exited <- cmd.Wait() }()
 
-	logPath := filepath.Join(s.stateDir, dirs.DaemonLog)
+	logPath := filepath.Join(s.stateDir, layout.DaemonLog)
 	deadline := time.Now().Add(StartTimeout)
 	for wait := 5 * time.Millisecond; ; wait = min(2*wait, 100*time.Millisecond) {
 		pingCtx, cancel := context.WithTimeout(ctx, time.Second)

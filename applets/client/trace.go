@@ -10,7 +10,7 @@ import (
 
 	"github.com/urfave/cli/v2"
 
-	"banger/internal/dirs"
+	"banger/internal/layout"
 	"banger/internal/trace"
 	"banger/logging/logfile"
 	"banger/rpc"
@@ -59,8 +59,8 @@ func newTraceCommand() *cli.Command {
 func traceSources(s *session, journal bool, extra []string) ([]trace.Source, []string, error) {
 	var sources []trace.Source
 	var names []string
-	logs := logfile.Files(filepath.Join(s.stateDir, dirs.DaemonLog))
-	for _, path := range append(logs, filepath.Join(s.stateDir, dirs.HelperLog)) {
+	logs := logfile.Files(filepath.Join(s.stateDir, layout.DaemonLog))
+	for _, path := range append(logs, filepath.Join(s.stateDir, layout.HelperLog)) {
 		b, err := os.ReadFile(path)
 		if errors.Is(err, os.ErrNotExist) {
 			continue

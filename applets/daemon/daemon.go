@@ -26,7 +26,7 @@ import (
 	"banger/applets/daemon/state"
 	"banger/applets/daemon/vm"
 	"banger/internal/api"
-	"banger/internal/dirs"
+	"banger/internal/layout"
 	"banger/internal/service"
 	"banger/logging"
 	"banger/logging/logfile"
@@ -47,12 +47,12 @@ func Main(build api.Build, args []string) int {
 			&cli.StringFlag{Name: "socket", EnvVars: []string{"BANGER_SOCKET"}, Usage: "serve on `PATH` (default $XDG_RUNTIME_DIR/banger/bangerd.sock)"},
 			&cli.StringFlag{Name: "state-dir", EnvVars: []string{"BANGER_STATE_DIR"}, Usage: "keep state and logs in `DIR` (default $XDG_STATE_HOME/banger)"},
 			&cli.StringFlag{Name: "log-level", EnvVars: []string{logging.EnvLevel}, Value: "info", Usage: "trace, debug, info, warn or error"},
-			&cli.IntFlag{Name: "log-max-size", EnvVars: []string{"BANGER_LOG_MAX_SIZE"}, Value: logfile.DefaultMaxSizeMiB, Usage: "rotate the log file (" + dirs.DaemonLog + " in the state directory) before it grows past `MIB` MiB"},
+			&cli.IntFlag{Name: "log-max-size", EnvVars: []string{"BANGER_LOG_MAX_SIZE"}, Value: logfile.DefaultMaxSizeMiB, Usage: "rotate the log file (" + layout.DaemonLog + " in the state directory) before it grows past `MIB` MiB"},
 			&cli.IntFlag{Name: "log-max-files", EnvVars: []string{"BANGER_LOG_MAX_FILES"}, Value: logfile.DefaultMaxFiles, Usage: "keep `N` rotated log files beside it (the oldest go first)"},
 			&cli.StringFlag{Name: "helper", EnvVars: []string{"BANGER_HELPER"}, Value: HelperAuto, Usage: "how to reach the root helper: auto, socket, sudo or none"},
 			&cli.StringFlag{Name: "accel", EnvVars: []string{"BANGER_ACCEL"}, Value: "auto", Usage: "VM accelerator: auto (KVM when it can really run a guest, else TCG), kvm or tcg"},
 			&cli.StringFlag{Name: "bridge-cidr", EnvVars: []string{"BANGER_BRIDGE_CIDR"}, Value: vm.DefaultBridgeCIDR, Usage: "the `CIDR` of bridge " + vm.DefaultBridge + " (bridged VMs): the bridge is its first host, VMs get the next ones"},
-			&cli.StringFlag{Name: "helper-socket", EnvVars: []string{"BANGER_HELPER_SOCKET"}, Usage: "the root helper's socket `PATH` (default " + dirs.SystemHelperSocket + " when it exists)"},
+			&cli.StringFlag{Name: "helper-socket", EnvVars: []string{"BANGER_HELPER_SOCKET"}, Usage: "the root helper's socket `PATH` (default " + layout.SystemHelperSocket + " when it exists)"},
 			&cli.BoolFlag{Name: "auto-warm", EnvVars: []string{"BANGER_AUTO_WARM"}, Value: true, Usage: "save a warm snapshot of an image after a VM of it boots, when it has none (--auto-warm=false: only `banger image warm` saves them)"},
 			&cli.IntFlag{Name: "standbys", EnvVars: []string{"BANGER_STANDBYS"}, Value: 1, Usage: "keep `N` VMs per warm snapshot restored ahead of time and paused, for the next creates to take (user-mode networking; each holds its memory, no CPU); 0: none"},
 			&cli.BoolFlag{Name: "standby", EnvVars: []string{"BANGER_STANDBY"}, Value: true, Usage: "false keeps no standbys (as --standbys 0)"},
@@ -110,15 +110,15 @@ func run(ctx context.Context, build api.Build, o options) error {
 	unix.Umask(0o077)
 
 	if o.stateDir == "" {
-		o.stateDir = dirs.State()
+		o.stateDir = layout.State()
 	}
-	if err := dirs.EnsureState(o.stateDir); err != nil {
+	if err := layout.EnsureState(o.stateDir); err != nil {
 		return cli.Exit("state directory: "+err.Error(), service.ExitFailed)
 	}
 	if r := o.logRotation; r.MaxSizeMiB < 1 || r.MaxFiles < 1 {
 		return cli.Exit(fmt.Sprintf("--log-max-size %d, --log-max-files %d: want 1 or more of each", r.MaxSizeMiB, r.MaxFiles), service.ExitUsage)
 	}
-	logFile, err := logfile.Open(filepath.Join(o.stateDir, dirs.DaemonLog), o.logRotation)
+	logFile, err := logfile.Open(filepath.Join(o.stateDir, layout.DaemonLog), o.logRotation)
 	if err != nil {
 		return cli.Exit("open the log: "+err.Error(), service.ExitFailed)
 	}
@@ -130,24 +130,24 @@ func run(ctx context.Context, build api.Build, o options) error {
 	}
 
 	if o.socket == "" {
-		o.socket = dirs.DefaultSocket()
+		o.socket = layout.DefaultSocket()
 	}
 	// The default runtime directory is checked for owner, mode and
 	// symlinks; a directory given with --socket is the caller's choice.
-	if filepath.Dir(o.socket) == dirs.Runtime() {
-		if err := dirs.EnsurePrivate(dirs.Runtime()); err != nil {
+	if filepath.Dir(o.socket) == layout.Runtime() {
+		if err := layout.EnsurePrivate(layout.Runtime()); err != nil {
 			return fail(service.ExitFailed, fmt.Errorf("runtime directory: %w", err))
 		}
 	} else if err := os.MkdirAll(filepath.Dir(o.socket), 0o700); err != nil {
 		return fail(service.ExitFailed, err)
 	}
-	streamSocket := dirs.StreamSocket(o.socket)
+	streamSocket := layout.StreamSocket(o.socket)
 	for _, sock := range []string{o.socket, streamSocket} {
-		if err := dirs.CheckSocketPath(sock); err != nil {
+		if err := layout.CheckSocketPath(sock); err != nil {
 			return fail(service.ExitUsage, err)
 		}
 	}
-	unlock, err := lock(o.socket + dirs.LockSuffix)
+	unlock, err := lock(o.socket + layout.LockSuffix)
 	if err != nil {
 		return fail(service.ExitConflict, err)
 	}
@@ -180,7 +180,7 @@ func run(ctx context.Context, build api.Build, o options) error {
 	if o.dnsPort < -1 || o.dnsPort > 65535 || (o.dnsPort > 0 && o.dnsPort < 1024) {
 		return fail(service.ExitUsage, fmt.Errorf("--dns-port %d: want 1024 to 65535, 0 (a free port) or -1 (none)", o.dnsPort))
 	}
-	db, err := state.Open(ctx, filepath.Join(o.stateDir, state.FileName))
+	db, err := state.Open(ctx, filepath.Join(o.stateDir, layout.Database))
 	if err != nil {
 		return fail(service.ExitFailed, err)
 	}
@@ -295,7 +295,7 @@ func lock(path string) (func(), error) {
 	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
 		f.Close()
 		if errors.Is(err, unix.EWOULDBLOCK) {
-			return nil, fmt.Errorf("another bangerd already serves %s", path[:len(path)-len(dirs.LockSuffix)])
+			return nil, fmt.Errorf("another bangerd already serves %s", path[:len(path)-len(layout.LockSuffix)])
 		}
 		return nil, fmt.Errorf("lock %s: %w", path, err)
 	}

@@ -12,7 +12,7 @@ import (
 	"sync"
 
 	"banger/internal/api"
-	"banger/internal/dirs"
+	"banger/internal/layout"
 	"banger/logging"
 	"banger/rpc"
 )
@@ -44,8 +44,8 @@ func newHelperLink(mode, socket, stateDir string) (*helperLink, error) {
 		mode = HelperSudo
 		if socket != "" {
 			mode = HelperSocket
-		} else if _, err := os.Stat(dirs.SystemHelperSocket); err == nil {
-			mode, socket = HelperSocket, dirs.SystemHelperSocket
+		} else if _, err := os.Stat(layout.SystemHelperSocket); err == nil {
+			mode, socket = HelperSocket, layout.SystemHelperSocket
 		}
 	}
 	switch mode {
@@ -53,7 +53,7 @@ func newHelperLink(mode, socket, stateDir string) (*helperLink, error) {
 		return &helperLink{mode: HelperNone}, nil
 	case HelperSocket:
 		if socket == "" {
-			socket = dirs.SystemHelperSocket
+			socket = layout.SystemHelperSocket
 		}
 		// The helper runs as root: a socket another user serves gets no
 		// request of ours.
@@ -66,7 +66,7 @@ func newHelperLink(mode, socket, stateDir string) (*helperLink, error) {
 			return nil, fmt.Errorf("find this binary for sudo: %w", err)
 		}
 		argv := []string{"sudo", "-n", self, api.AppletHelper, "--stdio"}
-		f, err := logging.OpenFile(filepath.Join(stateDir, dirs.HelperLog))
+		f, err := logging.OpenFile(filepath.Join(stateDir, layout.HelperLog))
 		if err != nil {
 			return nil, err
 		}

@@ -16,6 +16,7 @@ import (
 	"banger/applets/daemon/kernel/kernelbuild"
 	"banger/applets/daemon/vm"
 	"banger/applets/daemon/warm"
+	"banger/internal/layout"
 	"banger/rpc"
 )
 
@@ -30,11 +31,11 @@ func newVMs(ctx context.Context, c vm.Config) (*vm.Service, *imageMethods, error
 	if err != nil {
 		return nil, nil, fmt.Errorf("find this binary (the guest agent): %w", err)
 	}
-	kernels, err := kernelbuild.Open(filepath.Join(stateDir, "kernels"))
+	kernels, err := kernelbuild.Open(filepath.Join(stateDir, layout.KernelsDir))
 	if err != nil {
 		return nil, nil, err
 	}
-	store, err := imagestore.Open(ctx, filepath.Join(stateDir, "images"), imagestore.Options{
+	store, err := imagestore.Open(ctx, filepath.Join(stateDir, layout.ImagesDir), imagestore.Options{
 		PrepareKernel: prepareKernel,
 		BuildInitrd:   initrdBuilder(self, kernels),
 		// A build reads the kernel, the agent and the initramfs whole (a
@@ -45,7 +46,7 @@ func newVMs(ctx context.Context, c vm.Config) (*vm.Service, *imageMethods, error
 	if err != nil {
 		return nil, nil, fmt.Errorf("open the image store: %w", err)
 	}
-	snaps, err := warm.Open(filepath.Join(stateDir, "snapshots"))
+	snaps, err := warm.Open(filepath.Join(stateDir, layout.SnapshotsDir))
 	if err != nil {
 		return nil, nil, err
 	}

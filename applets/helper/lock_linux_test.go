@@ -11,15 +11,15 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"banger/internal/dirs"
+	"banger/internal/layout"
 	"banger/rpc"
 )
 
 // The helpers of a host agree on the lock through the system helper's
 // runtime directory, which the service's unit makes root's and 0711.
 func TestDefaultLockFileIsInTheHelpersRuntimeDir(t *testing.T) {
-	if filepath.Dir(DefaultLockFile) != filepath.Dir(dirs.SystemHelperSocket) {
-		t.Errorf("lock %s is not beside the helper's socket %s", DefaultLockFile, dirs.SystemHelperSocket)
+	if filepath.Dir(DefaultLockFile) != filepath.Dir(layout.SystemHelperSocket) {
+		t.Errorf("lock %s is not beside the helper's socket %s", DefaultLockFile, layout.SystemHelperSocket)
 	}
 }
 

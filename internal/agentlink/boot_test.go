@@ -13,6 +13,7 @@ import (
 
 	"banger/applets/daemon/engine"
 	"banger/internal/agentlink"
+	"banger/internal/layout"
 	"banger/rpc"
 )
 
@@ -128,7 +129,7 @@ func TestBootKill(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Error("the link did not notice the VM's end")
 	}
-	for _, f := range []string{engine.PIDFile, engine.QMPSocket, engine.AgentSocket} {
+	for _, f := range []string{layout.PID, layout.QMPSocket, layout.AgentSocket} {
 		if _, err := os.Stat(filepath.Join(v.Dir, f)); !errors.Is(err, os.ErrNotExist) {
 			t.Errorf("%s left behind: %v", f, err)
 		}

@@ -17,6 +17,7 @@ import (
 	"banger/applets/daemon/imagestore"
 	"banger/applets/daemon/kernel"
 	"banger/internal/agentlink"
+	"banger/internal/layout"
 )
 
 // The real-guest tests of this package boot Debian's kernel under QEMU
@@ -194,7 +195,7 @@ func newSpec(t *testing.T, g *guestFiles, hostname string) engine.Spec {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
-	disk := filepath.Join(dir, engine.DiskFile)
+	disk := filepath.Join(dir, layout.Disk)
 	if out, err := exec.Command("qemu-img", "create", "-q", "-f", "qcow2", "-b", g.Base, "-F", "raw", disk).CombinedOutput(); err != nil {
 		t.Fatalf("qemu-img: %v: %s", err, out)
 	}
@@ -253,7 +254,7 @@ func (v *vm) dumpConsoleOnFailure(t *testing.T) {
 			c = c[i:]
 		}
 		t.Logf("console log (end):\n%s", c)
-		if q, err := os.ReadFile(filepath.Join(v.Dir, engine.EngineLog)); err == nil && len(strings.TrimSpace(string(q))) > 0 {
+		if q, err := os.ReadFile(filepath.Join(v.Dir, layout.EngineLog)); err == nil && len(strings.TrimSpace(string(q))) > 0 {
 			t.Logf("qemu log:\n%s", q)
 		}
 	})

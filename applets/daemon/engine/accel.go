@@ -18,6 +18,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"banger/internal/api"
+	"banger/internal/layout"
 	"banger/logging"
 )
 
@@ -81,7 +82,7 @@ func (q *QEMU) knownLocked(log *zerolog.Logger, key string) (KVMStatus, bool) {
 		return KVMStatus{}, false
 	}
 	var st KVMStatus
-	data, err := os.ReadFile(filepath.Join(q.StateDir, KVMProbeFile))
+	data, err := os.ReadFile(filepath.Join(q.StateDir, layout.KVMProbe))
 	if err != nil || json.Unmarshal(data, &st) != nil || st.Key != key {
 		return KVMStatus{}, false
 	}
@@ -100,7 +101,7 @@ func (q *QEMU) kvmStatus(ctx context.Context, bin, kernel string) KVMStatus {
 	}
 	cache := ""
 	if q.StateDir != "" {
-		cache = filepath.Join(q.StateDir, KVMProbeFile)
+		cache = filepath.Join(q.StateDir, layout.KVMProbe)
 	}
 	timeout := q.ProbeTimeout
 	if timeout <= 0 {

@@ -6,6 +6,8 @@ import (
 	"path/filepath"
 	"testing"
 	"time"
+
+	"banger/internal/layout"
 )
 
 // KnownKVM reads the kept answer, from memory or from the state
@@ -21,13 +23,13 @@ func TestKnownKVM(t *testing.T) {
 	if st, ok, err := q.KnownKVM(ctx); err != nil || ok {
 		t.Fatalf("a fresh engine knows %+v (%v)", st, err)
 	}
-	if _, err := os.Stat(filepath.Join(dir, KVMProbeFile)); err == nil {
+	if _, err := os.Stat(filepath.Join(dir, layout.KVMProbe)); err == nil {
 		t.Fatal("KnownKVM probed")
 	}
 
 	// An answer kept by an earlier daemon for this configuration.
 	kept := KVMStatus{Usable: true, Reason: "kept", TookMS: 12, ProbedAt: time.Now().UTC().Truncate(time.Second), Key: probeKey(bin)}
-	if err := writeJSONAtomic(filepath.Join(dir, KVMProbeFile), kept); err != nil {
+	if err := writeJSONAtomic(filepath.Join(dir, layout.KVMProbe), kept); err != nil {
 		t.Fatal(err)
 	}
 	st, ok, err := (&QEMU{Binary: bin, StateDir: dir}).KnownKVM(ctx)
@@ -36,7 +38,7 @@ func TestKnownKVM(t *testing.T) {
 	}
 	// One for another configuration is stale.
 	kept.Key += " other"
-	if err := writeJSONAtomic(filepath.Join(dir, KVMProbeFile), kept); err != nil {
+	if err := writeJSONAtomic(filepath.Join(dir, layout.KVMProbe), kept); err != nil {
 		t.Fatal(err)
 	}
 	if st, ok, _ := (&QEMU{Binary: bin, StateDir: dir}).KnownKVM(ctx); ok {

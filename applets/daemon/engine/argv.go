@@ -10,6 +10,7 @@ import (
 	"strings"
 
 	"banger/applets/agent/boot"
+	"banger/internal/layout"
 )
 
 // buildArgv is QEMU's full command line for spec.
@@ -47,7 +48,7 @@ func buildArgv(bin string, spec Spec, accel Accel, tscKHz int) []string {
 		"-append", strings.Join(kernelArgs(spec, accel, tscKHz), " "),
 		// Appended to, not truncated: a VM's console keeps its earlier
 		// boots, and a restored VM's starts with its snapshot's boot.
-		"-chardev", "file,id=console,path="+filepath.Join(dir, ConsoleLog)+",append=on",
+		"-chardev", "file,id=console,path="+filepath.Join(dir, layout.Console)+",append=on",
 		"-serial", "chardev:console",
 		"-chardev", "socket,id=qmp,fd=3,server=on,wait=off",
 		"-mon", "chardev=qmp,mode=control",

@@ -24,6 +24,7 @@ import (
 	"syscall"
 	"time"
 
+	"banger/internal/layout"
 	"banger/logging"
 	"banger/rpc"
 )
@@ -60,7 +61,7 @@ type QEMU struct {
 	// Binary is qemu-system-x86_64's path; empty looks it up in PATH.
 	Binary string
 	// StateDir keeps the KVM probe's answer across daemon restarts
-	// (KVMProbeFile); empty keeps it in memory only.
+	// (layout.KVMProbe); empty keeps it in memory only.
 	StateDir string
 	// ProbeTimeout bounds the KVM probe; zero means DefaultProbeTimeout.
 	ProbeTimeout time.Duration
@@ -137,7 +138,7 @@ func (q *QEMU) Launch(ctx context.Context, spec Spec) (*Instance, error) {
 			CleanRuntime(dir)
 		}
 	}()
-	if err := writeJSONAtomic(filepath.Join(dir, ArgvFile), argv); err != nil {
+	if err := writeJSONAtomic(filepath.Join(dir, layout.Argv), argv); err != nil {
 		return nil, fmt.Errorf("record argv: %w", err)
 	}
 
@@ -151,9 +152,9 @@ func (q *QEMU) Launch(ctx context.Context, spec Spec) (*Instance, error) {
 			f.Close()
 		}
 	}()
-	socks := []string{QMPSocket, AgentSocket}
+	socks := []string{layout.QMPSocket, layout.AgentSocket}
 	if spec.Net != nil {
-		socks = append(socks, NetSocket)
+		socks = append(socks, layout.NetSocket)
 	}
 	for _, s := range socks {
 		f, err := listenFile(filepath.Join(dir, s))
@@ -162,9 +163,9 @@ func (q *QEMU) Launch(ctx context.Context, spec Spec) (*Instance, error) {
 		}
 		files = append(files, f)
 	}
-	logFile, err := os.OpenFile(filepath.Join(dir, EngineLog), os.O_WRONLY|os.O_CREATE|os.O_TRUNC|os.O_APPEND, 0o644)
+	logFile, err := os.OpenFile(filepath.Join(dir, layout.EngineLog), os.O_WRONLY|os.O_CREATE|os.O_TRUNC|os.O_APPEND, 0o644)
 	if err != nil {
-		return nil, fmt.Errorf("open %s: %w", EngineLog, err)
+		return nil, fmt.Errorf("open %s: %w", layout.EngineLog, err)
 	}
 	files = append(files, logFile)
 
@@ -186,7 +187,7 @@ func (q *QEMU) Launch(ctx context.Context, spec Spec) (*Instance, error) {
 	inst, exited := newChild(dir, cmd.Process, argv)
 	// Reap it: the daemon is its parent until the daemon dies.
 	go func() { exited(cmd.Wait()) }()
-	if err := writeFileAtomic(filepath.Join(dir, PIDFile), []byte(strconv.Itoa(inst.PID)+"\n")); err != nil {
+	if err := writeFileAtomic(filepath.Join(dir, layout.PID), []byte(strconv.Itoa(inst.PID)+"\n")); err != nil {
 		inst.kill()
 		return nil, fmt.Errorf("write pidfile: %w", err)
 	}
@@ -201,7 +202,7 @@ func (q *QEMU) Launch(ctx context.Context, spec Spec) (*Instance, error) {
 		inst.kill()
 		<-inst.Done()
 		if exitedAtStart {
-			return nil, fmt.Errorf("launch %s: %w: %s", spec.Name, ErrExitedAtStart, tail(filepath.Join(dir, EngineLog)))
+			return nil, fmt.Errorf("launch %s: %w: %s", spec.Name, ErrExitedAtStart, tail(filepath.Join(dir, layout.EngineLog)))
 		}
 		return nil, fmt.Errorf("launch %s: %w", spec.Name, err)
 	}

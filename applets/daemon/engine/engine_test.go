@@ -20,7 +20,7 @@ import (
 
 	"banger/applets/agent/boot"
 	"banger/applets/daemon/imagestore"
-	"banger/internal/dirs"
+	"banger/internal/layout"
 	"banger/rpc"
 )
 
@@ -32,37 +32,6 @@ func shortDir(t *testing.T) string {
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
 	return dir
-}
-
-func TestCheckDirSocketPathLimit(t *testing.T) {
-	if err := CheckDir("/tmp/bgv123"); err != nil {
-		t.Errorf("short dir: %v", err)
-	}
-	// The longest socket name decides: a directory that leaves exactly
-	// room for it passes, one byte more fails.
-	longest := 0
-	for _, s := range sockets() {
-		longest = max(longest, len(s))
-	}
-	fits := "/" + strings.Repeat("d", dirs.MaxSocketPath-longest-2)
-	if err := CheckDir(fits); err != nil {
-		t.Errorf("%d-byte dir: %v", len(fits), err)
-	}
-	err := CheckDir(fits + "x")
-	if err == nil || !strings.Contains(err.Error(), "Linux allows 107") {
-		t.Errorf("too long a dir: %v", err)
-	}
-}
-
-func TestInstanceFilesAreDistinct(t *testing.T) {
-	names := []string{DiskFile, ArgvFile, PIDFile, ConsoleLog, EngineLog, QMPSocket, AgentSocket}
-	seen := map[string]bool{}
-	for _, n := range names {
-		if seen[n] || strings.Contains(n, "/") {
-			t.Errorf("file name %q repeated or not a plain name", n)
-		}
-		seen[n] = true
-	}
 }
 
 func testSpec(dir string) Spec {
@@ -288,10 +257,10 @@ func TestAttachNotRunning(t *testing.T) {
 		t.Errorf("no pidfile: %v", err)
 	}
 	argv, _ := json.Marshal([]string{"/usr/bin/qemu-system-x86_64", "-name", "x"})
-	os.WriteFile(filepath.Join(dir, ArgvFile), argv, 0o644)
+	os.WriteFile(filepath.Join(dir, layout.Argv), argv, 0o644)
 
 	// A live process that is not this VM's QEMU: the test itself.
-	os.WriteFile(filepath.Join(dir, PIDFile), []byte(strconv.Itoa(os.Getpid())+"\n"), 0o644)
+	os.WriteFile(filepath.Join(dir, layout.PID), []byte(strconv.Itoa(os.Getpid())+"\n"), 0o644)
 	if _, err := Attach(context.Background(), dir); !errors.Is(err, ErrNotRunning) || !strings.Contains(err.Error(), "not this VM's qemu") {
 		t.Errorf("someone else's pid: %v", err)
 	}
@@ -300,16 +269,16 @@ func TestAttachNotRunning(t *testing.T) {
 	if err := cmd.Run(); err != nil {
 		t.Fatal(err)
 	}
-	os.WriteFile(filepath.Join(dir, PIDFile), []byte(strconv.Itoa(cmd.Process.Pid)), 0o644)
+	os.WriteFile(filepath.Join(dir, layout.PID), []byte(strconv.Itoa(cmd.Process.Pid)), 0o644)
 	if _, err := Attach(context.Background(), dir); !errors.Is(err, ErrNotRunning) {
 		t.Errorf("dead pid: %v", err)
 	}
-	os.WriteFile(filepath.Join(dir, PIDFile), []byte("garbage"), 0o644)
+	os.WriteFile(filepath.Join(dir, layout.PID), []byte("garbage"), 0o644)
 	if _, err := Attach(context.Background(), dir); !errors.Is(err, ErrNotRunning) {
 		t.Errorf("garbage pidfile: %v", err)
 	}
-	os.WriteFile(filepath.Join(dir, PIDFile), []byte(strconv.Itoa(os.Getpid())), 0o644)
-	os.Remove(filepath.Join(dir, ArgvFile))
+	os.WriteFile(filepath.Join(dir, layout.PID), []byte(strconv.Itoa(os.Getpid())), 0o644)
+	os.Remove(filepath.Join(dir, layout.Argv))
 	if _, err := Attach(context.Background(), dir); !errors.Is(err, ErrNotRunning) {
 		t.Errorf("no argv: %v", err)
 	}
@@ -430,7 +399,7 @@ func TestLaunchFailureIsReported(t *testing.T) {
 			t.Errorf("%s left behind", f)
 		}
 	}
-	if _, err := os.Stat(filepath.Join(dir, ArgvFile)); err != nil {
+	if _, err := os.Stat(filepath.Join(dir, layout.Argv)); err != nil {
 		t.Errorf("argv not recorded: %v", err)
 	}
 }
@@ -446,7 +415,7 @@ func TestLaunchCanceled(t *testing.T) {
 	if !errors.Is(err, context.Canceled) {
 		t.Errorf("Launch with a canceled context = %v", err)
 	}
-	pid, _ := os.ReadFile(filepath.Join(dir, PIDFile))
+	pid, _ := os.ReadFile(filepath.Join(dir, layout.PID))
 	if len(pid) != 0 {
 		t.Errorf("pidfile left: %s", pid)
 	}
@@ -479,7 +448,7 @@ func TestKVMProbe(t *testing.T) {
 	if kernel == "" {
 		return // nothing final to cache without a kernel to test with
 	}
-	data, err := os.ReadFile(filepath.Join(state, KVMProbeFile))
+	data, err := os.ReadFile(filepath.Join(state, layout.KVMProbe))
 	if err != nil {
 		t.Fatalf("answer not cached: %v", err)
 	}

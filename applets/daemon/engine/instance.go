@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"github.com/digitalocean/go-qemu/qmp"
+
+	"banger/internal/layout"
 )
 
 // ErrNotRunning is wrapped when an instance directory has no live QEMU of
@@ -56,22 +58,22 @@ func newChild(dir string, proc *os.Process, argv []string) (*Instance, func(erro
 	}
 }
 
-// AgentSocket is the host end of the guest agent's serial port.
+// layout.AgentSocket is the host end of the guest agent's serial port.
 // Moved tells the instance its directory was renamed to dir (its
 // sockets and files moved with it; QEMU keeps its open files). Only for
 // an instance nothing else uses yet: a standby a VM takes.
 func (i *Instance) Moved(dir string) { i.Dir = dir }
 
-func (i *Instance) AgentSocket() string { return filepath.Join(i.Dir, AgentSocket) }
+func (i *Instance) AgentSocket() string { return filepath.Join(i.Dir, layout.AgentSocket) }
 
-// NetSocket is the host end of a user-mode VM's network card.
-func (i *Instance) NetSocket() string { return filepath.Join(i.Dir, NetSocket) }
+// layout.NetSocket is the host end of a user-mode VM's network card.
+func (i *Instance) NetSocket() string { return filepath.Join(i.Dir, layout.NetSocket) }
 
-// QMPSocket is QEMU's control socket.
-func (i *Instance) QMPSocket() string { return filepath.Join(i.Dir, QMPSocket) }
+// layout.QMPSocket is QEMU's control socket.
+func (i *Instance) QMPSocket() string { return filepath.Join(i.Dir, layout.QMPSocket) }
 
-// ConsoleLog is the file with the guest's serial console.
-func (i *Instance) ConsoleLog() string { return filepath.Join(i.Dir, ConsoleLog) }
+// layout.Console is the file with the guest's serial console.
+func (i *Instance) ConsoleLog() string { return filepath.Join(i.Dir, layout.Console) }
 
 // Done is closed when the QEMU process has exited.
 func (i *Instance) Done() <-chan struct{} { return i.exited }
@@ -105,7 +107,7 @@ func (i *Instance) Wait(ctx context.Context) error {
 // be exactly the recorded argv (so a reused pid is never taken for ours),
 // and QMP must answer. Anything else wraps ErrNotRunning.
 func Attach(ctx context.Context, dir string) (*Instance, error) {
-	raw, err := os.ReadFile(filepath.Join(dir, PIDFile))
+	raw, err := os.ReadFile(filepath.Join(dir, layout.PID))
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, fmt.Errorf("attach %s: %w (no pidfile)", dir, ErrNotRunning)
 	} else if err != nil {
@@ -118,12 +120,12 @@ func Attach(ctx context.Context, dir string) (*Instance, error) {
 		return nil, fmt.Errorf("attach %s: %w (bad pidfile %q)", dir, ErrNotRunning, strings.TrimSpace(string(raw)))
 	}
 	var argv []string
-	raw, err = os.ReadFile(filepath.Join(dir, ArgvFile))
+	raw, err = os.ReadFile(filepath.Join(dir, layout.Argv))
 	if err == nil {
 		err = json.Unmarshal(raw, &argv)
 	}
 	if err != nil || len(argv) == 0 {
-		return nil, fmt.Errorf("attach %s: %w (no usable %s: %v)", dir, ErrNotRunning, ArgvFile, err)
+		return nil, fmt.Errorf("attach %s: %w (no usable %s: %v)", dir, ErrNotRunning, layout.Argv, err)
 	}
 	// Watch for the exit first, then check the command line: a process
 	// that passes the check is then the one being watched.

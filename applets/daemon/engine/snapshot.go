@@ -11,6 +11,7 @@ import (
 
 	"github.com/digitalocean/go-qemu/qmp"
 
+	"banger/internal/layout"
 	"banger/logging"
 	"banger/rpc"
 )
@@ -166,7 +167,7 @@ func (i *Instance) LoadState(ctx context.Context, run bool) error {
 func (i *Instance) loadFailed(err error) error {
 	// A failed load ends QEMU; its QMP may go first.
 	if i.waitFor(context.Background(), time.Second) {
-		return rpc.Errorf(rpc.CodeOperationFailed, "load state: QEMU exited: %s", tail(filepath.Join(i.Dir, EngineLog)))
+		return rpc.Errorf(rpc.CodeOperationFailed, "load state: QEMU exited: %s", tail(filepath.Join(i.Dir, layout.EngineLog)))
 	}
 	return fmt.Errorf("load state: %w", err)
 }

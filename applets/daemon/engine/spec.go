@@ -83,7 +83,7 @@ func (t *TapNet) validate() error {
 }
 
 // UserNet is a user-mode network: the guest's network card is a stream
-// of frames on NetSocket, which QEMU listens on and the daemon's user
+// of frames on layout.NetSocket, which QEMU listens on and the daemon's user
 // network (package usernet) connects to. The guest is 10.0.2.15 behind
 // a gateway at 10.0.2.2, with DNS at 10.0.2.3, and no root is needed.
 type UserNet struct{}

@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
+
+	"banger/internal/layout"
 )
 
 // The test binary runs itself as a child to import in another process,
@@ -225,7 +227,7 @@ func TestImportUnprivileged(t *testing.T) {
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("import as nobody: %v\n%s", err, out)
 	}
-	img := filepath.Join(root, "mine", RootfsFile)
+	img := filepath.Join(root, "mine", layout.ImageRootfs)
 	if fi, err := os.Stat(img); err != nil || fi.Sys().(*syscall.Stat_t).Uid != nobody {
 		t.Fatalf("image file: %v", err)
 	}

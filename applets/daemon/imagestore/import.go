@@ -14,6 +14,7 @@ import (
 
 	"banger/applets/agent/boot"
 	"banger/internal/api"
+	"banger/internal/layout"
 	"banger/logging"
 	"banger/rpc"
 )
@@ -240,7 +241,7 @@ func (s *Store) build(ctx context.Context, b buildSpec) (Image, error) {
 		}
 		log.Debug().Str("image", b.name).Str("stage", st.name).Float64("duration_ms", logging.Millis(time.Since(start))).Msg("image import stage")
 	}
-	if err := writeManifest(filepath.Join(tmp, ManifestFile), m); err != nil {
+	if err := writeManifest(filepath.Join(tmp, layout.ImageManifest), m); err != nil {
 		return fail(err)
 	}
 	if err := syncPath(tmp); err != nil {
@@ -263,7 +264,7 @@ func (s *Store) build(ctx context.Context, b buildSpec) (Image, error) {
 
 // stepKernel makes the image's kernel with the PrepareKernel hook.
 func (s *Store) stepKernel(ctx context.Context, tmp string, b buildSpec, m *Manifest) error {
-	dst := filepath.Join(tmp, KernelFile)
+	dst := filepath.Join(tmp, layout.ImageKernel)
 	if s.opts.PrepareKernel != nil {
 		if err := s.opts.PrepareKernel(ctx, b.kernel, dst); err != nil {
 			return fmt.Errorf("prepare the kernel %s: %w", b.kernel, err)
@@ -271,19 +272,19 @@ func (s *Store) stepKernel(ctx context.Context, tmp string, b buildSpec, m *Mani
 	} else if _, err := copySparse(ctx, b.kernel, dst, 0o644); err != nil {
 		return fmt.Errorf("copy the kernel: %w", err)
 	}
-	m.Kernel = Part{File: KernelFile, From: Origin{Kind: OriginFile, Path: absPath(b.kernel)}}
+	m.Kernel = Part{File: layout.ImageKernel, From: Origin{Kind: OriginFile, Path: absPath(b.kernel)}}
 	return nil
 }
 
 // stepInitrd copies the given initrd, or has BuildInitrd make one.
 func (s *Store) stepInitrd(ctx context.Context, tmp string, b buildSpec, m *Manifest) error {
-	dst := filepath.Join(tmp, InitrdFile)
+	dst := filepath.Join(tmp, layout.ImageInitrd)
 	switch {
 	case b.initrd != "":
 		if _, err := copySparse(ctx, b.initrd, dst, 0o644); err != nil {
 			return fmt.Errorf("copy the initrd: %w", err)
 		}
-		m.Initrd = &Part{File: InitrdFile, From: Origin{Kind: OriginFile, Path: absPath(b.initrd)}}
+		m.Initrd = &Part{File: layout.ImageInitrd, From: Origin{Kind: OriginFile, Path: absPath(b.initrd)}}
 	case s.opts.BuildInitrd != nil:
 		made, err := s.opts.BuildInitrd(ctx, b.kernel, dst)
 		if err != nil {
@@ -292,7 +293,7 @@ func (s *Store) stepInitrd(ctx context.Context, tmp string, b buildSpec, m *Mani
 		if !made {
 			return os.RemoveAll(dst)
 		}
-		m.Initrd = &Part{File: InitrdFile, From: Origin{Kind: OriginBuilt, Path: absPath(b.kernel)}}
+		m.Initrd = &Part{File: layout.ImageInitrd, From: Origin{Kind: OriginBuilt, Path: absPath(b.kernel)}}
 	}
 	return nil
 }
@@ -313,7 +314,7 @@ func stepAgent(ctx context.Context, b buildSpec, m *Manifest) error {
 
 // stepRootfs builds the root filesystem and checks it.
 func stepRootfs(ctx context.Context, tmp string, b buildSpec, m *Manifest) error {
-	file := filepath.Join(tmp, RootfsFile)
+	file := filepath.Join(tmp, layout.ImageRootfs)
 	var notes []string
 	var err error
 	if b.rootfs.populate == nil {
@@ -333,7 +334,7 @@ func stepRootfs(ctx context.Context, tmp string, b buildSpec, m *Manifest) error
 		return err
 	}
 	m.RootfsMiB = int(fi.Size() / mib)
-	m.Rootfs = Part{File: RootfsFile, From: b.rootfs.from}
+	m.Rootfs = Part{File: layout.ImageRootfs, From: b.rootfs.from}
 	return nil
 }
 
@@ -359,7 +360,7 @@ func buildRootfs(ctx context.Context, tmp string, b buildSpec) ([]string, error)
 	if sv.bytes > maxContentMiB*mib {
 		return nil, rpc.Errorf(rpc.CodeInvalidParams, "the root file system holds %d GiB of data, more than the %d GiB an image may", sv.bytes>>30, maxContentMiB>>10)
 	}
-	spec := mkfsSpec{staging: staging, file: filepath.Join(tmp, RootfsFile), sizeMiB: b.sizeMiB, entries: sv.entries, userSize: b.sizeMiB > 0}
+	spec := mkfsSpec{staging: staging, file: filepath.Join(tmp, layout.ImageRootfs), sizeMiB: b.sizeMiB, entries: sv.entries, userSize: b.sizeMiB > 0}
 	if !spec.userSize {
 		spec.sizeMiB = defaultSizeMiB(sv.bytes)
 	}
@@ -388,7 +389,7 @@ func stepDigest(ctx context.Context, tmp string, m *Manifest) error {
 			continue
 		}
 		file := filepath.Join(tmp, p.File)
-		size, sum, err := hashFile(ctx, file, p.File == RootfsFile)
+		size, sum, err := hashFile(ctx, file, p.File == layout.ImageRootfs)
 		if err != nil {
 			return err
 		}
@@ -401,7 +402,7 @@ func stepDigest(ctx context.Context, tmp string, m *Manifest) error {
 		if err := os.Chmod(file, 0o444); err != nil {
 			return err
 		}
-		if p.File != RootfsFile { // hashFile synced the root filesystem
+		if p.File != layout.ImageRootfs { // hashFile synced the root filesystem
 			if err := syncPath(file); err != nil {
 				return err
 			}

@@ -30,17 +30,14 @@ import (
 	"golang.org/x/sys/unix"
 
 	"banger/internal/api"
+	"banger/internal/layout"
 	"banger/rpc"
 )
 
-// The files of an image directory, <root>/<name>/, and of the store root.
-// Every name the store writes is here, so `ls` can be read against it.
+// The store's own names, beside and inside its images (an image's files
+// are layout's Image*): every name the store writes is there or here, so
+// `ls` can be read against them.
 const (
-	ManifestFile = "manifest.json"
-	KernelFile   = "vmlinux"
-	InitrdFile   = "initrd"
-	RootfsFile   = "rootfs.ext4"
-
 	// storeLockFile is held shared by every import and delete while it
 	// has files under tmpDir, and exclusively by Open while it empties
 	// tmpDir, so a second opener never removes a live build.
@@ -188,7 +185,7 @@ func (s *Store) Get(ctx context.Context, name string) (Image, error) {
 
 // load reads an image's manifest.
 func (s *Store) load(name string) (Image, error) {
-	m, err := readManifest(s.path(name, ManifestFile))
+	m, err := readManifest(s.path(name, layout.ImageManifest))
 	if err != nil {
 		return Image{}, err
 	}
@@ -203,11 +200,11 @@ func (s *Store) image(m Manifest) Image {
 	im := Image{
 		Manifest:   m,
 		Dir:        s.path(m.Name),
-		KernelPath: s.path(m.Name, KernelFile),
-		RootfsPath: s.path(m.Name, RootfsFile),
+		KernelPath: s.path(m.Name, layout.ImageKernel),
+		RootfsPath: s.path(m.Name, layout.ImageRootfs),
 	}
 	if m.Initrd != nil {
-		im.InitrdPath = s.path(m.Name, InitrdFile)
+		im.InitrdPath = s.path(m.Name, layout.ImageInitrd)
 	}
 	return im
 }

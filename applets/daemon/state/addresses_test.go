@@ -10,6 +10,7 @@ import (
 	"sync"
 	"testing"
 
+	"banger/internal/layout"
 	"banger/rpc"
 )
 
@@ -151,7 +152,7 @@ func TestTapRecordedAndUnique(t *testing.T) {
 // older banger left it, and returns its path.
 func oldDatabase(t *testing.T, version int, vms ...string) string {
 	t.Helper()
-	path := filepath.Join(t.TempDir(), FileName)
+	path := filepath.Join(t.TempDir(), layout.Database)
 	old, err := sql.Open("sqlite", "file:"+path)
 	if err != nil {
 		t.Fatal(err)

@@ -22,9 +22,6 @@ import (
 	"banger/rpc"
 )
 
-// FileName is the database's name in the state directory.
-const FileName = "banger.db"
-
 // DB is the open database.
 type DB struct {
 	sql *sql.DB

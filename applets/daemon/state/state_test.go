@@ -11,12 +11,13 @@ import (
 	"testing"
 	"time"
 
+	"banger/internal/layout"
 	"banger/rpc"
 )
 
 func openTest(t *testing.T) (*DB, string) {
 	t.Helper()
-	path := filepath.Join(t.TempDir(), FileName)
+	path := filepath.Join(t.TempDir(), layout.Database)
 	db, err := Open(context.Background(), path)
 	if err != nil {
 		t.Fatal(err)
@@ -119,7 +120,7 @@ func TestKilledWriterLeavesConsistentDatabase(t *testing.T) {
 		writeForever(os.Getenv("STATE_TEST_WRITER"))
 		return
 	}
-	path := filepath.Join(t.TempDir(), FileName)
+	path := filepath.Join(t.TempDir(), layout.Database)
 	for round := 0; round < 3; round++ {
 		cmd := exec.Command(os.Args[0], "-test.run=^TestKilledWriterLeavesConsistentDatabase$")
 		cmd.Env = append(os.Environ(), "STATE_TEST_WRITER="+path)

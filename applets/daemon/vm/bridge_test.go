@@ -19,6 +19,7 @@ import (
 	"banger/applets/daemon/operation"
 	"banger/applets/daemon/state"
 	"banger/internal/api"
+	"banger/internal/layout"
 	"banger/rpc"
 )
 
@@ -96,7 +97,7 @@ func (fakeImages) Overlay(ctx context.Context, img vmImage, dst string, diskMiB 
 func testService(t *testing.T) (*Service, *fakeHelper, *fakeEngine) {
 	t.Helper()
 	dir := t.TempDir()
-	db, err := state.Open(context.Background(), filepath.Join(dir, state.FileName))
+	db, err := state.Open(context.Background(), filepath.Join(dir, layout.Database))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -10,7 +10,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"banger/applets/daemon/engine"
+	"banger/internal/layout"
 	"banger/logging"
 )
 
@@ -45,7 +45,7 @@ func (s *Service) KeepConsoles(ctx context.Context, max int64) {
 		case <-t.C:
 		}
 		for _, dir := range []string{s.root, s.standbyRoot()} {
-			files, _ := filepath.Glob(filepath.Join(dir, "*", engine.ConsoleLog))
+			files, _ := filepath.Glob(filepath.Join(dir, "*", layout.Console))
 			for _, f := range files {
 				if cut, err := trimConsole(f, max); err != nil {
 					log.Warn().Err(err).Str("console", f).Msg("console not trimmed")

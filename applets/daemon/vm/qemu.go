@@ -22,6 +22,7 @@ import (
 	"banger/applets/daemon/warm"
 	"banger/internal/agentlink"
 	"banger/internal/api"
+	"banger/internal/layout"
 	"banger/internal/printable"
 	"banger/logging"
 	"banger/rpc"
@@ -269,7 +270,7 @@ func (p *qemuProcess) finishAgentWait(ctx context.Context, ch agentWait) (string
 // create's undo removes the instance directory, and the files with it.
 func (p *qemuProcess) exitedDuringBoot() error {
 	return rpc.Errorf(rpc.CodeOperationFailed, "the VM's engine exited during boot; its console ended with: %s; qemu said: %s",
-		lastLines(p.inst.ConsoleLog(), 6), lastLines(filepath.Join(p.inst.Dir, engine.EngineLog), 3))
+		lastLines(p.inst.ConsoleLog(), 6), lastLines(filepath.Join(p.inst.Dir, layout.EngineLog), 3))
 }
 
 // lastLines is the last n non-empty lines of a file, joined with " | ",
@@ -298,7 +299,7 @@ func readTail(path string, max int64) (string, error) {
 
 // consoleTail is the end of a VM's console (nothing when it has none).
 func consoleTail(instanceDir string) string {
-	tail, _ := readTail(filepath.Join(instanceDir, engine.ConsoleLog), 8192)
+	tail, _ := readTail(filepath.Join(instanceDir, layout.Console), 8192)
 	return tail
 }
 
@@ -606,7 +607,7 @@ type Config struct {
 func New(ctx context.Context, c Config) (*Service, error) {
 	eng := &qemuEngine{q: &engine.QEMU{StateDir: c.StateDir}, accel: c.Accel}
 	images := &storeImages{store: c.Images, agent: c.Agent, kernels: c.Kernels, agentSum: c.AgentSum, usedBy: c.DB.ImageUsers}
-	s := newVMService(c.DB, c.Ops, eng, images, filepath.Join(c.StateDir, "vms"), c.Helper, c.Bridge)
+	s := newVMService(c.DB, c.Ops, eng, images, filepath.Join(c.StateDir, layout.VMsDir), c.Helper, c.Bridge)
 	s.log = *logging.From(ctx)
 	var err error
 	if s.warm, err = newWarmStarts(c.Snapshots, c.Warm, c.AgentSum); err != nil {

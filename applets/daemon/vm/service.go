@@ -16,10 +16,10 @@ import (
 	"github.com/rs/zerolog"
 	"golang.org/x/sys/unix"
 
-	"banger/applets/daemon/engine"
 	"banger/applets/daemon/operation"
 	"banger/applets/daemon/state"
 	"banger/internal/api"
+	"banger/internal/layout"
 	"banger/logging"
 	"banger/rpc"
 )
@@ -544,7 +544,7 @@ func (s *Service) Logs(ctx context.Context, p api.VMLogs) (api.VMLogsResult, err
 		return api.VMLogsResult{}, err
 	}
 	res := api.VMLogsResult{Next: p.Offset, Running: vm.State == state.VMRunning || vm.State == state.VMStarting}
-	f, err := os.Open(filepath.Join(vm.InstanceDir, engine.ConsoleLog))
+	f, err := os.Open(filepath.Join(vm.InstanceDir, layout.Console))
 	if errors.Is(err, os.ErrNotExist) {
 		return res, nil
 	}

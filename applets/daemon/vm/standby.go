@@ -12,10 +12,10 @@ import (
 
 	"github.com/oklog/ulid/v2"
 
-	"banger/applets/daemon/engine"
 	"banger/applets/daemon/state"
 	"banger/applets/daemon/warm"
 	"banger/internal/api"
+	"banger/internal/layout"
 	"banger/logging"
 )
 
@@ -298,7 +298,7 @@ func (s *Service) standbys() int {
 
 // standbyRoot is where standbys wait: beside the VMs' directories, on the
 // same file system, so a create takes one with a rename.
-func (s *Service) standbyRoot() string { return filepath.Join(filepath.Dir(s.root), "standby") }
+func (s *Service) standbyRoot() string { return filepath.Join(filepath.Dir(s.root), layout.StandbyDir) }
 
 // takeStandby returns a ready standby of plan's key, out of its pool
 // (nil when there is none): the create checks it and moves it into the
@@ -418,7 +418,7 @@ func (s *Service) makeStandby(ctx context.Context, key warm.Key, img vmImage, sa
 		}
 		// A disk for QEMU to open; the snapshot's replaces its content
 		// before the state loads.
-		disk, mem := filepath.Join(dir, engine.DiskFile), filepath.Join(dir, memoryFile)
+		disk, mem := filepath.Join(dir, layout.Disk), filepath.Join(dir, layout.WarmMemory)
 		if err := s.images.Overlay(ctx, img, disk, key.DiskMiB); err != nil {
 			return err
 		}
@@ -434,7 +434,7 @@ func (s *Service) makeStandby(ctx context.Context, key warm.Key, img vmImage, sa
 				return ctx.Err()
 			}
 		}
-		ok, err := s.warm.store.Checkout(key, disk, mem, filepath.Join(dir, engine.ConsoleLog))
+		ok, err := s.warm.store.Checkout(key, disk, mem, filepath.Join(dir, layout.Console))
 		if !ok {
 			return errors.Join(errNoSnapshot, err)
 		}

@@ -7,10 +7,10 @@ import (
 	"os"
 	"path/filepath"
 
-	"banger/applets/daemon/engine"
 	"banger/applets/daemon/operation"
 	"banger/applets/daemon/state"
 	"banger/internal/api"
+	"banger/internal/layout"
 	"banger/rpc"
 )
 
@@ -144,7 +144,7 @@ func (s *Service) restoreWay(vm state.VM, img *vmImage, plan *warmPlan) operatio
 // before the launch returns: that is a failed restore too.
 func (s *Service) restoreLaunchStep(name string, img *vmImage, proc *vmProcess, spec *launchSpec, plan *warmPlan) operation.Step {
 	step := s.launchStep(name, img, proc, spec, func(spec *launchSpec) {
-		spec.Incoming = filepath.Join(spec.InstanceDir, memoryFile)
+		spec.Incoming = filepath.Join(spec.InstanceDir, layout.WarmMemory)
 	})
 	launch := step.Do
 	step.Do = func(ctx context.Context) error {
@@ -183,7 +183,7 @@ func (s *Service) overlayStep(vm state.VM, img *vmImage) operation.Step {
 		if err := os.MkdirAll(vm.InstanceDir, 0o700); err != nil {
 			return err
 		}
-		return s.images.Overlay(ctx, *img, filepath.Join(vm.InstanceDir, engine.DiskFile), vm.DiskMiB)
+		return s.images.Overlay(ctx, *img, filepath.Join(vm.InstanceDir, layout.Disk), vm.DiskMiB)
 	}, Undo: func(ctx context.Context) error {
 		return os.RemoveAll(vm.InstanceDir)
 	}}
@@ -221,7 +221,7 @@ func (s *Service) launchStep(name string, img *vmImage, proc *vmProcess, spec *l
 		}
 		*spec = launchSpec{
 			InstanceDir: vm.InstanceDir, Kernel: img.Kernel, Initrd: img.Initrd, KernelArgs: img.KernelArgs,
-			Disk: filepath.Join(vm.InstanceDir, engine.DiskFile), Hostname: vm.Name, CPUs: vm.CPUs, MemoryMiB: vm.MemoryMiB,
+			Disk: filepath.Join(vm.InstanceDir, layout.Disk), Hostname: vm.Name, CPUs: vm.CPUs, MemoryMiB: vm.MemoryMiB,
 		}
 		if vm.Network != api.NetworkBridge {
 			spec.User = &userNet{Ports: vm.Ports, AllowHost: vm.AllowHost}

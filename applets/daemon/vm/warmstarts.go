@@ -12,13 +12,13 @@ import (
 	"github.com/oklog/ulid/v2"
 	"github.com/prometheus/procfs"
 
-	"banger/applets/daemon/engine"
 	"banger/applets/daemon/filecopy"
 	"banger/applets/daemon/operation"
 	"banger/applets/daemon/state"
 	"banger/applets/daemon/warm"
 	"banger/internal/agentlink"
 	"banger/internal/api"
+	"banger/internal/layout"
 	"banger/internal/session"
 	"banger/logging"
 	"banger/rpc"
@@ -28,10 +28,6 @@ import (
 // restores the snapshot instead of booting, and is given its own
 // identity; a VM that boots saves one when its image has none that is
 // valid. docs/warm-starts.md says what a user sees of it.
-
-// memoryFile is where a restoring VM's instance directory keeps its link
-// to the snapshot's memory until the state is loaded.
-const memoryFile = "warm.memory"
 
 // warmStarts is the VM service's snapshot store and policy.
 type warmStarts struct {
@@ -149,7 +145,7 @@ func (s *Service) canRestore(plan *warmPlan) bool {
 // checkoutSnapshot makes a restoring VM's disk and memory link from the
 // snapshot.
 func (s *Service) checkoutSnapshot(ctx context.Context, plan *warmPlan, dir string) error {
-	ok, err := s.warm.store.Checkout(plan.key, filepath.Join(dir, engine.DiskFile), filepath.Join(dir, memoryFile), filepath.Join(dir, engine.ConsoleLog))
+	ok, err := s.warm.store.Checkout(plan.key, filepath.Join(dir, layout.Disk), filepath.Join(dir, layout.WarmMemory), filepath.Join(dir, layout.Console))
 	if err != nil {
 		return err
 	}
@@ -183,7 +179,7 @@ func (s *Service) saveStep(plan *warmPlan, proc *vmProcess, disk func() string) 
 			if err == nil {
 				// What the guest said while it booted, for the consoles of
 				// the VMs that restore it.
-				filecopy.New(filepath.Join(filepath.Dir(disk()), engine.ConsoleLog), filepath.Join(filepath.Dir(memory), warm.ConsoleFile))
+				filecopy.New(filepath.Join(filepath.Dir(disk()), layout.Console), filepath.Join(filepath.Dir(memory), layout.Console))
 			}
 			resumeErr = (*proc).Continue(context.WithoutCancel(ctx))
 			return errors.Join(err, resumeErr)

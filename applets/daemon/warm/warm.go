@@ -28,17 +28,13 @@ import (
 	"github.com/oklog/ulid/v2"
 
 	"banger/applets/daemon/filecopy"
+	"banger/internal/layout"
 )
 
-// Files of a snapshot's directory.
-const (
-	MemoryFile   = "memory"
-	DiskFile     = "disk.qcow2"
-	ManifestFile = "snapshot.json"
-	// ConsoleFile is the saved guest's console up to the save (optional):
-	// a restored VM's console starts with it, boot messages and all.
-	ConsoleFile = "console.log"
-)
+// A snapshot's directory holds layout.SnapshotMemory, layout.Disk,
+// layout.SnapshotManifest and (optional) layout.Console: the saved
+// guest's console up to the save, which a restored VM's console starts
+// with, boot messages and all.
 
 // partialPrefix marks a snapshot being saved; Open removes leftovers.
 const partialPrefix = ".partial-"
@@ -125,7 +121,7 @@ func (s *Store) path(image string, file ...string) string {
 // manifest reads image's manifest; a missing or unreadable one is none.
 func (s *Store) manifest(image string) (Manifest, bool) {
 	var m Manifest
-	data, err := os.ReadFile(s.path(image, ManifestFile))
+	data, err := os.ReadFile(s.path(image, layout.SnapshotManifest))
 	if err != nil || json.Unmarshal(data, &m) != nil {
 		return m, false
 	}
@@ -142,7 +138,7 @@ func (s *Store) manifest(image string) (Manifest, bool) {
 // mu.
 func (s *Store) valid(key Key) bool {
 	m, ok := s.manifest(key.slot())
-	whole := ok && sizeIs(s.path(key.slot(), MemoryFile), m.MemoryBytes)
+	whole := ok && sizeIs(s.path(key.slot(), layout.SnapshotMemory), m.MemoryBytes)
 	if whole && m.Key == key {
 		return true
 	}
@@ -196,7 +192,7 @@ func (s *Store) Checkout(key Key, disk, memory, console string) (bool, error) {
 	if console != "" {
 		m, _ := s.manifest(key.slot())
 		// A console is worth having, not worth failing a VM for.
-		if err := filecopy.Over(s.path(key.slot(), ConsoleFile), console); err == nil || errors.Is(err, fs.ErrNotExist) {
+		if err := filecopy.Over(s.path(key.slot(), layout.Console), console); err == nil || errors.Is(err, fs.ErrNotExist) {
 			f, err := os.OpenFile(console, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
 			if err == nil {
 				fmt.Fprintf(f, "\n--- banger: restored from the warm snapshot of image %s saved %s ---\n", key.Image, m.Created.Format(time.RFC3339))
@@ -204,11 +200,11 @@ func (s *Store) Checkout(key Key, disk, memory, console string) (bool, error) {
 			}
 		}
 	}
-	if err := filecopy.Over(s.path(key.slot(), DiskFile), disk); err != nil {
+	if err := filecopy.Over(s.path(key.slot(), layout.Disk), disk); err != nil {
 		return false, fmt.Errorf("check out the snapshot of %s: %w", key.Image, err)
 	}
-	if err := os.Link(s.path(key.slot(), MemoryFile), memory); err != nil {
-		if err := filecopy.New(s.path(key.slot(), MemoryFile), memory); err != nil {
+	if err := os.Link(s.path(key.slot(), layout.SnapshotMemory), memory); err != nil {
+		if err := filecopy.New(s.path(key.slot(), layout.SnapshotMemory), memory); err != nil {
 			os.Remove(disk)
 			return false, fmt.Errorf("check out the snapshot of %s: %w", key.Image, err)
 		}
@@ -225,7 +221,7 @@ func (s *Store) Save(ctx context.Context, key Key, fill func(ctx context.Context
 		return Manifest{}, fmt.Errorf("save a snapshot of %s: %w", key.Image, err)
 	}
 	defer os.RemoveAll(tmp)
-	memory, disk := filepath.Join(tmp, MemoryFile), filepath.Join(tmp, DiskFile)
+	memory, disk := filepath.Join(tmp, layout.SnapshotMemory), filepath.Join(tmp, layout.Disk)
 	if err := fill(ctx, memory, disk); err != nil {
 		return Manifest{}, err
 	}
@@ -244,7 +240,7 @@ func (s *Store) Save(ctx context.Context, key Key, fill func(ctx context.Context
 	if err != nil {
 		return Manifest{}, err
 	}
-	if err := os.WriteFile(filepath.Join(tmp, ManifestFile), data, 0o600); err != nil {
+	if err := os.WriteFile(filepath.Join(tmp, layout.SnapshotManifest), data, 0o600); err != nil {
 		return Manifest{}, fmt.Errorf("save a snapshot of %s: %w", key.Image, err)
 	}
 	s.mu.Lock()

@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"banger/internal/layout"
 )
 
 func key() Key {
@@ -52,7 +54,7 @@ func TestSaveCheckoutAndStaleKeys(t *testing.T) {
 	}
 	// The VM's disk is its own copy: writing it leaves the snapshot's.
 	os.WriteFile(disk, []byte("written by the vm"), 0o600)
-	if b, _ := os.ReadFile(filepath.Join(dir, "img", DiskFile)); string(b) != "disk of first" {
+	if b, _ := os.ReadFile(filepath.Join(dir, "img", layout.Disk)); string(b) != "disk of first" {
 		t.Errorf("snapshot disk changed: %q", b)
 	}
 	// A replacement leaves a checked-out memory file whole.
@@ -122,7 +124,7 @@ func TestCheckoutCarriesTheConsole(t *testing.T) {
 	s, _ := Open(t.TempDir())
 	_, err := s.Save(context.Background(), key(), func(_ context.Context, mem, disk string) error {
 		os.WriteFile(mem, []byte("m"), 0o600)
-		os.WriteFile(filepath.Join(filepath.Dir(mem), ConsoleFile), []byte("Linux version 6.1\n"), 0o600)
+		os.WriteFile(filepath.Join(filepath.Dir(mem), layout.Console), []byte("Linux version 6.1\n"), 0o600)
 		return os.WriteFile(disk, []byte("d"), 0o600)
 	})
 	if err != nil {
@@ -145,7 +147,7 @@ func TestTruncatedSnapshotIsNotValid(t *testing.T) {
 	dir := t.TempDir()
 	s, _ := Open(dir)
 	save(t, s, key(), "a memory of some length")
-	if err := os.Truncate(filepath.Join(dir, "img", MemoryFile), 3); err != nil {
+	if err := os.Truncate(filepath.Join(dir, "img", layout.SnapshotMemory), 3); err != nil {
 		t.Fatal(err)
 	}
 	vm := t.TempDir()

@@ -13,8 +13,8 @@ import (
 	"github.com/rs/zerolog"
 
 	"banger/internal/api"
-	"banger/internal/dirs"
 	"banger/internal/doctor"
+	"banger/internal/layout"
 	"banger/rpc"
 )
 
@@ -85,7 +85,7 @@ func Daemon(t testing.TB, sock string, methods rpc.Methods) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	stream, err := rpc.Listen(dirs.StreamSocket(sock), 0o600)
+	stream, err := rpc.Listen(layout.StreamSocket(sock), 0o600)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -23,15 +23,12 @@ import (
 	"time"
 
 	"banger/internal/api"
+	"banger/internal/layout"
 	"banger/rpc"
 )
 
-// Files of a kernel's directory.
+// The store's temporary names (a kernel's files are layout's Kernel*).
 const (
-	VmlinuxFile  = "vmlinux"       // the uncompressed kernel QEMU boots (PVH)
-	ConfigFile   = "config"        // the .config it was built with
-	ManifestFile = "manifest.json" // written last: a directory with one is complete
-
 	buildPrefix = ".build-" // a build's source tree, removed when it ends
 	tmpPrefix   = ".tmp-"   // a kernel being installed
 )
@@ -93,7 +90,9 @@ func (s *Store) Root() string { return s.root }
 func (s *Store) BuildDir(name string) string { return filepath.Join(s.root, buildPrefix+name) }
 
 // VmlinuxPath is where the kernel called name's vmlinux is once built.
-func (s *Store) VmlinuxPath(name string) string { return filepath.Join(s.root, name, VmlinuxFile) }
+func (s *Store) VmlinuxPath(name string) string {
+	return filepath.Join(s.root, name, layout.KernelVmlinux)
+}
 
 // Get reads the kernel called name; not_found when there is none.
 func (s *Store) Get(name string) (Kernel, error) {
@@ -101,7 +100,7 @@ func (s *Store) Get(name string) (Kernel, error) {
 		return Kernel{}, err
 	}
 	dir := filepath.Join(s.root, name)
-	data, err := os.ReadFile(filepath.Join(dir, ManifestFile))
+	data, err := os.ReadFile(filepath.Join(dir, layout.KernelManifest))
 	if errors.Is(err, os.ErrNotExist) {
 		return Kernel{}, rpc.Errorf(rpc.CodeNotFound, "kernel %q not found; build it with `banger kernel build %s`", name, name)
 	}
@@ -112,7 +111,7 @@ func (s *Store) Get(name string) (Kernel, error) {
 	if err := json.Unmarshal(data, &m); err != nil {
 		return Kernel{}, fmt.Errorf("read kernel %s: manifest: %w", name, err)
 	}
-	return Kernel{Manifest: m, Dir: dir, VmlinuxPath: filepath.Join(dir, VmlinuxFile), ConfigPath: filepath.Join(dir, ConfigFile)}, nil
+	return Kernel{Manifest: m, Dir: dir, VmlinuxPath: filepath.Join(dir, layout.KernelVmlinux), ConfigPath: filepath.Join(dir, layout.KernelConfig)}, nil
 }
 
 // List returns the built kernels, by name.
@@ -176,11 +175,11 @@ func (s *Store) Install(ctx context.Context, buildDir string, m Manifest) (Kerne
 		return Kernel{}, fmt.Errorf("install kernel %s: %w", m.Name, err)
 	}
 	defer os.RemoveAll(tmp) // a no-op after the rename
-	sum, size, err := copyFile(filepath.Join(buildDir, "vmlinux"), filepath.Join(tmp, VmlinuxFile))
+	sum, size, err := copyFile(filepath.Join(buildDir, "vmlinux"), filepath.Join(tmp, layout.KernelVmlinux))
 	if err != nil {
 		return Kernel{}, fmt.Errorf("install kernel %s: %w", m.Name, err)
 	}
-	if _, _, err := copyFile(filepath.Join(buildDir, ".config"), filepath.Join(tmp, ConfigFile)); err != nil {
+	if _, _, err := copyFile(filepath.Join(buildDir, ".config"), filepath.Join(tmp, layout.KernelConfig)); err != nil {
 		return Kernel{}, fmt.Errorf("install kernel %s: %w", m.Name, err)
 	}
 	m.SHA256, m.SizeBytes = sum, size
@@ -191,7 +190,7 @@ func (s *Store) Install(ctx context.Context, buildDir string, m Manifest) (Kerne
 	if err != nil {
 		return Kernel{}, err
 	}
-	if err := os.WriteFile(filepath.Join(tmp, ManifestFile), append(data, '\n'), 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(tmp, layout.KernelManifest), append(data, '\n'), 0o644); err != nil {
 		return Kernel{}, fmt.Errorf("install kernel %s: %w", m.Name, err)
 	}
 	dst := filepath.Join(s.root, m.Name)

@@ -1,4 +1,4 @@
-package dirs
+package layout
 
 import (
 	"net"
@@ -89,5 +89,52 @@ func TestEnsureStateUnderTheFallbackHome(t *testing.T) {
 	other := filepath.Join(t.TempDir(), "banger")
 	if err := EnsureState(other); err != nil {
 		t.Errorf("a state directory elsewhere: %v", err)
+	}
+}
+
+func TestCheckInstanceDirSocketPathLimit(t *testing.T) {
+	if err := CheckInstanceDir("/tmp/bgv123"); err != nil {
+		t.Errorf("short dir: %v", err)
+	}
+	// The longest socket name decides: a directory that leaves exactly
+	// room for it passes, one byte more fails.
+	longest := 0
+	for _, s := range InstanceSockets() {
+		longest = max(longest, len(s))
+	}
+	fits := "/" + strings.Repeat("d", MaxSocketPath-longest-2)
+	if err := CheckInstanceDir(fits); err != nil {
+		t.Errorf("%d-byte dir: %v", len(fits), err)
+	}
+	err := CheckInstanceDir(fits + "x")
+	if err == nil || !strings.Contains(err.Error(), "Linux allows 107") {
+		t.Errorf("too long a dir: %v", err)
+	}
+}
+
+func TestInstanceFilesAreDistinct(t *testing.T) {
+	names := []string{Disk, Argv, PID, Console, EngineLog, QMPSocket, AgentSocket, NetSocket, WarmMemory}
+	seen := map[string]bool{}
+	for _, n := range names {
+		if seen[n] || strings.Contains(n, "/") {
+			t.Errorf("file name %q repeated or not a plain name", n)
+		}
+		seen[n] = true
+	}
+}
+
+// The sockets of the instance directories banger makes fit sun_path: a
+// VM's ("vm-" and a ULID) and a standby's (a ULID) under the system
+// install's state directory and under a user's, whose name is as long as
+// Debian allows (32).
+func TestDefaultInstanceSocketsFit(t *testing.T) {
+	const vmID = "vm-01M8T9YZQV2HJVHDGXP2R1QF8R"
+	const standbyID = "01m8t9yzqv2hjvhdgxp2r1qf8r"
+	for _, state := range []string{"/var/lib/banger", "/home/" + strings.Repeat("u", 32) + "/.local/state/banger"} {
+		for _, dir := range []string{state + "/" + VMsDir + "/" + vmID, state + "/" + StandbyDir + "/" + standbyID} {
+			if err := CheckInstanceDir(dir); err != nil {
+				t.Error(err)
+			}
+		}
 	}
 }

@@ -1,8 +1,11 @@
-// Package dirs names the files and directories of a user-mode banger: the
-// runtime directory with the daemon's socket, and the state directory with
-// its logs. Every file name is a constant here, so `ls` of a directory can
-// be read against one list.
-package dirs
+// Package layout names every file and directory banger makes: the
+// runtime directory with the daemon's sockets, the state directory with
+// its database, logs and stores, and in them each instance, image,
+// snapshot and kernel directory (names.go). Every name is a constant
+// here, so `ls` of any of them can be read against one list, as Lima's
+// store/filenames is; this file also finds the directories and checks
+// who owns them.
+package layout
 
 import (
 	"errors"

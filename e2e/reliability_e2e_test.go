@@ -32,7 +32,7 @@ import (
 // KeepAliveInterval plus that.
 func linkIdle() time.Duration {
 	nop := zerolog.Nop()
-	cfg := agentlink.SessionConfig(&nop)
+	cfg := agentlink.MuxConfig(&nop)
 	return 2*(yamux.DefaultConfig().KeepAliveInterval+cfg.ConnectionWriteTimeout) + 30*time.Second
 }
 

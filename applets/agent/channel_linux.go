@@ -57,12 +57,12 @@ func openPort(log zerolog.Logger) (*os.File, error) {
 	}
 }
 
-// channel serves the host on the agent's port, one session after another
+// channel serves the host on the agent's port, one host link after another
 // (agentlink's wire format: reset frame, Hello, yamux).
 type channel struct {
 	log   zerolog.Logger
 	port  *os.File
-	br    *bufio.Reader // the port's bytes, kept across sessions
+	br    *bufio.Reader // the port's bytes, kept across links
 	agent *agent
 	srv   *rpc.Server
 
@@ -86,7 +86,7 @@ func newChannel(log zerolog.Logger, port *os.File, a *agent) *channel {
 	return c
 }
 
-// run serves sessions until ctx ends.
+// run serves host links until ctx ends.
 func (c *channel) run(ctx context.Context) {
 	nonce := ""
 	for ctx.Err() == nil {
@@ -106,7 +106,7 @@ func (c *channel) run(ctx context.Context) {
 			nonce = ""
 			continue
 		}
-		nonce = c.serveSession()
+		nonce = c.serveLink()
 	}
 }
 
@@ -175,25 +175,25 @@ func (c *channel) writeHello(nonce string) error {
 	return err
 }
 
-// serveSession runs one yamux session on the port until it ends, and
+// serveLink runs one host link (a yamux mux) on the port until it ends, and
 // returns the nonce of the reset frame that ended it, if one did.
-func (c *channel) serveSession() string {
+func (c *channel) serveLink() string {
 	fr := &frameReader{r: c.br}
 	conn := &portConn{port: c.port, r: fr}
-	session, err := yamux.Server(conn, agentlink.SessionConfig(&c.log))
+	mux, err := yamux.Server(conn, agentlink.MuxConfig(&c.log))
 	if err != nil {
-		c.log.Error().Err(err).Msg("cannot start the agent session")
+		c.log.Error().Err(err).Msg("cannot start the host link")
 		return ""
 	}
 	c.log.Info().Msg("host connected")
 	served := make(chan struct{})
 	go func() {
 		defer close(served)
-		c.srv.Serve(&trackedListener{Listener: session, c: c})
+		c.srv.Serve(&trackedListener{Listener: mux, c: c})
 	}()
-	<-session.CloseChan()
+	<-mux.CloseChan()
 	<-served
-	c.log.Info().Err(fr.err).Msg("host session ended")
+	c.log.Info().Err(fr.err).Msg("host link ended")
 	return fr.reset
 }
 
@@ -268,21 +268,21 @@ const (
 )
 
 var (
-	errReset   = errors.New("the host started a new session")
+	errReset   = errors.New("the host connected again")
 	errGarbage = errors.New("bytes on the port that are not a yamux frame")
 )
 
-// frameReader hands the yamux session exactly its frames from the port,
+// frameReader hands the yamux mux exactly its frames from the port,
 // reading no further than the end of the current one, and stops at a
 // reset frame, recording its nonce. Because it never reads ahead, the
-// bytes after a session's end stay for the next one.
+// bytes after a link's end stay for the next one.
 type frameReader struct {
 	r       *bufio.Reader
 	hdr     [yamuxHeaderSize]byte
 	pending []byte // header bytes not handed out yet
 	payload int    // payload bytes of the current frame not read yet
-	reset   string // the nonce of the reset frame that ended the session
-	err     error  // why the session's input ended
+	reset   string // the nonce of the reset frame that ended the link
+	err     error  // why the link's input ended
 }
 
 func (f *frameReader) Read(p []byte) (int, error) {
@@ -322,8 +322,8 @@ func (f *frameReader) Read(p []byte) (int, error) {
 	return n, nil
 }
 
-// portConn is the port as one session sees it. Closing it ends the
-// session's reads and writes but leaves the port open for the next one:
+// portConn is the port as one host link sees it. Closing it ends the
+// link's reads and writes but leaves the port open for the next one:
 // closing a virtio port discards what the host already sent.
 type portConn struct {
 	port *os.File
@@ -345,7 +345,7 @@ func (c *portConn) Write(p []byte) (int, error) {
 }
 
 // Close interrupts a blocked read or write (yamux waits for its loops to
-// end), so nothing of this session is read or written after it.
+// end), so nothing of this link is read or written after it.
 func (c *portConn) Close() error {
 	c.port.SetDeadline(time.Now())
 	c.mu.Lock()

@@ -129,9 +129,9 @@ func (e *ranError) Error() string { return e.err.Error() }
 func (e *ranError) Unwrap() error { return e.err }
 
 // action adapts a command body to urfave/cli, marking its errors.
-func action(fn func(c *cli.Context, s *session) error) cli.ActionFunc {
+func action(fn func(c *cli.Context, s *target) error) cli.ActionFunc {
 	return func(c *cli.Context) error {
-		s, err := newSession(c)
+		s, err := newTarget(c)
 		if err != nil {
 			return usageError(err)
 		}

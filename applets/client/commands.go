@@ -21,7 +21,7 @@ func newPingCommand() *cli.Command {
 		Name:  "ping",
 		Usage: "check that the daemon answers (starting it if needed)",
 		Flags: []cli.Flag{jsonFlag()},
-		Action: action(func(c *cli.Context, s *session) error {
+		Action: action(func(c *cli.Context, s *target) error {
 			var res api.PingResult
 			if err := s.call(c.Context, api.MethodPing, nil, &res); err != nil {
 				return err
@@ -50,7 +50,7 @@ func newVersionCommand(env Env) *cli.Command {
 		Flags: []cli.Flag{jsonFlag()},
 		// It reports a daemon that is down rather than starting one: asking
 		// for versions should not change what runs.
-		Action: action(func(c *cli.Context, s *session) error {
+		Action: action(func(c *cli.Context, s *target) error {
 			rep := versionReport{Client: env.Build, Protocol: rpc.Version}
 			var d api.VersionResult
 			if err := s.callRunning(c.Context, api.MethodVersion, nil, &d); err != nil {
@@ -90,7 +90,7 @@ func newHostCommand() *cli.Command {
 			Name:  "check",
 			Usage: "ask the daemon to reach the root helper and report what it said",
 			Flags: []cli.Flag{jsonFlag()},
-			Action: action(func(c *cli.Context, s *session) error {
+			Action: action(func(c *cli.Context, s *target) error {
 				var res api.HostCheckResult
 				if err := s.call(c.Context, api.MethodHostCheck, nil, &res); err != nil {
 					return err
@@ -115,7 +115,7 @@ func newDaemonCommand() *cli.Command {
 				Name:  "start",
 				Usage: "start bangerd in the background and wait until it answers",
 				Flags: []cli.Flag{jsonFlag()},
-				Action: action(func(c *cli.Context, s *session) error {
+				Action: action(func(c *cli.Context, s *target) error {
 					var res api.PingResult
 					already := s.callRunning(c.Context, api.MethodPing, nil, &res) == nil
 					if !already {
@@ -139,7 +139,7 @@ func newDaemonCommand() *cli.Command {
 				Name:  "stop",
 				Usage: "ask bangerd to stop, and wait until it has",
 				Flags: []cli.Flag{jsonFlag()},
-				Action: action(func(c *cli.Context, s *session) error {
+				Action: action(func(c *cli.Context, s *target) error {
 					var res api.PingResult
 					if s.callRunning(c.Context, api.MethodPing, nil, &res) != nil {
 						return output(c, daemonStatus(s, nil), func(w io.Writer) {
@@ -161,7 +161,7 @@ func newDaemonCommand() *cli.Command {
 				Name:  "status",
 				Usage: "say whether bangerd runs (exit 3 when it does not)",
 				Flags: []cli.Flag{jsonFlag()},
-				Action: action(func(c *cli.Context, s *session) error {
+				Action: action(func(c *cli.Context, s *target) error {
 					var res api.PingResult
 					err := s.callRunning(c.Context, api.MethodPing, nil, &res)
 					if err != nil {
@@ -187,7 +187,7 @@ type statusReport struct {
 	Version string `json:"version,omitempty"`
 }
 
-func daemonStatus(s *session, res *api.PingResult) statusReport {
+func daemonStatus(s *target, res *api.PingResult) statusReport {
 	r := statusReport{Socket: s.socket}
 	if res != nil {
 		r.Running, r.PID, r.Version = true, res.PID, res.Version
@@ -197,7 +197,7 @@ func daemonStatus(s *session, res *api.PingResult) statusReport {
 
 // waitGone waits until the daemon no longer answers and its process has
 // exited, bounded by the daemon's own shutdown grace.
-func waitGone(ctx context.Context, s *session, pid int) error {
+func waitGone(ctx context.Context, s *target, pid int) error {
 	deadline := time.Now().Add(15 * time.Second)
 	for time.Now().Before(deadline) {
 		if _, err := os.Stat(s.socket); os.IsNotExist(err) && !processAlive(pid) {

@@ -71,7 +71,7 @@ func newDoctorCommand() *cli.Command {
 		Name:  "doctor",
 		Usage: "check what banger needs on this host, each row with its fix (exit 1 when a check fails; starts nothing)",
 		Flags: []cli.Flag{jsonFlag()},
-		Action: action(func(c *cli.Context, s *session) error {
+		Action: action(func(c *cli.Context, s *target) error {
 			if _, err := args(c, 0, 0); err != nil {
 				return err
 			}
@@ -150,7 +150,7 @@ type doctorHost struct {
 	applets []string
 	self    string // this binary
 	uid     int
-	socket  string // the daemon's, as the session chose it
+	socket  string // the daemon's, as the target chose it
 	system  bool   // socket is the system install's daemon
 	client  *rpc.Client
 
@@ -171,7 +171,7 @@ type appletRows struct {
 	err  error
 }
 
-func newDoctorHost(s *session, env Env, self string) *doctorHost {
+func newDoctorHost(s *target, env Env, self string) *doctorHost {
 	h := &doctorHost{
 		build: env.Build, applets: env.Applets, self: self, uid: os.Getuid(),
 		socket: s.socket, system: s.system, client: s.client(),

@@ -304,9 +304,9 @@ func TestSystemSocket(t *testing.T) {
 	}
 }
 
-// A session given --socket or BANGER_SOCKET keeps it, and starts its
+// A target given --socket or BANGER_SOCKET keeps it, and starts its
 // daemon as before; the system daemon is never started by the client.
-func TestSessionSocketChoice(t *testing.T) {
+func TestTargetSocketChoice(t *testing.T) {
 	// A developer's own settings must not change the session's.
 	for _, kv := range os.Environ() {
 		if k, _, _ := strings.Cut(kv, "="); strings.HasPrefix(k, "BANGER_") {
@@ -315,10 +315,10 @@ func TestSessionSocketChoice(t *testing.T) {
 		}
 	}
 	t.Setenv("BANGER_SOCKET", "/tmp/x/bangerd.sock")
-	var s *session
+	var s *target
 	app := &cli.App{Name: "banger", Flags: globalFlags(), Action: func(c *cli.Context) error {
 		var err error
-		s, err = newSession(c)
+		s, err = newTarget(c)
 		return err
 	}}
 	if err := app.Run([]string{"banger"}); err != nil {
@@ -327,7 +327,7 @@ func TestSessionSocketChoice(t *testing.T) {
 	if s == nil || s.socket != "/tmp/x/bangerd.sock" || s.system || !s.autostart {
 		t.Errorf("BANGER_SOCKET: %+v", s)
 	}
-	sys := &session{socket: "/run/banger/bangerd.sock", system: true}
+	sys := &target{socket: "/run/banger/bangerd.sock", system: true}
 	err := sys.startDaemon(context.Background())
 	if code, exit := classify(err); exit != ExitUnreachable || code != codeUnreachable || !strings.Contains(err.Error(), "systemctl start bangerd.service") {
 		t.Errorf("starting the system daemon: %v (%s, %d)", err, code, exit)

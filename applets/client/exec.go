@@ -15,7 +15,7 @@ import (
 	"golang.org/x/term"
 
 	"banger/internal/api"
-	sess "banger/internal/session"
+	"banger/internal/session"
 )
 
 // Commands that run something in a VM: vm exec and vm shell. Their exit
@@ -33,7 +33,7 @@ func newVMExecCommand() *cli.Command {
 			&cli.StringSliceFlag{Name: "env", Aliases: []string{"e"}, Usage: "set `K=V` in the command's environment (repeatable)"},
 			&cli.BoolFlag{Name: "no-stdin", Aliases: []string{"n"}, Usage: "give the command an empty input instead of this one (as ssh -n; for loops that read their own input)"},
 		},
-		Action: action(func(c *cli.Context, s *session) error {
+		Action: action(func(c *cli.Context, s *target) error {
 			pos, cmd, err := splitCommand(c, 1, 1)
 			if err != nil {
 				return err
@@ -41,7 +41,7 @@ func newVMExecCommand() *cli.Command {
 			if len(cmd) == 0 {
 				return usageError(fmt.Errorf("no command: usage: %s [flags] %s", c.Command.HelpName, c.Command.ArgsUsage))
 			}
-			p := api.VMExec{Name: pos[0], Exec: sess.Exec{Argv: cmd, Dir: c.String("workdir"), TTY: c.Bool("tty")}}
+			p := api.VMExec{Name: pos[0], Exec: session.Exec{Argv: cmd, Dir: c.String("workdir"), TTY: c.Bool("tty")}}
 			if p.Env, err = envFlags(c); err != nil {
 				return err
 			}
@@ -65,7 +65,7 @@ func newVMShellCommand() *cli.Command {
 			&cli.StringFlag{Name: "workdir", Aliases: []string{"w"}, Usage: "the shell's working `DIR` in the VM (default /root)"},
 			&cli.StringSliceFlag{Name: "env", Aliases: []string{"e"}, Usage: "set `K=V` in the shell's environment (repeatable)"},
 		},
-		Action: action(func(c *cli.Context, s *session) error {
+		Action: action(func(c *cli.Context, s *target) error {
 			a, err := args(c, 1, 1)
 			if err != nil {
 				return err
@@ -81,8 +81,8 @@ func newVMShellCommand() *cli.Command {
 
 // shellExec is a login shell in dir, on a PTY when this side has a
 // terminal; without one (a script piping commands) it reads its input.
-func shellExec(c *cli.Context, dir string) sess.Exec {
-	return sess.Exec{Shell: true, Dir: dir, TTY: isTerminal(envOf(c).Stdin) && isTerminal(envOf(c).Stdout)}
+func shellExec(c *cli.Context, dir string) session.Exec {
+	return session.Exec{Shell: true, Dir: dir, TTY: isTerminal(envOf(c).Stdin) && isTerminal(envOf(c).Stdout)}
 }
 
 // envFlags checks the --env values.
@@ -132,19 +132,19 @@ func countDashDash(args []string) int {
 
 // runExec runs p in the VM with this process's standard streams and ends
 // the client with the command's status.
-func runExec(c *cli.Context, s *session, p api.VMExec) error {
+func runExec(c *cli.Context, s *target, p api.VMExec) error {
 	return runExecWith(c, s, p, envOf(c).Stdin)
 }
 
 // runExecWith is runExec with the command's input from stdin (nil: none).
-func runExecWith(c *cli.Context, s *session, p api.VMExec, stdin io.Reader) error {
+func runExecWith(c *cli.Context, s *target, p api.VMExec, stdin io.Reader) error {
 	env := envOf(c)
 	if p.TTY {
 		if !isTerminal(env.Stdin) {
 			return usageError(errors.New("--tty needs a terminal on standard input"))
 		}
 		if w, h, err := term.GetSize(fdOf(env.Stdin)); err == nil {
-			p.Window = &sess.WindowSize{Rows: uint16(h), Cols: uint16(w)}
+			p.Window = &session.WindowSize{Rows: uint16(h), Cols: uint16(w)}
 		}
 		if t := os.Getenv("TERM"); t != "" {
 			p.Env = append([]string{"TERM=" + t}, p.Env...)
@@ -166,19 +166,19 @@ func runExecWith(c *cli.Context, s *session, p api.VMExec, stdin io.Reader) erro
 // runSession opens a session and drives it with stdin and stdout (and the
 // client's stderr), the terminal in raw mode when tty is set, restored on
 // every way out.
-func runSession(c *cli.Context, s *session, method string, params any, stdin io.Reader, stdout io.Writer, tty bool) (sess.ExitStatus, error) {
+func runSession(c *cli.Context, s *target, method string, params any, stdin io.Reader, stdout io.Writer, tty bool) (session.ExitStatus, error) {
 	env := envOf(c)
 	var started api.VMExecResult
 	conn, err := s.stream(c.Context, method, params, &started)
 	if err != nil {
-		return sess.ExitStatus{}, err
+		return session.ExitStatus{}, err
 	}
-	stdio := sess.Stdio{Stdin: stdin, Stdout: stdout, Stderr: env.Stderr}
+	stdio := session.Stdio{Stdin: stdin, Stdout: stdout, Stderr: env.Stderr}
 	var t *terminal
 	if tty {
 		if t, err = makeRaw(stdin); err != nil {
 			conn.Close()
-			return sess.ExitStatus{}, err
+			return session.ExitStatus{}, err
 		}
 		defer t.restore()
 		stdio.Resize = t.resizes()
@@ -192,14 +192,14 @@ func runSession(c *cli.Context, s *session, method string, params any, stdin io.
 		s.call(ctx, api.MethodVMExecSignal, api.VMExecSignal{Name: vm.Name, OpID: started.OpID, Signal: n}, nil)
 	})
 	defer sig.stop()
-	st, err := sess.Run(conn, stdio)
+	st, err := session.Run(conn, stdio)
 	if n := sig.interrupted(); err != nil && n != 0 {
-		return sess.ExitStatus{}, exitStatus(128 + n)
+		return session.ExitStatus{}, exitStatus(128 + n)
 	}
 	if errors.Is(err, syscall.EPIPE) {
 		// Whoever read our output stopped (| head): end like the command
 		// would have, killed by SIGPIPE.
-		return sess.ExitStatus{}, exitStatus(128 + int(syscall.SIGPIPE))
+		return session.ExitStatus{}, exitStatus(128 + int(syscall.SIGPIPE))
 	}
 	return st, err
 }

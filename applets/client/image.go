@@ -18,7 +18,7 @@ import (
 // calls method with the name and prints the result, or "NAME done" when
 // done is set.
 func byName[T any](method, done string, print func(io.Writer, T)) cli.ActionFunc {
-	return action(func(c *cli.Context, s *session) error {
+	return action(func(c *cli.Context, s *target) error {
 		a, err := args(c, 1, 1)
 		if err != nil {
 			return err
@@ -45,7 +45,7 @@ func newImageCommand() *cli.Command {
 			newImageImportCommand(),
 			{
 				Name: "list", Aliases: []string{"ls"}, Usage: "list images", Flags: []cli.Flag{jsonFlag()},
-				Action: action(func(c *cli.Context, s *session) error {
+				Action: action(func(c *cli.Context, s *target) error {
 					var ims []api.Image
 					if err := s.call(c.Context, api.MethodImageList, nil, &ims); err != nil {
 						return err
@@ -83,7 +83,7 @@ func newImageImportCommand() *cli.Command {
 			&cli.StringFlag{Name: "kernel-args", Usage: "extra kernel `ARGS` the image boots with"},
 			&cli.StringFlag{Name: "size", Usage: "the root file system's `SIZE` (M or G; default: its content plus headroom)"},
 		},
-		Action: action(func(c *cli.Context, s *session) error {
+		Action: action(func(c *cli.Context, s *target) error {
 			a, err := args(c, 1, 1)
 			if err != nil {
 				return err

@@ -20,7 +20,7 @@ func newKernelCommand() *cli.Command {
 			newKernelBuildCommand(),
 			{
 				Name: "list", Aliases: []string{"ls"}, Usage: "list built kernels", Flags: []cli.Flag{jsonFlag()},
-				Action: action(func(c *cli.Context, s *session) error {
+				Action: action(func(c *cli.Context, s *target) error {
 					var ks []api.Kernel
 					if err := s.call(c.Context, api.MethodKernelList, nil, &ks); err != nil {
 						return err
@@ -53,7 +53,7 @@ func newKernelBuildCommand() *cli.Command {
 			&cli.IntFlag{Name: "jobs", Aliases: []string{"j"}, Usage: "parallel compile `JOBS` (default: the host's CPUs)"},
 			&cli.BoolFlag{Name: "quiet", Aliases: []string{"q"}, Usage: "do not show stages"},
 		},
-		Action: action(func(c *cli.Context, s *session) error {
+		Action: action(func(c *cli.Context, s *target) error {
 			a, err := args(c, 0, 1)
 			if err != nil {
 				return err

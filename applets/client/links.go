@@ -16,7 +16,7 @@ func newLinksCommand(env Env) *cli.Command {
 	// linksAction runs fn on the binary and the links directory: the
 	// argument, or the binary's own directory.
 	linksAction := func(fn func(self, dir string) error) cli.ActionFunc {
-		return action(func(c *cli.Context, s *session) error {
+		return action(func(c *cli.Context, s *target) error {
 			self, err := os.Executable()
 			if err != nil {
 				return err

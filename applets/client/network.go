@@ -22,7 +22,7 @@ func newNetworkCommand() *cli.Command {
 				Usage: "remove banger's bridge, taps and NAT rule through the root helper " +
 					"(refused while bridged VMs run; the next bridged boot makes them again)",
 				Flags: []cli.Flag{jsonFlag()},
-				Action: action(func(c *cli.Context, s *session) error {
+				Action: action(func(c *cli.Context, s *target) error {
 					if _, err := args(c, 0, 0); err != nil {
 						return err
 					}

@@ -13,7 +13,7 @@ import (
 
 func newOperationCommand() *cli.Command {
 	byID := func(method string) cli.ActionFunc {
-		return action(func(c *cli.Context, s *session) error {
+		return action(func(c *cli.Context, s *target) error {
 			a, err := args(c, 1, 1)
 			if err != nil {
 				return err
@@ -33,7 +33,7 @@ func newOperationCommand() *cli.Command {
 				Name:  "list",
 				Usage: "list the operations the daemon holds (finished ones are kept 15 minutes)",
 				Flags: []cli.Flag{jsonFlag()},
-				Action: action(func(c *cli.Context, s *session) error {
+				Action: action(func(c *cli.Context, s *target) error {
 					var ops []api.Operation
 					if err := s.call(c.Context, api.MethodOperationList, nil, &ops); err != nil {
 						return err

@@ -21,7 +21,7 @@ func newVMPortsCommand() *cli.Command {
 		Usage:     "list a running VM's listening TCP ports and its published ports",
 		ArgsUsage: "NAME",
 		Flags:     []cli.Flag{jsonFlag()},
-		Action: action(func(c *cli.Context, s *session) error {
+		Action: action(func(c *cli.Context, s *target) error {
 			a, err := args(c, 1, 1)
 			if err != nil {
 				return err
@@ -53,7 +53,7 @@ func newVMPortCommand() *cli.Command {
 			Usage:     usage,
 			ArgsUsage: "NAME HOST:GUEST",
 			Flags:     []cli.Flag{jsonFlag()},
-			Action: action(func(c *cli.Context, s *session) error {
+			Action: action(func(c *cli.Context, s *target) error {
 				a, err := args(c, 2, 2)
 				if err != nil {
 					return err

@@ -77,7 +77,7 @@ func (sw *stageWriter) update(op api.Operation) {
 // follow polls the operation until it ends, showing its stages. Ctrl-C
 // (ctx canceled) cancels the operation and waits for its undo, so
 // nothing is left half made.
-func follow(ctx context.Context, s *session, op api.Operation, sw *stageWriter) (api.Operation, error) {
+func follow(ctx context.Context, s *target, op api.Operation, sw *stageWriter) (api.Operation, error) {
 	// The operation's id is the op id of its log records: `banger trace`
 	// shows where the time went.
 	fmt.Fprintf(sw.w, "%s %s (%s)\n", op.Kind, op.Target, op.ID)
@@ -103,7 +103,7 @@ func follow(ctx context.Context, s *session, op api.Operation, sw *stageWriter) 
 
 // runOperation begins an operation with method, follows its stages on
 // stderr (unless --quiet or --json) and decodes its result.
-func runOperation[T any](c *cli.Context, s *session, method string, params any) (T, api.Operation, *stageWriter, error) {
+func runOperation[T any](c *cli.Context, s *target, method string, params any) (T, api.Operation, *stageWriter, error) {
 	var result T
 	sw := newStageWriter(c.App.ErrWriter, c.Bool("quiet") || c.Bool("json"))
 	var op api.Operation
@@ -121,7 +121,7 @@ func runOperation[T any](c *cli.Context, s *session, method string, params any) 
 	return result, op, sw, err
 }
 
-func cancelAndWait(s *session, op api.Operation, sw *stageWriter) (api.Operation, error) {
+func cancelAndWait(s *target, op api.Operation, sw *stageWriter) (api.Operation, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	if sw.live {

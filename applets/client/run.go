@@ -12,7 +12,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"banger/internal/api"
-	sess "banger/internal/session"
+	"banger/internal/session"
 )
 
 // vm run: banger's main job. A fresh VM, the workspace copied in, then a
@@ -38,7 +38,7 @@ func newVMRunCommand() *cli.Command {
 	}
 }
 
-func vmRun(c *cli.Context, s *session) error {
+func vmRun(c *cli.Context, s *target) error {
 	pos, cmd, err := splitCommand(c, 0, 1)
 	if err != nil {
 		return err
@@ -88,7 +88,7 @@ func vmRun(c *cli.Context, s *session) error {
 		fmt.Fprintln(c.App.Writer, vm.Name)
 		return nil
 	}
-	p := api.VMExec{Name: vm.Name, Exec: sess.Exec{Argv: cmd, Dir: dir, Env: env}}
+	p := api.VMExec{Name: vm.Name, Exec: session.Exec{Argv: cmd, Dir: dir, Env: env}}
 	if len(cmd) == 0 {
 		p.Exec = shellExec(c, dir)
 		p.Env = env
@@ -141,7 +141,7 @@ func createParams(c *cli.Context) (api.VMCreate, error) {
 }
 
 // copyWorkspace streams the workspace's tar into the VM.
-func copyWorkspace(c *cli.Context, s *session, vm string, ws *workspace, log io.Writer) error {
+func copyWorkspace(c *cli.Context, s *target, vm string, ws *workspace, log io.Writer) error {
 	start := time.Now()
 	pr, pw := io.Pipe()
 	stats := make(chan copyStats, 1)
@@ -149,7 +149,7 @@ func copyWorkspace(c *cli.Context, s *session, vm string, ws *workspace, log io.
 		// Full frames: tar writes headers and padding in 512-byte pieces,
 		// and each write would be a frame of its own all the way to the
 		// guest.
-		bw := bufio.NewWriterSize(pw, sess.MaxPayload)
+		bw := bufio.NewWriterSize(pw, session.MaxPayload)
 		st, err := ws.writeTar(bw)
 		if err == nil {
 			err = bw.Flush()
@@ -166,7 +166,7 @@ func copyWorkspace(c *cli.Context, s *session, vm string, ws *workspace, log io.
 	// Ctrl-C ends the copy (and, with --rm, the VM).
 	stop := context.AfterFunc(c.Context, func() { conn.Close() })
 	defer stop()
-	status, err := sess.Run(conn, sess.Stdio{Stdin: pr, Stderr: c.App.ErrWriter})
+	status, err := session.Run(conn, session.Stdio{Stdin: pr, Stderr: c.App.ErrWriter})
 	pr.Close()
 	st := <-stats
 	switch {
@@ -185,7 +185,7 @@ func copyWorkspace(c *cli.Context, s *session, vm string, ws *workspace, log io.
 }
 
 // deleteAfterRun deletes the VM of vm run --rm, whatever happened.
-func deleteAfterRun(c *cli.Context, s *session, name string) {
+func deleteAfterRun(c *cli.Context, s *target, name string) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(c.Context), 2*time.Minute)
 	defer cancel()
 	if err := s.call(ctx, api.MethodVMDelete, api.VMDelete{Name: name, Force: true}, nil); err != nil {

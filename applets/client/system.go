@@ -103,7 +103,7 @@ func needRoot(c *cli.Context) error {
 		err: fmt.Errorf("%s writes system files and must run as root (sudo %s ...)", c.Command.HelpName, c.Command.HelpName)}
 }
 
-func systemInstall(c *cli.Context, _ *session) error {
+func systemInstall(c *cli.Context, _ *target) error {
 	if _, err := args(c, 0, 0); err != nil {
 		return err
 	}
@@ -228,7 +228,7 @@ func callUntil(ctx context.Context, socket, method string, result any) error {
 	}
 }
 
-func systemStatusAction(c *cli.Context, _ *session) error {
+func systemStatusAction(c *cli.Context, _ *target) error {
 	if _, err := args(c, 0, 0); err != nil {
 		return err
 	}
@@ -302,7 +302,7 @@ func prefixed(prefix, s string) string {
 	return prefix + s
 }
 
-func systemUninstall(c *cli.Context, _ *session) error {
+func systemUninstall(c *cli.Context, _ *target) error {
 	if _, err := args(c, 0, 0); err != nil {
 		return err
 	}
@@ -328,7 +328,7 @@ func systemUninstall(c *cli.Context, _ *session) error {
 	return err
 }
 
-func systemRender(c *cli.Context, _ *session) error {
+func systemRender(c *cli.Context, _ *target) error {
 	a, err := args(c, 1, 1)
 	if err != nil {
 		return err

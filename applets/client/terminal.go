@@ -11,7 +11,7 @@ import (
 
 	"golang.org/x/term"
 
-	sess "banger/internal/session"
+	"banger/internal/session"
 )
 
 // The client's terminal during a session: raw mode for a PTY session,
@@ -60,15 +60,15 @@ func (t *terminal) restore() {
 }
 
 // resizes sends the terminal's new size on each SIGWINCH.
-func (t *terminal) resizes() <-chan sess.WindowSize {
+func (t *terminal) resizes() <-chan session.WindowSize {
 	t.winch = make(chan os.Signal, 1)
 	signal.Notify(t.winch, syscall.SIGWINCH)
-	out := make(chan sess.WindowSize, 1)
+	out := make(chan session.WindowSize, 1)
 	go func() {
 		for range t.winch {
 			if w, h, err := term.GetSize(t.fd); err == nil {
 				select {
-				case out <- sess.WindowSize{Rows: uint16(h), Cols: uint16(w)}:
+				case out <- session.WindowSize{Rows: uint16(h), Cols: uint16(w)}:
 				default: // one pending size is enough; the next replaces it
 				}
 			}

@@ -26,7 +26,7 @@ func newTraceCommand() *cli.Command {
 			&cli.BoolFlag{Name: "journal", Usage: "read the system install's records from journalctl (units bangerd and bangerd-root)"},
 			&cli.StringSliceFlag{Name: "log", Usage: "also read the JSON log `FILE` (repeatable)"},
 		},
-		Action: action(func(c *cli.Context, s *session) error {
+		Action: action(func(c *cli.Context, s *target) error {
 			a, err := args(c, 1, 1)
 			if err != nil {
 				return err
@@ -56,7 +56,7 @@ func newTraceCommand() *cli.Command {
 
 // traceSources opens the user-mode logs that exist (the daemon's rotated
 // files too), the extra files, and the journal when asked.
-func traceSources(s *session, journal bool, extra []string) ([]trace.Source, []string, error) {
+func traceSources(s *target, journal bool, extra []string) ([]trace.Source, []string, error) {
 	var sources []trace.Source
 	var names []string
 	logs := logfile.Files(filepath.Join(s.stateDir, layout.DaemonLog))

@@ -49,7 +49,7 @@ func newVMCreateCommand() *cli.Command {
 			&cli.BoolFlag{Name: "no-start", Usage: "create the VM but do not boot it"},
 			&cli.BoolFlag{Name: "quiet", Aliases: []string{"q"}, Usage: "do not show stages"},
 		),
-		Action: action(func(c *cli.Context, s *session) error {
+		Action: action(func(c *cli.Context, s *target) error {
 			if _, err := args(c, 0, 0); err != nil {
 				return err
 			}
@@ -69,7 +69,7 @@ func newVMCreateCommand() *cli.Command {
 
 // runVMOperation begins a VM operation, follows its stages and returns the
 // VM it ends with.
-func runVMOperation(c *cli.Context, s *session, method string, params any) (api.VM, error) {
+func runVMOperation(c *cli.Context, s *target, method string, params any) (api.VM, error) {
 	vm, op, sw, err := runOperation[api.VM](c, s, method, params)
 	if err != nil {
 		return api.VM{}, err
@@ -90,7 +90,7 @@ func newVMOperationCommand(name, usage, method string) *cli.Command {
 		Usage:     usage,
 		ArgsUsage: "NAME",
 		Flags:     []cli.Flag{jsonFlag(), &cli.BoolFlag{Name: "quiet", Aliases: []string{"q"}, Usage: "do not show stages"}},
-		Action: action(func(c *cli.Context, s *session) error {
+		Action: action(func(c *cli.Context, s *target) error {
 			a, err := args(c, 1, 1)
 			if err != nil {
 				return err
@@ -112,7 +112,7 @@ func newVMRefCommand(name, usage, method string) *cli.Command {
 		Usage:     usage,
 		ArgsUsage: "NAME",
 		Flags:     []cli.Flag{jsonFlag()},
-		Action: action(func(c *cli.Context, s *session) error {
+		Action: action(func(c *cli.Context, s *target) error {
 			a, err := args(c, 1, 1)
 			if err != nil {
 				return err
@@ -132,7 +132,7 @@ func newVMStopCommand() *cli.Command {
 		Usage:     "shut a VM down cleanly (killed if it does not stop in time)",
 		ArgsUsage: "NAME",
 		Flags:     []cli.Flag{jsonFlag(), &cli.DurationFlag{Name: "timeout", Value: 30 * time.Second, Usage: "how long a clean shutdown may take"}},
-		Action: action(func(c *cli.Context, s *session) error {
+		Action: action(func(c *cli.Context, s *target) error {
 			a, err := args(c, 1, 1)
 			if err != nil {
 				return err
@@ -153,7 +153,7 @@ func newVMDeleteCommand() *cli.Command {
 		Usage:     "delete a VM: its process (killed if it runs), disk, files and record",
 		ArgsUsage: "NAME",
 		Flags:     []cli.Flag{jsonFlag(), &cli.BoolFlag{Name: "force", Aliases: []string{"f"}, Usage: "accepted for scripts; a running VM is always killed"}},
-		Action: action(func(c *cli.Context, s *session) error {
+		Action: action(func(c *cli.Context, s *target) error {
 			a, err := args(c, 1, 1)
 			if err != nil {
 				return err
@@ -172,7 +172,7 @@ func newVMPruneCommand() *cli.Command {
 		Name:  "prune",
 		Usage: "delete every VM that is not running",
 		Flags: []cli.Flag{jsonFlag()},
-		Action: action(func(c *cli.Context, s *session) error {
+		Action: action(func(c *cli.Context, s *target) error {
 			var res api.PruneResult
 			if err := s.call(c.Context, api.MethodVMPrune, nil, &res); err != nil {
 				return err
@@ -192,7 +192,7 @@ func newVMListCommand() *cli.Command {
 		Aliases: []string{"ls"},
 		Usage:   "list VMs",
 		Flags:   []cli.Flag{jsonFlag()},
-		Action: action(func(c *cli.Context, s *session) error {
+		Action: action(func(c *cli.Context, s *target) error {
 			var vms []api.VM
 			if err := s.call(c.Context, api.MethodVMList, nil, &vms); err != nil {
 				return err
@@ -221,7 +221,7 @@ func newVMLogsCommand() *cli.Command {
 			&cli.BoolFlag{Name: "follow", Aliases: []string{"f"}, Usage: "keep printing while the VM runs"},
 			&cli.BoolFlag{Name: "raw", Usage: "the console's bytes as the guest wrote them, control characters and all (for a file, not a terminal)"},
 		},
-		Action: action(func(c *cli.Context, s *session) error {
+		Action: action(func(c *cli.Context, s *target) error {
 			a, err := args(c, 1, 1)
 			if err != nil {
 				return err

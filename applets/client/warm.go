@@ -24,7 +24,7 @@ func newImageWarmCommand() *cli.Command {
 			&cli.StringFlag{Name: "disk-size", Usage: "disk `SIZE` of the VMs it is for (default: the image's size)"},
 			&cli.BoolFlag{Name: "quiet", Aliases: []string{"q"}, Usage: "do not show stages"},
 		},
-		Action: action(func(c *cli.Context, s *session) error {
+		Action: action(func(c *cli.Context, s *target) error {
 			a, err := args(c, 1, 1)
 			if err != nil {
 				return err

@@ -242,5 +242,5 @@ func TestReconnectStorm(t *testing.T) {
 	}
 	// How often the guest learned of a new host from its reset frame
 	// rather than from the port closing: the case the handshake is for.
-	t.Logf("sessions ended by a reset frame: %d of 11", strings.Count(v.console(t), "the host started a new session"))
+	t.Logf("links ended by a reset frame: %d of 11", strings.Count(v.console(t), "the host connected again"))
 }

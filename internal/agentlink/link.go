@@ -71,9 +71,9 @@ const MaxHelloLine = 4096
 
 // Link is an open channel to a guest's agent that has said it is ready.
 type Link struct {
-	hello   Hello
-	conn    net.Conn
-	session *yamux.Session
+	hello Hello
+	conn  net.Conn
+	mux   *yamux.Session
 }
 
 // Wait connects to the agent socket of a QEMU instance and returns once
@@ -83,7 +83,7 @@ func Wait(ctx context.Context, agentSocket string) (*Link, error) {
 }
 
 // Open reaches the agent through t, does the handshake (wire.go) and
-// starts the session. It returns when the agent has sent its Hello, which
+// starts the link's mux. It returns when the agent has sent its Hello, which
 // may be long after the transport connected: during a boot, the port's
 // bytes wait in QEMU until the agent opens it.
 func Open(ctx context.Context, t Transport) (*Link, error) {
@@ -96,7 +96,7 @@ func Open(ctx context.Context, t Transport) (*Link, error) {
 		conn.Close()
 		return nil, err
 	}
-	cfg := SessionConfig(logging.From(ctx))
+	cfg := MuxConfig(logging.From(ctx))
 	// The host opens every stream and serves none to the guest, so it
 	// never accepts one: the first few a guest opens wait in the
 	// backlog (each holding at most its window of the daemon's memory),
@@ -104,12 +104,12 @@ func Open(ctx context.Context, t Transport) (*Link, error) {
 	// and closed would be only half closed, and buffer what the guest
 	// writes. The backlog also bounds the host's own opens in flight.
 	cfg.AcceptBacklog = hostBacklog
-	session, err := yamux.Client(bufferedConn{Reader: br, Conn: conn}, cfg)
+	mux, err := yamux.Client(bufferedConn{Reader: br, Conn: conn}, cfg)
 	if err != nil {
 		conn.Close()
-		return nil, fmt.Errorf("start the agent session: %w", err)
+		return nil, fmt.Errorf("start the agent link's mux: %w", err)
 	}
-	return &Link{hello: hello, conn: conn, session: session}, nil
+	return &Link{hello: hello, conn: conn, mux: mux}, nil
 }
 
 // hostBacklog is the host end's accept backlog: streams the guest may
@@ -275,7 +275,7 @@ func (l *Link) Hello() Hello { return l.hello }
 
 // Call makes one rpc call to the agent on a stream of its own.
 func (l *Link) Call(ctx context.Context, method string, params, result any) error {
-	stream, err := l.session.OpenStream()
+	stream, err := l.mux.OpenStream()
 	if err != nil {
 		return fmt.Errorf("call %s: open a stream to the agent: %w", method, err)
 	}
@@ -286,7 +286,7 @@ func (l *Link) Call(ctx context.Context, method string, params, result any) erro
 // stream of its own and returns the stream, which then carries session
 // frames. ctx bounds the start only.
 func (l *Link) OpenSession(ctx context.Context, method string, params any) (*rpc.Stream, error) {
-	stream, err := l.session.OpenStream()
+	stream, err := l.mux.OpenStream()
 	if err != nil {
 		return nil, fmt.Errorf("call %s: open a stream to the agent: %w", method, err)
 	}
@@ -367,7 +367,7 @@ func (l *Link) PowerOff(ctx context.Context) error {
 		return err
 	}
 	select {
-	case <-l.session.CloseChan():
+	case <-l.mux.CloseChan():
 		return nil
 	case <-ctx.Done():
 		return fmt.Errorf("wait for the guest to power off: %w", ctx.Err())
@@ -375,12 +375,12 @@ func (l *Link) PowerOff(ctx context.Context) error {
 }
 
 // Done is closed when the channel is gone: the VM exited, or Close.
-func (l *Link) Done() <-chan struct{} { return l.session.CloseChan() }
+func (l *Link) Done() <-chan struct{} { return l.mux.CloseChan() }
 
-// Close ends the session and the connection. The agent notices, and
+// Close ends the mux and the connection. The agent notices, and
 // answers the next host that connects.
 func (l *Link) Close() error {
-	err := l.session.Close()
+	err := l.mux.Close()
 	l.conn.Close()
 	return err
 }

@@ -497,7 +497,7 @@ func TestProbeBootMechanics(t *testing.T) {
 	}
 }
 
-// QEMU sends events on every QMP session: here a user network's
+// QEMU sends events on every QMP connection: here a user network's
 // connections to its netdev (NETDEV_STREAM_CONNECTED, _DISCONNECTED), one
 // after another, while the test asks for the status as a save or a load
 // polls it. Every answer is the status; none is corrupted by an event
@@ -535,7 +535,7 @@ func TestQMPAnswersBesideEvents(t *testing.T) {
 			}
 		}()
 	}
-	err = inst.qmpSession(ctx, "poll", func(run qmpRunner) error {
+	err = inst.qmpConn(ctx, "poll", func(run qmpRunner) error {
 		for i, until := 0, time.Now().Add(5*time.Second); i < 2000 && time.Now().Before(until); i++ {
 			raw, err := run(qmp.Command{Execute: "query-status"})
 			if err != nil {

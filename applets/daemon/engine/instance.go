@@ -39,7 +39,7 @@ type Instance struct {
 
 	proc   *os.Process     // signals go through its pidfd: never to a reused pid
 	exited <-chan struct{} // closed when the process is gone
-	qmpMu  sync.Mutex      // serializes QMP sessions: QEMU serves one at a time
+	qmpMu  sync.Mutex      // serializes QMP connections: QEMU serves one at a time
 
 	mu      sync.Mutex // guards waitErr
 	waitErr error      // the process's exit status, when we are its parent
@@ -331,11 +331,11 @@ func runQMP(socket string, command qmp.Command) (json.RawMessage, error) {
 	return raw, err
 }
 
-// qmpRunner runs one command on an open QMP session and returns its
+// qmpRunner runs one command on an open QMP connection and returns its
 // "return" value.
 type qmpRunner func(qmp.Command) (json.RawMessage, error)
 
-// withQMP opens a QMP session on socket, runs fn with it, and closes it.
+// withQMP opens a QMP connection on socket, runs fn with it, and closes it.
 func withQMP(socket string, fn func(run qmpRunner) error) error {
 	var mon *qmp.SocketMonitor
 	var err error
@@ -374,11 +374,11 @@ func withQMP(socket string, fn func(run qmpRunner) error) error {
 	})
 }
 
-// qmpSession runs fn on one QMP session of its own, for a sequence of
-// commands that polls (a save or a load): a session per poll would cost
+// qmpConn runs fn on one QMP connection of its own, for a sequence of
+// commands that polls (a save or a load): a connection per poll would cost
 // QEMU's main loop, which does the work, a handshake each time. The
 // caller stops waiting when ctx ends or QEMU exits.
-func (i *Instance) qmpSession(ctx context.Context, what string, fn func(run qmpRunner) error) error {
+func (i *Instance) qmpConn(ctx context.Context, what string, fn func(run qmpRunner) error) error {
 	done := make(chan error, 1)
 	go func() {
 		i.qmpMu.Lock()

@@ -43,7 +43,7 @@ func (i *Instance) SaveState(ctx context.Context, path string) error {
 	if err != nil {
 		return err
 	}
-	return i.qmpSession(ctx, "save state", func(run qmpRunner) error {
+	return i.qmpConn(ctx, "save state", func(run qmpRunner) error {
 		if _, err := run(qmp.Command{Execute: "stop"}); err != nil {
 			return err
 		}
@@ -128,7 +128,7 @@ func (i *Instance) LoadState(ctx context.Context, run bool) error {
 	defer func() {
 		logging.From(ctx).Debug().Int("polls", polls).Float64("duration_ms", logging.Millis(time.Since(start))).Msg("state loaded")
 	}()
-	err := i.qmpSession(ctx, "load state", func(run qmpRunner) error {
+	err := i.qmpConn(ctx, "load state", func(run qmpRunner) error {
 		for ; ; polls++ {
 			var st Status
 			raw, err := run(qmp.Command{Execute: "query-status"})

@@ -30,7 +30,7 @@ import (
 // networking only: a bridged VM's tap is its own from launch.
 //
 // A standby may wait for hours: nothing the daemon holds open to it times
-// out while it is paused (agentlink.SessionConfig). One whose QEMU exits
+// out while it is paused (agentlink.MuxConfig). One whose QEMU exits
 // while it waits is replaced at once; one that fails its check when a
 // create takes it (vmProcess.CheckStandby) is discarded, and the create
 // restores instead (start.go).

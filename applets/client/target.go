@@ -23,8 +23,9 @@ import (
 // StartTimeout bounds the wait for a daemon started by the client.
 const StartTimeout = 15 * time.Second
 
-// session is one command's view of where the daemon is.
-type session struct {
+// target is one command's view of the daemon it talks to: where it is,
+// whether the client may start it, and whom to trust to serve it.
+type target struct {
 	socket    string
 	stateDir  string
 	logLevel  string
@@ -37,8 +38,8 @@ type session struct {
 	trusted []int
 }
 
-func newSession(c *cli.Context) (*session, error) {
-	s := &session{
+func newTarget(c *cli.Context) (*target, error) {
+	s := &target{
 		socket:    c.String("socket"),
 		stateDir:  c.String("state-dir"),
 		logLevel:  c.String("log-level"),
@@ -84,14 +85,14 @@ func systemSocket(sys packaging.System, uid int) (string, int, bool) {
 }
 
 // client calls the daemon's rpc socket.
-func (s *session) client() *rpc.Client { return s.clientOf(s.socket) }
+func (s *target) client() *rpc.Client { return s.clientOf(s.socket) }
 
 // clientOf is a client of one of the daemon's sockets that sends nothing
 // to a server run by a user this client does not trust: in a shared /tmp
 // (no XDG_RUNTIME_DIR: cron, su, ssh without a login session) another
 // user could have made the socket first, to read a command's argv, its
 // environment and its input, and answer with forged output.
-func (s *session) clientOf(socket string) *rpc.Client {
+func (s *target) clientOf(socket string) *rpc.Client {
 	return &rpc.Client{Socket: socket, Server: func(p rpc.Peer) error {
 		if slices.Contains(s.trusted, int(p.UID)) {
 			return nil
@@ -105,7 +106,7 @@ func (s *session) clientOf(socket string) *rpc.Client {
 // someone else owns, a symlink or a directory others may write is
 // refused. A --socket given by the caller is the caller's choice; the
 // server's credentials are still checked (clientOf).
-func (s *session) checkPath() error {
+func (s *target) checkPath() error {
 	if filepath.Dir(s.socket) != layout.Runtime() {
 		return nil
 	}
@@ -120,7 +121,7 @@ func (s *session) checkPath() error {
 
 // call calls the daemon, starting it first when it is not running (unless
 // --no-autostart).
-func (s *session) call(ctx context.Context, method string, params, result any) error {
+func (s *target) call(ctx context.Context, method string, params, result any) error {
 	if err := s.checkPath(); err != nil {
 		return err
 	}
@@ -136,7 +137,7 @@ func (s *session) call(ctx context.Context, method string, params, result any) e
 
 // stream opens a session (vm.exec, vm.copy) on the daemon's stream
 // socket, starting the daemon first when it is not running.
-func (s *session) stream(ctx context.Context, method string, params, result any) (*rpc.Stream, error) {
+func (s *target) stream(ctx context.Context, method string, params, result any) (*rpc.Stream, error) {
 	if err := s.checkPath(); err != nil {
 		return nil, err
 	}
@@ -161,7 +162,7 @@ func (s *session) stream(ctx context.Context, method string, params, result any)
 }
 
 // callRunning calls the daemon only if it is already running.
-func (s *session) callRunning(ctx context.Context, method string, params, result any) error {
+func (s *target) callRunning(ctx context.Context, method string, params, result any) error {
 	if err := s.checkPath(); err != nil {
 		return err
 	}
@@ -169,7 +170,7 @@ func (s *session) callRunning(ctx context.Context, method string, params, result
 }
 
 // unreachable rewords a dial failure for people.
-func (s *session) unreachable(err error) error {
+func (s *target) unreachable(err error) error {
 	if errors.Is(err, rpc.ErrUnreachable) {
 		return &cliError{code: codeUnreachable, exit: ExitUnreachable,
 			err: fmt.Errorf("bangerd is not running on %s (start it with %s): %w", s.socket, s.startHint(), err)}
@@ -177,18 +178,19 @@ func (s *session) unreachable(err error) error {
 	return err
 }
 
-// startHint says how to start the daemon this session talks to.
-func (s *session) startHint() string {
+// startHint says how to start the target's daemon.
+func (s *target) startHint() string {
 	if s.system {
 		return "`sudo systemctl start " + packaging.DaemonUnit + "`"
 	}
 	return "`banger daemon start`"
 }
 
-// startDaemon starts bangerd in the background, detached in its own
-// session so it outlives this command, and waits until it answers ping.
+// startDaemon starts bangerd in the background, detached in a Unix
+// session of its own (setsid) so it outlives this command, and waits
+// until it answers ping.
 // It re-executes /proc/self/exe, never a binary found on PATH.
-func (s *session) startDaemon(ctx context.Context) error {
+func (s *target) startDaemon(ctx context.Context) error {
 	if s.system {
 		// systemd runs that daemon, as the owner, with the install's flags.
 		return &cliError{code: codeUnreachable, exit: ExitUnreachable,

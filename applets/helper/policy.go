@@ -24,20 +24,6 @@ import (
 // so the suffixes are bounded to fit: "banger-" + 8, "bgtap-" + 9.
 var bridgeNameRE = api.Lazy(`^(banger0|banger-[a-z0-9][a-z0-9-]{0,7})$`)
 
-// privateNets are the RFC 1918 networks a banger CIDR must lie in.
-var privateNets = []netip.Prefix{
-	netip.MustParsePrefix("10.0.0.0/8"),
-	netip.MustParsePrefix("172.16.0.0/12"),
-	netip.MustParsePrefix("192.168.0.0/16"),
-}
-
-// The prefix lengths a banger CIDR may have: at least a /30's two hosts
-// (bridge and one guest), at most a /16.
-const (
-	minPrefix = 16
-	maxPrefix = 30
-)
-
 // hostLink is what the rules and the network methods read of a link.
 type hostLink struct {
 	Name   string
@@ -84,28 +70,13 @@ func checkTapName(name string) error {
 	return nil
 }
 
-// checkCIDR parses a banger network: a private IPv4 network address with
-// a prefix from /16 to /30.
+// checkCIDR parses a banger network (api.ParseNetworkCIDR).
 func checkCIDR(s string) (netip.Prefix, error) {
-	p, err := netip.ParsePrefix(s)
+	p, err := api.ParseNetworkCIDR(s)
 	if err != nil {
-		return netip.Prefix{}, invalid("cidr %q: %v", s, err)
+		return netip.Prefix{}, invalid("%v", err)
 	}
-	if !p.Addr().Is4() {
-		return netip.Prefix{}, invalid("cidr %q is not IPv4", s)
-	}
-	if p.Bits() < minPrefix || p.Bits() > maxPrefix {
-		return netip.Prefix{}, invalid("cidr %q: the prefix must be /%d to /%d", s, minPrefix, maxPrefix)
-	}
-	if p.Masked() != p {
-		return netip.Prefix{}, invalid("cidr %q is not a network address (did you mean %s?)", s, p.Masked())
-	}
-	for _, n := range privateNets {
-		if n.Contains(p.Addr()) {
-			return p, nil
-		}
-	}
-	return netip.Prefix{}, invalid("cidr %q is not private (10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16)", s)
+	return p, nil
 }
 
 // checkBridgeNet checks a bridge's name and its network.

@@ -1,6 +1,8 @@
 package api
 
 import (
+	"fmt"
+	"net/netip"
 	"regexp"
 	"sync"
 )
@@ -19,6 +21,43 @@ var (
 	tapName = Lazy(`^bgtap-[a-z0-9]{1,9}$`)
 	mac     = Lazy(`^[0-9a-f][26ae](:[0-9a-f]{2}){5}$`)
 )
+
+// privateNets are the RFC 1918 networks a banger network must lie in.
+var privateNets = []netip.Prefix{
+	netip.MustParsePrefix("10.0.0.0/8"),
+	netip.MustParsePrefix("172.16.0.0/12"),
+	netip.MustParsePrefix("192.168.0.0/16"),
+}
+
+// The prefix lengths a banger network may have: at least a /30's two
+// hosts (bridge and one guest), at most a /16.
+const (
+	MinNetworkPrefix = 16
+	MaxNetworkPrefix = 30
+)
+
+// ParseNetworkCIDR parses a banger network (a bridge's): a private IPv4
+// network address with a prefix from /16 to /30. The daemon checks its
+// --bridge-cidr with it, the helper every cidr it is sent.
+func ParseNetworkCIDR(s string) (netip.Prefix, error) {
+	p, err := netip.ParsePrefix(s)
+	switch {
+	case err != nil:
+		return netip.Prefix{}, fmt.Errorf("cidr %q: %v", s, err)
+	case !p.Addr().Is4():
+		return netip.Prefix{}, fmt.Errorf("cidr %q is not IPv4", s)
+	case p.Bits() < MinNetworkPrefix || p.Bits() > MaxNetworkPrefix:
+		return netip.Prefix{}, fmt.Errorf("cidr %q: the prefix must be /%d to /%d", s, MinNetworkPrefix, MaxNetworkPrefix)
+	case p.Masked() != p:
+		return netip.Prefix{}, fmt.Errorf("cidr %q is not a network address (did you mean %s?)", s, p.Masked())
+	}
+	for _, n := range privateNets {
+		if n.Contains(p.Addr()) {
+			return p, nil
+		}
+	}
+	return netip.Prefix{}, fmt.Errorf("cidr %q is not private (10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16)", s)
+}
 
 // DefaultBridge is the bridge of bridged VMs: the daemon asks the helper
 // for it, and the helper's doctor reads it.

@@ -69,20 +69,13 @@ type BridgeNet struct {
 	dnsPort uint16
 }
 
-// ParseBridgeNet checks a bridge CIDR: an IPv4 network address with a
-// prefix from /16 to /30 (the helper also wants it private and free of
-// the host's routes, and says so when it is not).
+// ParseBridgeNet checks a bridge CIDR as the helper does
+// (api.ParseNetworkCIDR: a private IPv4 network, /16 to /30; the helper
+// also wants it free of the host's routes, and says so when it is not).
 func ParseBridgeNet(name, cidr string) (BridgeNet, error) {
-	p, err := netip.ParsePrefix(cidr)
-	switch {
-	case err != nil:
-		return BridgeNet{}, fmt.Errorf("bridge cidr %q: %v", cidr, err)
-	case !p.Addr().Is4():
-		return BridgeNet{}, fmt.Errorf("bridge cidr %q is not IPv4", cidr)
-	case p.Bits() < 16 || p.Bits() > 30:
-		return BridgeNet{}, fmt.Errorf("bridge cidr %q: the prefix must be /16 to /30", cidr)
-	case p.Masked() != p:
-		return BridgeNet{}, fmt.Errorf("bridge cidr %q is not a network address (did you mean %s?)", cidr, p.Masked())
+	p, err := api.ParseNetworkCIDR(cidr)
+	if err != nil {
+		return BridgeNet{}, fmt.Errorf("bridge %w", err)
 	}
 	gw := p.Addr().Next()
 	b := p.Addr().As4()

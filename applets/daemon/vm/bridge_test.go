@@ -141,7 +141,7 @@ func TestParseBridgeNet(t *testing.T) {
 	if err != nil || b.last.String() != "172.16.255.254" {
 		t.Errorf("/16: %+v, %v", b, err)
 	}
-	for _, bad := range []string{"", "10.77.0.1/24", "10.77.0.0/31", "10.0.0.0/8", "fd00::/64", "10.77.0.0"} {
+	for _, bad := range []string{"", "10.77.0.1/24", "10.77.0.0/31", "10.0.0.0/8", "fd00::/64", "10.77.0.0", "8.8.8.0/24"} {
 		if _, err := ParseBridgeNet("banger0", bad); err == nil {
 			t.Errorf("%q accepted", bad)
 		}

@@ -21,6 +21,7 @@ import (
 
 	"banger/applets/daemon/vm"
 	"banger/internal/api"
+	"banger/internal/privapi"
 )
 
 // Bridged networking end to end, with real guests: the root helper and
@@ -321,7 +322,7 @@ func TestBridgedVMs(t *testing.T) {
 		}
 		methods = append(methods, r.Method)
 	}
-	if !slices.Equal(methods, []string{api.MethodPrivEnsureBridge, api.MethodPrivEnsureNAT, api.MethodPrivCreateTap}) {
+	if !slices.Equal(methods, []string{privapi.MethodEnsureBridge, privapi.MethodEnsureNAT, privapi.MethodCreateTap}) {
 		t.Errorf("helper calls of the create: %v", methods)
 	}
 	tr := s.banger("trace", "--log", hlog, opA).want(t, 0)
@@ -434,7 +435,7 @@ func TestBridgedVMs(t *testing.T) {
 	s.stopDaemon()
 	cleared := false
 	for _, r := range readRecords(t, hlog) {
-		cleared = cleared || r.Method == api.MethodPrivClearDNS && r.Msg == "helper rpc completed"
+		cleared = cleared || r.Method == privapi.MethodClearDNS && r.Msg == "helper rpc completed"
 	}
 	if !cleared {
 		t.Error("the daemon stopped without clearing the dns redirect")

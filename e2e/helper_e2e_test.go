@@ -12,6 +12,7 @@ import (
 	"testing"
 
 	"banger/internal/api"
+	"banger/internal/privapi"
 	"banger/rpc"
 )
 
@@ -104,7 +105,7 @@ func TestHostCheckThroughHelperSocket(t *testing.T) {
 		t.Fatalf("helper log has %d records of %s, want exactly 1", len(hrecs), stage.OpID)
 	}
 	h := hrecs[0]
-	if h.Msg != "helper rpc completed" || h.Method != api.MethodPrivPing || h.Applet != "bangerd-root" || h.Dur == nil || h.UID == nil || *h.UID != 0 || h.PID == nil {
+	if h.Msg != "helper rpc completed" || h.Method != privapi.MethodPing || h.Applet != "bangerd-root" || h.Dur == nil || h.UID == nil || *h.UID != 0 || h.PID == nil {
 		t.Errorf("helper record: %+v", h)
 	}
 

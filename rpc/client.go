@@ -13,7 +13,10 @@ import (
 	"time"
 )
 
-// Caller makes one RPC. Client and CommandClient are the two transports.
+// Caller makes one RPC. Client and CommandClient are the two transports;
+// a caller that wraps one (a client that starts its daemon first, the
+// daemon's link to its helper) is one too. The typed clients
+// (api.Client, privapi.Client) are built on it.
 type Caller interface {
 	Call(ctx context.Context, method string, params, result any) error
 }

@@ -22,8 +22,8 @@ func newPingCommand() *cli.Command {
 		Usage: "check that the daemon answers (starting it if needed)",
 		Flags: []cli.Flag{jsonFlag()},
 		Action: action(func(c *cli.Context, s *target) error {
-			var res api.PingResult
-			if err := s.call(c.Context, api.MethodPing, nil, &res); err != nil {
+			res, err := s.daemon().Ping(c.Context)
+			if err != nil {
 				return err
 			}
 			return output(c, res, func(w io.Writer) {
@@ -52,13 +52,11 @@ func newVersionCommand(env Env) *cli.Command {
 		// for versions should not change what runs.
 		Action: action(func(c *cli.Context, s *target) error {
 			rep := versionReport{Client: env.Build, Protocol: rpc.Version}
-			var d api.VersionResult
-			if err := s.callRunning(c.Context, api.MethodVersion, nil, &d); err != nil {
+			if d, err := s.running().Version(c.Context); err != nil {
 				rep.DaemonError = errorText(err)
 			} else {
 				rep.Daemon = &d
-				var h api.HostCheckResult
-				if err := s.callRunning(c.Context, api.MethodHostCheck, nil, &h); err != nil {
+				if h, err := s.running().HostCheck(c.Context); err != nil {
 					rep.HelperError = errorText(err)
 				} else {
 					rep.Helper = h.Helper.Version
@@ -91,8 +89,8 @@ func newHostCommand() *cli.Command {
 			Usage: "ask the daemon to reach the root helper and report what it said",
 			Flags: []cli.Flag{jsonFlag()},
 			Action: action(func(c *cli.Context, s *target) error {
-				var res api.HostCheckResult
-				if err := s.call(c.Context, api.MethodHostCheck, nil, &res); err != nil {
+				res, err := s.daemon().HostCheck(c.Context)
+				if err != nil {
 					return err
 				}
 				return output(c, res, func(w io.Writer) {
@@ -116,13 +114,13 @@ func newDaemonCommand() *cli.Command {
 				Usage: "start bangerd in the background and wait until it answers",
 				Flags: []cli.Flag{jsonFlag()},
 				Action: action(func(c *cli.Context, s *target) error {
-					var res api.PingResult
-					already := s.callRunning(c.Context, api.MethodPing, nil, &res) == nil
+					res, err := s.running().Ping(c.Context)
+					already := err == nil
 					if !already {
 						if err := s.startDaemon(c.Context); err != nil {
 							return err
 						}
-						if err := s.callRunning(c.Context, api.MethodPing, nil, &res); err != nil {
+						if res, err = s.running().Ping(c.Context); err != nil {
 							return err
 						}
 					}
@@ -140,13 +138,13 @@ func newDaemonCommand() *cli.Command {
 				Usage: "ask bangerd to stop, and wait until it has",
 				Flags: []cli.Flag{jsonFlag()},
 				Action: action(func(c *cli.Context, s *target) error {
-					var res api.PingResult
-					if s.callRunning(c.Context, api.MethodPing, nil, &res) != nil {
+					res, err := s.running().Ping(c.Context)
+					if err != nil {
 						return output(c, daemonStatus(s, nil), func(w io.Writer) {
 							fmt.Fprintf(w, "bangerd is not running (%s)\n", s.socket)
 						})
 					}
-					if err := s.callRunning(c.Context, api.MethodShutdown, nil, nil); err != nil {
+					if err := s.running().Shutdown(c.Context); err != nil {
 						return err
 					}
 					if err := waitGone(c.Context, s, res.PID); err != nil {
@@ -162,8 +160,7 @@ func newDaemonCommand() *cli.Command {
 				Usage: "say whether bangerd runs (exit 3 when it does not)",
 				Flags: []cli.Flag{jsonFlag()},
 				Action: action(func(c *cli.Context, s *target) error {
-					var res api.PingResult
-					err := s.callRunning(c.Context, api.MethodPing, nil, &res)
+					res, err := s.running().Ping(c.Context)
 					if err != nil {
 						if jsonOutput(c) {
 							output(c, daemonStatus(s, nil), nil)

@@ -208,26 +208,29 @@ func (h *doctorHost) daemon(ctx context.Context) *daemonView {
 	}
 	d := &daemonView{}
 	h.d = d
-	var ping api.PingResult
-	if d.pingErr = h.call(ctx, doctor.CallTimeout, api.MethodPing, nil, &ping); d.pingErr != nil {
+	ping, err := h.within(doctor.CallTimeout).Ping(ctx)
+	if d.pingErr = err; err != nil {
 		return d
 	}
 	d.ping = &ping
-	var v api.VersionResult
-	if h.call(ctx, doctor.CallTimeout, api.MethodVersion, nil, &v) == nil {
+	if v, err := h.within(doctor.CallTimeout).Version(ctx); err == nil {
 		d.version = &v
 	}
-	var hc api.HostCheckResult
-	if d.hostErr = h.call(ctx, doctor.SlowCallTimeout, api.MethodHostCheck, nil, &hc); d.hostErr == nil {
+	hc, err := h.within(doctor.SlowCallTimeout).HostCheck(ctx)
+	if d.hostErr = err; err == nil {
 		d.host = &hc
 	}
 	return d
 }
 
-func (h *doctorHost) call(ctx context.Context, timeout time.Duration, method string, params, result any) error {
-	ctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
-	return h.client.Call(ctx, method, params, result)
+// within is the daemon's typed client whose calls each end after
+// timeout: the doctor must answer, also when the daemon hangs.
+func (h *doctorHost) within(timeout time.Duration) api.Client {
+	return api.Client{Caller: rpc.CallerFunc(func(ctx context.Context, method string, params, result any) error {
+		ctx, cancel := context.WithTimeout(ctx, timeout)
+		defer cancel()
+		return h.client.Call(ctx, method, params, result)
+	})}
 }
 
 // daemonRows are the daemon's checks: its answer to host.doctor, or,
@@ -238,7 +241,11 @@ func (h *doctorHost) daemonRows(ctx context.Context) ([]api.DoctorRow, error) {
 	if d.checks == nil {
 		d.checks = &appletRows{}
 		var res api.DoctorResult
-		if d.ping != nil && h.call(ctx, doctor.SlowCallTimeout, api.MethodHostDoctor, nil, &res) == nil {
+		err := errors.New("the daemon is not running")
+		if d.ping != nil {
+			res, err = h.within(doctor.SlowCallTimeout).HostDoctor(ctx)
+		}
+		if err == nil {
 			d.checks.rows = res.Rows
 		} else {
 			args := []string{"--socket", h.socket}

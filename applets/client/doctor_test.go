@@ -21,6 +21,7 @@ import (
 	"banger/internal/doctor"
 	"banger/internal/doctor/doctortest"
 	"banger/internal/layout"
+	"banger/internal/privapi"
 	"banger/packaging"
 	"banger/rpc"
 )
@@ -89,7 +90,7 @@ func fakeDaemon(t *testing.T, sock string, hostErr error) {
 			return api.VersionResult{Build: api.Build{Version: "test"}, Protocol: rpc.Version}, nil
 		}),
 		api.MethodHostCheck: rpc.Handle(func(context.Context, rpc.NoParams) (api.HostCheckResult, error) {
-			return api.HostCheckResult{HelperMode: "socket", HelperPath: "/run/x.sock", Helper: api.PrivPingResult{Version: "test"}}, hostErr
+			return api.HostCheckResult{HelperMode: "socket", HelperPath: "/run/x.sock", Helper: privapi.PingResult{Version: "test"}}, hostErr
 		}),
 		api.MethodHostAccel: rpc.Handle(func(context.Context, rpc.NoParams) (api.HostAccelResult, error) {
 			return api.HostAccelResult{Configured: "auto", Accel: "tcg", Usable: true, Reason: "KVM cannot run guests here: fake"}, nil

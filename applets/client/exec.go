@@ -189,7 +189,7 @@ func runSession(c *cli.Context, s *target, method string, params any, stdin io.R
 	sig := forwardSignals(conn, tty, func(n int) {
 		ctx, cancel := context.WithTimeout(context.WithoutCancel(c.Context), 10*time.Second)
 		defer cancel()
-		s.call(ctx, api.MethodVMExecSignal, api.VMExecSignal{Name: vm.Name, OpID: started.OpID, Signal: n}, nil)
+		s.daemon().SignalExec(ctx, api.VMExecSignal{Name: vm.Name, OpID: started.OpID, Signal: n})
 	})
 	defer sig.stop()
 	st, err := session.Run(conn, stdio)

@@ -1,6 +1,7 @@
 package client
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -15,16 +16,16 @@ import (
 )
 
 // byName is the action of a `show NAME` or `delete NAME` command: it
-// calls method with the name and prints the result, or "NAME done" when
-// done is set.
-func byName[T any](method, done string, print func(io.Writer, T)) cli.ActionFunc {
+// makes the call with the name and prints the result, or "NAME done"
+// when done is set.
+func byName[T any](call func(api.Client, context.Context, api.VMRef) (T, error), done string, print func(io.Writer, T)) cli.ActionFunc {
 	return action(func(c *cli.Context, s *target) error {
 		a, err := args(c, 1, 1)
 		if err != nil {
 			return err
 		}
-		var v T
-		if err := s.call(c.Context, method, api.VMRef{Name: a[0]}, &v); err != nil {
+		v, err := call(s.daemon(), c.Context, api.VMRef{Name: a[0]})
+		if err != nil {
 			return err
 		}
 		return output(c, v, func(w io.Writer) {
@@ -46,8 +47,8 @@ func newImageCommand() *cli.Command {
 			{
 				Name: "list", Aliases: []string{"ls"}, Usage: "list images", Flags: []cli.Flag{jsonFlag()},
 				Action: action(func(c *cli.Context, s *target) error {
-					var ims []api.Image
-					if err := s.call(c.Context, api.MethodImageList, nil, &ims); err != nil {
+					ims, err := s.daemon().ListImages(c.Context)
+					if err != nil {
 						return err
 					}
 					return output(c, ims, func(w io.Writer) {
@@ -60,9 +61,9 @@ func newImageCommand() *cli.Command {
 					})
 				}),
 			},
-			{Name: "show", Usage: "show one image", ArgsUsage: "NAME", Flags: []cli.Flag{jsonFlag()}, Action: byName(api.MethodImageShow, "", printImage)},
+			{Name: "show", Usage: "show one image", ArgsUsage: "NAME", Flags: []cli.Flag{jsonFlag()}, Action: byName(api.Client.ShowImage, "", printImage)},
 			newImageWarmCommand(),
-			{Name: "delete", Usage: "delete an image no VM uses", ArgsUsage: "NAME", Flags: []cli.Flag{jsonFlag()}, Action: byName(api.MethodImageDelete, "deleted", printImage)},
+			{Name: "delete", Usage: "delete an image no VM uses", ArgsUsage: "NAME", Flags: []cli.Flag{jsonFlag()}, Action: byName(api.Client.DeleteImage, "deleted", printImage)},
 		},
 	}
 }
@@ -116,8 +117,8 @@ func newImageImportCommand() *cli.Command {
 					return err
 				}
 			}
-			var im api.Image
-			if err := s.call(c.Context, api.MethodImageImport, p, &im); err != nil {
+			im, err := s.daemon().ImportImage(c.Context, p)
+			if err != nil {
 				return err
 			}
 			return output(c, im, func(w io.Writer) { printImage(w, im) })

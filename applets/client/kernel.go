@@ -21,8 +21,8 @@ func newKernelCommand() *cli.Command {
 			{
 				Name: "list", Aliases: []string{"ls"}, Usage: "list built kernels", Flags: []cli.Flag{jsonFlag()},
 				Action: action(func(c *cli.Context, s *target) error {
-					var ks []api.Kernel
-					if err := s.call(c.Context, api.MethodKernelList, nil, &ks); err != nil {
+					ks, err := s.daemon().ListKernels(c.Context)
+					if err != nil {
 						return err
 					}
 					return output(c, ks, func(w io.Writer) {
@@ -36,8 +36,8 @@ func newKernelCommand() *cli.Command {
 					})
 				}),
 			},
-			{Name: "show", Usage: "show one built kernel", ArgsUsage: "NAME", Flags: []cli.Flag{jsonFlag()}, Action: byName(api.MethodKernelShow, "", printKernel)},
-			{Name: "delete", Usage: "delete a built kernel no image uses", ArgsUsage: "NAME", Flags: []cli.Flag{jsonFlag()}, Action: byName(api.MethodKernelDelete, "deleted", printKernel)},
+			{Name: "show", Usage: "show one built kernel", ArgsUsage: "NAME", Flags: []cli.Flag{jsonFlag()}, Action: byName(api.Client.ShowKernel, "", printKernel)},
+			{Name: "delete", Usage: "delete a built kernel no image uses", ArgsUsage: "NAME", Flags: []cli.Flag{jsonFlag()}, Action: byName(api.Client.DeleteKernel, "deleted", printKernel)},
 		},
 	}
 }
@@ -62,7 +62,7 @@ func newKernelBuildCommand() *cli.Command {
 			if len(a) == 1 {
 				p.Name = a[0]
 			}
-			k, _, _, err := runOperation[api.Kernel](c, s, api.MethodKernelBuildBegin, p)
+			k, _, _, err := runOperation[api.Kernel](c, s, beginWith(api.Client.BuildKernel, p))
 			if err != nil {
 				return err
 			}

@@ -6,8 +6,6 @@ import (
 	"strings"
 
 	"github.com/urfave/cli/v2"
-
-	"banger/internal/api"
 )
 
 // banger network: the host side of bridged networking.
@@ -26,8 +24,8 @@ func newNetworkCommand() *cli.Command {
 					if _, err := args(c, 0, 0); err != nil {
 						return err
 					}
-					var res api.NetworkResetResult
-					if err := s.call(c.Context, api.MethodNetworkReset, nil, &res); err != nil {
+					res, err := s.daemon().ResetNetwork(c.Context)
+					if err != nil {
 						return err
 					}
 					if res.Removed == nil {

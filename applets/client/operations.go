@@ -1,6 +1,7 @@
 package client
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"text/tabwriter"
@@ -12,14 +13,14 @@ import (
 )
 
 func newOperationCommand() *cli.Command {
-	byID := func(method string) cli.ActionFunc {
+	byID := func(call func(api.Client, context.Context, api.OperationID) (api.Operation, error)) cli.ActionFunc {
 		return action(func(c *cli.Context, s *target) error {
 			a, err := args(c, 1, 1)
 			if err != nil {
 				return err
 			}
-			var op api.Operation
-			if err := s.call(c.Context, method, api.OperationID{ID: a[0]}, &op); err != nil {
+			op, err := call(s.daemon(), c.Context, api.OperationID{ID: a[0]})
+			if err != nil {
 				return err
 			}
 			return output(c, op, func(w io.Writer) { printOperation(w, op) })
@@ -34,8 +35,8 @@ func newOperationCommand() *cli.Command {
 				Usage: "list the operations the daemon holds (finished ones are kept 15 minutes)",
 				Flags: []cli.Flag{jsonFlag()},
 				Action: action(func(c *cli.Context, s *target) error {
-					var ops []api.Operation
-					if err := s.call(c.Context, api.MethodOperationList, nil, &ops); err != nil {
+					ops, err := s.daemon().ListOperations(c.Context)
+					if err != nil {
 						return err
 					}
 					return output(c, ops, func(w io.Writer) {
@@ -48,8 +49,8 @@ func newOperationCommand() *cli.Command {
 					})
 				}),
 			},
-			{Name: "show", Usage: "show one operation and its stages", ArgsUsage: "OP_ID", Flags: []cli.Flag{jsonFlag()}, Action: byID(api.MethodOperationStatus)},
-			{Name: "cancel", Usage: "ask an operation to stop and undo what it did", ArgsUsage: "OP_ID", Flags: []cli.Flag{jsonFlag()}, Action: byID(api.MethodOperationCancel)},
+			{Name: "show", Usage: "show one operation and its stages", ArgsUsage: "OP_ID", Flags: []cli.Flag{jsonFlag()}, Action: byID(api.Client.OperationStatus)},
+			{Name: "cancel", Usage: "ask an operation to stop and undo what it did", ArgsUsage: "OP_ID", Flags: []cli.Flag{jsonFlag()}, Action: byID(api.Client.CancelOperation)},
 		},
 	}
 }

@@ -1,6 +1,7 @@
 package client
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"net"
@@ -26,8 +27,8 @@ func newVMPortsCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
-			var res api.VMPorts
-			if err := s.call(c.Context, api.MethodVMPorts, api.VMRef{Name: a[0]}, &res); err != nil {
+			res, err := s.daemon().VMPorts(c.Context, api.VMRef{Name: a[0]})
+			if err != nil {
 				return err
 			}
 			return output(c, res, func(w io.Writer) {
@@ -47,7 +48,7 @@ func newVMPortsCommand() *cli.Command {
 }
 
 func newVMPortCommand() *cli.Command {
-	change := func(name, usage, method string) *cli.Command {
+	change := func(name, usage string, call func(api.Client, context.Context, api.VMPort) (api.VM, error)) *cli.Command {
 		return &cli.Command{
 			Name:      name,
 			Usage:     usage,
@@ -62,8 +63,8 @@ func newVMPortCommand() *cli.Command {
 				if err != nil {
 					return err
 				}
-				var vm api.VM
-				if err := s.call(c.Context, method, api.VMPort{Name: a[0], PortForward: f}, &vm); err != nil {
+				vm, err := call(s.daemon(), c.Context, api.VMPort{Name: a[0], PortForward: f})
+				if err != nil {
 					return err
 				}
 				return output(c, vm, func(w io.Writer) {})
@@ -74,8 +75,8 @@ func newVMPortCommand() *cli.Command {
 		Name:  "port",
 		Usage: "change a VM's published ports (also while it runs)",
 		Subcommands: []*cli.Command{
-			change("add", "forward 127.0.0.1:HOST to the VM's TCP port GUEST", api.MethodVMPortAdd),
-			change("remove", "stop forwarding HOST (GUEST must match)", api.MethodVMPortRemove),
+			change("add", "forward 127.0.0.1:HOST to the VM's TCP port GUEST", api.Client.AddPort),
+			change("remove", "stop forwarding HOST (GUEST must match)", api.Client.RemovePort),
 		},
 	}
 }

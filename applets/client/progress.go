@@ -87,8 +87,7 @@ func follow(ctx context.Context, s *target, op api.Operation, sw *stageWriter) (
 		if !sw.tty {
 			wait.TimeoutMS = 1000
 		}
-		var next api.Operation
-		err := s.callRunning(ctx, api.MethodOperationWait, wait, &next)
+		next, err := s.running().WaitOperation(ctx, wait)
 		if ctx.Err() != nil {
 			return cancelAndWait(s, op, sw)
 		}
@@ -101,16 +100,25 @@ func follow(ctx context.Context, s *target, op api.Operation, sw *stageWriter) (
 	return op, nil
 }
 
-// runOperation begins an operation with method, follows its stages on
-// stderr (unless --quiet or --json) and decodes its result.
-func runOperation[T any](c *cli.Context, s *target, method string, params any) (T, api.Operation, *stageWriter, error) {
+// beginner begins an operation: a *Begin method of the typed client,
+// with its params (beginWith).
+type beginner func(ctx context.Context, d api.Client) (api.Operation, error)
+
+// beginWith is the beginner that calls begin with p.
+func beginWith[P any](begin func(api.Client, context.Context, P) (api.Operation, error), p P) beginner {
+	return func(ctx context.Context, d api.Client) (api.Operation, error) { return begin(d, ctx, p) }
+}
+
+// runOperation begins an operation, follows its stages on stderr (unless
+// --quiet or --json) and decodes its result.
+func runOperation[T any](c *cli.Context, s *target, begin beginner) (T, api.Operation, *stageWriter, error) {
 	var result T
 	sw := newStageWriter(c.App.ErrWriter, c.Bool("quiet") || c.Bool("json"))
-	var op api.Operation
-	if err := s.call(c.Context, method, params, &op); err != nil {
+	op, err := begin(c.Context, s.daemon())
+	if err != nil {
 		return result, op, sw, err
 	}
-	op, err := follow(c.Context, s, op, sw)
+	op, err = follow(c.Context, s, op, sw)
 	if err != nil {
 		return result, op, sw, err
 	}
@@ -129,11 +137,12 @@ func cancelAndWait(s *target, op api.Operation, sw *stageWriter) (api.Operation,
 		sw.live = false
 	}
 	fmt.Fprintf(sw.w, "canceling %s ...\n", op.ID)
-	if err := s.callRunning(ctx, api.MethodOperationCancel, api.OperationID{ID: op.ID}, &op); err != nil {
+	op, err := s.running().CancelOperation(ctx, api.OperationID{ID: op.ID})
+	if err != nil {
 		return op, err
 	}
 	for !op.Done() {
-		if err := s.callRunning(ctx, api.MethodOperationWait, api.OperationWait{ID: op.ID, TimeoutMS: 1000}, &op); err != nil {
+		if op, err = s.running().WaitOperation(ctx, api.OperationWait{ID: op.ID, TimeoutMS: 1000}); err != nil {
 			return op, err
 		}
 		sw.update(op)

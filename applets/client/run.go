@@ -67,7 +67,7 @@ func vmRun(c *cli.Context, s *target) error {
 		}
 	}
 
-	vm, err := runVMOperation(c, s, api.MethodVMCreateBegin, create)
+	vm, err := runVMOperation(c, s, beginWith(api.Client.CreateVM, create))
 	if err != nil {
 		return err
 	}
@@ -188,7 +188,7 @@ func copyWorkspace(c *cli.Context, s *target, vm string, ws *workspace, log io.W
 func deleteAfterRun(c *cli.Context, s *target, name string) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(c.Context), 2*time.Minute)
 	defer cancel()
-	if err := s.call(ctx, api.MethodVMDelete, api.VMDelete{Name: name, Force: true}, nil); err != nil {
+	if _, err := s.daemon().DeleteVM(ctx, api.VMDelete{Name: name, Force: true}); err != nil {
 		fmt.Fprintf(c.App.ErrWriter, "banger: --rm: could not delete %s: %v\n", name, err)
 	}
 }

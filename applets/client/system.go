@@ -15,6 +15,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"banger/internal/api"
+	"banger/internal/privapi"
 	"banger/packaging"
 	"banger/rpc"
 )
@@ -25,7 +26,7 @@ const SystemWaitTimeout = 30 * time.Second
 // systemReport is `banger system install --json`.
 type systemReport struct {
 	*packaging.InstallReport
-	Helper *api.PrivPingResult  `json:"helper,omitempty"` // priv.ping on the helper's socket
+	Helper *privapi.PingResult  `json:"helper,omitempty"` // priv.ping on the helper's socket
 	Daemon *api.PingResult      `json:"daemon,omitempty"`
 	Host   *api.HostCheckResult `json:"host_check,omitempty"` // the daemon reaching the helper
 }
@@ -35,7 +36,7 @@ type systemStatus struct {
 	*packaging.Status
 	Daemon      *api.PingResult     `json:"daemon,omitempty"`
 	DaemonError string              `json:"daemon_error,omitempty"`
-	Helper      *api.PrivPingResult `json:"helper,omitempty"`
+	Helper      *privapi.PingResult `json:"helper,omitempty"`
 	HelperError string              `json:"helper_error,omitempty"`
 }
 
@@ -189,8 +190,8 @@ func waitForSystem(ctx context.Context, cfg packaging.Config, timeout time.Durat
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	if cfg.Helper == packaging.HelperService {
-		rep.Helper = &api.PrivPingResult{}
-		if err := callUntil(ctx, packaging.HelperSocket, api.MethodPrivPing, rep.Helper); err != nil {
+		rep.Helper = &privapi.PingResult{}
+		if err := callUntil(ctx, packaging.HelperSocket, privapi.MethodPing, rep.Helper); err != nil {
 			rep.Helper = nil
 			return unavailable("bangerd-root did not answer on %s (journalctl -u %s): %w", packaging.HelperSocket, packaging.HelperUnit, err)
 		}
@@ -236,15 +237,13 @@ func systemStatusAction(c *cli.Context, _ *target) error {
 	st := systemStatus{Status: sys.Status(c.Context, c.String("prefix"))}
 	ctx, cancel := context.WithTimeout(c.Context, 2*time.Second)
 	defer cancel()
-	var d api.PingResult
-	if err := (&rpc.Client{Socket: sys.Path(packaging.DaemonSocket)}).Call(ctx, api.MethodPing, nil, &d); err != nil {
+	if d, err := (api.Client{Caller: &rpc.Client{Socket: sys.Path(packaging.DaemonSocket)}}).Ping(ctx); err != nil {
 		st.DaemonError = errorText(err)
 	} else {
 		st.Daemon = &d
 	}
 	if st.Config == nil || st.Config.Helper == packaging.HelperService {
-		var h api.PrivPingResult
-		if err := (&rpc.Client{Socket: sys.Path(packaging.HelperSocket)}).Call(ctx, api.MethodPrivPing, nil, &h); err != nil {
+		if h, err := (privapi.Client{Caller: &rpc.Client{Socket: sys.Path(packaging.HelperSocket)}}).Ping(ctx); err != nil {
 			st.HelperError = errorText(err)
 		} else {
 			st.Helper = &h

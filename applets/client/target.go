@@ -119,6 +119,13 @@ func (s *target) checkPath() error {
 	return nil
 }
 
+// daemon is the daemon's typed client, starting the daemon first when it
+// is not running (unless --no-autostart).
+func (s *target) daemon() api.Client { return api.Client{Caller: rpc.CallerFunc(s.call)} }
+
+// running is the daemon's typed client that never starts it.
+func (s *target) running() api.Client { return api.Client{Caller: rpc.CallerFunc(s.callRunning)} }
+
 // call calls the daemon, starting it first when it is not running (unless
 // --no-autostart).
 func (s *target) call(ctx context.Context, method string, params, result any) error {

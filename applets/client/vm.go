@@ -1,6 +1,7 @@
 package client
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -22,14 +23,14 @@ func newVMCommand() *cli.Command {
 		Usage: "create, run and manage microVMs",
 		Subcommands: []*cli.Command{
 			newVMCreateCommand(),
-			newVMOperationCommand("start", "start a stopped VM and wait until its agent is ready", api.MethodVMStartBegin),
-			newVMOperationCommand("restart", "stop a VM (if it runs) and start it again", api.MethodVMRestartBegin),
+			newVMOperationCommand("start", "start a stopped VM and wait until its agent is ready", api.Client.StartVM),
+			newVMOperationCommand("restart", "stop a VM (if it runs) and start it again", api.Client.RestartVM),
 			newVMStopCommand(),
-			newVMRefCommand("kill", "stop a VM at once, without a clean shutdown", api.MethodVMKill),
+			newVMRefCommand("kill", "stop a VM at once, without a clean shutdown", api.Client.KillVM),
 			newVMDeleteCommand(),
 			newVMPruneCommand(),
 			newVMListCommand(),
-			newVMRefCommand("show", "show one VM", api.MethodVMShow),
+			newVMRefCommand("show", "show one VM", api.Client.ShowVM),
 			newVMLogsCommand(),
 			newVMRunCommand(),
 			newVMExecCommand(),
@@ -58,7 +59,7 @@ func newVMCreateCommand() *cli.Command {
 				return err
 			}
 			p.NoStart = c.Bool("no-start")
-			vm, err := runVMOperation(c, s, api.MethodVMCreateBegin, p)
+			vm, err := runVMOperation(c, s, beginWith(api.Client.CreateVM, p))
 			if err != nil {
 				return err
 			}
@@ -69,8 +70,8 @@ func newVMCreateCommand() *cli.Command {
 
 // runVMOperation begins a VM operation, follows its stages and returns the
 // VM it ends with.
-func runVMOperation(c *cli.Context, s *target, method string, params any) (api.VM, error) {
-	vm, op, sw, err := runOperation[api.VM](c, s, method, params)
+func runVMOperation(c *cli.Context, s *target, begin beginner) (api.VM, error) {
+	vm, op, sw, err := runOperation[api.VM](c, s, begin)
 	if err != nil {
 		return api.VM{}, err
 	}
@@ -84,7 +85,7 @@ func runVMOperation(c *cli.Context, s *target, method string, params any) (api.V
 	return vm, nil
 }
 
-func newVMOperationCommand(name, usage, method string) *cli.Command {
+func newVMOperationCommand(name, usage string, begin func(api.Client, context.Context, api.VMRef) (api.Operation, error)) *cli.Command {
 	return &cli.Command{
 		Name:      name,
 		Usage:     usage,
@@ -95,7 +96,7 @@ func newVMOperationCommand(name, usage, method string) *cli.Command {
 			if err != nil {
 				return err
 			}
-			vm, err := runVMOperation(c, s, method, api.VMRef{Name: a[0]})
+			vm, err := runVMOperation(c, s, beginWith(begin, api.VMRef{Name: a[0]}))
 			if err != nil {
 				return err
 			}
@@ -104,9 +105,9 @@ func newVMOperationCommand(name, usage, method string) *cli.Command {
 	}
 }
 
-// newVMRefCommand is a command that calls method with one VM name and
+// newVMRefCommand is a command that makes a call with one VM name and
 // prints the VM it gets back.
-func newVMRefCommand(name, usage, method string) *cli.Command {
+func newVMRefCommand(name, usage string, call func(api.Client, context.Context, api.VMRef) (api.VM, error)) *cli.Command {
 	return &cli.Command{
 		Name:      name,
 		Usage:     usage,
@@ -117,8 +118,8 @@ func newVMRefCommand(name, usage, method string) *cli.Command {
 			if err != nil {
 				return err
 			}
-			var vm api.VM
-			if err := s.call(c.Context, method, api.VMRef{Name: a[0]}, &vm); err != nil {
+			vm, err := call(s.daemon(), c.Context, api.VMRef{Name: a[0]})
+			if err != nil {
 				return err
 			}
 			return output(c, vm, func(w io.Writer) { printVM(w, vm) })
@@ -137,9 +138,9 @@ func newVMStopCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
-			var vm api.VM
 			p := api.VMStop{Name: a[0], TimeoutMS: int(c.Duration("timeout").Milliseconds())}
-			if err := s.call(c.Context, api.MethodVMStop, p, &vm); err != nil {
+			vm, err := s.daemon().StopVM(c.Context, p)
+			if err != nil {
 				return err
 			}
 			return output(c, vm, func(w io.Writer) { fmt.Fprintf(w, "%s %s\n", vm.Name, vm.State) })
@@ -158,8 +159,8 @@ func newVMDeleteCommand() *cli.Command {
 			if err != nil {
 				return err
 			}
-			var vm api.VM
-			if err := s.call(c.Context, api.MethodVMDelete, api.VMDelete{Name: a[0], Force: c.Bool("force")}, &vm); err != nil {
+			vm, err := s.daemon().DeleteVM(c.Context, api.VMDelete{Name: a[0], Force: c.Bool("force")})
+			if err != nil {
 				return err
 			}
 			return output(c, vm, func(w io.Writer) { fmt.Fprintf(w, "%s deleted\n", vm.Name) })
@@ -173,8 +174,8 @@ func newVMPruneCommand() *cli.Command {
 		Usage: "delete every VM that is not running",
 		Flags: []cli.Flag{jsonFlag()},
 		Action: action(func(c *cli.Context, s *target) error {
-			var res api.PruneResult
-			if err := s.call(c.Context, api.MethodVMPrune, nil, &res); err != nil {
+			res, err := s.daemon().PruneVMs(c.Context)
+			if err != nil {
 				return err
 			}
 			return output(c, res, func(w io.Writer) {
@@ -193,8 +194,8 @@ func newVMListCommand() *cli.Command {
 		Usage:   "list VMs",
 		Flags:   []cli.Flag{jsonFlag()},
 		Action: action(func(c *cli.Context, s *target) error {
-			var vms []api.VM
-			if err := s.call(c.Context, api.MethodVMList, nil, &vms); err != nil {
+			vms, err := s.daemon().ListVMs(c.Context)
+			if err != nil {
 				return err
 			}
 			if vms == nil {
@@ -234,8 +235,8 @@ func newVMLogsCommand() *cli.Command {
 				out = c.App.Writer
 			}
 			for {
-				var res api.VMLogsResult
-				if err := s.call(c.Context, api.MethodVMLogs, p, &res); err != nil {
+				res, err := s.daemon().VMLogs(c.Context, p)
+				if err != nil {
 					return err
 				}
 				if _, err := out.Write(res.Data); err != nil {

@@ -38,7 +38,7 @@ func newImageWarmCommand() *cli.Command {
 					return err
 				}
 			}
-			w, _, _, err := runOperation[api.WarmSnapshot](c, s, api.MethodImageWarmBegin, p)
+			w, _, _, err := runOperation[api.WarmSnapshot](c, s, beginWith(api.Client.WarmImage, p))
 			if err != nil {
 				return err
 			}

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"banger/internal/api"
+	"banger/internal/privapi"
 	"banger/logging"
 	"banger/rpc"
 )
@@ -91,7 +92,9 @@ func (d *daemon) shutdown(ctx context.Context, _ rpc.NoParams) (struct{}, error)
 func (d *daemon) hostCheck(ctx context.Context, _ rpc.NoParams) (api.HostCheckResult, error) {
 	res := api.HostCheckResult{HelperMode: d.helper.mode, HelperPath: d.helper.path}
 	err := logging.Stage(ctx, "call helper", func(ctx context.Context) error {
-		return d.helper.Call(ctx, api.MethodPrivPing, nil, &res.Helper)
+		var err error
+		res.Helper, err = privapi.Client{Caller: d.helper}.Ping(ctx)
+		return err
 	})
 	return res, err
 }

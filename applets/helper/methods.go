@@ -5,31 +5,32 @@ import (
 	"os"
 
 	"banger/internal/api"
+	"banger/internal/privapi"
 	"banger/rpc"
 )
 
 // methods is the helper's closed list of operations.
 func methods(build api.Build, net *network) rpc.Methods {
 	return rpc.Methods{
-		api.MethodPrivPing: rpc.Handle(func(ctx context.Context, _ rpc.NoParams) (api.PrivPingResult, error) {
+		privapi.MethodPing: rpc.Handle(func(ctx context.Context, _ rpc.NoParams) (privapi.PingResult, error) {
 			return privPing(build)
 		}),
-		api.MethodPrivEnsureBridge: checkThen(net, checkEnsureBridge, net.ensureBridge),
-		api.MethodPrivCreateTap:    checkThen(net, checkCreateTap, net.createTap),
-		api.MethodPrivDeleteTap:    checkThen(net, checkDeleteTap, net.deleteTap),
-		api.MethodPrivEnsureNAT:    checkThen(net, checkEnsureNAT, net.ensureNAT),
-		api.MethodPrivClearNAT:     checkThen(net, checkClearNAT, net.clearNAT),
-		api.MethodPrivClearDNS:     checkThen(net, checkClearNAT, net.clearDNS),
-		api.MethodPrivResetNetwork: rpc.Handle(net.resetNetwork),
+		privapi.MethodEnsureBridge: checkThen(net, checkEnsureBridge, net.ensureBridge),
+		privapi.MethodCreateTap:    checkThen(net, checkCreateTap, net.createTap),
+		privapi.MethodDeleteTap:    checkThen(net, checkDeleteTap, net.deleteTap),
+		privapi.MethodEnsureNAT:    checkThen(net, checkEnsureNAT, net.ensureNAT),
+		privapi.MethodClearNAT:     checkThen(net, checkClearNAT, net.clearNAT),
+		privapi.MethodClearDNS:     checkThen(net, checkClearNAT, net.clearDNS),
+		privapi.MethodResetNetwork: rpc.Handle(net.resetNetwork),
 	}
 }
 
-func privPing(build api.Build) (api.PrivPingResult, error) {
+func privPing(build api.Build) (privapi.PingResult, error) {
 	caps, err := readCapabilities()
 	if err != nil {
-		return api.PrivPingResult{}, rpc.Errorf(rpc.CodeOperationFailed, "read capabilities: %v", err)
+		return privapi.PingResult{}, rpc.Errorf(rpc.CodeOperationFailed, "read capabilities: %v", err)
 	}
-	return api.PrivPingResult{
+	return privapi.PingResult{
 		Version:      build.String(),
 		EUID:         os.Geteuid(),
 		CapEffective: caps.hex,

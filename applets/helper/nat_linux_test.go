@@ -14,7 +14,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 
-	"banger/internal/api"
+	"banger/internal/privapi"
 )
 
 // onThreadIn runs fn on a thread of its own in the network namespace ns.
@@ -129,9 +129,9 @@ func TestMasqueradeCarriesTraffic(t *testing.T) {
 		return
 	}
 	srv := testServer(t)
-	mustCall(t, srv, api.MethodPrivEnsureBridge, api.PrivBridge{Name: "banger0", CIDR: "10.77.0.0/24"}, nil)
-	nat := api.PrivNAT{Bridge: "banger0", CIDR: "10.77.0.0/24"}
-	mustCall(t, srv, api.MethodPrivEnsureNAT, nat, nil)
+	mustCall(t, srv, privapi.MethodEnsureBridge, privapi.Bridge{Name: "banger0", CIDR: "10.77.0.0/24"}, nil)
+	nat := privapi.NAT{Bridge: "banger0", CIDR: "10.77.0.0/24"}
+	mustCall(t, srv, privapi.MethodEnsureNAT, nat, nil)
 
 	// The internet is a public address beyond the uplink's link: a
 	// guest reaches no network of the host's own routes, nor a private
@@ -176,7 +176,7 @@ func TestMasqueradeCarriesTraffic(t *testing.T) {
 		t.Fatalf("the internet saw the guest's connection from %s, want the uplink's 198.18.0.1", from)
 	}
 
-	mustCall(t, srv, api.MethodPrivClearNAT, nat, nil)
+	mustCall(t, srv, privapi.MethodClearNAT, nat, nil)
 	if err := dial(time.Second); err == nil {
 		t.Fatal("the guest reached the internet with banger's NAT cleared")
 	}
@@ -191,9 +191,9 @@ func TestDNSRedirectCarriesQueries(t *testing.T) {
 		return
 	}
 	srv := testServer(t)
-	mustCall(t, srv, api.MethodPrivEnsureBridge, api.PrivBridge{Name: "banger0", CIDR: "10.77.0.0/24"}, nil)
-	nat := api.PrivNAT{Bridge: "banger0", CIDR: "10.77.0.0/24", DNSPort: 5354}
-	idempotent(t, srv, api.MethodPrivEnsureNAT, nat, nil)
+	mustCall(t, srv, privapi.MethodEnsureBridge, privapi.Bridge{Name: "banger0", CIDR: "10.77.0.0/24"}, nil)
+	nat := privapi.NAT{Bridge: "banger0", CIDR: "10.77.0.0/24", DNSPort: 5354}
+	idempotent(t, srv, privapi.MethodEnsureNAT, nat, nil)
 	wantDNSRules(t, "banger banger0 dns tcp 10.77.0.1:53 redirect to :5354", "banger banger0 dns udp 10.77.0.1:53 redirect to :5354")
 
 	guest := guestOnBridge(t)
@@ -256,13 +256,13 @@ func TestDNSRedirectCarriesQueries(t *testing.T) {
 
 	// Another port replaces the rules; 0 removes them, the masquerade stays.
 	nat.DNSPort = 5355
-	idempotent(t, srv, api.MethodPrivEnsureNAT, nat, nil)
+	idempotent(t, srv, privapi.MethodEnsureNAT, nat, nil)
 	wantDNSRules(t, "banger banger0 dns tcp 10.77.0.1:53 redirect to :5355", "banger banger0 dns udp 10.77.0.1:53 redirect to :5355")
 	if _, err := query(time.Second); err == nil {
 		t.Error("a query reached the old port after the redirect moved")
 	}
 	nat.DNSPort = 0
-	idempotent(t, srv, api.MethodPrivEnsureNAT, nat, nil)
+	idempotent(t, srv, privapi.MethodEnsureNAT, nat, nil)
 	wantDNSRules(t)
 	if got := bangerRules(t); len(got) != 1 {
 		t.Errorf("masquerade rules after dns_port 0: %d, want 1", len(got))
@@ -270,8 +270,8 @@ func TestDNSRedirectCarriesQueries(t *testing.T) {
 
 	// clear_dns takes the redirect away and leaves the NAT.
 	nat.DNSPort = 5354
-	mustCall(t, srv, api.MethodPrivEnsureNAT, nat, nil)
-	if !mustCall(t, srv, api.MethodPrivClearDNS, api.PrivNAT{Bridge: "banger0", CIDR: "10.77.0.0/24"}, nil) {
+	mustCall(t, srv, privapi.MethodEnsureNAT, nat, nil)
+	if !mustCall(t, srv, privapi.MethodClearDNS, privapi.NAT{Bridge: "banger0", CIDR: "10.77.0.0/24"}, nil) {
 		t.Error("clear_dns changed nothing")
 	}
 	wantDNSRules(t)
@@ -281,13 +281,13 @@ func TestDNSRedirectCarriesQueries(t *testing.T) {
 	if _, err := query(time.Second); err == nil {
 		t.Error("a query reached the daemon's port after clear_dns")
 	}
-	if mustCall(t, srv, api.MethodPrivClearDNS, api.PrivNAT{Bridge: "banger0", CIDR: "10.77.0.0/24"}, nil) {
+	if mustCall(t, srv, privapi.MethodClearDNS, privapi.NAT{Bridge: "banger0", CIDR: "10.77.0.0/24"}, nil) {
 		t.Error("a second clear_dns changed something")
 	}
 
 	// clear_nat takes the redirect with it, and then the table.
-	mustCall(t, srv, api.MethodPrivEnsureNAT, nat, nil)
-	if !mustCall(t, srv, api.MethodPrivClearNAT, api.PrivNAT{Bridge: "banger0", CIDR: "10.77.0.0/24"}, nil) {
+	mustCall(t, srv, privapi.MethodEnsureNAT, nat, nil)
+	if !mustCall(t, srv, privapi.MethodClearNAT, privapi.NAT{Bridge: "banger0", CIDR: "10.77.0.0/24"}, nil) {
 		t.Error("clear_nat changed nothing")
 	}
 	if slices.Contains(nftTables(t), natTable) {
@@ -336,7 +336,7 @@ func TestBridgedGuestsAreFiltered(t *testing.T) {
 	}
 	srv := testServer(t)
 	os.WriteFile(ipForward, []byte("0\n"), 0o644)
-	mustCall(t, srv, api.MethodPrivEnsureBridge, api.PrivBridge{Name: "banger0", CIDR: "10.77.0.0/24"}, nil)
+	mustCall(t, srv, privapi.MethodEnsureBridge, privapi.Bridge{Name: "banger0", CIDR: "10.77.0.0/24"}, nil)
 	guest, internet, lan := guestOnBridge(t), newNetns(t), newNetns(t)
 	uplink := plug(t, "vup0", "vup1", internet, netip.MustParsePrefix("198.18.0.2/30"), netip.Addr{})
 	netlink.AddrAdd(uplink, &netlink.Addr{IPNet: ipNet(netip.MustParsePrefix("198.18.0.1/30"))})
@@ -357,7 +357,7 @@ func TestBridgedGuestsAreFiltered(t *testing.T) {
 		t.Fatal(err)
 	}
 	// ensure_nat now, so the LAN is among the host's routes.
-	mustCall(t, srv, api.MethodPrivEnsureNAT, api.PrivNAT{Bridge: "banger0", CIDR: "10.77.0.0/24", DNSPort: 5354}, nil)
+	mustCall(t, srv, privapi.MethodEnsureNAT, privapi.NAT{Bridge: "banger0", CIDR: "10.77.0.0/24", DNSPort: 5354}, nil)
 
 	listen := func(ns *netns.NsHandle, addr string) string {
 		var ln net.Listener
@@ -448,7 +448,7 @@ func TestBridgedGuestsAreFiltered(t *testing.T) {
 	}
 
 	// The last bridge's NAT cleared: the guard and the forwarding go.
-	mustCall(t, srv, api.MethodPrivClearNAT, api.PrivNAT{Bridge: "banger0", CIDR: "10.77.0.0/24"}, nil)
+	mustCall(t, srv, privapi.MethodClearNAT, privapi.NAT{Bridge: "banger0", CIDR: "10.77.0.0/24"}, nil)
 	if b, _ := os.ReadFile(ipForward); strings.TrimSpace(string(b)) != "0" {
 		t.Errorf("ip_forward %q after the last clear_nat; banger turned it on", b)
 	}

@@ -10,7 +10,7 @@ import (
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
-	"banger/internal/api"
+	"banger/internal/privapi"
 	"banger/rpc"
 )
 
@@ -51,8 +51,8 @@ func checkThen[P, Plan, R any](n *network, check func(hostView, P) (Plan, error)
 	})
 }
 
-func (n *network) ensureBridge(plan bridgePlan) (api.PrivBridgeResult, error) {
-	res := api.PrivBridgeResult{Name: plan.name, Address: plan.addr.String()}
+func (n *network) ensureBridge(plan bridgePlan) (privapi.BridgeResult, error) {
+	res := privapi.BridgeResult{Name: plan.name, Address: plan.addr.String()}
 	mac, err := net.ParseMAC(plan.mac)
 	if err != nil {
 		return res, err
@@ -77,8 +77,8 @@ func (n *network) ensureBridge(plan bridgePlan) (api.PrivBridgeResult, error) {
 	return res, err
 }
 
-func (n *network) createTap(plan tapPlan) (api.PrivTapResult, error) {
-	res := api.PrivTapResult{Name: plan.name, Bridge: plan.bridge.Name, Owner: n.owner}
+func (n *network) createTap(plan tapPlan) (privapi.TapResult, error) {
+	res := privapi.TapResult{Name: plan.name, Bridge: plan.bridge.Name, Owner: n.owner}
 	// Pinned before it is up: no frame of its guest goes unchecked.
 	pinned, err := pinTap(plan)
 	if err != nil {
@@ -113,8 +113,8 @@ func (n *network) createTap(plan tapPlan) (api.PrivTapResult, error) {
 	return res, err
 }
 
-func (n *network) deleteTap(plan tapPlan) (api.PrivTapResult, error) {
-	res := api.PrivTapResult{Name: plan.name}
+func (n *network) deleteTap(plan tapPlan) (privapi.TapResult, error) {
+	res := privapi.TapResult{Name: plan.name}
 	unpinned, err := unpinTap(plan.name)
 	if err != nil {
 		return res, err
@@ -131,8 +131,8 @@ func (n *network) deleteTap(plan tapPlan) (api.PrivTapResult, error) {
 	return res, nil
 }
 
-func (n *network) ensureNAT(plan natPlan) (api.PrivNATResult, error) {
-	res := api.PrivNATResult{Bridge: plan.bridge, CIDR: plan.cidr.String()}
+func (n *network) ensureNAT(plan natPlan) (privapi.NATResult, error) {
+	res := privapi.NATResult{Bridge: plan.bridge, CIDR: plan.cidr.String()}
 	changed, err := ensureMasquerade(plan)
 	if err != nil {
 		return res, err
@@ -154,15 +154,15 @@ func (n *network) ensureNAT(plan natPlan) (api.PrivNATResult, error) {
 	return res, nil
 }
 
-func (n *network) clearDNS(plan natPlan) (api.PrivNATResult, error) {
-	res := api.PrivNATResult{Bridge: plan.bridge, CIDR: plan.cidr.String()}
+func (n *network) clearDNS(plan natPlan) (privapi.NATResult, error) {
+	res := privapi.NATResult{Bridge: plan.bridge, CIDR: plan.cidr.String()}
 	var err error
 	res.Changed, err = clearDNSRules(plan)
 	return res, err
 }
 
-func (n *network) clearNAT(plan natPlan) (api.PrivNATResult, error) {
-	res := api.PrivNATResult{Bridge: plan.bridge, CIDR: plan.cidr.String()}
+func (n *network) clearNAT(plan natPlan) (privapi.NATResult, error) {
+	res := privapi.NATResult{Bridge: plan.bridge, CIDR: plan.cidr.String()}
 	var err error
 	res.Changed, err = clearMasquerade(plan)
 	return res, err
@@ -171,8 +171,8 @@ func (n *network) clearNAT(plan natPlan) (api.PrivNATResult, error) {
 // resetNetwork removes every banger tap, then every banger bridge, then
 // banger's nftables table. IPv4 forwarding is left as it is: other
 // things on the host may rely on it.
-func (n *network) resetNetwork(ctx context.Context, _ rpc.NoParams) (api.PrivResetResult, error) {
-	res := api.PrivResetResult{Removed: []string{}}
+func (n *network) resetNetwork(ctx context.Context, _ rpc.NoParams) (privapi.ResetResult, error) {
+	res := privapi.ResetResult{Removed: []string{}}
 	release, err := n.lock.acquire(ctx)
 	if err != nil {
 		return res, err

@@ -17,7 +17,7 @@ import (
 	"github.com/google/nftables/expr"
 	"github.com/vishvananda/netlink"
 
-	"banger/internal/api"
+	"banger/internal/privapi"
 	"banger/rpc"
 )
 
@@ -256,9 +256,9 @@ func TestNetworkMethodsInANamespace(t *testing.T) {
 	srv := testServer(t)
 
 	// Bridges.
-	bridge := api.PrivBridge{Name: "banger0", CIDR: "10.77.0.0/24"}
-	var br api.PrivBridgeResult
-	idempotent(t, srv, api.MethodPrivEnsureBridge, bridge, &br)
+	bridge := privapi.Bridge{Name: "banger0", CIDR: "10.77.0.0/24"}
+	var br privapi.BridgeResult
+	idempotent(t, srv, privapi.MethodEnsureBridge, bridge, &br)
 	if br.Address != "10.77.0.1/24" {
 		t.Fatalf("ensure_bridge: %+v", br)
 	}
@@ -273,15 +273,15 @@ func TestNetworkMethodsInANamespace(t *testing.T) {
 	if got.Kind != "bridge" || !got.Up || !slices.Equal(got.Addrs, []netip.Prefix{netip.MustParsePrefix("10.77.0.1/24")}) || got.MAC != bridgeMAC("banger0") {
 		t.Fatalf("banger0 is %+v", got)
 	}
-	wantCode(t, srv, rpc.CodeInvalidParams, api.MethodPrivEnsureBridge, api.PrivBridge{Name: "banger-b", CIDR: "10.77.0.0/16"})
-	wantCode(t, srv, rpc.CodeInvalidParams, api.MethodPrivEnsureBridge, api.PrivBridge{Name: "banger-b", CIDR: "10.50.0.0/24"})
-	wantCode(t, srv, rpc.CodeConflict, api.MethodPrivEnsureBridge, api.PrivBridge{Name: "banger0", CIDR: "10.78.0.0/24"})
-	wantCode(t, srv, rpc.CodeInvalidParams, api.MethodPrivEnsureBridge, api.PrivBridge{Name: "br-keep", CIDR: "10.50.0.0/24"})
+	wantCode(t, srv, rpc.CodeInvalidParams, privapi.MethodEnsureBridge, privapi.Bridge{Name: "banger-b", CIDR: "10.77.0.0/16"})
+	wantCode(t, srv, rpc.CodeInvalidParams, privapi.MethodEnsureBridge, privapi.Bridge{Name: "banger-b", CIDR: "10.50.0.0/24"})
+	wantCode(t, srv, rpc.CodeConflict, privapi.MethodEnsureBridge, privapi.Bridge{Name: "banger0", CIDR: "10.78.0.0/24"})
+	wantCode(t, srv, rpc.CodeInvalidParams, privapi.MethodEnsureBridge, privapi.Bridge{Name: "br-keep", CIDR: "10.50.0.0/24"})
 
 	// Taps.
-	tap := api.PrivTap{Name: "bgtap-1", Bridge: "banger0", MAC: "02:aa:bb:cc:dd:01", Address: "10.77.0.2"}
-	var tr api.PrivTapResult
-	idempotent(t, srv, api.MethodPrivCreateTap, tap, &tr)
+	tap := privapi.Tap{Name: "bgtap-1", Bridge: "banger0", MAC: "02:aa:bb:cc:dd:01", Address: "10.77.0.2"}
+	var tr privapi.TapResult
+	idempotent(t, srv, privapi.MethodCreateTap, tap, &tr)
 	if tr.Owner != testOwner {
 		t.Fatalf("create_tap: %+v", tr)
 	}
@@ -302,22 +302,22 @@ func TestNetworkMethodsInANamespace(t *testing.T) {
 	if bl, err := netlink.LinkByName("banger0"); err != nil || bl.Attrs().HardwareAddr.String() != bridgeMAC("banger0") {
 		t.Errorf("banger0's address with a tap: %v %v, want %s", bl, err, bridgeMAC("banger0"))
 	}
-	wantCode(t, srv, rpc.CodeInvalidParams, api.MethodPrivCreateTap, api.PrivTap{Name: "bgtap-2", Bridge: "br-keep"})
-	wantCode(t, srv, rpc.CodeNotFound, api.MethodPrivCreateTap, api.PrivTap{Name: "bgtap-2", Bridge: "banger-none"})
-	wantCode(t, srv, rpc.CodeInvalidParams, api.MethodPrivDeleteTap, api.PrivTap{Name: "tapkeep"})
-	wantCode(t, srv, rpc.CodeConflict, api.MethodPrivDeleteTap, api.PrivTap{Name: "bgtap-tun"})
-	wantCode(t, srv, rpc.CodeConflict, api.MethodPrivDeleteTap, api.PrivTap{Name: "bgtap-v1"})
-	wantCode(t, srv, rpc.CodeConflict, api.MethodPrivCreateTap, api.PrivTap{Name: "bgtap-tun", Bridge: "banger0", MAC: "02:aa:bb:cc:dd:02", Address: "10.77.0.3"})
-	wantCode(t, srv, rpc.CodeInvalidParams, api.MethodPrivCreateTap, api.PrivTap{Name: "bgtap-2", Bridge: "banger-v0"})
-	idempotent(t, srv, api.MethodPrivDeleteTap, api.PrivTap{Name: "bgtap-1"}, nil)
+	wantCode(t, srv, rpc.CodeInvalidParams, privapi.MethodCreateTap, privapi.Tap{Name: "bgtap-2", Bridge: "br-keep"})
+	wantCode(t, srv, rpc.CodeNotFound, privapi.MethodCreateTap, privapi.Tap{Name: "bgtap-2", Bridge: "banger-none"})
+	wantCode(t, srv, rpc.CodeInvalidParams, privapi.MethodDeleteTap, privapi.Tap{Name: "tapkeep"})
+	wantCode(t, srv, rpc.CodeConflict, privapi.MethodDeleteTap, privapi.Tap{Name: "bgtap-tun"})
+	wantCode(t, srv, rpc.CodeConflict, privapi.MethodDeleteTap, privapi.Tap{Name: "bgtap-v1"})
+	wantCode(t, srv, rpc.CodeConflict, privapi.MethodCreateTap, privapi.Tap{Name: "bgtap-tun", Bridge: "banger0", MAC: "02:aa:bb:cc:dd:02", Address: "10.77.0.3"})
+	wantCode(t, srv, rpc.CodeInvalidParams, privapi.MethodCreateTap, privapi.Tap{Name: "bgtap-2", Bridge: "banger-v0"})
+	idempotent(t, srv, privapi.MethodDeleteTap, privapi.Tap{Name: "bgtap-1"}, nil)
 	if _, err := netlink.LinkByName("bgtap-1"); err == nil {
 		t.Fatal("bgtap-1 is still there")
 	}
-	mustCall(t, srv, api.MethodPrivCreateTap, tap, &tr)
+	mustCall(t, srv, privapi.MethodCreateTap, tap, &tr)
 
 	// NAT.
-	nat := api.PrivNAT{Bridge: "banger0", CIDR: "10.77.0.0/24"}
-	idempotent(t, srv, api.MethodPrivEnsureNAT, nat, nil)
+	nat := privapi.NAT{Bridge: "banger0", CIDR: "10.77.0.0/24"}
+	idempotent(t, srv, privapi.MethodEnsureNAT, nat, nil)
 	if readForward(t) != "1" {
 		t.Fatal("ensure_nat left IPv4 forwarding off")
 	}
@@ -329,19 +329,19 @@ func TestNetworkMethodsInANamespace(t *testing.T) {
 	if !reflect.DeepEqual(rules[0].Exprs, want) {
 		t.Fatalf("banger's rule reads back as\n%s\nwant\n%s", dumpExprs(rules[0].Exprs), dumpExprs(want))
 	}
-	wantCode(t, srv, rpc.CodeInvalidParams, api.MethodPrivEnsureNAT, api.PrivNAT{Bridge: "banger0", CIDR: "10.50.0.0/24"})
-	wantCode(t, srv, rpc.CodeInvalidParams, api.MethodPrivEnsureNAT, api.PrivNAT{Bridge: "br-keep", CIDR: "10.50.0.0/24"})
-	idempotent(t, srv, api.MethodPrivClearNAT, nat, nil)
+	wantCode(t, srv, rpc.CodeInvalidParams, privapi.MethodEnsureNAT, privapi.NAT{Bridge: "banger0", CIDR: "10.50.0.0/24"})
+	wantCode(t, srv, rpc.CodeInvalidParams, privapi.MethodEnsureNAT, privapi.NAT{Bridge: "br-keep", CIDR: "10.50.0.0/24"})
+	idempotent(t, srv, privapi.MethodClearNAT, nat, nil)
 	if slices.Contains(nftTables(t), natTable) {
 		t.Fatalf("clear_nat left banger's table: %v", nftTables(t))
 	}
 	keep.check(t)
 
 	// Reset.
-	mustCall(t, srv, api.MethodPrivEnsureNAT, nat, nil)
-	mustCall(t, srv, api.MethodPrivEnsureBridge, api.PrivBridge{Name: "banger-b", CIDR: "192.168.77.0/30"}, nil)
-	var rr api.PrivResetResult
-	idempotent(t, srv, api.MethodPrivResetNetwork, nil, &rr)
+	mustCall(t, srv, privapi.MethodEnsureNAT, nat, nil)
+	mustCall(t, srv, privapi.MethodEnsureBridge, privapi.Bridge{Name: "banger-b", CIDR: "192.168.77.0/30"}, nil)
+	var rr privapi.ResetResult
+	idempotent(t, srv, privapi.MethodResetNetwork, nil, &rr)
 	if !rr.NATTable || !slices.Equal(rr.Removed, []string{"bgtap-1", "banger0", "banger-b"}) {
 		t.Fatalf("reset_network: %+v", rr)
 	}

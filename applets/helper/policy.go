@@ -17,6 +17,7 @@ import (
 	"strings"
 
 	"banger/internal/api"
+	"banger/internal/privapi"
 	"banger/rpc"
 )
 
@@ -132,7 +133,7 @@ func bridgeMAC(name string) string {
 // bridgeMACPrefix starts every banger bridge's MAC; no guest has one.
 const bridgeMACPrefix = "02:62:67:"
 
-func checkEnsureBridge(v hostView, p api.PrivBridge) (bridgePlan, error) {
+func checkEnsureBridge(v hostView, p privapi.Bridge) (bridgePlan, error) {
 	cidr, err := checkBridgeNet(p.Name, p.CIDR)
 	if err != nil {
 		return bridgePlan{}, err
@@ -185,7 +186,7 @@ type tapPlan struct {
 	addr netip.Addr
 }
 
-func checkCreateTap(v hostView, p api.PrivTap) (tapPlan, error) {
+func checkCreateTap(v hostView, p privapi.Tap) (tapPlan, error) {
 	if err := checkTapName(p.Name); err != nil {
 		return tapPlan{}, err
 	}
@@ -245,7 +246,7 @@ func broadcast(p netip.Prefix) netip.Addr {
 	return netip.AddrFrom4(b)
 }
 
-func checkDeleteTap(v hostView, p api.PrivTap) (tapPlan, error) {
+func checkDeleteTap(v hostView, p privapi.Tap) (tapPlan, error) {
 	if err := checkTapName(p.Name); err != nil {
 		return tapPlan{}, err
 	}
@@ -280,7 +281,7 @@ const (
 	maxDNSPort = 65535
 )
 
-func checkClearNAT(_ hostView, p api.PrivNAT) (natPlan, error) {
+func checkClearNAT(_ hostView, p privapi.NAT) (natPlan, error) {
 	cidr, err := checkBridgeNet(p.Bridge, p.CIDR)
 	if err != nil {
 		return natPlan{}, err
@@ -293,7 +294,7 @@ func checkClearNAT(_ hostView, p api.PrivNAT) (natPlan, error) {
 
 // checkEnsureNAT also wants the bridge there with the CIDR's first host:
 // NAT is only ever for a banger bridge's own network.
-func checkEnsureNAT(v hostView, p api.PrivNAT) (natPlan, error) {
+func checkEnsureNAT(v hostView, p privapi.NAT) (natPlan, error) {
 	plan, err := checkClearNAT(v, p)
 	if err != nil {
 		return natPlan{}, err

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"time"
 
+	"banger/internal/privapi"
 	"banger/rpc"
 )
 
@@ -40,11 +41,6 @@ const (
 	MethodHostCheck = "host.check"
 )
 
-// Helper methods.
-const (
-	MethodPrivPing = "priv.ping"
-)
-
 // PingResult answers ping.
 type PingResult struct {
 	Version  string  `json:"version"`
@@ -60,20 +56,12 @@ type VersionResult struct {
 	Go       string `json:"go"`
 }
 
-// PrivPingResult answers the helper's priv.ping.
-type PrivPingResult struct {
-	Version      string   `json:"version"`
-	EUID         int      `json:"euid"`
-	CapEffective string   `json:"cap_effective"`
-	Capabilities []string `json:"capabilities"`
-}
-
 // HostCheckResult answers host.check: how the daemon reached the helper
 // and what the helper said.
 type HostCheckResult struct {
-	HelperMode string         `json:"helper_mode"`
-	HelperPath string         `json:"helper_path"`
-	Helper     PrivPingResult `json:"helper"`
+	HelperMode string             `json:"helper_mode"`
+	HelperPath string             `json:"helper_path"`
+	Helper     privapi.PingResult `json:"helper"`
 }
 
 // Operation methods.

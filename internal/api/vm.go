@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"time"
 
+	"banger/internal/privapi"
 	"banger/rpc"
 )
 
@@ -140,7 +141,7 @@ type VMLogsResult struct {
 
 // NetworkResetResult answers network.reset: what the root helper
 // removed (banger's taps, bridges and NAT table).
-type NetworkResetResult = PrivResetResult
+type NetworkResetResult = privapi.ResetResult
 
 // PruneResult lists what vm.prune deleted.
 type PruneResult struct {

@@ -16,6 +16,7 @@ import (
 	"banger/applets/daemon/state"
 	"banger/applets/daemon/vmdns"
 	"banger/internal/api"
+	"banger/internal/privapi"
 	"banger/logging"
 	"banger/rpc"
 )
@@ -147,13 +148,16 @@ func (s *Service) allocateStep(name string) operation.Step {
 	}}
 }
 
+// priv is the root helper's typed client.
+func (s *Service) priv() privapi.Client { return privapi.Client{Caller: s.helper} }
+
 // bridgeSteps come before a bridged VM's launch: the bridge and its NAT
 // (idempotent, shared, never undone), then the VM's tap.
 func (s *Service) bridgeSteps(name string) []operation.Step {
 	return []operation.Step{
 		{Name: "ensure bridge", Do: func(ctx context.Context) error {
-			var res api.PrivBridgeResult
-			return s.helper.Call(ctx, api.MethodPrivEnsureBridge, api.PrivBridge{Name: s.bridge.name, CIDR: s.bridge.cidr.String()}, &res)
+			_, err := s.priv().EnsureBridge(ctx, privapi.Bridge{Name: s.bridge.name, CIDR: s.bridge.cidr.String()})
+			return err
 		}},
 		{Name: "ensure nat", Do: func(ctx context.Context) error {
 			return s.openDNS(ctx)
@@ -180,10 +184,9 @@ func (s *Service) createTap(ctx context.Context, name string) error {
 	if err != nil {
 		return err
 	}
-	var res api.PrivTapResult
 	// The helper pins the tap's guest to its MAC and address: it cannot
 	// send as another guest, or as the gateway.
-	if err := s.helper.Call(ctx, api.MethodPrivCreateTap, api.PrivTap{Name: vm.Tap, Bridge: s.bridge.name, MAC: macAddress(vm.ID), Address: vm.Address}, &res); err != nil {
+	if _, err := s.priv().CreateTap(ctx, privapi.Tap{Name: vm.Tap, Bridge: s.bridge.name, MAC: macAddress(vm.ID), Address: vm.Address}); err != nil {
 		// A failed step is not undone: take back what may have been made
 		// (delete_tap of a missing tap succeeds) and the record with it.
 		if rerr := s.removeTap(context.WithoutCancel(ctx), name); rerr != nil {
@@ -201,8 +204,7 @@ func (s *Service) removeTap(ctx context.Context, name string) error {
 	if err != nil || vm.Tap == "" {
 		return err
 	}
-	var res api.PrivTapResult
-	if err := s.helper.Call(ctx, api.MethodPrivDeleteTap, api.PrivTap{Name: vm.Tap}, &res); err != nil {
+	if _, err := s.priv().DeleteTap(ctx, privapi.Tap{Name: vm.Tap}); err != nil {
 		return fmt.Errorf("delete tap %s: %w", vm.Tap, err)
 	}
 	_, err = s.db.UpdateVM(ctx, name, func(v *state.VM) error { v.Tap = ""; return nil })
@@ -244,8 +246,8 @@ func (s *Service) NetworkReset(ctx context.Context, _ rpc.NoParams) (api.Network
 	if len(inUse) > 0 {
 		return api.NetworkResetResult{}, rpc.Errorf(rpc.CodeConflict, "bridged VMs are running or changing: %s; stop or delete them first", strings.Join(inUse, ", "))
 	}
-	var res api.NetworkResetResult
-	if err := s.helper.Call(ctx, api.MethodPrivResetNetwork, nil, &res); err != nil {
+	res, err := s.priv().ResetNetwork(ctx)
+	if err != nil {
 		return res, err
 	}
 	// Every banger tap is gone: no record may say otherwise.
@@ -330,8 +332,7 @@ const dnsCallTimeout = 10 * time.Second
 // openDNS ensures the bridge's NAT, filter and DNS redirect, and marks
 // the redirect as this daemon's to take away when it stops.
 func (s *Service) openDNS(ctx context.Context) error {
-	var res api.PrivNATResult
-	err := s.helper.Call(ctx, api.MethodPrivEnsureNAT, api.PrivNAT{Bridge: s.bridge.name, CIDR: s.bridge.cidr.String(), DNSPort: int(s.bridge.dnsPort)}, &res)
+	_, err := s.priv().EnsureNAT(ctx, privapi.NAT{Bridge: s.bridge.name, CIDR: s.bridge.cidr.String(), DNSPort: int(s.bridge.dnsPort)})
 	if err == nil && s.bridge.dnsPort != 0 {
 		s.dnsOpened.Store(true)
 	}
@@ -350,8 +351,7 @@ func (s *Service) closeDNS() {
 	opID := rpc.NewOpID()
 	ctx, cancel := context.WithTimeout(logging.WithOp(rpc.WithOpID(context.Background(), opID), s.log, opID, "shutdown"), dnsCallTimeout)
 	defer cancel()
-	var res api.PrivNATResult
-	err := s.helper.Call(ctx, api.MethodPrivClearDNS, api.PrivNAT{Bridge: s.bridge.name, CIDR: s.bridge.cidr.String()}, &res)
+	_, err := s.priv().ClearDNS(ctx, privapi.NAT{Bridge: s.bridge.name, CIDR: s.bridge.cidr.String()})
 	if err != nil {
 		logging.From(ctx).Warn().Err(err).Msg("the guests' dns redirect is left: it points at a port no one serves now")
 	}

@@ -20,6 +20,7 @@ import (
 	"banger/applets/daemon/state"
 	"banger/internal/api"
 	"banger/internal/layout"
+	"banger/internal/privapi"
 	"banger/rpc"
 )
 
@@ -41,7 +42,7 @@ func (h *fakeHelper) Call(ctx context.Context, method string, params, result any
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	call := method
-	if t, ok := params.(api.PrivTap); ok {
+	if t, ok := params.(privapi.Tap); ok {
 		call += " " + t.Name
 	}
 	h.calls = append(h.calls, call)
@@ -210,8 +211,8 @@ func TestBridgedCreateFailureUndoesTapAndAddress(t *testing.T) {
 		t.Errorf("stages:\n%v\nwant\n%v", names, want)
 	}
 	calls := h.taken()
-	if len(calls) != 4 || calls[0] != api.MethodPrivEnsureBridge || calls[1] != api.MethodPrivEnsureNAT ||
-		!strings.HasPrefix(calls[2], api.MethodPrivCreateTap+" bgtap-") || calls[3] != api.MethodPrivDeleteTap+calls[2][len(api.MethodPrivCreateTap):] {
+	if len(calls) != 4 || calls[0] != privapi.MethodEnsureBridge || calls[1] != privapi.MethodEnsureNAT ||
+		!strings.HasPrefix(calls[2], privapi.MethodCreateTap+" bgtap-") || calls[3] != privapi.MethodDeleteTap+calls[2][len(privapi.MethodCreateTap):] {
 		t.Errorf("helper calls: %v", calls)
 	}
 	if len(e.launched) != 1 || e.launched[0].Tap == nil || e.launched[0].Tap.Address.String() != "10.77.0.2/24" ||
@@ -227,13 +228,13 @@ func TestBridgedCreateFailureUndoesTapAndAddress(t *testing.T) {
 // the create leaves nothing.
 func TestCreateTapFailureLeavesNothing(t *testing.T) {
 	s, h, e := testService(t)
-	h.fail[api.MethodPrivCreateTap] = rpc.Errorf(rpc.CodeConflict, "tap exists and belongs to uid 7")
+	h.fail[privapi.MethodCreateTap] = rpc.Errorf(rpc.CodeConflict, "tap exists and belongs to uid 7")
 	op := create(t, s, api.VMCreate{Name: "box", Network: api.NetworkBridge})
 	if op.State != api.OpFailed || op.Error.Code != rpc.CodeConflict || len(e.launched) != 0 {
 		t.Fatalf("operation: %+v", op)
 	}
 	calls := h.taken()
-	if len(calls) != 4 || calls[3] != api.MethodPrivDeleteTap+calls[2][len(api.MethodPrivCreateTap):] {
+	if len(calls) != 4 || calls[3] != privapi.MethodDeleteTap+calls[2][len(privapi.MethodCreateTap):] {
 		t.Errorf("helper calls: %v", calls)
 	}
 	if _, err := s.db.GetVM(context.Background(), "box"); rpc.CodeOf(err) != rpc.CodeNotFound {
@@ -246,7 +247,7 @@ func TestCreateTapFailureLeavesNothing(t *testing.T) {
 func TestUndoThatCannotRemoveTheTapKeepsTheRecord(t *testing.T) {
 	s, h, e := testService(t)
 	e.launchErr = errors.New("no qemu here")
-	h.fail[api.MethodPrivDeleteTap] = rpc.Errorf(rpc.CodeUnavailable, "helper down")
+	h.fail[privapi.MethodDeleteTap] = rpc.Errorf(rpc.CodeUnavailable, "helper down")
 	create(t, s, api.VMCreate{Name: "box", Network: api.NetworkBridge})
 	ctx := context.Background()
 	vm, err := s.db.GetVM(ctx, "box")
@@ -255,12 +256,12 @@ func TestUndoThatCannotRemoveTheTapKeepsTheRecord(t *testing.T) {
 	}
 	_, err = s.Delete(ctx, api.VMDelete{Name: "box"})
 	wantErrCode(t, err, rpc.CodeUnavailable)
-	delete(h.fail, api.MethodPrivDeleteTap)
+	delete(h.fail, privapi.MethodDeleteTap)
 	h.taken()
 	if _, err := s.Delete(ctx, api.VMDelete{Name: "box"}); err != nil {
 		t.Fatal(err)
 	}
-	if calls := h.taken(); !slices.Equal(calls, []string{api.MethodPrivDeleteTap + " " + vm.Tap}) {
+	if calls := h.taken(); !slices.Equal(calls, []string{privapi.MethodDeleteTap + " " + vm.Tap}) {
 		t.Errorf("delete's helper calls: %v", calls)
 	}
 }
@@ -305,7 +306,7 @@ func TestReconcileRemovesTheTapOfAnInterruptedCreate(t *testing.T) {
 	}
 	calls := h.taken()
 	slices.Sort(calls)
-	want := []string{api.MethodPrivDeleteTap + " " + held.Tap, api.MethodPrivDeleteTap + " bgtap-9zzzzzz"}
+	want := []string{privapi.MethodDeleteTap + " " + held.Tap, privapi.MethodDeleteTap + " bgtap-9zzzzzz"}
 	slices.Sort(want)
 	if held.Tap != tapName(held.ID) || held.Address != "10.77.0.2" || !slices.Equal(calls, want) {
 		t.Errorf("held %+v; reconcile's helper calls %v, want %v", held, calls, want)
@@ -335,7 +336,7 @@ func TestReconcileWithTheHelperDown(t *testing.T) {
 	s, h, _ := testService(t)
 	ctx := context.Background()
 	interruptedAfterTap(t, s, "box")
-	h.fail[api.MethodPrivDeleteTap] = rpc.Errorf(rpc.CodeUnavailable, "helper down")
+	h.fail[privapi.MethodDeleteTap] = rpc.Errorf(rpc.CodeUnavailable, "helper down")
 	if err := s.reconcile(ctx, map[string]bool{}); err != nil {
 		t.Fatal(err)
 	}
@@ -359,7 +360,7 @@ func TestNetworkResetRefusedWhileBridgedVMsRun(t *testing.T) {
 	if _, err := s.NetworkReset(ctx, rpc.NoParams{}); err != nil {
 		t.Fatal(err)
 	}
-	if calls := h.taken(); !slices.Equal(calls, []string{api.MethodPrivResetNetwork}) {
+	if calls := h.taken(); !slices.Equal(calls, []string{privapi.MethodResetNetwork}) {
 		t.Errorf("helper calls: %v", calls)
 	}
 	if v, _ := s.db.GetVM(ctx, "br"); v.Tap != "" {

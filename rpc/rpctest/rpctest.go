@@ -1,0 +1,59 @@
+// Package rpctest is what the tests of rpc method tables share.
+package rpctest
+
+import (
+	"context"
+	"errors"
+	"reflect"
+	"slices"
+	"testing"
+
+	"banger/rpc"
+)
+
+// recorder is a Caller that records the methods called, and answers none.
+type recorder struct{ methods []string }
+
+func (r *recorder) Call(ctx context.Context, method string, params, result any) error {
+	r.methods = append(r.methods, method)
+	return errors.New("recorded")
+}
+
+// SameMethods checks that a typed client built by mk calls exactly the
+// methods of table: each of its methods is called once, with zero
+// arguments, on a Caller that records which rpc method it calls.
+func SameMethods[C any](t testing.TB, table rpc.Methods, mk func(rpc.Caller) C) {
+	t.Helper()
+	rec := &recorder{}
+	v := reflect.ValueOf(mk(rec))
+	ctxType := reflect.TypeFor[context.Context]()
+	for i := range v.NumMethod() {
+		m := v.Method(i)
+		if v.Type().Method(i).Name == "Call" {
+			continue // the embedded Caller's own
+		}
+		args := make([]reflect.Value, m.Type().NumIn())
+		for j := range args {
+			if in := m.Type().In(j); in == ctxType {
+				args[j] = reflect.ValueOf(context.Background())
+			} else {
+				args[j] = reflect.Zero(in)
+			}
+		}
+		before := len(rec.methods)
+		m.Call(args)
+		if len(rec.methods) != before+1 {
+			t.Errorf("%s makes %d calls, want 1", v.Type().Method(i).Name, len(rec.methods)-before)
+		}
+	}
+	var served []string
+	for name := range table {
+		served = append(served, name)
+	}
+	slices.Sort(served)
+	called := slices.Clone(rec.methods)
+	slices.Sort(called)
+	if !slices.Equal(slices.Compact(called), served) || len(called) != len(slices.Compact(slices.Clone(called))) {
+		t.Errorf("the typed client calls %q; the table serves %q", rec.methods, served)
+	}
+}

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"banger/internal/errdefs"
 	"banger/rpc"
 )
 
@@ -108,6 +109,9 @@ func TestCodeOf(t *testing.T) {
 		{fmt.Errorf("a: %w", context.DeadlineExceeded), "timeout"},
 		{errors.New("x"), "operation_failed"},
 		{rpc.ErrUnreachable, "operation_failed"},
+		{errdefs.Errorf(errdefs.ErrNotFound, "x"), "not_found"},
+		{fmt.Errorf("a: %w", errdefs.Errorf(errdefs.ErrConflict, "x")), "conflict"},
+		{fmt.Errorf("a: %w", errdefs.ErrInvalid), "invalid_params"},
 	} {
 		if got := rpc.CodeOf(tc.err); got != tc.want {
 			t.Errorf("CodeOf(%v) = %q, want %q", tc.err, got, tc.want)

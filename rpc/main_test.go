@@ -19,6 +19,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"banger/internal/errdefs"
 	"banger/logging"
 	"banger/rpc"
 )
@@ -110,6 +111,8 @@ func baseMethods() rpc.Methods {
 		},
 		"fail.plain":     fail(errors.New("disk full")),
 		"fail.wrapped":   fail(fmt.Errorf("create tap tap-3f2a: %w", rpc.Errorf(rpc.CodeConflict, "tap busy"))),
+		"fail.kind":      fail(errdefs.Errorf(errdefs.ErrAlreadyExists, "a VM named %q already exists", "box")),
+		"fail.wrapkind":  fail(fmt.Errorf("create box: %w", errdefs.Errorf(errdefs.ErrUnavailable, "no qemu"))),
 		"fail.canceled":  fail(fmt.Errorf("wait for boot: %w", context.Canceled)),
 		"fail.timeout":   fail(fmt.Errorf("wait for agent: %w", context.DeadlineExceeded)),
 		"fail.multiline": fail(errors.New("mkfs.ext4 failed:\nline two\r\nline three")),

@@ -82,6 +82,8 @@ func TestDispatchStampsOpID(t *testing.T) {
 		{"typed error", `{"version":1,"method":"fail.not_found"}`, "not_found", `vm "box" not found`},
 		{"plain error", `{"version":1,"method":"fail.plain"}`, "operation_failed", "disk full"},
 		{"wrapped typed error", `{"version":1,"method":"fail.wrapped"}`, "conflict", "create tap tap-3f2a: conflict: tap busy"},
+		{"a kind of failure", `{"version":1,"method":"fail.kind"}`, "already_exists", `a VM named "box" already exists`},
+		{"a wrapped kind", `{"version":1,"method":"fail.wrapkind"}`, "unavailable", "create box: unavailable: no qemu"},
 		{"canceled", `{"version":1,"method":"fail.canceled"}`, "canceled", "wait for boot: context canceled"},
 		{"deadline", `{"version":1,"method":"fail.timeout"}`, "timeout", "wait for agent: context deadline exceeded"},
 		{"multi-line message", `{"version":1,"method":"fail.multiline"}`, "operation_failed", "mkfs.ext4 failed:; line two ; line three"},

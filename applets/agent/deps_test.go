@@ -21,6 +21,10 @@ func TestImportGraph(t *testing.T) {
 	// printable comes with agentlink, whose host side filters what the
 	// guest says; it imports only the standard library.
 	allowed := []string{"banger/applets/agent", "banger/internal/api", "banger/internal/agentlink", "banger/internal/session", "banger/internal/printable",
+		// errdefs comes with rpc (the kinds it maps to codes), privapi with
+		// api (the helper's results the daemon reports): types, and
+		// privapi's typed client on rpc.
+		"banger/internal/errdefs", "banger/internal/privapi",
 		"banger/logging", "banger/rpc",
 		"golang.org/x/sys/", "github.com/rs/zerolog", "github.com/mattn/", "github.com/oklog/ulid/",
 		"github.com/hashicorp/yamux", "github.com/vishvananda/", "github.com/creack/pty", "github.com/prometheus/procfs"}

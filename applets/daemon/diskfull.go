@@ -40,12 +40,7 @@ func fullStateError(stateDir string, err error) error {
 	if !noSpace(err) || rpc.CodeOf(err) == rpc.CodeCanceled {
 		return err
 	}
-	msg := err.Error()
-	var re *rpc.ErrorResponse
-	if errors.As(err, &re) {
-		msg = re.Message
-	}
-	return rpc.Errorf(rpc.CodeUnavailable, "the state directory %s is out of space (%s); free some (`banger vm prune`, `banger image delete`, or room on its file system) and try again", stateDir, msg)
+	return rpc.Errorf(rpc.CodeUnavailable, "the state directory %s is out of space (%s); free some (`banger vm prune`, `banger image delete`, or room on its file system) and try again", stateDir, rpc.MessageOf(err))
 }
 
 // sayFull makes every handler of ms answer a full state directory as one.

@@ -24,9 +24,9 @@ import (
 	"syscall"
 	"time"
 
+	"banger/internal/errdefs"
 	"banger/internal/layout"
 	"banger/logging"
-	"banger/rpc"
 )
 
 // Binary is the QEMU system emulator banger runs.
@@ -52,7 +52,7 @@ func ParseAccel(s string) (Accel, error) {
 	case AccelAuto, AccelKVM, AccelTCG:
 		return a, nil
 	}
-	return "", rpc.Errorf(rpc.CodeInvalidParams, "unknown accelerator %q (want auto, kvm or tcg)", s)
+	return "", errdefs.Errorf(errdefs.ErrInvalid, "unknown accelerator %q (want auto, kvm or tcg)", s)
 }
 
 // QEMU is the microvm engine of one host. The daemon keeps one: it caches
@@ -79,7 +79,7 @@ func (q *QEMU) binary() (string, error) {
 	}
 	p, err := exec.LookPath(name)
 	if err != nil {
-		return "", rpc.Errorf(rpc.CodeUnavailable, "%s not found (%v): install the Debian package qemu-system-x86", name, err)
+		return "", errdefs.Errorf(errdefs.ErrUnavailable, "%s not found (%v): install the Debian package qemu-system-x86", name, err)
 	}
 	return filepath.Abs(p)
 }
@@ -125,9 +125,9 @@ func (q *QEMU) Launch(ctx context.Context, spec Spec) (*Instance, error) {
 	// The directory's files are about to be replaced: they must not be
 	// a live VM's.
 	if inst, err := Attach(ctx, dir); err == nil {
-		return nil, rpc.Errorf(rpc.CodeConflict, "%s already runs a VM (qemu pid %d)", dir, inst.PID)
+		return nil, errdefs.Errorf(errdefs.ErrConflict, "%s already runs a VM (qemu pid %d)", dir, inst.PID)
 	} else if !errors.Is(err, ErrNotRunning) {
-		return nil, rpc.Errorf(rpc.CodeConflict, "%s may run a VM: %v", dir, err)
+		return nil, errdefs.Errorf(errdefs.ErrConflict, "%s may run a VM: %v", dir, err)
 	}
 	if err := CleanRuntime(dir); err != nil {
 		return nil, err

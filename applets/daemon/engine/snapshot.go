@@ -11,9 +11,9 @@ import (
 
 	"github.com/digitalocean/go-qemu/qmp"
 
+	"banger/internal/errdefs"
 	"banger/internal/layout"
 	"banger/logging"
-	"banger/rpc"
 )
 
 // Warm starts save a running guest's memory and device state to a file
@@ -30,7 +30,7 @@ const statePoll = 2 * time.Millisecond
 // be absolute and free of the shell's quote.
 func migrateURI(command, path string) (string, error) {
 	if !filepath.IsAbs(path) || strings.ContainsAny(path, "'\n") {
-		return "", rpc.Errorf(rpc.CodeInvalidParams, "state file %q: want an absolute path without quotes", path)
+		return "", errdefs.Errorf(errdefs.ErrInvalid, "state file %q: want an absolute path without quotes", path)
 	}
 	return "exec:" + command + " '" + path + "'", nil
 }
@@ -167,7 +167,7 @@ func (i *Instance) LoadState(ctx context.Context, run bool) error {
 func (i *Instance) loadFailed(err error) error {
 	// A failed load ends QEMU; its QMP may go first.
 	if i.waitFor(context.Background(), time.Second) {
-		return rpc.Errorf(rpc.CodeOperationFailed, "load state: QEMU exited: %s", tail(filepath.Join(i.Dir, layout.EngineLog)))
+		return errdefs.Errorf(errdefs.ErrFailed, "load state: QEMU exited: %s", tail(filepath.Join(i.Dir, layout.EngineLog)))
 	}
 	return fmt.Errorf("load state: %w", err)
 }

@@ -7,7 +7,7 @@ import (
 
 	"banger/applets/agent/boot"
 	"banger/internal/api"
-	"banger/rpc"
+	"banger/internal/errdefs"
 )
 
 // Spec describes one VM to launch.
@@ -73,11 +73,11 @@ type TapNet struct {
 func (t *TapNet) validate() error {
 	switch {
 	case !api.IsTapName(t.Name):
-		return rpc.Errorf(rpc.CodeInvalidParams, "tap name %q is not a banger tap (bgtap- and 1 to 9 of a-z, 0-9)", t.Name)
+		return errdefs.Errorf(errdefs.ErrInvalid, "tap name %q is not a banger tap (bgtap- and 1 to 9 of a-z, 0-9)", t.Name)
 	case !api.IsGuestMAC(t.MAC):
-		return rpc.Errorf(rpc.CodeInvalidParams, "mac %q is not a locally administered unicast address in lowercase (02:xx:xx:xx:xx:xx)", t.MAC)
+		return errdefs.Errorf(errdefs.ErrInvalid, "mac %q is not a locally administered unicast address in lowercase (02:xx:xx:xx:xx:xx)", t.MAC)
 	case !t.Guest.Address.IsValid() || !t.Guest.Address.Addr().Is4():
-		return rpc.Errorf(rpc.CodeInvalidParams, "tap network: the guest's address %q is not IPv4 with a prefix", t.Guest.Address)
+		return errdefs.Errorf(errdefs.ErrInvalid, "tap network: the guest's address %q is not IPv4 with a prefix", t.Guest.Address)
 	}
 	return nil
 }
@@ -109,7 +109,7 @@ func (s Spec) withDefaults() Spec {
 
 func (s Spec) validate() error {
 	bad := func(format string, args ...any) error {
-		return rpc.Errorf(rpc.CodeInvalidParams, format, args...)
+		return errdefs.Errorf(errdefs.ErrInvalid, format, args...)
 	}
 	if s.Incoming != "" && s.AwaitState {
 		return bad("a VM loads its state as it starts (Incoming) or later (AwaitState), not both")
@@ -121,7 +121,7 @@ func (s Spec) validate() error {
 		return bad("instance directory %s does not exist", s.Dir)
 	}
 	if err := CheckDir(s.Dir); err != nil {
-		return rpc.Errorf(rpc.CodeInvalidParams, "%v", err)
+		return errdefs.Errorf(errdefs.ErrInvalid, "%v", err)
 	}
 	for _, f := range []struct{ what, path string }{{"kernel", s.Kernel}, {"root disk", s.Disk}, {"initrd", s.Initrd}} {
 		what, p := f.what, f.path

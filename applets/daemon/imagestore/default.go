@@ -18,7 +18,7 @@ import (
 
 	"banger/applets/agent/boot"
 	"banger/internal/api"
-	"banger/rpc"
+	"banger/internal/errdefs"
 )
 
 // The default image's defaults, and the Debian packages it is made from.
@@ -53,7 +53,7 @@ func (s *Store) EnsureDefault(ctx context.Context, spec DefaultSpec) (Image, err
 	if spec.Busybox == "" {
 		spec.Busybox = DefaultBusybox
 	}
-	if im, err := s.Get(ctx, spec.Name); rpc.CodeOf(err) != rpc.CodeNotFound {
+	if im, err := s.Get(ctx, spec.Name); !errors.Is(err, errdefs.ErrNotFound) {
 		return im, err // there, broken, or a bad name
 	}
 	l, err := waitLock(ctx, s.path(locksDir, spec.Name), unix.LOCK_EX)
@@ -61,7 +61,7 @@ func (s *Store) EnsureDefault(ctx context.Context, spec DefaultSpec) (Image, err
 		return Image{}, fmt.Errorf("assemble image %s: %w", spec.Name, err)
 	}
 	defer l.unlock()
-	if im, err := s.Get(ctx, spec.Name); rpc.CodeOf(err) != rpc.CodeNotFound {
+	if im, err := s.Get(ctx, spec.Name); !errors.Is(err, errdefs.ErrNotFound) {
 		return im, err // built while we waited
 	}
 	if spec.Kernel == "" {
@@ -92,7 +92,7 @@ func (s *Store) EnsureDefault(ctx context.Context, spec DefaultSpec) (Image, err
 func HostKernel(bootDir string) (string, error) {
 	files, _ := filepath.Glob(filepath.Join(bootDir, "vmlinuz-*"))
 	if len(files) == 0 {
-		return "", rpc.Errorf(rpc.CodeUnavailable, "no kernel in %s (vmlinuz-*); install the Debian package %s", bootDir, pkgKernel)
+		return "", errdefs.Errorf(errdefs.ErrUnavailable, "no kernel in %s (vmlinuz-*); install the Debian package %s", bootDir, pkgKernel)
 	}
 	sort.Slice(files, func(i, j int) bool { return versionLess(files[i], files[j]) })
 	return files[len(files)-1], nil
@@ -139,14 +139,14 @@ func isDigit(c byte) bool { return c >= '0' && c <= '9' }
 // filesystem that has no libc.
 func checkBusybox(path string) error {
 	if _, err := os.Stat(path); err != nil {
-		return rpc.Errorf(rpc.CodeUnavailable, "no busybox at %s (%v); install the Debian package %s", path, errors.Unwrap(err), pkgBusybox)
+		return errdefs.Errorf(errdefs.ErrUnavailable, "no busybox at %s (%v); install the Debian package %s", path, errors.Unwrap(err), pkgBusybox)
 	}
 	static, err := isStatic(path)
 	if err != nil {
-		return rpc.Errorf(rpc.CodeUnavailable, "%s is not an executable busybox (%v); install the Debian package %s", path, err, pkgBusybox)
+		return errdefs.Errorf(errdefs.ErrUnavailable, "%s is not an executable busybox (%v); install the Debian package %s", path, err, pkgBusybox)
 	}
 	if !static {
-		return rpc.Errorf(rpc.CodeUnavailable, "%s is dynamically linked (the Debian package busybox); install %s, which replaces it", path, pkgBusybox)
+		return errdefs.Errorf(errdefs.ErrUnavailable, "%s is dynamically linked (the Debian package busybox); install %s, which replaces it", path, pkgBusybox)
 	}
 	return nil
 }
@@ -175,7 +175,7 @@ func busyboxApplets(ctx context.Context, busybox string) ([]string, error) {
 	}
 	names, err := list("--list")
 	if err != nil {
-		return nil, rpc.Errorf(rpc.CodeUnavailable, "%s does not list its applets (%v); install the Debian package %s", busybox, err, pkgBusybox)
+		return nil, errdefs.Errorf(errdefs.ErrUnavailable, "%s does not list its applets (%v); install the Debian package %s", busybox, err, pkgBusybox)
 	}
 	for i, n := range names {
 		names[i] = "bin/" + n

@@ -12,7 +12,7 @@ import (
 	"strings"
 
 	"banger/applets/agent/boot"
-	"banger/rpc"
+	"banger/internal/errdefs"
 )
 
 // ext4Spec is an import of a root filesystem given as an ext4 image.
@@ -41,7 +41,7 @@ func importExt4(ctx context.Context, s ext4Spec) ([]string, error) {
 	res, err := run(ctx, toolRun{name: "e2fsck", args: []string{"-f", "-p", s.file}}, 1)
 	if err != nil {
 		if res.exitCode >= 4 {
-			return nil, rpc.Errorf(rpc.CodeInvalidParams, "the ext4 image %s has errors e2fsck cannot repair by itself; run `e2fsck -f %s` (on a copy) and import it again", s.src, s.src)
+			return nil, errdefs.Errorf(errdefs.ErrInvalid, "the ext4 image %s has errors e2fsck cannot repair by itself; run `e2fsck -f %s` (on a copy) and import it again", s.src, s.src)
 		}
 		return nil, fmt.Errorf("check the ext4 image: %w", err)
 	}
@@ -68,7 +68,7 @@ func checkExt4Magic(file string) error {
 	var magic [2]byte
 	// The superblock is at 1024; s_magic is 56 bytes into it.
 	if _, err := f.ReadAt(magic[:], 1024+56); err != nil && err != io.EOF || binary.LittleEndian.Uint16(magic[:]) != 0xef53 {
-		return rpc.Errorf(rpc.CodeInvalidParams, "%s is not an ext2/3/4 filesystem image; a whole-disk image with a partition table will not do, give the partition's filesystem", file)
+		return errdefs.Errorf(errdefs.ErrInvalid, "%s is not an ext2/3/4 filesystem image; a whole-disk image with a partition table will not do, give the partition's filesystem", file)
 	}
 	return nil
 }
@@ -129,7 +129,7 @@ func resizeForAgent(ctx context.Context, s ext4Spec) error {
 		res, err := run(ctx, toolRun{name: "resize2fs", args: []string{s.file, strconv.FormatInt(target/1024, 10) + "K"}})
 		if err != nil {
 			if s.sizeMiB > 0 && target < cur {
-				return rpc.Errorf(rpc.CodeInvalidParams, "the ext4 image cannot shrink to %d MiB: %s; give a larger size, or none to keep its own", s.sizeMiB, lastLines(res.stderr, 1))
+				return errdefs.Errorf(errdefs.ErrInvalid, "the ext4 image cannot shrink to %d MiB: %s; give a larger size, or none to keep its own", s.sizeMiB, lastLines(res.stderr, 1))
 			}
 			return fmt.Errorf("resize the root filesystem: %w", err)
 		}
@@ -137,7 +137,7 @@ func resizeForAgent(ctx context.Context, s ext4Spec) error {
 			return err
 		}
 		if g.freeBlocks*g.blockSize < need {
-			return rpc.Errorf(rpc.CodeInvalidParams, "the agent does not fit in the ext4 image at %d MiB; give a larger size", s.sizeMiB)
+			return errdefs.Errorf(errdefs.ErrInvalid, "the agent does not fit in the ext4 image at %d MiB; give a larger size", s.sizeMiB)
 		}
 	}
 	// Bytes past the filesystem's end are of no use to a guest.
@@ -173,7 +173,7 @@ func placeAgent(ctx context.Context, s ext4Spec) error {
 	}
 	if old, err := statInImage(ctx, s.file, boot.AgentPath); err == nil {
 		if old.typ == "directory" {
-			return rpc.Errorf(rpc.CodeInvalidParams, "the ext4 image has a directory at %s, where the agent goes", boot.AgentPath)
+			return errdefs.Errorf(errdefs.ErrInvalid, "the ext4 image has a directory at %s, where the agent goes", boot.AgentPath)
 		}
 		fmt.Fprintf(&b, "cd %s\nrm %s\n", debugfsQuote(dir+"/."), debugfsQuote(base))
 	}

@@ -9,7 +9,7 @@ import (
 	"strings"
 	"syscall"
 
-	"banger/rpc"
+	"banger/internal/errdefs"
 )
 
 // stageDir copies the tree at src into the staging tree: directories,
@@ -114,7 +114,7 @@ func kindName(t fs.FileMode) string {
 func checkRootfsDir(src, store string) error {
 	abs, err := filepath.EvalSymlinks(src)
 	if err != nil {
-		return rpc.Errorf(rpc.CodeInvalidParams, "rootfs directory %s cannot be read: %v", src, err)
+		return errdefs.Errorf(errdefs.ErrInvalid, "rootfs directory %s cannot be read: %v", src, err)
 	}
 	if abs, err = filepath.Abs(abs); err != nil {
 		return err
@@ -123,7 +123,7 @@ func checkRootfsDir(src, store string) error {
 		store = real
 	}
 	if rel, err := filepath.Rel(abs, store); err == nil && rel != ".." && !strings.HasPrefix(rel, "../") {
-		return rpc.Errorf(rpc.CodeInvalidParams, "the rootfs directory %s contains banger's image store %s; give a directory with just the guest's root filesystem", src, store)
+		return errdefs.Errorf(errdefs.ErrInvalid, "the rootfs directory %s contains banger's image store %s; give a directory with just the guest's root filesystem", src, store)
 	}
 	return nil
 }

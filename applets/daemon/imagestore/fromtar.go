@@ -17,7 +17,7 @@ import (
 	"github.com/klauspost/compress/zstd"
 	"github.com/ulikunitz/xz"
 
-	"banger/rpc"
+	"banger/internal/errdefs"
 )
 
 // stageTar unpacks the tarball at file (plain, or compressed with gzip,
@@ -53,7 +53,7 @@ func stageTar(ctx context.Context, st *stager, file string) error {
 			break
 		}
 		if err != nil {
-			return rpc.Errorf(rpc.CodeInvalidParams, "the rootfs tarball %s cannot be read: %v", file, err)
+			return errdefs.Errorf(errdefs.ErrInvalid, "the rootfs tarball %s cannot be read: %v", file, err)
 		}
 		name, err := memberName(h.Name)
 		if err != nil {
@@ -101,12 +101,12 @@ func stageTar(ctx context.Context, st *stager, file string) error {
 func memberName(name string) (string, error) {
 	for _, elem := range strings.Split(name, "/") {
 		if elem == ".." {
-			return "", rpc.Errorf(rpc.CodeInvalidParams, "the rootfs tarball has a member %q that points outside its root; refusing the whole archive", name)
+			return "", errdefs.Errorf(errdefs.ErrInvalid, "the rootfs tarball has a member %q that points outside its root; refusing the whole archive", name)
 		}
 	}
 	n := path.Clean(strings.TrimLeft(name, "/"))
 	if !fs.ValidPath(n) {
-		return "", rpc.Errorf(rpc.CodeInvalidParams, "the rootfs tarball has a member with the bad name %q", name)
+		return "", errdefs.Errorf(errdefs.ErrInvalid, "the rootfs tarball has a member with the bad name %q", name)
 	}
 	return n, nil
 }

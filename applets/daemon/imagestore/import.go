@@ -14,9 +14,9 @@ import (
 
 	"banger/applets/agent/boot"
 	"banger/internal/api"
+	"banger/internal/errdefs"
 	"banger/internal/layout"
 	"banger/logging"
-	"banger/rpc"
 )
 
 // ImportSpec says what an image is made of. Exactly one of RootfsDir,
@@ -49,7 +49,7 @@ func (s *Store) Import(ctx context.Context, spec ImportSpec) (Image, error) {
 	}
 	l, err := tryLock(s.path(locksDir, spec.Name), unix.LOCK_EX)
 	if errors.Is(err, errLocked) {
-		return Image{}, rpc.Errorf(rpc.CodeConflict, "image %s is being imported right now; wait for that import, or choose another name", spec.Name)
+		return Image{}, errdefs.Errorf(errdefs.ErrConflict, "image %s is being imported right now; wait for that import, or choose another name", spec.Name)
 	}
 	if err != nil {
 		return Image{}, fmt.Errorf("import image %s: %w", spec.Name, err)
@@ -64,7 +64,7 @@ func (s *Store) Import(ctx context.Context, spec ImportSpec) (Image, error) {
 // checkFree refuses a name an image has.
 func (s *Store) checkFree(name string) error {
 	if _, err := os.Lstat(s.path(name)); err == nil {
-		return rpc.Errorf(rpc.CodeAlreadyExists, "image %s already exists; delete it first (`banger image delete %s`) or choose another name", name, name)
+		return errdefs.Errorf(errdefs.ErrAlreadyExists, "image %s already exists; delete it first (`banger image delete %s`) or choose another name", name, name)
 	}
 	return nil
 }
@@ -97,7 +97,7 @@ func (s *Store) checkSpec(spec ImportSpec) (buildSpec, error) {
 		}
 	}
 	if n != 1 {
-		return b, rpc.Errorf(rpc.CodeInvalidParams, "give exactly one root filesystem: a directory, a tarball or an ext4 image (%d given)", n)
+		return b, errdefs.Errorf(errdefs.ErrInvalid, "give exactly one root filesystem: a directory, a tarball or an ext4 image (%d given)", n)
 	}
 	switch {
 	case spec.RootfsDir != "":
@@ -106,7 +106,7 @@ func (s *Store) checkSpec(spec ImportSpec) (buildSpec, error) {
 			return b, missing("rootfs directory", spec.RootfsDir, "give the directory that holds the guest's root", err)
 		}
 		if !fi.IsDir() {
-			return b, rpc.Errorf(rpc.CodeInvalidParams, "rootfs directory %s is not a directory; a tarball or an ext4 image has its own option", spec.RootfsDir)
+			return b, errdefs.Errorf(errdefs.ErrInvalid, "rootfs directory %s is not a directory; a tarball or an ext4 image has its own option", spec.RootfsDir)
 		}
 		if err := checkRootfsDir(spec.RootfsDir, s.root); err != nil {
 			return b, err
@@ -150,10 +150,10 @@ func checkCommon(spec ImportSpec) (buildSpec, error) {
 		return b, err
 	}
 	if spec.SizeMiB < 0 {
-		return b, rpc.Errorf(rpc.CodeInvalidParams, "size %d MiB is negative; give a size in MiB, or none", spec.SizeMiB)
+		return b, errdefs.Errorf(errdefs.ErrInvalid, "size %d MiB is negative; give a size in MiB, or none", spec.SizeMiB)
 	}
 	if strings.ContainsAny(spec.KernelArgs, "\n\x00") {
-		return b, rpc.Errorf(rpc.CodeInvalidParams, "kernel arguments must be one line")
+		return b, errdefs.Errorf(errdefs.ErrInvalid, "kernel arguments must be one line")
 	}
 	return b, nil
 }
@@ -161,18 +161,18 @@ func checkCommon(spec ImportSpec) (buildSpec, error) {
 // checkFile checks that path names a file this process can read.
 func checkFile(what, path, hint string) error {
 	if path == "" {
-		return rpc.Errorf(rpc.CodeInvalidParams, "no %s given; %s", what, hint)
+		return errdefs.Errorf(errdefs.ErrInvalid, "no %s given; %s", what, hint)
 	}
 	fi, err := os.Stat(path)
 	if err != nil {
 		return missing(what, path, hint, err)
 	}
 	if fi.IsDir() {
-		return rpc.Errorf(rpc.CodeInvalidParams, "%s %s is a directory; %s", what, path, hint)
+		return errdefs.Errorf(errdefs.ErrInvalid, "%s %s is a directory; %s", what, path, hint)
 	}
 	f, err := os.Open(path)
 	if err != nil {
-		return rpc.Errorf(rpc.CodeInvalidParams, "%s %s cannot be read (%v); make it readable by the daemon's user", what, path, errors.Unwrap(err))
+		return errdefs.Errorf(errdefs.ErrInvalid, "%s %s cannot be read (%v); make it readable by the daemon's user", what, path, errors.Unwrap(err))
 	}
 	f.Close()
 	return nil
@@ -181,9 +181,9 @@ func checkFile(what, path, hint string) error {
 // missing is the error for a path that cannot be looked at.
 func missing(what, path, hint string, err error) error {
 	if errors.Is(err, os.ErrNotExist) {
-		return rpc.Errorf(rpc.CodeNotFound, "%s %s does not exist; %s", what, path, hint)
+		return errdefs.Errorf(errdefs.ErrNotFound, "%s %s does not exist; %s", what, path, hint)
 	}
-	return rpc.Errorf(rpc.CodeInvalidParams, "%s %s cannot be read (%v); %s", what, path, errors.Unwrap(err), hint)
+	return errdefs.Errorf(errdefs.ErrInvalid, "%s %s cannot be read (%v); %s", what, path, errors.Unwrap(err), hint)
 }
 
 func absPath(p string) string {
@@ -358,7 +358,7 @@ func buildRootfs(ctx context.Context, tmp string, b buildSpec) ([]string, error)
 		return nil, err
 	}
 	if sv.bytes > maxContentMiB*mib {
-		return nil, rpc.Errorf(rpc.CodeInvalidParams, "the root file system holds %d GiB of data, more than the %d GiB an image may", sv.bytes>>30, maxContentMiB>>10)
+		return nil, errdefs.Errorf(errdefs.ErrInvalid, "the root file system holds %d GiB of data, more than the %d GiB an image may", sv.bytes>>30, maxContentMiB>>10)
 	}
 	spec := mkfsSpec{staging: staging, file: filepath.Join(tmp, layout.ImageRootfs), sizeMiB: b.sizeMiB, entries: sv.entries, userSize: b.sizeMiB > 0}
 	if !spec.userSize {

@@ -10,7 +10,7 @@ import (
 	"syscall"
 
 	"banger/applets/agent/boot"
-	"banger/rpc"
+	"banger/internal/errdefs"
 )
 
 const (
@@ -158,7 +158,7 @@ func mkfs(ctx context.Context, s mkfsSpec) error {
 	if err != nil {
 		out := res.stderr + res.stdout
 		if s.userSize && (strings.Contains(out, "Could not allocate") || strings.Contains(out, "No space left")) {
-			return rpc.Errorf(rpc.CodeInvalidParams, "the root filesystem does not fit in %d MiB; give a larger size, or none to have one computed", s.sizeMiB)
+			return errdefs.Errorf(errdefs.ErrInvalid, "the root filesystem does not fit in %d MiB; give a larger size, or none to have one computed", s.sizeMiB)
 		}
 		return fmt.Errorf("make the ext4 root filesystem: %w", err)
 	}

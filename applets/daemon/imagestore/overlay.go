@@ -9,7 +9,7 @@ import (
 	"strconv"
 
 	"banger/applets/daemon/filecopy"
-	"banger/rpc"
+	"banger/internal/errdefs"
 )
 
 // Overlay makes a VM's copy-on-write disk at dst: a qcow2 file whose
@@ -23,10 +23,10 @@ func (s *Store) Overlay(ctx context.Context, image, dst string, sizeMiB int) err
 		return err
 	}
 	if sizeMiB < 0 || sizeMiB > 0 && sizeMiB < im.RootfsMiB {
-		return rpc.Errorf(rpc.CodeInvalidParams, "disk size %d MiB is smaller than image %s's root filesystem (%d MiB); give at least that, or no size", sizeMiB, image, im.RootfsMiB)
+		return errdefs.Errorf(errdefs.ErrInvalid, "disk size %d MiB is smaller than image %s's root filesystem (%d MiB); give at least that, or no size", sizeMiB, image, im.RootfsMiB)
 	}
 	if _, err := os.Lstat(dst); err == nil {
-		return rpc.Errorf(rpc.CodeAlreadyExists, "overlay %s already exists", dst)
+		return errdefs.Errorf(errdefs.ErrAlreadyExists, "overlay %s already exists", dst)
 	}
 	tmp := dst + ".partial"
 	os.Remove(tmp) // a leftover of an interrupted call
@@ -40,7 +40,7 @@ func (s *Store) Overlay(ctx context.Context, image, dst string, sizeMiB int) err
 	os.Remove(tmp)
 	if err != nil {
 		if errors.Is(err, os.ErrExist) {
-			return rpc.Errorf(rpc.CodeAlreadyExists, "overlay %s already exists", dst)
+			return errdefs.Errorf(errdefs.ErrAlreadyExists, "overlay %s already exists", dst)
 		}
 		return fmt.Errorf("make the overlay disk for image %s: %w", image, err)
 	}

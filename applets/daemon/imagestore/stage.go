@@ -12,7 +12,7 @@ import (
 	"time"
 
 	"banger/applets/agent/boot"
-	"banger/rpc"
+	"banger/internal/errdefs"
 )
 
 // attr is what an entry should be owned by, and its permission bits
@@ -131,7 +131,7 @@ func (st *stager) place(p string) error {
 		return err
 	}
 	if fi.IsDir() {
-		return rpc.Errorf(rpc.CodeInvalidParams, "/%s is a directory, and the root filesystem source puts a file there", p)
+		return errdefs.Errorf(errdefs.ErrInvalid, "/%s is a directory, and the root filesystem source puts a file there", p)
 	}
 	return st.root.Remove(p)
 }
@@ -168,7 +168,7 @@ func (st *stager) create(ctx context.Context, name string, a attr, r io.Reader, 
 		return err
 	}
 	if p == "" {
-		return rpc.Errorf(rpc.CodeInvalidParams, "the root filesystem source puts a file at /")
+		return errdefs.Errorf(errdefs.ErrInvalid, "the root filesystem source puts a file at /")
 	}
 	if err := st.place(p); err != nil {
 		return err
@@ -204,7 +204,7 @@ func (st *stager) symlink(name, target string, a attr) error {
 		return err
 	}
 	if p == "" {
-		return rpc.Errorf(rpc.CodeInvalidParams, "the root filesystem source puts a symlink at /")
+		return errdefs.Errorf(errdefs.ErrInvalid, "the root filesystem source puts a symlink at /")
 	}
 	if err := st.place(p); err != nil {
 		return err
@@ -224,7 +224,7 @@ func (st *stager) link(name, target string) error {
 	}
 	fi, err := st.root.Lstat(t)
 	if err != nil || fi.IsDir() {
-		return rpc.Errorf(rpc.CodeInvalidParams, "hard link /%s points to /%s, which is not a file in the source", name, target)
+		return errdefs.Errorf(errdefs.ErrInvalid, "hard link /%s points to /%s, which is not a file in the source", name, target)
 	}
 	p, err := st.resolve(name, false)
 	if err != nil {
@@ -308,7 +308,7 @@ func (st *stager) addGuestParts(ctx context.Context, agent string) error {
 		case err != nil:
 			return fmt.Errorf("look at /%s: %w", p, err)
 		case !fi.IsDir():
-			return rpc.Errorf(rpc.CodeInvalidParams, "/%s is not a directory in the root filesystem; the agent goes in %s", sbin, path.Dir(boot.AgentPath))
+			return errdefs.Errorf(errdefs.ErrInvalid, "/%s is not a directory in the root filesystem; the agent goes in %s", sbin, path.Dir(boot.AgentPath))
 		}
 	}
 	f, err := os.Open(agent)

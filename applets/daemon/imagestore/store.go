@@ -30,8 +30,8 @@ import (
 	"golang.org/x/sys/unix"
 
 	"banger/internal/api"
+	"banger/internal/errdefs"
 	"banger/internal/layout"
-	"banger/rpc"
 )
 
 // The store's own names, beside and inside its images (an image's files
@@ -174,7 +174,7 @@ func (s *Store) Get(ctx context.Context, name string) (Image, error) {
 		return Image{}, err
 	}
 	if _, err := os.Stat(s.path(name)); errors.Is(err, os.ErrNotExist) {
-		return Image{}, rpc.Errorf(rpc.CodeNotFound, "image %q does not exist; `banger image list` shows the images there are", name)
+		return Image{}, errdefs.Errorf(errdefs.ErrNotFound, "image %q does not exist; `banger image list` shows the images there are", name)
 	}
 	im, err := s.load(name)
 	if err != nil {
@@ -217,7 +217,7 @@ func (s *Store) Delete(ctx context.Context, name string, usedBy func(ctx context
 		return err
 	}
 	if _, err := os.Stat(s.path(name)); errors.Is(err, os.ErrNotExist) {
-		return rpc.Errorf(rpc.CodeNotFound, "image %q does not exist; `banger image list` shows the images there are", name)
+		return errdefs.Errorf(errdefs.ErrNotFound, "image %q does not exist; `banger image list` shows the images there are", name)
 	}
 	if usedBy != nil {
 		vms, err := usedBy(ctx, name)
@@ -225,7 +225,7 @@ func (s *Store) Delete(ctx context.Context, name string, usedBy func(ctx context
 			return fmt.Errorf("delete image %s: find the VMs that use it: %w", name, err)
 		}
 		if len(vms) > 0 {
-			return rpc.Errorf(rpc.CodeConflict, "image %s is used by VM(s) %s; delete them first", name, strings.Join(vms, ", "))
+			return errdefs.Errorf(errdefs.ErrConflict, "image %s is used by VM(s) %s; delete them first", name, strings.Join(vms, ", "))
 		}
 	}
 	l, err := waitLock(ctx, s.path(storeLockFile), unix.LOCK_SH)
@@ -242,7 +242,7 @@ func (s *Store) Delete(ctx context.Context, name string, usedBy func(ctx context
 	if err := os.Rename(s.path(name), filepath.Join(gone, name)); err != nil {
 		os.Remove(gone)
 		if errors.Is(err, os.ErrNotExist) {
-			return rpc.Errorf(rpc.CodeNotFound, "image %q does not exist; `banger image list` shows the images there are", name)
+			return errdefs.Errorf(errdefs.ErrNotFound, "image %q does not exist; `banger image list` shows the images there are", name)
 		}
 		return fmt.Errorf("delete image %s: %w", name, err)
 	}

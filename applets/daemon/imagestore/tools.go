@@ -11,7 +11,7 @@ import (
 	"path/filepath"
 	"strings"
 
-	"banger/rpc"
+	"banger/internal/errdefs"
 )
 
 // Debian packages that provide the tools this package runs.
@@ -37,7 +37,7 @@ func findTool(name string) (string, error) {
 	if p, err := LookTool(name); err == nil {
 		return p, nil
 	}
-	return "", rpc.Errorf(rpc.CodeUnavailable, "%s is not installed; install the Debian package %s", name, toolPackage(name))
+	return "", errdefs.Errorf(errdefs.ErrUnavailable, "%s is not installed; install the Debian package %s", name, toolPackage(name))
 }
 
 // LookTool finds a program the daemon runs: on PATH, then in the sbin

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"banger/internal/api"
+	"banger/internal/errdefs"
 	"banger/logging"
 	"banger/rpc"
 )
@@ -113,8 +114,11 @@ func (r *Registry) finish(ctx context.Context, o *op, result any, err error) {
 	}
 	if err != nil {
 		o.view.Error = &rpc.ErrorResponse{Code: rpc.CodeOf(err), Message: err.Error(), OpID: o.view.ID}
-		if re, ok := err.(*rpc.ErrorResponse); ok {
-			o.view.Error.Message = re.Message
+		switch e := err.(type) {
+		case *rpc.ErrorResponse:
+			o.view.Error.Message = e.Message
+		case *errdefs.Error:
+			o.view.Error.Message = e.Message
 		}
 	}
 	final := r.snapshot(o)

@@ -140,13 +140,7 @@ func (p *Progress) note(ctx context.Context, name, detail string) {
 
 // errorMessage is an error as a stage shows it: an rpc error's message
 // without its code.
-func errorMessage(err error) string {
-	var re *rpc.ErrorResponse
-	if errors.As(err, &re) {
-		return re.Message
-	}
-	return err.Error()
-}
+func errorMessage(err error) string { return rpc.MessageOf(err) }
 
 func (p *Progress) undo(ctx context.Context, done []Step) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), UndoTimeout)

@@ -6,7 +6,7 @@ import (
 	"fmt"
 	"net/netip"
 
-	"banger/rpc"
+	"banger/internal/errdefs"
 )
 
 // AllocateAddress gives the VM called name the lowest address from first
@@ -60,7 +60,7 @@ func (d *DB) AllocateAddress(ctx context.Context, name string, first, last netip
 				return err
 			}
 		}
-		return rpc.Errorf(rpc.CodeConflict, "no free address for %s: every address from %s to %s is held by a VM; delete one", name, first, last)
+		return errdefs.Errorf(errdefs.ErrConflict, "no free address for %s: every address from %s to %s is held by a VM; delete one", name, first, last)
 	})
 	return got, err
 }

@@ -7,7 +7,7 @@ import (
 	"strings"
 	"time"
 
-	"banger/rpc"
+	"banger/internal/errdefs"
 )
 
 // Image is an image's row: the index of the image store, and what VMs
@@ -74,7 +74,7 @@ func (d *DB) DeleteImage(ctx context.Context, name string) error {
 			return err
 		}
 		if len(users) > 0 {
-			return rpc.Errorf(rpc.CodeConflict, "image %q is used by %s; delete those VMs first", name, strings.Join(users, ", "))
+			return errdefs.Errorf(errdefs.ErrConflict, "image %q is used by %s; delete those VMs first", name, strings.Join(users, ", "))
 		}
 		res, err := tx.ExecContext(ctx, `DELETE FROM images WHERE name = ?`, name)
 		if err != nil {

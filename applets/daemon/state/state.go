@@ -19,7 +19,7 @@ import (
 
 	_ "modernc.org/sqlite" // registers the "sqlite" driver
 
-	"banger/rpc"
+	"banger/internal/errdefs"
 )
 
 // DB is the open database.
@@ -83,7 +83,7 @@ func parseTime(s string) time.Time {
 
 // notFound is the error of a missing row, with the protocol's code.
 func notFound(kind, name string) error {
-	return rpc.Errorf(rpc.CodeNotFound, "%s %q not found", kind, name)
+	return errdefs.Errorf(errdefs.ErrNotFound, "%s %q not found", kind, name)
 }
 
 func isNoRows(err error) bool { return errors.Is(err, sql.ErrNoRows) }

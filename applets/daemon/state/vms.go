@@ -8,7 +8,7 @@ import (
 	"strings"
 	"time"
 
-	"banger/rpc"
+	"banger/internal/errdefs"
 )
 
 // VM states.
@@ -126,7 +126,7 @@ func checkPorts(ctx context.Context, tx *sql.Tx, v VM) error {
 		for _, p := range v.Ports {
 			for _, q := range theirs {
 				if p.HostPort == q.HostPort && p.proto() == q.proto() {
-					return rpc.Errorf(rpc.CodeConflict, "host port %d (%s) is already published by VM %q; pick another host port, or remove it from %q first",
+					return errdefs.Errorf(errdefs.ErrConflict, "host port %d (%s) is already published by VM %q; pick another host port, or remove it from %q first",
 						p.HostPort, p.proto(), name, name)
 				}
 			}
@@ -187,11 +187,11 @@ func uniqueConflict(err error, v VM) error {
 	msg := err.Error()
 	switch {
 	case strings.Contains(msg, "vms.name"):
-		return rpc.Errorf(rpc.CodeAlreadyExists, "a VM named %q already exists; pick another name or delete it first", v.Name)
+		return errdefs.Errorf(errdefs.ErrAlreadyExists, "a VM named %q already exists; pick another name or delete it first", v.Name)
 	case strings.Contains(msg, "vms.address"):
-		return rpc.Errorf(rpc.CodeConflict, "address %s is held by another VM", v.Address)
+		return errdefs.Errorf(errdefs.ErrConflict, "address %s is held by another VM", v.Address)
 	case strings.Contains(msg, "vms.tap"):
-		return rpc.Errorf(rpc.CodeConflict, "tap %s is recorded for another VM", v.Tap)
+		return errdefs.Errorf(errdefs.ErrConflict, "tap %s is recorded for another VM", v.Tap)
 	}
 	return err
 }

@@ -9,7 +9,7 @@ import (
 	"strconv"
 	"syscall"
 
-	"banger/rpc"
+	"banger/internal/errdefs"
 )
 
 // Forward publishes a guest port on a host loopback port. banger
@@ -52,7 +52,7 @@ func (f Forward) Validate() error {
 		return err
 	}
 	if f.GuestPort < 1 || f.GuestPort > 65535 {
-		return rpc.Errorf(rpc.CodeInvalidParams, "port forward %s: guest port %d: want 1 to 65535", f, f.GuestPort)
+		return errdefs.Errorf(errdefs.ErrInvalid, "port forward %s: guest port %d: want 1 to 65535", f, f.GuestPort)
 	}
 	return nil
 }
@@ -61,7 +61,7 @@ func (f Forward) Validate() error {
 func (f Forward) validateHost() error {
 	f = f.withDefaults()
 	bad := func(format string, args ...any) error {
-		return rpc.Errorf(rpc.CodeInvalidParams, "port forward %s: "+format, append([]any{f}, args...)...)
+		return errdefs.Errorf(errdefs.ErrInvalid, "port forward %s: "+format, append([]any{f}, args...)...)
 	}
 	if f.Proto != "tcp" && f.Proto != "udp" {
 		return bad("protocol %q: want tcp or udp", f.Proto)
@@ -91,7 +91,7 @@ func validateForwards(fs []Forward) error {
 			return err
 		}
 		if g, ok := seen[f.host()]; ok {
-			return rpc.Errorf(rpc.CodeInvalidParams, "port forwards %s and %s use the same host port", g, f)
+			return errdefs.Errorf(errdefs.ErrInvalid, "port forwards %s and %s use the same host port", g, f)
 		}
 		seen[f.host()] = f
 	}
@@ -125,7 +125,7 @@ func (f Forward) checkFree() error {
 // when something holds it.
 func (f Forward) listenError(err error) error {
 	if errors.Is(err, syscall.EADDRINUSE) {
-		return rpc.Errorf(rpc.CodeConflict, "host port %d (%s on %s) is already in use on this host: publish on another host port, or stop what holds it",
+		return errdefs.Errorf(errdefs.ErrConflict, "host port %d (%s on %s) is already in use on this host: publish on another host port, or stop what holds it",
 			f.HostPort, f.Proto, f.HostAddr)
 	}
 	return fmt.Errorf("check host port %d (%s on %s): %w", f.HostPort, f.Proto, f.HostAddr, err)
@@ -140,7 +140,7 @@ func (n *Network) Expose(f Forward) error {
 		return err
 	}
 	if f.Proto != "tcp" {
-		return rpc.Errorf(rpc.CodeInvalidParams, "port forward %s: the user network publishes TCP ports only", f)
+		return errdefs.Errorf(errdefs.ErrInvalid, "port forward %s: the user network publishes TCP ports only", f)
 	}
 	n.mu.Lock()
 	defer n.mu.Unlock()
@@ -148,7 +148,7 @@ func (n *Network) Expose(f Forward) error {
 		return errors.New("user network: closed")
 	}
 	if _, ok := n.exposed[f.host()]; ok {
-		return rpc.Errorf(rpc.CodeConflict, "host port %d (%s on %s) is already published by this VM", f.HostPort, f.Proto, f.HostAddr)
+		return errdefs.Errorf(errdefs.ErrConflict, "host port %d (%s on %s) is already published by this VM", f.HostPort, f.Proto, f.HostAddr)
 	}
 	ln, err := net.Listen("tcp", f.local())
 	if err != nil {
@@ -172,7 +172,7 @@ func (n *Network) Unexpose(f Forward) error {
 	defer n.mu.Unlock()
 	p, ok := n.exposed[f.host()]
 	if !ok {
-		return rpc.Errorf(rpc.CodeNotFound, "remove port forward %s: the VM has no forward from host port %d", f.host(), f.HostPort)
+		return errdefs.Errorf(errdefs.ErrNotFound, "remove port forward %s: the VM has no forward from host port %d", f.host(), f.HostPort)
 	}
 	delete(n.exposed, f.host())
 	return p.ln.Close()

@@ -41,7 +41,7 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/transport/udp"
 
 	"banger/applets/agent/boot"
-	"banger/rpc"
+	"banger/internal/errdefs"
 )
 
 const (
@@ -205,7 +205,7 @@ func (n *Network) AllowHost(ports []int) error {
 	allow := map[uint16]bool{}
 	for _, p := range ports {
 		if p < 1 || p > 65535 {
-			return rpc.Errorf(rpc.CodeInvalidParams, "allow-host port %d: want 1 to 65535", p)
+			return errdefs.Errorf(errdefs.ErrInvalid, "allow-host port %d: want 1 to 65535", p)
 		}
 		allow[uint16(p)] = true
 	}

@@ -16,7 +16,7 @@ import (
 	"time"
 
 	"banger/applets/daemon/kernel"
-	"banger/rpc"
+	"banger/internal/errdefs"
 )
 
 // SourceGlob finds Debian's kernel source tarballs (linux-source-6.1
@@ -41,7 +41,7 @@ const killWait = 5 * time.Second
 func FindSource(glob string) (string, error) {
 	files, _ := filepath.Glob(glob)
 	if len(files) == 0 {
-		return "", rpc.Errorf(rpc.CodeUnavailable, "no kernel source (%s); install the Debian packages %s", glob, Packages)
+		return "", errdefs.Errorf(errdefs.ErrUnavailable, "no kernel source (%s); install the Debian packages %s", glob, Packages)
 	}
 	sort.Strings(files)
 	return files[len(files)-1], nil
@@ -61,7 +61,7 @@ func CheckTools() error {
 		missing = append(missing, "libelf headers")
 	}
 	if len(missing) > 0 {
-		return rpc.Errorf(rpc.CodeUnavailable, "kernel build tools missing (%s); install the Debian packages %s", strings.Join(missing, ", "), Packages)
+		return errdefs.Errorf(errdefs.ErrUnavailable, "kernel build tools missing (%s); install the Debian packages %s", strings.Join(missing, ", "), Packages)
 	}
 	return nil
 }

@@ -23,8 +23,8 @@ import (
 	"time"
 
 	"banger/internal/api"
+	"banger/internal/errdefs"
 	"banger/internal/layout"
-	"banger/rpc"
 )
 
 // The store's temporary names (a kernel's files are layout's Kernel*).
@@ -102,7 +102,7 @@ func (s *Store) Get(name string) (Kernel, error) {
 	dir := filepath.Join(s.root, name)
 	data, err := os.ReadFile(filepath.Join(dir, layout.KernelManifest))
 	if errors.Is(err, os.ErrNotExist) {
-		return Kernel{}, rpc.Errorf(rpc.CodeNotFound, "kernel %q not found; build it with `banger kernel build %s`", name, name)
+		return Kernel{}, errdefs.Errorf(errdefs.ErrNotFound, "kernel %q not found; build it with `banger kernel build %s`", name, name)
 	}
 	if err != nil {
 		return Kernel{}, fmt.Errorf("read kernel %s: %w", name, err)
@@ -126,7 +126,7 @@ func (s *Store) List() ([]Kernel, error) {
 			continue
 		}
 		k, err := s.Get(e.Name())
-		if rpc.CodeOf(err) == rpc.CodeNotFound {
+		if errors.Is(err, errdefs.ErrNotFound) {
 			continue // not complete
 		}
 		if err != nil {
@@ -151,7 +151,7 @@ func (s *Store) Delete(name string, users func(vmlinux string) ([]string, error)
 			return err
 		}
 		if len(names) > 0 {
-			return rpc.Errorf(rpc.CodeConflict, "kernel %s is used by image(s) %s; delete them first", name, strings.Join(names, ", "))
+			return errdefs.Errorf(errdefs.ErrConflict, "kernel %s is used by image(s) %s; delete them first", name, strings.Join(names, ", "))
 		}
 	}
 	// Rename first: a kernel is there whole or not at all.

@@ -9,6 +9,7 @@ import (
 	"banger/applets/daemon/vm"
 	"banger/applets/daemon/warm"
 	"banger/internal/api"
+	"banger/internal/errdefs"
 	"banger/logging"
 	"banger/rpc"
 )
@@ -61,7 +62,7 @@ func (m *imageMethods) list(ctx context.Context, _ rpc.NoParams) ([]api.Image, e
 
 func (m *imageMethods) show(ctx context.Context, p api.VMRef) (api.Image, error) {
 	im, err := m.store.Get(ctx, p.Name)
-	return m.withWarm(toAPIImage(im)), err
+	return m.withWarm(toAPIImage(im)), noImage(err)
 }
 
 func (m *imageMethods) importImage(ctx context.Context, p api.ImageImport) (api.Image, error) {
@@ -71,7 +72,7 @@ func (m *imageMethods) importImage(ctx context.Context, p api.ImageImport) (api.
 		}
 		k, err := m.kernels.Get(p.KernelName)
 		if err != nil {
-			return api.Image{}, err
+			return api.Image{}, noKernel(err, p.KernelName)
 		}
 		p.Kernel = k.VmlinuxPath
 	}
@@ -83,7 +84,7 @@ func (m *imageMethods) importImage(ctx context.Context, p api.ImageImport) (api.
 		return err
 	})
 	if err != nil {
-		return api.Image{}, err
+		return api.Image{}, advise(err, errdefs.ErrAlreadyExists, "delete it first (`banger image delete "+p.Name+"`) or choose another name")
 	}
 	err = m.db.PutImage(ctx, state.Image{Name: im.Name, Digest: im.Digest, SizeBytes: im.SizeBytes, Created: im.Created, KernelArgs: im.KernelArgs})
 	return toAPIImage(im), err
@@ -94,10 +95,10 @@ func (m *imageMethods) importImage(ctx context.Context, p api.ImageImport) (api.
 func (m *imageMethods) delete(ctx context.Context, p api.VMRef) (api.Image, error) {
 	im, err := m.store.Get(ctx, p.Name)
 	if err != nil {
-		return api.Image{}, err
+		return api.Image{}, noImage(err)
 	}
 	if err := m.store.Delete(ctx, p.Name, m.db.ImageUsers); err != nil {
-		return api.Image{}, err
+		return api.Image{}, noImage(err)
 	}
 	if m.dropStandby != nil {
 		m.dropStandby(ctx, p.Name)

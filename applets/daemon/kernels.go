@@ -166,7 +166,7 @@ func (m *kernelMethods) list(ctx context.Context, _ rpc.NoParams) ([]api.Kernel,
 func (m *kernelMethods) show(ctx context.Context, p api.VMRef) (api.Kernel, error) {
 	k, err := m.store.Get(p.Name)
 	if err != nil {
-		return api.Kernel{}, err
+		return api.Kernel{}, noKernel(err, p.Name)
 	}
 	return m.toAPI(ctx, k), nil
 }
@@ -175,7 +175,7 @@ func (m *kernelMethods) show(ctx context.Context, p api.VMRef) (api.Kernel, erro
 func (m *kernelMethods) delete(ctx context.Context, p api.VMRef) (api.Kernel, error) {
 	k, err := m.store.Get(p.Name)
 	if err != nil {
-		return api.Kernel{}, err
+		return api.Kernel{}, noKernel(err, p.Name)
 	}
 	m.mu.Lock()
 	building := m.building == p.Name

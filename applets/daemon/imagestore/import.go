@@ -64,7 +64,7 @@ func (s *Store) Import(ctx context.Context, spec ImportSpec) (Image, error) {
 // checkFree refuses a name an image has.
 func (s *Store) checkFree(name string) error {
 	if _, err := os.Lstat(s.path(name)); err == nil {
-		return errdefs.Errorf(errdefs.ErrAlreadyExists, "image %s already exists; delete it first (`banger image delete %s`) or choose another name", name, name)
+		return errdefs.Errorf(errdefs.ErrAlreadyExists, "image %s already exists", name)
 	}
 	return nil
 }

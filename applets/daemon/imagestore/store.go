@@ -174,7 +174,7 @@ func (s *Store) Get(ctx context.Context, name string) (Image, error) {
 		return Image{}, err
 	}
 	if _, err := os.Stat(s.path(name)); errors.Is(err, os.ErrNotExist) {
-		return Image{}, errdefs.Errorf(errdefs.ErrNotFound, "image %q does not exist; `banger image list` shows the images there are", name)
+		return Image{}, errdefs.Errorf(errdefs.ErrNotFound, "image %q does not exist", name)
 	}
 	im, err := s.load(name)
 	if err != nil {
@@ -217,7 +217,7 @@ func (s *Store) Delete(ctx context.Context, name string, usedBy func(ctx context
 		return err
 	}
 	if _, err := os.Stat(s.path(name)); errors.Is(err, os.ErrNotExist) {
-		return errdefs.Errorf(errdefs.ErrNotFound, "image %q does not exist; `banger image list` shows the images there are", name)
+		return errdefs.Errorf(errdefs.ErrNotFound, "image %q does not exist", name)
 	}
 	if usedBy != nil {
 		vms, err := usedBy(ctx, name)
@@ -242,7 +242,7 @@ func (s *Store) Delete(ctx context.Context, name string, usedBy func(ctx context
 	if err := os.Rename(s.path(name), filepath.Join(gone, name)); err != nil {
 		os.Remove(gone)
 		if errors.Is(err, os.ErrNotExist) {
-			return errdefs.Errorf(errdefs.ErrNotFound, "image %q does not exist; `banger image list` shows the images there are", name)
+			return errdefs.Errorf(errdefs.ErrNotFound, "image %q does not exist", name)
 		}
 		return fmt.Errorf("delete image %s: %w", name, err)
 	}

@@ -102,7 +102,7 @@ func (s *Store) Get(name string) (Kernel, error) {
 	dir := filepath.Join(s.root, name)
 	data, err := os.ReadFile(filepath.Join(dir, layout.KernelManifest))
 	if errors.Is(err, os.ErrNotExist) {
-		return Kernel{}, errdefs.Errorf(errdefs.ErrNotFound, "kernel %q not found; build it with `banger kernel build %s`", name, name)
+		return Kernel{}, errdefs.Errorf(errdefs.ErrNotFound, "kernel %q not found", name)
 	}
 	if err != nil {
 		return Kernel{}, fmt.Errorf("read kernel %s: %w", name, err)

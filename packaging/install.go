@@ -17,6 +17,7 @@ import (
 	"strings"
 	"syscall"
 
+	"banger/internal/layout"
 	"github.com/BurntSushi/toml"
 )
 
@@ -88,13 +89,13 @@ func (s System) Install(ctx context.Context, c Config, self string) (*InstallRep
 	if err := toml.NewEncoder(&conf).Encode(c); err != nil {
 		return rep, err
 	}
-	if err := writeAtomic(s.Path(ConfigFile), conf.Bytes(), 0o644); err != nil {
-		return rep, fmt.Errorf("write %s: %w", ConfigFile, err)
+	if err := writeAtomic(s.Path(layout.SystemConfig), conf.Bytes(), 0o644); err != nil {
+		return rep, fmt.Errorf("write %s: %w", layout.SystemConfig, err)
 	}
-	rep.Files = append(rep.Files, ConfigFile)
+	rep.Files = append(rep.Files, layout.SystemConfig)
 	for _, p := range slices.Sorted(maps.Keys(files)) {
 		write := writeAtomic
-		if p == SudoersFile {
+		if p == layout.SystemSudoers {
 			write = writeSudoers
 		}
 		if err := write(s.Path(p), files[p], 0o644); err != nil {
@@ -104,7 +105,7 @@ func (s System) Install(ctx context.Context, c Config, self string) (*InstallRep
 	}
 	// What the other helper mode installed goes: one way to the helper.
 	var stale []string
-	for _, p := range []string{path.Join(UnitDir, HelperUnit), SudoersFile} {
+	for _, p := range []string{path.Join(layout.SystemUnitDir, layout.HelperUnit), layout.SystemSudoers} {
 		if _, ok := files[p]; !ok && exists(s.Path(p)) {
 			stale = append(stale, p)
 		}
@@ -114,8 +115,8 @@ func (s System) Install(ctx context.Context, c Config, self string) (*InstallRep
 		rep.Note = "systemd is not running: units written, not started"
 		return rep, err
 	}
-	if slices.Contains(stale, path.Join(UnitDir, HelperUnit)) {
-		systemctl(ctx, "disable", "--now", HelperUnit) // it may not be running
+	if slices.Contains(stale, path.Join(layout.SystemUnitDir, layout.HelperUnit)) {
+		systemctl(ctx, "disable", "--now", layout.HelperUnit) // it may not be running
 	}
 	if rep.Removed, err = s.remove(stale); err != nil {
 		return rep, err
@@ -156,13 +157,13 @@ func (s System) Uninstall(ctx context.Context, prefix string, purge bool) (*Unin
 	default:
 		rep.Config = c
 	}
-	units := []string{path.Join(UnitDir, HelperUnit), path.Join(UnitDir, DaemonUnit)}
+	units := []string{path.Join(layout.SystemUnitDir, layout.HelperUnit), path.Join(layout.SystemUnitDir, layout.DaemonUnit)}
 	if s.SystemdRunning() {
 		// Units that are not loaded make this fail; what matters is that
 		// nothing of ours runs afterwards.
-		systemctl(ctx, "disable", "--now", DaemonUnit, HelperUnit)
+		systemctl(ctx, "disable", "--now", layout.DaemonUnit, layout.HelperUnit)
 	}
-	gone := append(units, SudoersFile)
+	gone := append(units, layout.SystemSudoers)
 	if s.packaged(c.Binary()) {
 		rep.Kept = append(rep.Kept, c.Binary()+" and its links (they belong to the banger package)")
 	} else {
@@ -176,9 +177,9 @@ func (s System) Uninstall(ctx context.Context, prefix string, purge bool) (*Unin
 		gone = append(gone, c.Binary())
 	}
 	if purge {
-		gone = append(gone, ConfigDir, StateDir)
+		gone = append(gone, layout.SystemConfigDir, layout.SystemStateDir)
 	} else {
-		for _, p := range []string{ConfigFile, StateDir} {
+		for _, p := range []string{layout.SystemConfig, layout.SystemStateDir} {
 			if exists(s.Path(p)) {
 				rep.Kept = append(rep.Kept, p+" (--purge removes it)")
 			}
@@ -200,8 +201,8 @@ func (s System) Uninstall(ctx context.Context, prefix string, purge bool) (*Unin
 // ReadConfig reads install.toml.
 func (s System) ReadConfig() (*Config, error) {
 	var c Config
-	if _, err := toml.DecodeFile(s.Path(ConfigFile), &c); err != nil {
-		return nil, fmt.Errorf("read %s: %w", ConfigFile, err)
+	if _, err := toml.DecodeFile(s.Path(layout.SystemConfig), &c); err != nil {
+		return nil, fmt.Errorf("read %s: %w", layout.SystemConfig, err)
 	}
 	return &c, nil
 }
@@ -226,15 +227,15 @@ func (s System) packaged(binary string) bool {
 // makeStateDir makes the daemon's state directory, the owner's and
 // private, as systemd's StateDirectory= would.
 func (s System) makeStateDir(c Config) error {
-	dir := s.Path(StateDir)
+	dir := s.Path(layout.SystemStateDir)
 	if err := os.MkdirAll(filepath.Dir(dir), 0o755); err != nil {
-		return fmt.Errorf("create %s: %w", filepath.Dir(StateDir), err)
+		return fmt.Errorf("create %s: %w", filepath.Dir(layout.SystemStateDir), err)
 	}
 	if err := os.Mkdir(dir, 0o700); err != nil && !errors.Is(err, os.ErrExist) {
-		return fmt.Errorf("create %s: %w", StateDir, err)
+		return fmt.Errorf("create %s: %w", layout.SystemStateDir, err)
 	}
 	if err := os.Chown(dir, c.UID, c.GID); err != nil {
-		return fmt.Errorf("give %s to %s: %w", StateDir, c.Owner, err)
+		return fmt.Errorf("give %s to %s: %w", layout.SystemStateDir, c.Owner, err)
 	}
 	return os.Chmod(dir, 0o700)
 }
@@ -384,17 +385,17 @@ func (s System) Status(ctx context.Context, prefix string) *Status {
 	default:
 		c = &Config{Prefix: prefix, Helper: HelperService}
 	}
-	paths := []string{c.Binary(), ConfigFile}
-	for _, u := range []string{HelperUnit, DaemonUnit} {
-		paths = append(paths, path.Join(UnitDir, u))
+	paths := []string{c.Binary(), layout.SystemConfig}
+	for _, u := range []string{layout.HelperUnit, layout.DaemonUnit} {
+		paths = append(paths, path.Join(layout.SystemUnitDir, u))
 	}
-	paths = append(paths, SudoersFile, StateDir)
+	paths = append(paths, layout.SystemSudoers, layout.SystemStateDir)
 	for _, p := range paths {
 		fs := FileStatus{Path: p}
 		if fi, err := os.Lstat(s.Path(p)); err == nil {
 			fs.Exists, fs.Mode = true, fmt.Sprintf("%04o", fi.Mode().Perm())
 		}
-		if st.Systemd && strings.HasPrefix(p, UnitDir+"/") {
+		if st.Systemd && strings.HasPrefix(p, layout.SystemUnitDir+"/") {
 			out, _ := exec.CommandContext(ctx, "systemctl", "is-active", path.Base(p)).Output()
 			fs.Active = strings.TrimSpace(string(out))
 		}

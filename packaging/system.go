@@ -20,25 +20,15 @@ const (
 	HelperSudo    = "sudo"    // sudo -n, per call, allowed by a sudoers rule
 )
 
-// Paths of a system install, from the root of the file system.
-const (
-	DefaultPrefix = "/usr/local"
-	ConfigDir     = "/etc/banger"
-	ConfigFile    = ConfigDir + "/install.toml" // what the helper reads for the owner's uid
-	UnitDir       = "/etc/systemd/system"
-	HelperUnit    = "bangerd-root.service"
-	DaemonUnit    = "bangerd.service"
-	SudoersFile   = "/etc/sudoers.d/banger"
-	StateDir      = "/var/lib/banger"          // the daemon's, owned by the owner (StateDirectory=)
-	DaemonSocket  = "/run/banger/bangerd.sock" // the daemon's (RuntimeDirectory=)
-	HelperSocket  = layout.SystemHelperSocket  // the helper's, in a root-owned 0711 directory
-)
+// DefaultPrefix is where a system install puts the binary: PREFIX/bin.
+// Its other paths are layout's System*.
+const DefaultPrefix = "/usr/local"
 
 // RestartDaemon is the command that restarts a daemon: the system
 // install's (systemd runs it) or a user's own.
 func RestartDaemon(system bool) string {
 	if system {
-		return "sudo systemctl restart " + DaemonUnit
+		return "sudo systemctl restart " + layout.DaemonUnit
 	}
 	return "banger daemon stop && banger daemon start"
 }
@@ -83,9 +73,9 @@ func (c Config) BinDir() string { return path.Join(c.Prefix, "bin") }
 // Units lists the unit files this install has, helper first.
 func (c Config) Units() []string {
 	if c.Helper == HelperService {
-		return []string{HelperUnit, DaemonUnit}
+		return []string{layout.HelperUnit, layout.DaemonUnit}
 	}
-	return []string{DaemonUnit}
+	return []string{layout.DaemonUnit}
 }
 
 //go:embed systemd/bangerd-root.service systemd/bangerd.service sudoers/banger
@@ -110,16 +100,16 @@ type unitData struct {
 func render(name string, c Config) ([]byte, error) {
 	d := unitData{
 		Config:           c,
-		HelperSocket:     HelperSocket,
-		HelperRuntimeDir: runtimeDirName(HelperSocket),
-		DaemonSocket:     DaemonSocket,
-		DaemonRuntimeDir: runtimeDirName(DaemonSocket),
-		StateDir:         StateDir,
-		StateDirName:     path.Base(StateDir),
+		HelperSocket:     layout.SystemHelperSocket,
+		HelperRuntimeDir: runtimeDirName(layout.SystemHelperSocket),
+		DaemonSocket:     layout.SystemDaemonSocket,
+		DaemonRuntimeDir: runtimeDirName(layout.SystemDaemonSocket),
+		StateDir:         layout.SystemStateDir,
+		StateDirName:     path.Base(layout.SystemStateDir),
 		HelperFlags:      "--helper " + HelperSudo,
 	}
 	if c.Helper == HelperService {
-		d.HelperFlags = "--helper socket --helper-socket " + HelperSocket
+		d.HelperFlags = "--helper socket --helper-socket " + layout.SystemHelperSocket
 	}
 	var b bytes.Buffer
 	if err := templates().ExecuteTemplate(&b, name, d); err != nil {
@@ -146,14 +136,14 @@ func Render(c Config) (map[string][]byte, error) {
 		if err != nil {
 			return nil, err
 		}
-		out[path.Join(UnitDir, u)] = b
+		out[path.Join(layout.SystemUnitDir, u)] = b
 	}
 	if c.Helper == HelperSudo {
-		b, err := render(path.Base(SudoersFile), c)
+		b, err := render(path.Base(layout.SystemSudoers), c)
 		if err != nil {
 			return nil, err
 		}
-		out[SudoersFile] = b
+		out[layout.SystemSudoers] = b
 	}
 	return out, nil
 }

@@ -1,6 +1,7 @@
 package packaging
 
 import (
+	"banger/internal/layout"
 	"bytes"
 	"os"
 	"os/exec"
@@ -47,8 +48,8 @@ func TestRenderModes(t *testing.T) {
 	if len(svc) != 2 {
 		t.Fatalf("service mode files: %v", keys(svc))
 	}
-	root := string(svc[UnitDir+"/"+HelperUnit])
-	daemon := string(svc[UnitDir+"/"+DaemonUnit])
+	root := string(svc[layout.SystemUnitDir+"/"+layout.HelperUnit])
+	daemon := string(svc[layout.SystemUnitDir+"/"+layout.DaemonUnit])
 	for _, want := range []string{
 		"ExecStart=/opt/banger/bin/bangerd-root --socket /run/banger-root/bangerd-root.sock\n",
 		"RuntimeDirectory=banger-root\n", "RuntimeDirectoryMode=0711\n",
@@ -73,10 +74,10 @@ func TestRenderModes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(sudo) != 2 || sudo[SudoersFile] == nil || sudo[UnitDir+"/"+HelperUnit] != nil {
+	if len(sudo) != 2 || sudo[layout.SystemSudoers] == nil || sudo[layout.SystemUnitDir+"/"+layout.HelperUnit] != nil {
 		t.Fatalf("sudo mode files: %v", keys(sudo))
 	}
-	daemon = string(sudo[UnitDir+"/"+DaemonUnit])
+	daemon = string(sudo[layout.SystemUnitDir+"/"+layout.DaemonUnit])
 	if !strings.Contains(daemon, "--state-dir /var/lib/banger --helper sudo\n") {
 		t.Errorf("daemon unit (sudo mode):\n%s", daemon)
 	}
@@ -87,8 +88,8 @@ func TestRenderModes(t *testing.T) {
 		}
 	}
 	rule := "alice ALL=(root) NOPASSWD: /opt/banger/bin/banger bangerd-root --stdio, /opt/banger/bin/bangerd-root --stdio\n"
-	if !strings.HasSuffix(string(sudo[SudoersFile]), rule) {
-		t.Errorf("sudoers rule:\n%s", sudo[SudoersFile])
+	if !strings.HasSuffix(string(sudo[layout.SystemSudoers]), rule) {
+		t.Errorf("sudoers rule:\n%s", sudo[layout.SystemSudoers])
 	}
 }
 
@@ -104,7 +105,7 @@ func TestSudoersVisudo(t *testing.T) {
 	}
 	dir := t.TempDir()
 	p := filepath.Join(dir, "banger")
-	if err := writeSudoers(p, files[SudoersFile], 0); err != nil {
+	if err := writeSudoers(p, files[layout.SystemSudoers], 0); err != nil {
 		t.Fatalf("visudo refused the rendered rule: %v", err)
 	}
 	if fi, err := os.Stat(p); err != nil || fi.Mode().Perm() != 0o440 {
@@ -190,7 +191,7 @@ func TestUnitsSecurityExposure(t *testing.T) {
 	if _, err := exec.LookPath("systemd-analyze"); err != nil {
 		t.Skip("systemd-analyze is not installed")
 	}
-	limits := map[string]float64{HelperUnit: 2.5, DaemonUnit: 5.0}
+	limits := map[string]float64{layout.HelperUnit: 2.5, layout.DaemonUnit: 5.0}
 	score := regexp.MustCompile(`Overall exposure level for \S+: ([0-9.]+)`)
 	for _, mode := range []string{HelperService, HelperSudo} {
 		files, err := Render(Config{Owner: "daemon", UID: 1, Prefix: "/usr/local", Helper: mode})

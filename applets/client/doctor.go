@@ -58,8 +58,8 @@ func doctorChecks() []doctor.Check[*doctorHost] {
 		{Name: "helper socket", Run: checkHelperSocket},
 		{Name: "applet links", Run: checkLinks},
 		{Name: "system install", Run: checkInstall},
-		{Name: "unit " + packaging.DaemonUnit, Run: checkUnit(packaging.DaemonUnit)},
-		{Name: "unit " + packaging.HelperUnit, Run: checkUnit(packaging.HelperUnit)},
+		{Name: "unit " + layout.DaemonUnit, Run: checkUnit(layout.DaemonUnit)},
+		{Name: "unit " + layout.HelperUnit, Run: checkUnit(layout.HelperUnit)},
 		{Name: "sudoers", Run: checkSudoers},
 		helperRow("bridge " + api.DefaultBridge),
 		helperRow("nat"),
@@ -294,7 +294,7 @@ func runAppletDoctor(ctx context.Context, applet string, args ...string) ([]api.
 // startFix says how to start the daemon the client talks to.
 func (h *doctorHost) startFix() string {
 	if h.system {
-		return "sudo systemctl start " + packaging.DaemonUnit + " (journalctl -u " + packaging.DaemonUnit + ")"
+		return "sudo systemctl start " + layout.DaemonUnit + " (journalctl -u " + layout.DaemonUnit + ")"
 	}
 	return "banger daemon start (commands that need it also start it)"
 }
@@ -313,7 +313,7 @@ func (h *doctorHost) reinstallFix() string {
 // helperFix says how to get the system install's helper going again.
 func (h *doctorHost) helperFix() string {
 	if h.cfg != nil && h.cfg.Helper == packaging.HelperService {
-		return "sudo systemctl restart " + packaging.HelperUnit + " (journalctl -u " + packaging.HelperUnit + ")"
+		return "sudo systemctl restart " + layout.HelperUnit + " (journalctl -u " + layout.HelperUnit + ")"
 	}
 	return h.reinstallFix()
 }
@@ -423,13 +423,13 @@ func checkHelper(ctx context.Context, h *doctorHost) api.DoctorRow {
 // checkHelperSocket checks the helper service's socket: the owner's,
 // 0600, in a directory of root's that others may only pass (0711).
 func checkHelperSocket(ctx context.Context, h *doctorHost) api.DoctorRow {
-	sock := h.sys.Path(packaging.HelperSocket)
+	sock := h.sys.Path(layout.SystemHelperSocket)
 	service := h.cfg != nil && h.cfg.Helper == packaging.HelperService
 	if _, err := os.Lstat(sock); errors.Is(err, os.ErrNotExist) {
 		if service {
-			return doctor.Fail("helper_down", "no socket at "+packaging.HelperSocket+": the helper service is not running", "sudo systemctl start "+packaging.HelperUnit+" (journalctl -u "+packaging.HelperUnit+")")
+			return doctor.Fail("helper_down", "no socket at "+layout.SystemHelperSocket+": the helper service is not running", "sudo systemctl start "+layout.HelperUnit+" (journalctl -u "+layout.HelperUnit+")")
 		}
-		return doctor.Skip("no helper service socket at " + packaging.HelperSocket + " (user mode or sudo mode)")
+		return doctor.Skip("no helper service socket at " + layout.SystemHelperSocket + " (user mode or sudo mode)")
 	}
 	fi, err := os.Lstat(sock)
 	if err != nil {
@@ -445,9 +445,9 @@ func checkHelperSocket(ctx context.Context, h *doctorHost) api.DoctorRow {
 	bad := fileProblems(filepath.Dir(sock), fs.ModeDir, 0o711, 0)
 	bad = append(bad, fileProblems(sock, fs.ModeSocket, 0o600, uid)...)
 	if len(bad) > 0 {
-		return doctor.Fail("socket_perms", strings.Join(bad, "; "), "sudo systemctl restart "+packaging.HelperUnit+" (it makes the socket the owner's, 0600)")
+		return doctor.Fail("socket_perms", strings.Join(bad, "; "), "sudo systemctl restart "+layout.HelperUnit+" (it makes the socket the owner's, 0600)")
 	}
-	return doctor.OK(fmt.Sprintf("%s 0600, %s; directory root's, 0711", packaging.HelperSocket, owner))
+	return doctor.OK(fmt.Sprintf("%s 0600, %s; directory root's, 0711", layout.SystemHelperSocket, owner))
 }
 
 // checkLinks checks the applet links beside this binary. A missing one
@@ -485,12 +485,12 @@ func checkInstall(ctx context.Context, h *doctorHost) api.DoctorRow {
 	case h.cfgErr != nil:
 		return doctor.Fail("install_unreadable", h.cfgErr.Error(), h.reinstallFix())
 	case h.cfg == nil:
-		return doctor.Skip("no " + packaging.ConfigFile + ": user mode")
+		return doctor.Skip("no " + layout.SystemConfig + ": user mode")
 	}
 	c := h.cfg
 	detail := fmt.Sprintf("owner %s (uid %d), prefix %s, helper %s", c.Owner, c.UID, c.Prefix, c.Helper)
 	if err := c.Validate(); err != nil {
-		return doctor.Fail("install_invalid", packaging.ConfigFile+": "+err.Error(), h.reinstallFix())
+		return doctor.Fail("install_invalid", layout.SystemConfig+": "+err.Error(), h.reinstallFix())
 	}
 	bin := h.sys.Path(c.Binary())
 	if _, err := os.Stat(bin); err != nil {
@@ -523,7 +523,7 @@ func checkUnit(unit string) func(context.Context, *doctorHost) api.DoctorRow {
 		if h.cfg == nil {
 			return doctor.Skip("no system install")
 		}
-		p := path.Join(packaging.UnitDir, unit)
+		p := path.Join(layout.SystemUnitDir, unit)
 		files, err := packaging.Render(*h.cfg)
 		if err != nil {
 			return doctor.Fail("unit_unrenderable", err.Error(), h.reinstallFix())
@@ -577,13 +577,13 @@ func unitLines(b []byte) []string {
 
 // checkSudoers checks the sudo mode's rule: root's, 0440, as rendered.
 func checkSudoers(ctx context.Context, h *doctorHost) api.DoctorRow {
-	p := h.sys.Path(packaging.SudoersFile)
+	p := h.sys.Path(layout.SystemSudoers)
 	_, err := os.Lstat(p)
 	switch {
 	case h.cfg == nil:
 		return doctor.Skip("no system install")
 	case h.cfg.Helper != packaging.HelperSudo && err == nil:
-		return doctor.Warn("sudoers_leftover", packaging.SudoersFile+" is left from sudo mode; helper mode is "+h.cfg.Helper, h.reinstallFix()+" (removes it)")
+		return doctor.Warn("sudoers_leftover", layout.SystemSudoers+" is left from sudo mode; helper mode is "+h.cfg.Helper, h.reinstallFix()+" (removes it)")
 	case h.cfg.Helper != packaging.HelperSudo:
 		return doctor.Skip("helper mode " + h.cfg.Helper + ": no sudoers rule")
 	case err != nil:
@@ -594,8 +594,8 @@ func checkSudoers(ctx context.Context, h *doctorHost) api.DoctorRow {
 	}
 	files, err := packaging.Render(*h.cfg)
 	got, rerr := os.ReadFile(p)
-	if err != nil || rerr != nil || !bytes.Equal(got, files[packaging.SudoersFile]) {
-		return doctor.Warn("sudoers_differs", packaging.SudoersFile+" (0440, root's) differs from the rule this banger writes", h.reinstallFix())
+	if err != nil || rerr != nil || !bytes.Equal(got, files[layout.SystemSudoers]) {
+		return doctor.Warn("sudoers_differs", layout.SystemSudoers+" (0440, root's) differs from the rule this banger writes", h.reinstallFix())
 	}
-	return doctor.OK(packaging.SudoersFile + " 0440, root's, as rendered for " + h.cfg.Owner)
+	return doctor.OK(layout.SystemSudoers + " 0440, root's, as rendered for " + h.cfg.Owner)
 }

@@ -172,7 +172,7 @@ func TestCheckLinks(t *testing.T) {
 // `banger system install` would (without visudo or systemd).
 func installUnder(t *testing.T, h *doctorHost, cfg packaging.Config) {
 	t.Helper()
-	doctortest.WriteFile(t, h.sys.Path(packaging.ConfigFile), fmt.Sprintf("owner = %q\nuid = %d\ngid = %d\nprefix = %q\nhelper = %q\n",
+	doctortest.WriteFile(t, h.sys.Path(layout.SystemConfig), fmt.Sprintf("owner = %q\nuid = %d\ngid = %d\nprefix = %q\nhelper = %q\n",
 		cfg.Owner, cfg.UID, cfg.GID, cfg.Prefix, cfg.Helper), 0o644)
 	bin := h.sys.Path(cfg.Binary())
 	doctortest.WriteFile(t, bin, "binary", 0o755)
@@ -185,7 +185,7 @@ func installUnder(t *testing.T, h *doctorHost, cfg packaging.Config) {
 	}
 	for p, b := range files {
 		mode := os.FileMode(0o644)
-		if p == packaging.SudoersFile {
+		if p == layout.SystemSudoers {
 			mode = 0o440
 		}
 		doctortest.WriteFile(t, h.sys.Path(p), string(b), mode)
@@ -209,7 +209,7 @@ func TestSystemInstallRows(t *testing.T) {
 	// The helper service's socket must be there in service mode.
 	doctortest.Want(t, row(t, h, "helper socket"), api.DoctorFail, "the helper service is not running")
 
-	unit := h.sys.Path(path.Join(packaging.UnitDir, packaging.HelperUnit))
+	unit := h.sys.Path(path.Join(layout.SystemUnitDir, layout.HelperUnit))
 	b, _ := os.ReadFile(unit)
 	doctortest.WriteFile(t, unit, strings.Replace(string(b), "NoNewPrivileges=yes\n", "", 1), 0o644)
 	doctortest.Want(t, row(t, h, "unit bangerd-root.service"), api.DoctorFail, "lacks NoNewPrivileges=yes")
@@ -231,7 +231,7 @@ func TestSystemInstallRows(t *testing.T) {
 	doctortest.Want(t, row(t, h, "unit bangerd-root.service"), api.DoctorSkip, "helper mode sudo")
 	doctortest.Want(t, row(t, h, "unit bangerd.service"), api.DoctorOK, "ProtectHome=read-only, PrivateTmp=yes")
 	doctortest.Want(t, row(t, h, "helper socket"), api.DoctorSkip, "user mode or sudo mode")
-	sudoers := h.sys.Path(packaging.SudoersFile)
+	sudoers := h.sys.Path(layout.SystemSudoers)
 	if os.Getuid() == 0 {
 		doctortest.Want(t, row(t, h, "sudoers"), api.DoctorOK, "0440, root's, as rendered for alice")
 	} else {
@@ -241,7 +241,7 @@ func TestSystemInstallRows(t *testing.T) {
 	doctortest.Want(t, row(t, h, "sudoers"), api.DoctorFail, "has mode 0644, want 0440")
 
 	// A broken install.toml fails.
-	doctortest.WriteFile(t, h.sys.Path(packaging.ConfigFile), "owner = [", 0o644)
+	doctortest.WriteFile(t, h.sys.Path(layout.SystemConfig), "owner = [", 0o644)
 	h.cfg = nil
 	h.readConfig()
 	doctortest.Want(t, row(t, h, "system install"), api.DoctorFail, "install.toml")
@@ -255,7 +255,7 @@ func TestHelperSocketRow(t *testing.T) {
 	}
 	h := testHost(t)
 	installUnder(t, h, packaging.Config{Owner: "alice", UID: 4242, GID: 4242, Prefix: "/usr/local", Helper: packaging.HelperService})
-	sock := h.sys.Path(packaging.HelperSocket)
+	sock := h.sys.Path(layout.SystemHelperSocket)
 	if err := os.MkdirAll(filepath.Dir(sock), 0o711); err != nil {
 		t.Fatal(err)
 	}
@@ -279,11 +279,11 @@ func TestSystemSocket(t *testing.T) {
 	if _, _, ok := systemSocket(sys, 4242); ok {
 		t.Error("no install.toml: system socket used")
 	}
-	doctortest.WriteFile(t, sys.Path(packaging.ConfigFile), "owner = \"alice\"\nuid = 4242\ngid = 4242\nprefix = \"/usr/local\"\nhelper = \"service\"\n", 0o644)
+	doctortest.WriteFile(t, sys.Path(layout.SystemConfig), "owner = \"alice\"\nuid = 4242\ngid = 4242\nprefix = \"/usr/local\"\nhelper = \"service\"\n", 0o644)
 	if _, _, ok := systemSocket(sys, 4242); ok {
 		t.Error("no socket: system socket used")
 	}
-	sock := sys.Path(packaging.DaemonSocket)
+	sock := sys.Path(layout.SystemDaemonSocket)
 	doctortest.WriteFile(t, sock, "", 0o600)
 	if _, _, ok := systemSocket(sys, 4242); ok {
 		t.Error("a regular file taken for the socket")

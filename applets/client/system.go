@@ -15,6 +15,7 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"banger/internal/api"
+	"banger/internal/layout"
 	"banger/internal/privapi"
 	"banger/packaging"
 	"banger/rpc"
@@ -148,16 +149,16 @@ func systemInstall(c *cli.Context, _ *target) error {
 			fmt.Fprintf(w, "%s\n", ir.Note)
 		}
 		if rep.Helper != nil {
-			fmt.Fprintf(w, "bangerd-root answers on %s (%s)\n", packaging.HelperSocket, rep.Helper.Version)
+			fmt.Fprintf(w, "bangerd-root answers on %s (%s)\n", layout.SystemHelperSocket, rep.Helper.Version)
 		}
 		if rep.Daemon != nil {
-			fmt.Fprintf(w, "bangerd answers on %s (pid %d)\n", packaging.DaemonSocket, rep.Daemon.PID)
+			fmt.Fprintf(w, "bangerd answers on %s (pid %d)\n", layout.SystemDaemonSocket, rep.Daemon.PID)
 		}
 		if rep.Host != nil {
 			fmt.Fprintf(w, "bangerd reaches the helper (%s)\n", rep.Host.HelperMode)
 		}
 		if ir.Started && waitErr == nil {
-			fmt.Fprintf(w, "as %s: export BANGER_SOCKET=%s\n", cfg.Owner, packaging.DaemonSocket)
+			fmt.Fprintf(w, "as %s: export BANGER_SOCKET=%s\n", cfg.Owner, layout.SystemDaemonSocket)
 		}
 	}); err != nil {
 		return err
@@ -191,18 +192,18 @@ func waitForSystem(ctx context.Context, cfg packaging.Config, timeout time.Durat
 	defer cancel()
 	if cfg.Helper == packaging.HelperService {
 		rep.Helper = &privapi.PingResult{}
-		if err := callUntil(ctx, packaging.HelperSocket, privapi.MethodPing, rep.Helper); err != nil {
+		if err := callUntil(ctx, layout.SystemHelperSocket, privapi.MethodPing, rep.Helper); err != nil {
 			rep.Helper = nil
-			return unavailable("bangerd-root did not answer on %s (journalctl -u %s): %w", packaging.HelperSocket, packaging.HelperUnit, err)
+			return unavailable("bangerd-root did not answer on %s (journalctl -u %s): %w", layout.SystemHelperSocket, layout.HelperUnit, err)
 		}
 	}
 	rep.Daemon = &api.PingResult{}
-	if err := callUntil(ctx, packaging.DaemonSocket, api.MethodPing, rep.Daemon); err != nil {
+	if err := callUntil(ctx, layout.SystemDaemonSocket, api.MethodPing, rep.Daemon); err != nil {
 		rep.Daemon = nil
-		return unavailable("bangerd did not answer on %s (journalctl -u %s): %w", packaging.DaemonSocket, packaging.DaemonUnit, err)
+		return unavailable("bangerd did not answer on %s (journalctl -u %s): %w", layout.SystemDaemonSocket, layout.DaemonUnit, err)
 	}
 	rep.Host = &api.HostCheckResult{}
-	if err := (&rpc.Client{Socket: packaging.DaemonSocket}).Call(ctx, api.MethodHostCheck, nil, rep.Host); err != nil {
+	if err := (&rpc.Client{Socket: layout.SystemDaemonSocket}).Call(ctx, api.MethodHostCheck, nil, rep.Host); err != nil {
 		rep.Host = nil
 		return fmt.Errorf("bangerd runs but cannot reach the root helper: %w", err)
 	}
@@ -237,13 +238,13 @@ func systemStatusAction(c *cli.Context, _ *target) error {
 	st := systemStatus{Status: sys.Status(c.Context, c.String("prefix"))}
 	ctx, cancel := context.WithTimeout(c.Context, 2*time.Second)
 	defer cancel()
-	if d, err := (api.Client{Caller: &rpc.Client{Socket: sys.Path(packaging.DaemonSocket)}}).Ping(ctx); err != nil {
+	if d, err := (api.Client{Caller: &rpc.Client{Socket: sys.Path(layout.SystemDaemonSocket)}}).Ping(ctx); err != nil {
 		st.DaemonError = errorText(err)
 	} else {
 		st.Daemon = &d
 	}
 	if st.Config == nil || st.Config.Helper == packaging.HelperService {
-		if h, err := (privapi.Client{Caller: &rpc.Client{Socket: sys.Path(packaging.HelperSocket)}}).Ping(ctx); err != nil {
+		if h, err := (privapi.Client{Caller: &rpc.Client{Socket: sys.Path(layout.SystemHelperSocket)}}).Ping(ctx); err != nil {
 			st.HelperError = errorText(err)
 		} else {
 			st.Helper = &h
@@ -254,9 +255,9 @@ func systemStatusAction(c *cli.Context, _ *target) error {
 		case st.Installed:
 			fmt.Fprintf(w, "installed for %s (uid %d), prefix %s, helper: %s\n", st.Config.Owner, st.Config.UID, st.Config.Prefix, st.Config.Helper)
 		case st.Config != nil:
-			fmt.Fprintf(w, "not installed (%s is there, %s is not; uninstall --purge removes the rest)\n", packaging.ConfigFile, st.Config.Binary())
+			fmt.Fprintf(w, "not installed (%s is there, %s is not; uninstall --purge removes the rest)\n", layout.SystemConfig, st.Config.Binary())
 		default:
-			fmt.Fprintf(w, "not installed (no %s)%s\n", packaging.ConfigFile, prefixed(": ", st.Error))
+			fmt.Fprintf(w, "not installed (no %s)%s\n", layout.SystemConfig, prefixed(": ", st.Error))
 		}
 		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 		fmt.Fprintln(tw, "PATH\tSTATE")
@@ -270,9 +271,9 @@ func systemStatusAction(c *cli.Context, _ *target) error {
 		for _, l := range st.Links {
 			fmt.Fprintf(tw, "%s\tlink %s%s\n", l.Path, l.State, prefixed(": ", l.Detail))
 		}
-		fmt.Fprintf(tw, "%s\t%s\n", packaging.DaemonSocket, answer(st.Daemon != nil, st.DaemonError))
+		fmt.Fprintf(tw, "%s\t%s\n", layout.SystemDaemonSocket, answer(st.Daemon != nil, st.DaemonError))
 		if st.Helper != nil || st.HelperError != "" {
-			fmt.Fprintf(tw, "%s\t%s\n", packaging.HelperSocket, answer(st.Helper != nil, st.HelperError))
+			fmt.Fprintf(tw, "%s\t%s\n", layout.SystemHelperSocket, answer(st.Helper != nil, st.HelperError))
 		}
 		tw.Flush()
 		if !st.Systemd {

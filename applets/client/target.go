@@ -52,7 +52,7 @@ func newTarget(c *cli.Context) (*target, error) {
 			s.socket, s.system, s.autostart = sock, true, false
 			s.trusted = append(s.trusted, owner)
 			if s.stateDir == "" {
-				s.stateDir = packaging.StateDir // its logs, for trace
+				s.stateDir = layout.SystemStateDir // its logs, for trace
 			}
 		}
 	}
@@ -76,7 +76,7 @@ func systemSocket(sys packaging.System, uid int) (string, int, bool) {
 	if err != nil || (cfg.UID != uid && uid != 0) {
 		return "", 0, false
 	}
-	sock := sys.Path(packaging.DaemonSocket)
+	sock := sys.Path(layout.SystemDaemonSocket)
 	fi, err := os.Stat(sock)
 	if err != nil || fi.Mode().Type() != os.ModeSocket {
 		return "", 0, false
@@ -188,7 +188,7 @@ func (s *target) unreachable(err error) error {
 // startHint says how to start the target's daemon.
 func (s *target) startHint() string {
 	if s.system {
-		return "`sudo systemctl start " + packaging.DaemonUnit + "`"
+		return "`sudo systemctl start " + layout.DaemonUnit + "`"
 	}
 	return "`banger daemon start`"
 }
@@ -201,7 +201,7 @@ func (s *target) startDaemon(ctx context.Context) error {
 	if s.system {
 		// systemd runs that daemon, as the owner, with the install's flags.
 		return &cliError{code: codeUnreachable, exit: ExitUnreachable,
-			err: fmt.Errorf("the system daemon does not answer on %s: start it with %s (journalctl -u %s), or give --socket for a daemon of your own", s.socket, s.startHint(), packaging.DaemonUnit)}
+			err: fmt.Errorf("the system daemon does not answer on %s: start it with %s (journalctl -u %s), or give --socket for a daemon of your own", s.socket, s.startHint(), layout.DaemonUnit)}
 	}
 	args := []string{api.AppletDaemon, "--socket", s.socket, "--state-dir", s.stateDir}
 	if s.logLevel != "" {

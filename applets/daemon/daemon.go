@@ -30,7 +30,6 @@ import (
 	"banger/internal/service"
 	"banger/logging"
 	"banger/logging/logfile"
-	"banger/packaging"
 	"banger/rpc"
 )
 
@@ -196,7 +195,7 @@ func run(ctx context.Context, build api.Build, o options) error {
 		}
 	}
 	d := &daemon{build: build, started: time.Now(), helper: helper, stop: make(chan struct{}), db: db,
-		system: o.socket == packaging.DaemonSocket}
+		system: o.socket == layout.SystemDaemonSocket}
 	d.ops = operation.NewRegistry(d.persistOperation)
 	d.ops.Explain = func(err error) error { return fullStateError(o.stateDir, err) }
 	d.ops.Hold = o.holdStage

@@ -26,13 +26,11 @@ import (
 	"github.com/urfave/cli/v2"
 
 	"banger/internal/api"
+	"banger/internal/layout"
 	"banger/internal/service"
 	"banger/logging"
 	"banger/rpc"
 )
-
-// InstallConfig is the system install's configuration file.
-const InstallConfig = "/etc/banger/install.toml"
 
 // Main runs the helper with args (args[0] is the applet's name).
 func Main(build api.Build, args []string) int {
@@ -43,7 +41,7 @@ func Main(build api.Build, args []string) int {
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "socket", Usage: "serve on the Unix socket `PATH`"},
 			&cli.BoolFlag{Name: "stdio", Usage: "serve one request from stdin to stdout (sudo mode)"},
-			&cli.IntFlag{Name: "owner-uid", Value: -1, Usage: "the one non-root `UID` allowed to call (default: from " + InstallConfig + ")"},
+			&cli.IntFlag{Name: "owner-uid", Value: -1, Usage: "the one non-root `UID` allowed to call (default: from " + layout.SystemConfig + ")"},
 			&cli.StringFlag{Name: "log-level", EnvVars: []string{logging.EnvLevel}, Value: "info", Usage: "trace, debug, info, warn or error"},
 			&cli.StringFlag{Name: "log-file", Usage: "also append JSON records to `FILE`"},
 			&cli.StringFlag{Name: "lock-file", Value: DefaultLockFile, Usage: "order network changes with the host's other helpers by an flock on `FILE` (its directory must be root's alone)"},
@@ -169,16 +167,16 @@ func ownerUID(flag int) (int, error) {
 	var cfg struct {
 		UID *int `toml:"uid"`
 	}
-	_, err := toml.DecodeFile(InstallConfig, &cfg)
+	_, err := toml.DecodeFile(layout.SystemConfig, &cfg)
 	switch {
 	case errors.Is(err, os.ErrNotExist):
 		return -1, nil
 	case err != nil:
-		return -1, fmt.Errorf("read %s: %w", InstallConfig, err)
+		return -1, fmt.Errorf("read %s: %w", layout.SystemConfig, err)
 	case cfg.UID == nil:
 		return -1, nil
 	case *cfg.UID < 0:
-		return -1, fmt.Errorf("%s: uid %d is not valid", InstallConfig, *cfg.UID)
+		return -1, fmt.Errorf("%s: uid %d is not valid", layout.SystemConfig, *cfg.UID)
 	}
 	return *cfg.UID, nil
 }

@@ -31,9 +31,6 @@ const (
 // (sun_path is 108 bytes including the terminating NUL).
 const MaxSocketPath = 107
 
-// SystemHelperSocket is where the system install's root helper listens.
-const SystemHelperSocket = "/run/banger-root/bangerd-root.sock"
-
 // Runtime returns the user's runtime directory for banger:
 // $XDG_RUNTIME_DIR/banger, or /tmp/banger-UID when XDG_RUNTIME_DIR is unset
 // (as for a cron job or an ssh session without a login manager).

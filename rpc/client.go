@@ -249,6 +249,9 @@ func ctxErr(ctx context.Context) error {
 
 func encodeRequest(ctx context.Context, method string, params any) ([]byte, error) {
 	req := Request{Version: Version, Method: method, OpID: OpIDFrom(ctx)}
+	if t := TraceIDFrom(ctx); t != "" {
+		req.Traceparent = Traceparent(t)
+	}
 	if params != nil {
 		raw, err := json.Marshal(params)
 		if err != nil {

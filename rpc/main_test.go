@@ -92,6 +92,10 @@ func baseMethods() rpc.Methods {
 		"echo": rpc.Handle(func(ctx context.Context, p echoParams) (echoResult, error) {
 			return echoResult{Name: p.Name, N: p.N, OpID: rpc.OpIDFrom(ctx)}, nil
 		}),
+		"trace": rpc.Handle(func(ctx context.Context, _ rpc.NoParams) (string, error) {
+			logging.From(ctx).Info().Msg("traced record")
+			return rpc.TraceIDFrom(ctx), nil
+		}),
 		"op": rpc.Handle(func(ctx context.Context, _ rpc.NoParams) (string, error) {
 			logging.From(ctx).Info().Str("step", "inside").Msg("handler record")
 			return rpc.OpIDFrom(ctx), nil

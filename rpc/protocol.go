@@ -33,6 +33,9 @@ type Request struct {
 	Method  string          `json:"method"`
 	Params  json.RawMessage `json:"params,omitempty"`
 	OpID    string          `json:"op_id,omitempty"`
+	// Traceparent is the W3C trace context of the command the request
+	// belongs to (trace.go).
+	Traceparent string `json:"traceparent,omitempty"`
 }
 
 // Response is the one JSON object a server writes back.

@@ -310,6 +310,7 @@ func (s *Server) exchange(base context.Context, r io.Reader, w io.Writer, peer P
 
 type call struct {
 	opID      string
+	traceID   string // the request's trace, or one of its own
 	method    string
 	peer      Peer
 	panic     any
@@ -346,6 +347,12 @@ func (s *Server) dispatch(base context.Context, c *call, r io.Reader, peerErr er
 			c.opID = req.OpID
 		}
 		c.method = logSafe(req.Method)
+		c.traceID, _ = ParseTraceparent(req.Traceparent)
+	}
+	if c.traceID == "" {
+		// No trace, or a malformed one (never refused for it): the call
+		// is a trace of its own.
+		c.traceID = NewTraceID()
 	}
 	if err := s.authorize(c.peer); err != nil {
 		return fail(err)
@@ -367,8 +374,9 @@ func (s *Server) dispatch(base context.Context, c *call, r io.Reader, peerErr er
 
 	ctx, cancel := context.WithCancel(base)
 	ctx = WithOpID(ctx, c.opID)
+	ctx = WithTrace(ctx, c.traceID)
 	ctx = context.WithValue(ctx, peerKey{}, c.peer)
-	ctx = logging.WithOp(ctx, s.Logger, c.opID, c.method)
+	ctx = logging.WithOp(ctx, s.Logger.With().Str("trace_id", c.traceID).Logger(), c.opID, c.method)
 	if !isStream {
 		defer cancel()
 		if conn != nil {
@@ -535,7 +543,7 @@ func writeResponse(w io.Writer, conn net.Conn, resp *Response) {
 func (s *Server) logCall(c *call, resp *Response, d time.Duration) {
 	l := s.Logger
 	if c.panic != nil {
-		l.Error().Str("op_id", c.opID).Str("method", c.method).
+		l.Error().Str("op_id", c.opID).Str("trace_id", c.traceID).Str("method", c.method).
 			Str("panic", fmt.Sprint(c.panic)).Bytes("stack", c.stack).Msg("handler panicked")
 	}
 	msgOK, msgFail := s.CallLog.Completed, s.CallLog.Failed
@@ -555,7 +563,7 @@ func (s *Server) logCall(c *call, resp *Response, d time.Duration) {
 	default:
 		e = l.WithLevel(max(s.CallLog.Level, zerolog.WarnLevel))
 	}
-	e = e.Str("op_id", c.opID).Str("method", c.method).Float64("duration_ms", logging.Millis(d)).
+	e = e.Str("op_id", c.opID).Str("trace_id", c.traceID).Str("method", c.method).Float64("duration_ms", logging.Millis(d)).
 		Uint32("uid", c.peer.UID).Int32("pid", c.peer.PID)
 	if c.streamErr != nil {
 		e = e.AnErr("session_error", c.streamErr)

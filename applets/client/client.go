@@ -45,6 +45,9 @@ func Main(env Env, args []string) int {
 	// terminal to restore. Writes then fail with EPIPE instead. (Notify,
 	// not Ignore: an ignored signal would stay ignored in what we start.)
 	signal.Notify(make(chan os.Signal, 1), syscall.SIGPIPE)
+	// Every request of this command is in one trace: the caller's, when
+	// it gives one (TRACEPARENT, the convention for a CLI), else its own.
+	ctx = rpc.WithTrace(ctx, commandTrace(os.Getenv("TRACEPARENT")))
 	app := newApp(env)
 	app.Metadata[argsKey] = args
 	err := app.RunContext(ctx, args)
@@ -58,6 +61,15 @@ func Main(env Env, args []string) int {
 	code, exit := classifyRun(err)
 	printError(env.Stderr, wantJSON(args), code, err)
 	return exit
+}
+
+// commandTrace is the trace id of a command: its caller's (a well-formed
+// W3C traceparent), else a new one.
+func commandTrace(traceparent string) string {
+	if id, ok := rpc.ParseTraceparent(traceparent); ok {
+		return id
+	}
+	return rpc.NewTraceID()
 }
 
 func newApp(env Env) *cli.App {

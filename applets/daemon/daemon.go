@@ -25,6 +25,7 @@ import (
 	"banger/applets/daemon/operation"
 	"banger/applets/daemon/state"
 	"banger/applets/daemon/vm"
+	"banger/applets/daemon/vm/qemu"
 	"banger/internal/api"
 	"banger/internal/layout"
 	"banger/internal/service"
@@ -208,7 +209,8 @@ func run(ctx context.Context, build api.Build, o options) error {
 	if err != nil {
 		return fail(service.ExitUsage, err)
 	}
-	if d.vms, d.images, err = newVMs(startCtx, vm.Config{StateDir: o.stateDir, Accel: accel, Warm: warmOpts,
+	d.engine = qemu.New(&engine.QEMU{StateDir: o.stateDir}, accel)
+	if d.vms, d.images, err = newVMs(startCtx, vm.Config{StateDir: o.stateDir, Engine: d.engine, Warm: warmOpts,
 		DB: db, Ops: d.ops, Helper: helper, Bridge: bridge, Interrupted: interruptedCreates(interrupted)}); err != nil {
 		return fail(service.ExitFailed, err)
 	}
@@ -315,5 +317,6 @@ type daemon struct {
 	vms      *vm.Service
 	images   *imageMethods
 	kernels  *kernelMethods
-	system   bool // serving on the system install's socket: systemd runs it
+	engine   *qemu.Engine // the VMs' (host.accel asks it)
+	system   bool         // serving on the system install's socket: systemd runs it
 }

@@ -19,10 +19,10 @@ type kvmProber interface {
 // and why. It boots nothing (the doctor promises that): with no kept
 // answer it checks /dev/kvm only, and the first VM start test-boots.
 func (d *daemon) hostAccel(ctx context.Context, _ rpc.NoParams) (api.HostAccelResult, error) {
-	q, accel, ok := d.vms.QEMU()
-	if !ok {
+	if d.engine == nil {
 		return api.HostAccelResult{}, rpc.Errorf(rpc.CodeUnavailable, "this daemon's engine does not report its accelerator")
 	}
+	q, accel := d.engine.QEMU()
 	return reportAccel(ctx, accel, q)
 }
 

@@ -211,13 +211,13 @@ func (s *Service) removeTap(ctx context.Context, name string) error {
 	return err
 }
 
-// launchTap is the bridged network of a VM about to boot.
-func (s *Service) launchTap(vm state.VM) (*launchTap, error) {
+// LaunchTap is the bridged network of a VM about to boot.
+func (s *Service) LaunchTap(vm state.VM) (*LaunchTap, error) {
 	addr, err := netip.ParseAddr(vm.Address)
 	if err != nil || vm.Tap == "" {
 		return nil, fmt.Errorf("vm %s has no address or no tap (address %q, tap %q)", vm.Name, vm.Address, vm.Tap)
 	}
-	return &launchTap{Name: vm.Tap, MAC: macAddress(vm.ID), Address: netip.PrefixFrom(addr, s.bridge.cidr.Bits()),
+	return &LaunchTap{Name: vm.Tap, MAC: macAddress(vm.ID), Address: netip.PrefixFrom(addr, s.bridge.cidr.Bits()),
 		Gateway: s.bridge.gateway, DNS: s.bridge.dns, Search: s.bridge.search}, nil
 }
 

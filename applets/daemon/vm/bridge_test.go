@@ -64,10 +64,10 @@ func (h *fakeHelper) taken() []string {
 // attaches to nothing.
 type fakeEngine struct {
 	launchErr error
-	launched  []launchSpec
+	launched  []LaunchSpec
 }
 
-func (e *fakeEngine) Launch(ctx context.Context, spec launchSpec) (vmProcess, error) {
+func (e *fakeEngine) Launch(ctx context.Context, spec LaunchSpec) (Process, error) {
 	e.launched = append(e.launched, spec)
 	if e.launchErr != nil {
 		return nil, e.launchErr
@@ -75,23 +75,23 @@ func (e *fakeEngine) Launch(ctx context.Context, spec launchSpec) (vmProcess, er
 	return nil, errors.New("fake engine launches nothing")
 }
 
-func (e *fakeEngine) Attach(ctx context.Context, dir string, user *userNet) (vmProcess, error) {
+func (e *fakeEngine) Attach(ctx context.Context, dir string, user *UserNet) (Process, error) {
 	return nil, errors.New("not running")
 }
 
 func (e *fakeEngine) Leftovers(dir string) error { return nil }
-func (e *fakeEngine) AttachPaused(ctx context.Context, dir string) (vmProcess, error) {
+func (e *fakeEngine) AttachPaused(ctx context.Context, dir string) (Process, error) {
 	return nil, errors.New("not running")
 }
 func (e *fakeEngine) Identity() (string, error) { return "fake", nil }
 
 type fakeImages struct{}
 
-func (fakeImages) Resolve(ctx context.Context, name string) (vmImage, error) {
-	return vmImage{Name: name, Digest: "d", Created: time.Now(), Kernel: "/k"}, nil
+func (fakeImages) Resolve(ctx context.Context, name string) (Image, error) {
+	return Image{Name: name, Digest: "d", Created: time.Now(), Kernel: "/k"}, nil
 }
 func (fakeImages) Exists(ctx context.Context, name string) error { return nil }
-func (fakeImages) Overlay(ctx context.Context, img vmImage, dst string, diskMiB int) error {
+func (fakeImages) Overlay(ctx context.Context, img Image, dst string, diskMiB int) error {
 	return os.WriteFile(dst, nil, 0o600)
 }
 
@@ -426,7 +426,7 @@ func TestServeDNSAnswersBridgedVMs(t *testing.T) {
 		t.Errorf("dns name %q", got)
 	}
 	web.Tap = "bgtap-1"
-	if lt, err := s.launchTap(web); err != nil || lt.DNS.String() != "10.77.0.1" || lt.Search != "vm" {
-		t.Errorf("launchTap: %+v, %v; want the bridge as the name server", lt, err)
+	if lt, err := s.LaunchTap(web); err != nil || lt.DNS.String() != "10.77.0.1" || lt.Search != "vm" {
+		t.Errorf("LaunchTap: %+v, %v; want the bridge as the name server", lt, err)
 	}
 }

@@ -3,14 +3,17 @@ package vm
 import (
 	"context"
 	"errors"
+	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
 
 	"banger/internal/layout"
+	"banger/internal/printable"
 	"banger/logging"
 )
 
@@ -90,4 +93,49 @@ func trimConsole(path string, max int64) (int64, error) {
 		return 0, err
 	}
 	return cut, nil
+}
+
+// LastLines is the last n non-empty lines of a file, joined with " | ",
+// read from its last 4 KiB.
+func LastLines(path string, n int) string {
+	tail, err := readTail(path, 4096)
+	if err != nil {
+		return "(" + err.Error() + ")"
+	}
+	return lastLinesOf(tail, n)
+}
+
+// readTail is the last max bytes of a file.
+func readTail(path string, max int64) (string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	if fi, err := f.Stat(); err == nil && fi.Size() > max {
+		f.Seek(fi.Size()-max, io.SeekStart)
+	}
+	b, err := io.ReadAll(io.LimitReader(f, max))
+	return string(b), err
+}
+
+// consoleTail is the end of a VM's console (nothing when it has none).
+func consoleTail(instanceDir string) string {
+	tail, _ := readTail(filepath.Join(instanceDir, layout.Console), 8192)
+	return tail
+}
+
+// lastLinesOf is the last n non-empty lines of text, joined with " | ",
+// without control characters: the text is a guest's (its console).
+func lastLinesOf(text string, n int) string {
+	var lines []string
+	for _, l := range strings.Split(text, "\n") {
+		if l = printable.String(l, 0); l != "" {
+			lines = append(lines, l)
+		}
+	}
+	if len(lines) == 0 {
+		return "(nothing)"
+	}
+	return strings.Join(lines[max(0, len(lines)-n):], " | ")
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"os"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 )
@@ -50,5 +51,23 @@ func TestTrimConsole(t *testing.T) {
 		if !bytes.HasSuffix(b, []byte("the end\nafter\n")) {
 			t.Errorf("%s: the console's end is lost: %q", dir, b[max(0, len(b)-40):])
 		}
+	}
+}
+
+func TestLastLines(t *testing.T) {
+	dir := t.TempDir()
+	p := filepath.Join(dir, "console.log")
+	long := strings.Repeat("noise line\n", 1000) + "\nKernel panic - not syncing: VFS\n\n---[ end Kernel panic ]---\n"
+	os.WriteFile(p, []byte(long), 0o600)
+	got := LastLines(p, 2)
+	if got != "Kernel panic - not syncing: VFS | ---[ end Kernel panic ]---" {
+		t.Errorf("LastLines = %q", got)
+	}
+	os.WriteFile(p, nil, 0o600)
+	if got := LastLines(p, 3); got != "(nothing)" {
+		t.Errorf("empty file: %q", got)
+	}
+	if got := LastLines(filepath.Join(dir, "gone"), 3); !strings.Contains(got, "no such file") {
+		t.Errorf("missing file: %q", got)
 	}
 }

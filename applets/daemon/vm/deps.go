@@ -13,35 +13,36 @@ import (
 
 // What the VM service needs of the engine, the image store and the guest
 // agent's channel, as small interfaces: the concrete packages (engine,
-// imagestore, agentlink) are wired in by adapters (qemu.go), and a
+// imagestore, agentlink) are wired in by adapters (package vm/qemu,
+// images.go), and a
 // Firecracker engine or a vsock channel plugs in the same way.
 
-// errExitedAtStart wraps a launch's error when the engine process ended
+// ErrExitedAtStart wraps a launch's error when the engine process ended
 // as it started: for a launch that loads a saved state, the state did
 // not load.
-var errExitedAtStart = errors.New("the engine exited as it started")
+var ErrExitedAtStart = errors.New("the engine exited as it started")
 
-// vmEngine starts VM processes and finds them again after a restart.
-type vmEngine interface {
-	Launch(ctx context.Context, spec launchSpec) (vmProcess, error)
+// Engine starts VM processes and finds them again after a restart.
+type Engine interface {
+	Launch(ctx context.Context, spec LaunchSpec) (Process, error)
 	// Attach finds the running engine process of an instance directory;
 	// an error means it is not running (or not ours). A user-mode VM's
 	// network is made again from user (nil for a bridged VM).
-	Attach(ctx context.Context, instanceDir string, user *userNet) (vmProcess, error)
+	Attach(ctx context.Context, instanceDir string, user *UserNet) (Process, error)
 	// Leftovers removes the runtime files (sockets, pidfile) of an
 	// instance whose process is gone, keeping its disk.
 	Leftovers(instanceDir string) error
 	// AttachPaused finds the process of an instance directory, like
 	// Attach, but does not wait for its agent: its guest is paused (a
 	// standby, moved into a VM's directory).
-	AttachPaused(ctx context.Context, instanceDir string) (vmProcess, error)
+	AttachPaused(ctx context.Context, instanceDir string) (Process, error)
 	// Identity names the engine's build, for warm snapshots' keys: a
 	// state saved by one engine is loaded only by the same.
 	Identity() (string, error)
 }
 
-// launchSpec is one boot of a VM.
-type launchSpec struct {
+// LaunchSpec is one boot of a VM.
+type LaunchSpec struct {
 	InstanceDir string
 	Kernel      string
 	Initrd      string
@@ -52,40 +53,40 @@ type launchSpec struct {
 	MemoryMiB   int
 	// User is a user-mode VM's network; nil with no Tap is one with no
 	// published ports that reaches nothing of the host (a standby's).
-	User *userNet
+	User *UserNet
 	// Tap is a bridged VM's network; nil gives it user-mode networking.
-	Tap *launchTap
+	Tap *LaunchTap
 	// Incoming is a saved state the VM loads as it starts, instead of
-	// booting (vmProcess.LoadState waits for it).
+	// booting (Process.LoadState waits for it).
 	Incoming string
 	// AwaitState launches the VM without booting, its memory allocated,
-	// to be given a state later (vmProcess.StartLoad).
+	// to be given a state later (Process.StartLoad).
 	AwaitState bool
 }
 
-// guestIdentity is what a guest restored from a warm snapshot is told it
+// GuestIdentity is what a guest restored from a warm snapshot is told it
 // is: the snapshot's memory holds the identity of the guest it was taken
 // from.
-type guestIdentity struct {
+type GuestIdentity struct {
 	Hostname  string
 	MachineID string
 	BootID    string
 	Seed      []byte
 	Time      time.Time
 	// Tap is the bridged network; nil is user-mode networking.
-	Tap *launchTap
+	Tap *LaunchTap
 }
 
-// userNet is a user-mode VM's network: the ports it publishes and the
+// UserNet is a user-mode VM's network: the ports it publishes and the
 // host loopback ports it reaches.
-type userNet struct {
+type UserNet struct {
 	Ports     []state.PortForward
 	AllowHost []int
 }
 
-// launchTap is a VM's network device on an existing tap, and the guest's
+// LaunchTap is a VM's network device on an existing tap, and the guest's
 // static configuration.
-type launchTap struct {
+type LaunchTap struct {
 	Name    string
 	MAC     string
 	Address netip.Prefix // the guest's address on the bridge
@@ -94,8 +95,8 @@ type launchTap struct {
 	Search  string     // the guest's search domain, "" for none
 }
 
-// vmHelper is the root helper as the VM service uses it (helperLink).
-type vmHelper interface {
+// Helper is the root helper as the VM service uses it (helperLink).
+type Helper interface {
 	// Call makes one priv.* call with ctx's op id.
 	Call(ctx context.Context, method string, params, result any) error
 	// Configured is false when the daemon runs without a helper
@@ -103,18 +104,18 @@ type vmHelper interface {
 	Configured() bool
 }
 
-// vmProcess is a running engine process, in two roles: the machine (its
+// Process is a running engine process, in two roles: the machine (its
 // process, CPUs, memory state and network) and the guest agent inside it.
-type vmProcess interface {
-	vmMachine
-	vmAgent
+type Process interface {
+	Machine
+	Agent
 	// Close lets go of the process (its agent link, its user network)
 	// without ending it.
 	Close() error
 }
 
-// vmMachine is what the engine does with a VM's process.
-type vmMachine interface {
+// Machine is what the engine does with a VM's process.
+type Machine interface {
 	PID() int
 	// Exited is closed when the process has exited (the guest powered
 	// off, panicked, or the process was killed).
@@ -147,9 +148,9 @@ type vmMachine interface {
 	Moved(dir string)
 }
 
-// vmAgent is what the VM service asks of the guest agent (and, where the
+// Agent is what the VM service asks of the guest agent (and, where the
 // agent does not answer, of the machine on its behalf).
-type vmAgent interface {
+type Agent interface {
 	// CheckStandby is the cheap check of a standby before a create takes
 	// it, bounded by ctx: its process alive, its agent link open, its
 	// guest paused.
@@ -159,7 +160,7 @@ type vmAgent interface {
 	WaitAgent(ctx context.Context) (bootID string, err error)
 	// Resume waits for the restored guest's agent and gives it its
 	// identity; it returns the boot id the agent then reports.
-	Resume(ctx context.Context, id guestIdentity) (bootID string, err error)
+	Resume(ctx context.Context, id GuestIdentity) (bootID string, err error)
 	// Shutdown asks the guest to power off (agent first, then ACPI) and
 	// waits for the process to exit, until ctx ends.
 	Shutdown(ctx context.Context) error
@@ -173,20 +174,20 @@ type vmAgent interface {
 	GuestPorts(ctx context.Context) ([]api.GuestPort, error)
 }
 
-// vmImages resolves images for VMs.
-type vmImages interface {
+// Images resolves images for VMs.
+type Images interface {
 	// Resolve returns the image called name, assembling the default image
 	// on first use.
-	Resolve(ctx context.Context, name string) (vmImage, error)
+	Resolve(ctx context.Context, name string) (Image, error)
 	// Exists checks that the image is known (or is the default), at once,
 	// so a bad name fails the call rather than the operation.
 	Exists(ctx context.Context, name string) error
 	// Overlay makes a VM's copy-on-write disk on the image at dst.
-	Overlay(ctx context.Context, img vmImage, dst string, diskMiB int) error
+	Overlay(ctx context.Context, img Image, dst string, diskMiB int) error
 }
 
-// vmImage is the parts of an image a boot needs.
-type vmImage struct {
+// Image is the parts of an image a boot needs.
+type Image struct {
 	Name       string
 	Digest     string
 	SizeBytes  int64

@@ -11,7 +11,9 @@
 // exec and copy sessions over the agent link (sessions.go), a bounded
 // console (console.go), and an exit that is noticed (exit.go).
 //
-// The service talks to the engine, the image store and the guest's agent
-// through small interfaces (deps.go); qemu.go adapts QEMU's engine, the
-// agent link and the image store to them, and New wires them up.
+// The service talks to its engine, the image store and the guest's
+// agent through small interfaces (deps.go: Engine, Process in its two
+// roles, Machine and Agent, Images); package vm/qemu is the Engine on
+// QEMU (with the user network and the agent link), images.go adapts the
+// image store, and New takes them all from the daemon's composition root.
 package vm

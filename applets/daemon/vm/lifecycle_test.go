@@ -35,7 +35,7 @@ type machineEngine struct {
 	standbyFails int
 }
 
-func (e *machineEngine) Launch(ctx context.Context, spec launchSpec) (vmProcess, error) {
+func (e *machineEngine) Launch(ctx context.Context, spec LaunchSpec) (Process, error) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	e.launched = append(e.launched, spec)
@@ -131,7 +131,7 @@ func (m *fakeMachine) WaitAgent(ctx context.Context) (string, error) {
 	return "0b0e5c2d-6a1f-4c8e-9d3b-7f2a1e4c5d6f", nil
 }
 
-func (m *fakeMachine) Resume(ctx context.Context, id guestIdentity) (string, error) {
+func (m *fakeMachine) Resume(ctx context.Context, id GuestIdentity) (string, error) {
 	return m.WaitAgent(ctx)
 }
 
@@ -297,13 +297,13 @@ func warmService(t *testing.T) (*Service, *machineEngine) {
 // names.
 type kernelImages struct{ kernel string }
 
-func (k kernelImages) Resolve(ctx context.Context, name string) (vmImage, error) {
+func (k kernelImages) Resolve(ctx context.Context, name string) (Image, error) {
 	img, err := fakeImages{}.Resolve(ctx, name)
 	img.Kernel = k.kernel
 	return img, err
 }
 func (kernelImages) Exists(ctx context.Context, name string) error { return nil }
-func (kernelImages) Overlay(ctx context.Context, img vmImage, dst string, diskMiB int) error {
+func (kernelImages) Overlay(ctx context.Context, img Image, dst string, diskMiB int) error {
 	return fakeImages{}.Overlay(ctx, img, dst, diskMiB)
 }
 
@@ -379,7 +379,7 @@ func TestAFailedStandbyIsTriedAgain(t *testing.T) {
 	e.mu.Lock()
 	e.standbyFails = standbyAttempts
 	e.mu.Unlock()
-	s.fillStandby(context.Background(), key, vmImage{Name: api.DefaultImage}, nil)
+	s.fillStandby(context.Background(), key, Image{Name: api.DefaultImage}, nil)
 	st := s.StandbyStatus(api.DefaultImage)
 	if st.Ready != 0 || st.Filling || !strings.Contains(st.Skipped, "QEMU did not answer in time") {
 		t.Errorf("after %d failures: %+v", standbyAttempts, st)

@@ -35,10 +35,10 @@ const (
 type Service struct {
 	db     *state.DB
 	ops    *operation.Registry
-	engine vmEngine
-	images vmImages
+	engine Engine
+	images Images
 	root   string         // instance directories: root/<vm id>
-	helper vmHelper       // the root helper: bridges, taps, NAT
+	helper Helper         // the root helper: bridges, taps, NAT
 	bridge BridgeNet      // where bridged VMs go
 	warm   *warmStarts    // nil: every VM boots
 	log    zerolog.Logger // for work no call asked for (a VM that ended on its own)
@@ -54,11 +54,11 @@ type Service struct {
 // runningProc is a running VM's engine process and the watch on its exit
 // (exit.go), which ends when the process is replaced or forgotten.
 type runningProc struct {
-	proc    vmProcess
+	proc    Process
 	unwatch chan struct{}
 }
 
-func newVMService(db *state.DB, ops *operation.Registry, eng vmEngine, images vmImages, root string, helper vmHelper, bridge BridgeNet) *Service {
+func newVMService(db *state.DB, ops *operation.Registry, eng Engine, images Images, root string, helper Helper, bridge BridgeNet) *Service {
 	return &Service{db: db, ops: ops, engine: eng, images: images, root: root, helper: helper, bridge: bridge, log: zerolog.Nop(),
 		busy: map[string]*busyWith{}, procs: map[string]*runningProc{}}
 }
@@ -113,7 +113,7 @@ type busyWith struct {
 	done  chan struct{} // closed when it ends
 }
 
-func (s *Service) proc(name string) vmProcess {
+func (s *Service) proc(name string) Process {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if r := s.procs[name]; r != nil {
@@ -124,7 +124,7 @@ func (s *Service) proc(name string) vmProcess {
 
 // setProc records the running process of a VM (nil: none), closing the
 // one it replaces, and watches for its exit.
-func (s *Service) setProc(name string, p vmProcess) {
+func (s *Service) setProc(name string, p Process) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	old := s.procs[name]
@@ -145,7 +145,7 @@ func (s *Service) setProc(name string, p vmProcess) {
 
 // forgetProc drops p as the VM's process, if it is, without closing it
 // (its caller does).
-func (s *Service) forgetProc(name string, p vmProcess) {
+func (s *Service) forgetProc(name string, p Process) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if r := s.procs[name]; r != nil && r.proc == p {
@@ -213,7 +213,7 @@ func (s *Service) CreateBegin(ctx context.Context, p api.VMCreate) (api.Operatio
 // the first way its guest can come up (start.go).
 func (s *Service) create(ctx context.Context, prog *operation.Progress, p api.VMCreate, vm state.VM, plan *warmPlan) (api.VM, error) {
 	network := vm.Network
-	var img vmImage
+	var img Image
 	var saved chan struct{} // closed once the steps (a snapshot's save among them) are over
 	steps := []operation.Step{
 		{Name: "resolve image", Do: func(ctx context.Context) (err error) {
@@ -316,7 +316,7 @@ func validateCreate(p api.VMCreate) error {
 }
 
 // markRunning records a VM whose guest is ready.
-func (s *Service) markRunning(ctx context.Context, name string, proc vmProcess, bootID string) error {
+func (s *Service) markRunning(ctx context.Context, name string, proc Process, bootID string) error {
 	if _, err := s.db.UpdateVM(ctx, name, func(v *state.VM) error {
 		v.State, v.BootID = state.VMRunning, bootID
 		return nil
@@ -647,7 +647,7 @@ func (s *Service) reconcile(ctx context.Context, interrupted map[string]bool) er
 const attachConcurrency = 8
 
 type attachResult struct {
-	proc vmProcess
+	proc Process
 	err  error
 }
 
@@ -673,9 +673,9 @@ func (s *Service) attachAll(ctx context.Context, vms []state.VM, interrupted map
 			defer wg.Done()
 			sem <- struct{}{}
 			defer func() { <-sem }()
-			var user *userNet
+			var user *UserNet
 			if vm.Network != api.NetworkBridge {
-				user = &userNet{Ports: vm.Ports, AllowHost: vm.AllowHost}
+				user = &UserNet{Ports: vm.Ports, AllowHost: vm.AllowHost}
 			}
 			proc, err := s.engine.Attach(ctx, vm.InstanceDir, user)
 			mu.Lock()

@@ -31,7 +31,7 @@ import (
 const sessionOpenTimeout = 30 * time.Second
 
 // running returns a VM that must be running and its engine process.
-func (s *Service) running(ctx context.Context, name string) (state.VM, vmProcess, error) {
+func (s *Service) running(ctx context.Context, name string) (state.VM, Process, error) {
 	vm, err := s.db.GetVM(ctx, name)
 	if err != nil {
 		return vm, nil, err

@@ -32,7 +32,7 @@ import (
 // A standby may wait for hours: nothing the daemon holds open to it times
 // out while it is paused (agentlink.MuxConfig). One whose QEMU exits
 // while it waits is replaced at once; one that fails its check when a
-// create takes it (vmProcess.CheckStandby) is discarded, and the create
+// create takes it (Process.CheckStandby) is discarded, and the create
 // restores instead (start.go).
 
 // standbyWait bounds how long a create waits for a standby on its way
@@ -60,13 +60,13 @@ const standbyOverheadMiB = 96
 type standby struct {
 	key  warm.Key
 	dir  string // under the standby root, until a create takes it
-	proc vmProcess
+	proc Process
 }
 
 // standbyPool is an image's standbys, all of one key.
 type standbyPool struct {
 	key   warm.Key
-	img   vmImage
+	img   Image
 	ready []*standby
 	// filling is closed when the filler of this pool ends; nil when none
 	// runs. One filler at a time makes the pool's standbys one by one.
@@ -145,7 +145,7 @@ func (ps *standbyPools) keyOf(image string) (warm.Key, bool) {
 // when it needs no filler: one runs already (also one of the old key,
 // which discards what it makes), it is full, or the daemon is stopping.
 // done ends the fill.
-func (ps *standbyPools) startFill(key warm.Key, img vmImage) (pool *standbyPool, stale []*standby, done func(), ok bool) {
+func (ps *standbyPools) startFill(key warm.Key, img Image) (pool *standbyPool, stale []*standby, done func(), ok bool) {
 	ps.mu.Lock()
 	defer ps.mu.Unlock()
 	pool = ps.pools[key.Image]
@@ -325,11 +325,11 @@ func (s *Service) takeStandby(ctx context.Context, plan *warmPlan, vm state.VM) 
 // that died.
 //
 // Each process is launched before the state is there, its memory
-// allocated (launchSpec.AwaitState), then given the snapshot: on this
+// allocated (LaunchSpec.AwaitState), then given the snapshot: on this
 // kind of host, touching a new process's memory for the first time is
 // most of what loading a state costs, and a standby made while the first
 // VM of an image boots pays it then.
-func (s *Service) fillStandby(ctx context.Context, key warm.Key, img vmImage, saved <-chan struct{}) {
+func (s *Service) fillStandby(ctx context.Context, key warm.Key, img Image, saved <-chan struct{}) {
 	w := s.warm
 	if old, ok := w.pools.keyOf(key.Image); ok && old != key && saved != nil {
 		// The image's snapshot of another shape stays, and its standbys
@@ -407,7 +407,7 @@ func (s *Service) standbyFits(key warm.Key) string {
 
 // makeStandby makes one standby of key: launched, given the snapshot
 // (once saved is closed, when it is not nil), run once and paused.
-func (s *Service) makeStandby(ctx context.Context, key warm.Key, img vmImage, saved <-chan struct{}) (*standby, error) {
+func (s *Service) makeStandby(ctx context.Context, key warm.Key, img Image, saved <-chan struct{}) (*standby, error) {
 	ctx, cancel := context.WithTimeout(ctx, 2*bootTimeout)
 	defer cancel()
 	dir := filepath.Join(s.standbyRoot(), strings.ToLower(ulid.Make().String()))
@@ -422,7 +422,7 @@ func (s *Service) makeStandby(ctx context.Context, key warm.Key, img vmImage, sa
 		if err := s.images.Overlay(ctx, img, disk, key.DiskMiB); err != nil {
 			return err
 		}
-		sb.proc, err = s.engine.Launch(ctx, launchSpec{InstanceDir: dir, Kernel: img.Kernel, Initrd: img.Initrd,
+		sb.proc, err = s.engine.Launch(ctx, LaunchSpec{InstanceDir: dir, Kernel: img.Kernel, Initrd: img.Initrd,
 			KernelArgs: img.KernelArgs, Disk: disk, Hostname: "standby", CPUs: key.CPUs, MemoryMiB: key.MemoryMiB, AwaitState: true})
 		if err != nil {
 			return err

@@ -33,7 +33,7 @@ import (
 // disk by then, and boots.
 
 // startWays brings a new VM's guest up, the first way that can.
-func (s *Service) startWays(ctx context.Context, vm state.VM, img *vmImage, plan *warmPlan) operation.Step {
+func (s *Service) startWays(ctx context.Context, vm state.VM, img *Image, plan *warmPlan) operation.Step {
 	return operation.FirstOf(
 		s.standbyWay(ctx, vm, plan),
 		s.restoreWay(vm, img, plan),
@@ -45,7 +45,7 @@ func (s *Service) startWays(ctx context.Context, vm state.VM, img *vmImage, plan
 // (or on its way: takeStandby waits for it a little).
 func (s *Service) standbyWay(ctx context.Context, vm state.VM, plan *warmPlan) operation.Way {
 	var sb *standby
-	var proc vmProcess
+	var proc Process
 	return operation.Way{Name: "standby",
 		Usable: func() bool {
 			sb = s.takeStandby(ctx, plan, vm)
@@ -71,7 +71,7 @@ func (s *Service) standbyWay(ctx context.Context, vm state.VM, plan *warmPlan) o
 // adoptStandby makes a standby the VM's process, once it passed its
 // check: its directory becomes the VM's, and it gets the VM's ports. A
 // standby that fails is discarded here (its step has no undo yet).
-func (s *Service) adoptStandby(ctx context.Context, sb *standby, vm state.VM) (vmProcess, error) {
+func (s *Service) adoptStandby(ctx context.Context, sb *standby, vm state.VM) (Process, error) {
 	cctx, cancel := context.WithTimeout(ctx, standbyCheckTimeout)
 	err := sb.proc.CheckStandby(cctx)
 	cancel()
@@ -86,7 +86,7 @@ func (s *Service) adoptStandby(ctx context.Context, sb *standby, vm state.VM) (v
 	// Its sockets and files moved with the directory.
 	sb.proc.Moved(vm.InstanceDir)
 	proc := sb.proc
-	fail := func(err error) (vmProcess, error) {
+	fail := func(err error) (Process, error) {
 		s.endLaunch(ctx, vm.Name, proc)
 		os.RemoveAll(vm.InstanceDir)
 		return nil, err
@@ -109,9 +109,9 @@ func (s *Service) adoptStandby(ctx context.Context, sb *standby, vm state.VM) (v
 }
 
 // restoreWay restores the image's warm snapshot into a new process.
-func (s *Service) restoreWay(vm state.VM, img *vmImage, plan *warmPlan) operation.Way {
-	var proc vmProcess
-	var spec launchSpec
+func (s *Service) restoreWay(vm state.VM, img *Image, plan *warmPlan) operation.Way {
+	var proc Process
+	var spec LaunchSpec
 	return operation.Way{Name: "restore",
 		Usable: func() bool { return s.canRestore(plan) },
 		Steps: []operation.Step{
@@ -142,14 +142,14 @@ func (s *Service) restoreWay(vm state.VM, img *vmImage, plan *warmPlan) operatio
 // restoreLaunchStep launches the VM loading the snapshot's state. QEMU
 // reads the state as it starts, so a state that does not load can end it
 // before the launch returns: that is a failed restore too.
-func (s *Service) restoreLaunchStep(name string, img *vmImage, proc *vmProcess, spec *launchSpec, plan *warmPlan) operation.Step {
-	step := s.launchStep(name, img, proc, spec, func(spec *launchSpec) {
+func (s *Service) restoreLaunchStep(name string, img *Image, proc *Process, spec *LaunchSpec, plan *warmPlan) operation.Step {
+	step := s.launchStep(name, img, proc, spec, func(spec *LaunchSpec) {
 		spec.Incoming = filepath.Join(spec.InstanceDir, layout.WarmMemory)
 	})
 	launch := step.Do
 	step.Do = func(ctx context.Context) error {
 		err := launch(ctx)
-		if errors.Is(err, errExitedAtStart) {
+		if errors.Is(err, ErrExitedAtStart) {
 			return s.dropSnapshot(plan, err)
 		}
 		return err
@@ -166,9 +166,9 @@ func (s *Service) dropSnapshot(plan *warmPlan, err error) error {
 
 // bootWay boots the VM on a disk of its own over the image, and saves the
 // image's snapshot when the plan says to.
-func (s *Service) bootWay(vm state.VM, img *vmImage, plan *warmPlan) operation.Way {
-	var proc vmProcess
-	var spec launchSpec
+func (s *Service) bootWay(vm state.VM, img *Image, plan *warmPlan) operation.Way {
+	var proc Process
+	var spec LaunchSpec
 	return operation.Way{Name: "boot", Steps: []operation.Step{
 		s.overlayStep(vm, img),
 		s.launchStep(vm.Name, img, &proc, &spec, nil),
@@ -178,7 +178,7 @@ func (s *Service) bootWay(vm state.VM, img *vmImage, plan *warmPlan) operation.W
 }
 
 // overlayStep makes a new VM's disk: copy-on-write over its image.
-func (s *Service) overlayStep(vm state.VM, img *vmImage) operation.Step {
+func (s *Service) overlayStep(vm state.VM, img *Image) operation.Step {
 	return operation.Step{Name: "make disk", Do: func(ctx context.Context) error {
 		if err := os.MkdirAll(vm.InstanceDir, 0o700); err != nil {
 			return err
@@ -191,9 +191,9 @@ func (s *Service) overlayStep(vm state.VM, img *vmImage) operation.Step {
 
 // bootSteps boot a VM that has its disk already (vm start, restart).
 func (s *Service) bootSteps(name, network string) []operation.Step {
-	var proc vmProcess
-	var spec launchSpec
-	var img vmImage
+	var proc Process
+	var spec LaunchSpec
+	var img Image
 	var steps []operation.Step
 	if network == api.NetworkBridge {
 		steps = s.bridgeSteps(name)
@@ -205,7 +205,7 @@ func (s *Service) bootSteps(name, network string) []operation.Step {
 // adjust (may be nil) changes the launch (a restore's saved state). The
 // pid is recorded as soon as the process exists (the engine's pidfile
 // already holds it, for a daemon that dies in between).
-func (s *Service) launchStep(name string, img *vmImage, proc *vmProcess, spec *launchSpec, adjust func(*launchSpec)) operation.Step {
+func (s *Service) launchStep(name string, img *Image, proc *Process, spec *LaunchSpec, adjust func(*LaunchSpec)) operation.Step {
 	return operation.Step{Name: "launch", Do: func(ctx context.Context) error {
 		vm, err := s.db.UpdateVM(ctx, name, func(v *state.VM) error {
 			v.State, v.LastError = state.VMStarting, ""
@@ -219,18 +219,18 @@ func (s *Service) launchStep(name string, img *vmImage, proc *vmProcess, spec *l
 				return err
 			}
 		}
-		*spec = launchSpec{
+		*spec = LaunchSpec{
 			InstanceDir: vm.InstanceDir, Kernel: img.Kernel, Initrd: img.Initrd, KernelArgs: img.KernelArgs,
 			Disk: filepath.Join(vm.InstanceDir, layout.Disk), Hostname: vm.Name, CPUs: vm.CPUs, MemoryMiB: vm.MemoryMiB,
 		}
 		if vm.Network != api.NetworkBridge {
-			spec.User = &userNet{Ports: vm.Ports, AllowHost: vm.AllowHost}
+			spec.User = &UserNet{Ports: vm.Ports, AllowHost: vm.AllowHost}
 		}
 		if adjust != nil {
 			adjust(spec)
 		}
 		if vm.Network == api.NetworkBridge {
-			if spec.Tap, err = s.launchTap(vm); err != nil {
+			if spec.Tap, err = s.LaunchTap(vm); err != nil {
 				return err
 			}
 		}
@@ -246,7 +246,7 @@ func (s *Service) launchStep(name string, img *vmImage, proc *vmProcess, spec *l
 }
 
 // endLaunch undoes a launch: the process ends, and the VM is stopped.
-func (s *Service) endLaunch(ctx context.Context, name string, proc vmProcess) error {
+func (s *Service) endLaunch(ctx context.Context, name string, proc Process) error {
 	if proc == nil {
 		return nil
 	}
@@ -261,7 +261,7 @@ func (s *Service) endLaunch(ctx context.Context, name string, proc vmProcess) er
 }
 
 // waitAgentStep waits for a booting guest's agent to say it is ready.
-func (s *Service) waitAgentStep(name string, proc *vmProcess) operation.Step {
+func (s *Service) waitAgentStep(name string, proc *Process) operation.Step {
 	return operation.Step{Name: "wait for agent", Do: func(ctx context.Context) error {
 		ctx, cancel := context.WithTimeout(ctx, bootTimeout)
 		defer cancel()
@@ -278,7 +278,7 @@ func (s *Service) waitAgentStep(name string, proc *vmProcess) operation.Step {
 
 // resumeGuest gives a restored guest its own identity (tap: a bridged
 // VM's network) and records it running.
-func (s *Service) resumeGuest(ctx context.Context, name string, proc vmProcess, tap *launchTap) error {
+func (s *Service) resumeGuest(ctx context.Context, name string, proc Process, tap *LaunchTap) error {
 	ctx, cancel := context.WithTimeout(ctx, bootTimeout)
 	defer cancel()
 	id, err := newIdentity(name, tap)

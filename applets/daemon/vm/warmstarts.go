@@ -102,7 +102,7 @@ type warmPlan struct {
 
 // planWarm works out the snapshot key of a new VM; a VM that boots cold
 // (--cold, or a key that cannot be known) gets no plan.
-func (s *Service) planWarm(ctx context.Context, plan *warmPlan, img vmImage, vm vmShape) {
+func (s *Service) planWarm(ctx context.Context, plan *warmPlan, img Image, vm vmShape) {
 	if s.warm == nil || plan == nil {
 		return
 	}
@@ -124,7 +124,7 @@ type vmShape struct {
 	Network                  string // the network mode: its state is in the snapshot
 }
 
-func (s *Service) warmKey(img vmImage, vm vmShape) (warm.Key, error) {
+func (s *Service) warmKey(img Image, vm vmShape) (warm.Key, error) {
 	k := warm.Key{Image: img.Name, ImageDigest: img.Digest, Agent: img.AgentSHA256,
 		CPUs: vm.CPUs, MemoryMiB: vm.MemoryMiB, DiskMiB: vm.DiskMiB}
 	if vm.Network == api.NetworkBridge {
@@ -167,7 +167,7 @@ func (s *Service) wantsSave(plan *warmPlan) bool {
 // state saved and its disk copied, then running again. A snapshot that
 // cannot be saved only costs later VMs their warm start; a VM that
 // cannot run again fails the create.
-func (s *Service) saveStep(plan *warmPlan, proc *vmProcess, disk func() string) operation.Step {
+func (s *Service) saveStep(plan *warmPlan, proc *Process, disk func() string) operation.Step {
 	return operation.Step{Name: "save warm snapshot", When: func() bool { return s.wantsSave(plan) }, Do: func(ctx context.Context) error {
 		primeGuest(ctx, *proc)
 		var resumeErr error
@@ -205,7 +205,7 @@ func (s *Service) saveStep(plan *warmPlan, proc *vmProcess, disk func() string) 
 // a restored guest then reads none of it from its disk, which under TCG
 // costs its first command hundreds of milliseconds. An image without a
 // shell is saved as it is.
-func primeGuest(ctx context.Context, proc vmProcess) {
+func primeGuest(ctx context.Context, proc Process) {
 	logging.Stage(ctx, "prime guest", func(ctx context.Context) error {
 		conn, err := proc.OpenSession(ctx, agentlink.MethodExec, session.Exec{Argv: []string{"sh", "-c", "true"}})
 		if err == nil {
@@ -219,13 +219,13 @@ func primeGuest(ctx context.Context, proc vmProcess) {
 }
 
 // newIdentity is a fresh identity for a restored guest.
-func newIdentity(hostname string, tap *launchTap) (guestIdentity, error) {
+func newIdentity(hostname string, tap *LaunchTap) (GuestIdentity, error) {
 	b := make([]byte, 16+16+64)
 	if _, err := rand.Read(b); err != nil {
-		return guestIdentity{}, err
+		return GuestIdentity{}, err
 	}
 	boot := hex.EncodeToString(b[16:32])
-	return guestIdentity{
+	return GuestIdentity{
 		Hostname:  hostname,
 		MachineID: hex.EncodeToString(b[:16]),
 		BootID:    boot[:8] + "-" + boot[8:12] + "-" + boot[12:16] + "-" + boot[16:20] + "-" + boot[20:],

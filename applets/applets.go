@@ -20,7 +20,7 @@ func Table(build api.Build) *registry.Table {
 	t.Register(registry.Applet{Name: api.AppletDaemon, Summary: "the daemon, as the owner user",
 		Run: func(args []string) int { return daemon.Main(build, args) }})
 	t.Register(registry.Applet{Name: api.AppletHelper, Summary: "the privileged helper, as root",
-		Run: func(args []string) int { return helper.Main(build, args) }})
+		Run: func(args []string) int { return helper.Main(build, t.Names(), args) }})
 	t.Register(registry.Applet{Name: api.AppletAgent, Summary: "the guest agent, as PID 1 inside a VM",
 		Run: func(args []string) int { return agent.Main(build, args) }})
 	t.Register(registry.Applet{Name: api.AppletClient, Summary: "the command line",

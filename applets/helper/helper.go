@@ -33,7 +33,7 @@ import (
 )
 
 // Main runs the helper with args (args[0] is the applet's name).
-func Main(build api.Build, args []string) int {
+func Main(build api.Build, applets []string, args []string) int {
 	app := &cli.App{
 		Name:    api.AppletHelper,
 		Usage:   "banger's privileged helper (runs as root)",
@@ -46,7 +46,8 @@ func Main(build api.Build, args []string) int {
 			&cli.StringFlag{Name: "log-file", Usage: "also append JSON records to `FILE`"},
 			&cli.StringFlag{Name: "lock-file", Value: DefaultLockFile, Usage: "order network changes with the host's other helpers by an flock on `FILE` (its directory must be root's alone)"},
 		},
-		Commands: []*cli.Command{newDoctorCommand()},
+		Commands: []*cli.Command{newDoctorCommand(), newSystemCommand()},
+		Metadata: map[string]any{appletsKey: applets, buildKey: build},
 		Action: func(c *cli.Context) error {
 			return run(c.Context, build, options{
 				socket:   c.String("socket"),

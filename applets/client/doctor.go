@@ -62,6 +62,7 @@ func doctorChecks() []doctor.Check[*doctorHost] {
 		{Name: "unit " + layout.HelperUnit, Run: checkUnit(layout.HelperUnit)},
 		{Name: "sudoers", Run: checkSudoers},
 		helperRow("bridge " + api.DefaultBridge),
+		helperRow("taps"),
 		helperRow("nat"),
 	}
 }

@@ -14,8 +14,8 @@ import (
 	"banger/internal/service"
 )
 
-// The helper's rows of `banger doctor`: the bridge and the NAT table it
-// makes, read with its own names and its own view of the host. `banger
+// The helper's rows of `banger doctor`: the bridge, the taps and the NAT
+// table it makes, read with its own names and its own view of the host. `banger
 // doctor` runs `bangerd-root doctor` as its own user: links read as
 // anyone's, nftables only as root.
 
@@ -25,6 +25,7 @@ type doctorHost struct {
 	uid       int
 	ipForward string
 	bridge    func(name string) (l hostLink, ok bool, err error)
+	links     func() ([]hostLink, error)
 	nat       func() (*natInfo, error) // nil, nil: no banger table
 }
 
@@ -36,6 +37,7 @@ type natInfo struct {
 func helperChecks() []doctor.Check[*doctorHost] {
 	return []doctor.Check[*doctorHost]{
 		{Name: "bridge " + api.DefaultBridge, Run: checkBridge},
+		{Name: "taps", Run: checkTaps},
 		{Name: "nat", Run: checkNAT},
 	}
 }
@@ -47,7 +49,7 @@ func newDoctorCommand() *cli.Command {
 		Name:  "doctor",
 		Usage: "check the bridge and the NAT table banger's bridged VMs use, as this user, and print them as JSON (banger doctor shows them)",
 		Action: func(c *cli.Context) error {
-			h := &doctorHost{uid: os.Getuid(), ipForward: ipForward, bridge: kernelView{}.link, nat: readNATInfo}
+			h := &doctorHost{uid: os.Getuid(), ipForward: ipForward, bridge: kernelView{}.link, links: listLinks, nat: readNATInfo}
 			b, err := json.Marshal(api.DoctorResult{Rows: doctor.Run(c.Context, h, helperChecks())})
 			if err != nil {
 				return cli.Exit(err.Error(), service.ExitFailed)
@@ -96,6 +98,39 @@ func checkBridge(ctx context.Context, h *doctorHost) api.DoctorRow {
 		addrs[i] = a.String()
 	}
 	return doctor.OK(name + " up, " + strings.Join(addrs, ", "))
+}
+
+// checkTaps reads banger's taps: each is a running bridged VM's, on the
+// bridge; one that is not (its VM gone without its daemon) warns.
+func checkTaps(ctx context.Context, h *doctorHost) api.DoctorRow {
+	ls, err := h.links()
+	if err != nil {
+		return doctor.Warn("taps_unreadable", err.Error(), "check the host's network links (ip link show)")
+	}
+	bridge := 0
+	for _, l := range ls {
+		if l.Name == api.DefaultBridge {
+			bridge = l.Index
+		}
+	}
+	var taps, loose []string
+	for _, l := range ls {
+		if !api.IsTapName(l.Name) {
+			continue
+		}
+		taps = append(taps, l.Name)
+		if bridge == 0 || l.Master != bridge {
+			loose = append(loose, l.Name)
+		}
+	}
+	switch {
+	case len(taps) == 0:
+		return doctor.Skip("no banger taps: no bridged VM runs")
+	case len(loose) > 0:
+		return doctor.Warn("taps_loose", "not on "+api.DefaultBridge+": "+strings.Join(loose, ", "),
+			"banger vm list, then stop and start their VMs (or banger network reset, with no bridged VM running)")
+	}
+	return doctor.OK(fmt.Sprintf("%d on %s: %s", len(taps), api.DefaultBridge, strings.Join(taps, ", ")))
 }
 
 // checkNAT reads banger's masquerade rules, which let bridged guests

@@ -23,6 +23,7 @@ func testDoctorHost(t *testing.T) *doctorHost {
 		uid:       os.Getuid(),
 		ipForward: filepath.Join(t.TempDir(), "ip_forward"),
 		bridge:    func(string) (hostLink, bool, error) { return hostLink{}, false, nil },
+		links:     func() ([]hostLink, error) { return nil, nil },
 		nat:       func() (*natInfo, error) { return nil, nil },
 	}
 }
@@ -65,6 +66,25 @@ func TestBridgeAndNATRows(t *testing.T) {
 	doctortest.Want(t, doctorRow(t, h, "nat"), api.DoctorWarn, "denied")
 }
 
+// Taps: none is a skip; each on the bridge is ok; one off it (its VM
+// gone without its daemon) warns and names it.
+func TestTapsRow(t *testing.T) {
+	h := testDoctorHost(t)
+	doctortest.Want(t, doctorRow(t, h, "taps"), api.DoctorSkip, "no banger taps")
+	links := []hostLink{{Name: "lo", Index: 1}, {Name: "banger0", Index: 5, Kind: "bridge"},
+		{Name: "bgtap-aaaa", Index: 6, Kind: "tap", Master: 5}, {Name: "eth0", Index: 2, Master: 0}}
+	h.links = func() ([]hostLink, error) { return links, nil }
+	doctortest.Want(t, doctorRow(t, h, "taps"), api.DoctorOK, "1 on banger0: bgtap-aaaa")
+	links = append(links, hostLink{Name: "bgtap-bbbb", Index: 7, Kind: "tap"})
+	r := doctorRow(t, h, "taps")
+	doctortest.Want(t, r, api.DoctorWarn, "not on banger0: bgtap-bbbb")
+	if r.Code != "taps_loose" {
+		t.Errorf("code %q", r.Code)
+	}
+	h.links = func() ([]hostLink, error) { return nil, errors.New("netlink: denied") }
+	doctortest.Want(t, doctorRow(t, h, "taps"), api.DoctorWarn, "denied")
+}
+
 // The doctor's readers on a real bridge and table, in a network
 // namespace of the test's own.
 func TestDoctorReadsABridgeAndNATInANetns(t *testing.T) {
@@ -90,8 +110,9 @@ func TestDoctorReadsABridgeAndNATInANetns(t *testing.T) {
 		if err := netlink.LinkSetUp(br); err != nil {
 			t.Fatal(err)
 		}
-		h := &doctorHost{uid: 0, ipForward: ipForward, bridge: kernelView{}.link, nat: readNATInfo}
+		h := &doctorHost{uid: 0, ipForward: ipForward, bridge: kernelView{}.link, links: listLinks, nat: readNATInfo}
 		doctortest.Want(t, doctorRow(t, h, "bridge banger0"), api.DoctorOK, "banger0 up, 10.77.0.1/24")
+		doctortest.Want(t, doctorRow(t, h, "taps"), api.DoctorSkip, "no banger taps")
 
 		c, err := nftables.New()
 		if err != nil {

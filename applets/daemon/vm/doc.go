@@ -2,7 +2,7 @@
 // database, its engine process and its instance directory, kept in step
 // through create, start, stop, restart, delete and a daemon's restart.
 //
-// A create (service.go) records the VM and runs its steps as an
+// A create (create.go) records the VM and runs its steps as an
 // operation, each with its undo; its guest comes up by the first way
 // that works of three (start.go): take a standby (standby.go), restore
 // the image's warm snapshot (warmstarts.go), or boot. A VM is on a user

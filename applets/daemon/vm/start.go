@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"time"
 
 	"banger/applets/daemon/operation"
 	"banger/applets/daemon/state"
@@ -293,4 +294,56 @@ func (s *Service) resumeGuest(ctx context.Context, name string, proc Process, ta
 		return err
 	}
 	return s.markRunning(ctx, name, proc, bootID)
+}
+
+func (s *Service) markRunning(ctx context.Context, name string, proc Process, bootID string) error {
+	if _, err := s.db.UpdateVM(ctx, name, func(v *state.VM) error {
+		v.State, v.BootID = state.VMRunning, bootID
+		return nil
+	}); err != nil {
+		return err
+	}
+	s.setProc(name, proc)
+	return nil
+}
+
+// StartBegin answers vm.start.begin: a stopped VM boots again.
+func (s *Service) StartBegin(ctx context.Context, p api.VMRef) (api.Operation, error) {
+	return s.bootBegin(ctx, p.Name, api.KindVMStart, false)
+}
+
+// RestartBegin answers vm.restart.begin: the VM stops (if it runs) and
+// boots again.
+func (s *Service) RestartBegin(ctx context.Context, p api.VMRef) (api.Operation, error) {
+	return s.bootBegin(ctx, p.Name, api.KindVMRestart, true)
+}
+
+func (s *Service) bootBegin(ctx context.Context, name, kind string, restart bool) (api.Operation, error) {
+	vm, err := s.db.GetVM(ctx, name)
+	if err != nil {
+		return api.Operation{}, err
+	}
+	if !restart && vm.State == state.VMRunning {
+		return api.Operation{}, rpc.Errorf(rpc.CodeConflict, "vm %q is already running", name)
+	}
+	release, err := s.claim(name, "being started")
+	if err != nil {
+		return api.Operation{}, err
+	}
+	return s.ops.Begin(ctx, rpc.OpIDFrom(ctx), kind, name, func(ctx context.Context, prog *operation.Progress) (any, error) {
+		defer release()
+		var steps []operation.Step
+		if restart && vm.State == state.VMRunning {
+			steps = append(steps, operation.Step{Name: "stop", Do: func(ctx context.Context) error {
+				_, err := s.stopVM(ctx, name, 30*time.Second)
+				return err
+			}})
+		}
+		steps = append(steps, s.bootSteps(name, vm.Network)...)
+		if err := prog.Run(ctx, steps); err != nil {
+			s.db.UpdateVM(context.WithoutCancel(ctx), name, func(v *state.VM) error { v.LastError = err.Error(); return nil })
+			return nil, err
+		}
+		return s.Show(ctx, api.VMRef{Name: name})
+	}), nil
 }

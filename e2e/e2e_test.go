@@ -237,9 +237,14 @@ func (s *sandbox) startProcess(uid int, stderr *bytes.Buffer, bin string, args .
 // waitSocket waits until a server answers ping-or-anything on path.
 func waitSocket(t testing.TB, path string) {
 	t.Helper()
+	// A server answered: ping, or an error of its own (a helper has no
+	// "ping"). A connection that breaks unanswered is not one: it may be
+	// a killed daemon's socket, still open while its last threads exit
+	// (its main thread already a zombie).
 	waitFor(t, 15*time.Second, func() bool {
 		err := (&rpc.Client{Socket: path}).Call(context.Background(), "ping", nil, nil)
-		return !errors.Is(err, rpc.ErrUnreachable)
+		var answer *rpc.ErrorResponse
+		return err == nil || errors.As(err, &answer)
 	})
 }
 

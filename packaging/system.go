@@ -9,8 +9,8 @@ import (
 	"sync"
 	"text/template"
 
-	"banger/internal/api"
 	"banger/internal/layout"
+	"banger/internal/lazyre"
 )
 
 // Helper modes of a system install: how the owner's daemon reaches the
@@ -45,8 +45,8 @@ type Config struct {
 // Names go into units and a sudoers rule: keep them to what needs no
 // quoting in either.
 var (
-	ownerName  = api.Lazy(`^[a-z_][a-z0-9_.-]*$`)
-	prefixPath = api.Lazy(`^/[A-Za-z0-9/._+-]*$`)
+	ownerName  = lazyre.New(`^[a-z_][a-z0-9_.-]*$`)
+	prefixPath = lazyre.New(`^/[A-Za-z0-9/._+-]*$`)
 )
 
 // Validate checks the fields that end up in units and in the sudoers rule.

@@ -24,7 +24,7 @@ func TestImportGraph(t *testing.T) {
 		// errdefs comes with rpc (the kinds it maps to codes), privapi with
 		// api (the helper's results the daemon reports): types, and
 		// privapi's typed client on rpc.
-		"banger/internal/errdefs", "banger/internal/privapi",
+		"banger/internal/errdefs", "banger/internal/privapi", "banger/internal/lazyre",
 		"banger/logging", "banger/rpc",
 		"golang.org/x/sys/", "github.com/rs/zerolog", "github.com/mattn/", "github.com/oklog/ulid/",
 		"github.com/hashicorp/yamux", "github.com/vishvananda/", "github.com/creack/pty", "github.com/prometheus/procfs"}

@@ -16,15 +16,16 @@ import (
 	"banger/applets/agent/boot"
 	"banger/internal/agentlink"
 	"banger/internal/api"
+	"banger/internal/lazyre"
 	"banger/logging"
 	"banger/rpc"
 )
 
 // What agent.resume accepts.
 var (
-	hostnameRE  = api.Lazy(`^[a-zA-Z0-9]([a-zA-Z0-9-]{0,62})$`)
-	machineIDRE = api.Lazy(`^[0-9a-f]{32}$`)
-	bootIDRE    = api.Lazy(`^[0-9a-f-]{1,64}$`)
+	hostnameRE  = lazyre.New(`^[a-zA-Z0-9]([a-zA-Z0-9-]{0,62})$`)
+	machineIDRE = lazyre.New(`^[0-9a-f]{32}$`)
+	bootIDRE    = lazyre.New(`^[0-9a-f-]{1,64}$`)
 )
 
 func validResume(p agentlink.ResumeParams) error {

@@ -17,13 +17,14 @@ import (
 	"strings"
 
 	"banger/internal/api"
+	"banger/internal/lazyre"
 	"banger/internal/privapi"
 	"banger/rpc"
 )
 
 // Linux interface names are at most 15 bytes (IFNAMSIZ 16 with the NUL),
 // so the suffixes are bounded to fit: "banger-" + 8, "bgtap-" + 9.
-var bridgeNameRE = api.Lazy(`^(banger0|banger-[a-z0-9][a-z0-9-]{0,7})$`)
+var bridgeNameRE = lazyre.New(`^(banger0|banger-[a-z0-9][a-z0-9-]{0,7})$`)
 
 // hostLink is what the rules and the network methods read of a link.
 type hostLink struct {

@@ -3,23 +3,15 @@ package api
 import (
 	"fmt"
 	"net/netip"
-	"regexp"
-	"sync"
-)
 
-// Lazy compiles a regular expression on its first use. The binary is
-// every applet at once, and a package-level regexp.MustCompile runs at
-// every start of every one of them: the client's start, which an exec
-// pays for, included.
-func Lazy(expr string) func() *regexp.Regexp {
-	return sync.OnceValue(func() *regexp.Regexp { return regexp.MustCompile(expr) })
-}
+	"banger/internal/lazyre"
+)
 
 // Names that cross banger's boundaries (daemon to helper, engine and
 // agent), each checked by this one rule.
 var (
-	tapName = Lazy(`^bgtap-[a-z0-9]{1,9}$`)
-	mac     = Lazy(`^[0-9a-f][26ae](:[0-9a-f]{2}){5}$`)
+	tapName = lazyre.New(`^bgtap-[a-z0-9]{1,9}$`)
+	mac     = lazyre.New(`^[0-9a-f][26ae](:[0-9a-f]{2}){5}$`)
 )
 
 // privateNets are the RFC 1918 networks a banger network must lie in.

@@ -221,7 +221,7 @@ func (s *Service) LaunchTap(vm state.VM) (*LaunchTap, error) {
 		Gateway: s.bridge.gateway, DNS: s.bridge.dns, Search: s.bridge.search}, nil
 }
 
-// networkReset removes banger's taps, bridges and NAT through the helper.
+// NetworkReset removes banger's taps, bridges and NAT through the helper.
 // It refuses while a bridged VM runs or is being changed: their taps would
 // go from under them.
 func (s *Service) NetworkReset(ctx context.Context, _ rpc.NoParams) (api.NetworkResetResult, error) {

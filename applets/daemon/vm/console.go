@@ -35,7 +35,7 @@ const DefaultConsoleMaxMiB = 8
 // point by little before it is trimmed.
 const consoleCheckEvery = 100 * time.Millisecond
 
-// keepConsoles bounds the consoles of the VMs and standbys under the
+// KeepConsoles bounds the consoles of the VMs and standbys under the
 // state directory until ctx ends.
 func (s *Service) KeepConsoles(ctx context.Context, max int64) {
 	t := time.NewTicker(consoleCheckEvery)

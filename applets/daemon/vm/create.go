@@ -15,8 +15,8 @@ import (
 	"banger/rpc"
 )
 
-// CreateBegin answers vm.create.begin: the params checked and the name
-// claimed at once, the create itself an operation the caller follows.
+// CreateBegin validates the request, then runs the create as an
+// operation whose id is this call's op id.
 func (s *Service) CreateBegin(ctx context.Context, p api.VMCreate) (api.Operation, error) {
 	p, err := checkCreate(p, "vm-")
 	if err != nil {
@@ -62,6 +62,9 @@ func (s *Service) CreateBegin(ctx context.Context, p api.VMCreate) (api.Operatio
 	}), nil
 }
 
+// create runs the steps of a create whose params are checked and whose
+// name is claimed: the VM's row, its address and tap when bridged, then
+// the first way its guest can come up (start.go).
 func (s *Service) create(ctx context.Context, prog *operation.Progress, p api.VMCreate, vm state.VM, plan *warmPlan) (api.VM, error) {
 	network := vm.Network
 	var img Image
@@ -114,6 +117,9 @@ func (s *Service) create(ctx context.Context, prog *operation.Progress, p api.VM
 	return s.Show(ctx, api.VMRef{Name: vm.Name})
 }
 
+// forgetCreate undoes "record vm": the row goes, unless a tap is still
+// recorded (its removal failed), in which case the VM stays, failed, so
+// that `vm delete` or the next daemon retries rather than leak the tap.
 func (s *Service) forgetCreate(ctx context.Context, name string) error {
 	vm, err := s.db.GetVM(ctx, name)
 	if err != nil {
@@ -127,6 +133,8 @@ func (s *Service) forgetCreate(ctx context.Context, name string) error {
 	return errors.New(why)
 }
 
+// checkCreate fills in a create's defaults (a name generated with
+// prefix) and validates it.
 func checkCreate(p api.VMCreate, prefix string) (api.VMCreate, error) {
 	if p.Name == "" {
 		p.Name = prefix + strings.ToLower(ulid.Make().String()[20:])

@@ -75,7 +75,7 @@ func portsToAPI(ps []state.PortForward) []api.PortForward {
 	return out
 }
 
-// portAdd publishes a port, at once when the VM runs.
+// PortAdd publishes a port, at once when the VM runs.
 func (s *Service) PortAdd(ctx context.Context, p api.VMPort) (api.VM, error) {
 	release, err := s.claim(p.Name, "changing its ports")
 	if err != nil {
@@ -113,7 +113,7 @@ func (s *Service) PortAdd(ctx context.Context, p api.VMPort) (api.VM, error) {
 	return toAPI(vm), nil
 }
 
-// portRemove stops publishing a host port.
+// PortRemove stops publishing a host port.
 func (s *Service) PortRemove(ctx context.Context, p api.VMPort) (api.VM, error) {
 	release, err := s.claim(p.Name, "changing its ports")
 	if err != nil {

@@ -11,6 +11,15 @@ import (
 	"banger/rpc"
 )
 
+// reconcile runs at daemon start: VMs recorded as running are re-attached
+// when their engine process is alive and ours, and marked stopped (their
+// runtime leftovers and tap removed) when not; VMs a dead daemon was
+// creating are removed with their files and tap, as the create's undo
+// would have (interrupted names the VMs whose create operation was
+// running); a tap still recorded for a VM that does not run is removed.
+// Its helper calls share one op id, logged with the records. Only a VM
+// that runs on is attached in full (its agent link, its network): the
+// rest are ended, and a paused one (an adopted standby) never answers.
 func (s *Service) reconcile(ctx context.Context, interrupted map[string]bool) error {
 	vms, err := s.db.ListVMs(ctx)
 	if err != nil {
@@ -74,11 +83,19 @@ func (s *Service) reconcile(ctx context.Context, interrupted map[string]bool) er
 	return nil
 }
 
+// attachConcurrency bounds how many VMs reconcile attaches at once.
+const attachConcurrency = 8
+
 type attachResult struct {
 	proc Process
 	err  error
 }
 
+// attachAll attaches to the engine process of every VM that may run (or
+// whose create was interrupted), a few at a time: each attach waits for
+// its agent's hello, up to seconds for a guest that says none, and one
+// after another a host of such guests would hold the daemon's start that
+// long each. A VM to be ended is only found (AttachPaused).
 func (s *Service) attachAll(ctx context.Context, vms []state.VM, interrupted map[string]bool) map[string]attachResult {
 	out := make(map[string]attachResult)
 	var mu sync.Mutex
@@ -96,11 +113,20 @@ func (s *Service) attachAll(ctx context.Context, vms []state.VM, interrupted map
 			defer wg.Done()
 			sem <- struct{}{}
 			defer func() { <-sem }()
-			var user *UserNet
-			if vm.Network != api.NetworkBridge {
-				user = &UserNet{Ports: vm.Ports, AllowHost: vm.AllowHost}
+			var proc Process
+			var err error
+			if interrupted[vm.Name] || vm.State != state.VMRunning {
+				// It is to be ended, not used: no need to wait for its
+				// agent (a paused one, an adopted standby, never answers)
+				// or to make its network again.
+				proc, err = s.engine.AttachPaused(ctx, vm.InstanceDir)
+			} else {
+				var user *UserNet
+				if vm.Network != api.NetworkBridge {
+					user = &UserNet{Ports: vm.Ports, AllowHost: vm.AllowHost}
+				}
+				proc, err = s.engine.Attach(ctx, vm.InstanceDir, user)
 			}
-			proc, err := s.engine.Attach(ctx, vm.InstanceDir, user)
 			mu.Lock()
 			out[vm.Name] = attachResult{proc, err}
 			mu.Unlock()

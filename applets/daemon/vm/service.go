@@ -157,23 +157,7 @@ func toAPI(v state.VM) api.VM {
 		AllowHost: v.AllowHost}
 }
 
-// createBegin validates the request, then runs the create as an
-// operation whose id is this call's op id.
-// create runs the steps of a create whose params are checked and whose
-// name is claimed: the VM's row, its address and tap when bridged, then
-// the first way its guest can come up (start.go).
-// forgetCreate undoes "record vm": the row goes, unless a tap is still
-// recorded (its removal failed), in which case the VM stays, failed, so
-// that `vm delete` or the next daemon retries rather than leak the tap.
-// checkCreate fills in a create's defaults (a name generated with
-// prefix) and validates it.
-// markRunning records a VM whose guest is ready.
-// startBegin boots a stopped VM as an operation.
-// restartBegin stops a running VM (cleanly) and boots it again.
-// stopVM shuts a running VM down, cleanly within timeout, else kills it.
-// markEnded records a VM whose process is gone as st (stopped, or failed
-// with why) and releases what the process held: its runtime files and
-// its tap.
+// List answers vm.list.
 func (s *Service) List(ctx context.Context, _ rpc.NoParams) ([]api.VM, error) {
 	vms, err := s.db.ListVMs(ctx)
 	if err != nil {
@@ -231,22 +215,7 @@ func (s *Service) Logs(ctx context.Context, p api.VMLogs) (api.VMLogsResult, err
 	return res, nil
 }
 
-// reconcile runs at daemon start: VMs recorded as running are re-attached
-// when their engine process is alive and ours, and marked stopped (their
-// runtime leftovers and tap removed) when not; VMs a dead daemon was
-// creating are removed with their files and tap, as the create's undo
-// would have (interrupted names the VMs whose create operation was
-// running); a tap still recorded for a VM that does not run is removed.
-// Its helper calls share one op id, logged with the records.
-// attachConcurrency bounds how many VMs reconcile attaches at once.
-const attachConcurrency = 8
-
-// attachAll attaches to the engine process of every VM that may run (or
-// whose create was interrupted), a few at a time: each attach waits for
-// its agent's hello, up to seconds for a guest that says none, and one
-// after another a host of such guests would hold the daemon's start that
-// long each.
-// shutdown releases the daemon's handles on running VMs; the VMs keep
+// Shutdown releases the daemon's handles on running VMs; the VMs keep
 // running (they are detached) and the next daemon re-attaches.
 func (s *Service) Shutdown() {
 	s.closeStandbys(context.Background())

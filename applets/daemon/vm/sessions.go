@@ -43,7 +43,7 @@ func (s *Service) running(ctx context.Context, name string) (state.VM, Process, 
 	return vm, p, nil
 }
 
-// exec starts a command in the VM. The agent knows the session by this
+// Exec starts a command in the VM. The agent knows the session by this
 // call's op id (it adopts the op id the daemon forwards), which the
 // result gives the client for vm.exec.signal.
 func (s *Service) Exec(ctx context.Context, p api.VMExec) (api.VMExecResult, rpc.StreamFunc, error) {
@@ -55,7 +55,7 @@ func (s *Service) Exec(ctx context.Context, p api.VMExec) (api.VMExecResult, rpc
 	return res, serve, err
 }
 
-// execSignal signals the command of a running exec session.
+// ExecSignal signals the command of a running exec session.
 func (s *Service) ExecSignal(ctx context.Context, p api.VMExecSignal) (struct{}, error) {
 	_, proc, err := s.running(ctx, p.Name)
 	if err != nil {
@@ -64,7 +64,7 @@ func (s *Service) ExecSignal(ctx context.Context, p api.VMExecSignal) (struct{},
 	return struct{}{}, proc.SignalSession(ctx, p.OpID, p.Signal)
 }
 
-// copyIn unpacks the session's tar stream into a directory of the VM.
+// CopyIn unpacks the session's tar stream into a directory of the VM.
 func (s *Service) CopyIn(ctx context.Context, p api.VMCopy) (struct{}, rpc.StreamFunc, error) {
 	if !path.IsAbs(p.Dir) {
 		return struct{}{}, nil, rpc.Errorf(rpc.CodeInvalidParams, "the directory to copy into must be absolute, not %q", p.Dir)
@@ -195,7 +195,7 @@ func watchHangup(conn net.Conn, gone func()) (stop func()) {
 	return func() { close(done) }
 }
 
-// ports lists the guest's listening sockets and the VM's published ports.
+// Ports lists the guest's listening sockets and the VM's published ports.
 func (s *Service) Ports(ctx context.Context, p api.VMRef) (api.VMPorts, error) {
 	vm, proc, err := s.running(ctx, p.Name)
 	if err != nil {

@@ -296,6 +296,7 @@ func (s *Service) resumeGuest(ctx context.Context, name string, proc Process, ta
 	return s.markRunning(ctx, name, proc, bootID)
 }
 
+// markRunning records a VM whose guest is ready.
 func (s *Service) markRunning(ctx context.Context, name string, proc Process, bootID string) error {
 	if _, err := s.db.UpdateVM(ctx, name, func(v *state.VM) error {
 		v.State, v.BootID = state.VMRunning, bootID
@@ -307,13 +308,12 @@ func (s *Service) markRunning(ctx context.Context, name string, proc Process, bo
 	return nil
 }
 
-// StartBegin answers vm.start.begin: a stopped VM boots again.
+// StartBegin boots a stopped VM as an operation.
 func (s *Service) StartBegin(ctx context.Context, p api.VMRef) (api.Operation, error) {
 	return s.bootBegin(ctx, p.Name, api.KindVMStart, false)
 }
 
-// RestartBegin answers vm.restart.begin: the VM stops (if it runs) and
-// boots again.
+// RestartBegin stops a running VM (cleanly) and boots it again.
 func (s *Service) RestartBegin(ctx context.Context, p api.VMRef) (api.Operation, error) {
 	return s.bootBegin(ctx, p.Name, api.KindVMRestart, true)
 }

@@ -26,6 +26,7 @@ func (s *Service) Stop(ctx context.Context, p api.VMStop) (api.VM, error) {
 	return s.stopVM(ctx, p.Name, timeout)
 }
 
+// stopVM shuts a running VM down, cleanly within timeout, else kills it.
 func (s *Service) stopVM(ctx context.Context, name string, timeout time.Duration) (api.VM, error) {
 	vm, err := s.db.GetVM(ctx, name)
 	if err != nil {
@@ -53,6 +54,9 @@ func (s *Service) markStopped(ctx context.Context, name string) (api.VM, error) 
 	return s.markEnded(ctx, name, state.VMStopped, "")
 }
 
+// markEnded records a VM whose process is gone as st (stopped, or failed
+// with why) and releases what the process held: its runtime files and
+// its tap.
 func (s *Service) markEnded(ctx context.Context, name, st, why string) (api.VM, error) {
 	s.setProc(name, nil)
 	vm, err := s.db.UpdateVM(ctx, name, func(v *state.VM) error {

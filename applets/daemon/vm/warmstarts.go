@@ -235,7 +235,7 @@ func newIdentity(hostname string, tap *LaunchTap) (GuestIdentity, error) {
 	}, nil
 }
 
-// warmBegin saves a warm snapshot of an image as an operation: a VM of
+// WarmBegin saves a warm snapshot of an image as an operation: a VM of
 // the given shape boots, its snapshot is saved, and it is deleted.
 func (s *Service) WarmBegin(ctx context.Context, p api.ImageWarm) (api.Operation, error) {
 	if s.warm == nil {

@@ -22,6 +22,18 @@ func BenchmarkRecordWithOpID(b *testing.B) {
 	}
 }
 
+// BenchmarkRecordWithOpAndTraceID is the same record in a call that
+// carries a trace: the server's logger has trace_id beside op_id.
+func BenchmarkRecordWithOpAndTraceID(b *testing.B) {
+	base := logging.New(io.Discard, "bangerd", zerolog.InfoLevel).With().Str("trace_id", "4bf92f3577b34da6a3ce929d0e0e4736").Logger()
+	ctx := logging.WithOp(context.Background(), base, testOpID, "vm.start")
+	log := logging.From(ctx)
+	b.ReportAllocs()
+	for b.Loop() {
+		log.Info().Str("vm", "box").Float64("duration_ms", 1.25).Msg("vm started")
+	}
+}
+
 // BenchmarkRecordFiltered is a debug record on an info logger: what a
 // per-call debug record costs when it is not written.
 func BenchmarkRecordFiltered(b *testing.B) {

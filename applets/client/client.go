@@ -15,12 +15,12 @@ import (
 	"io"
 	"os"
 	"os/signal"
-	"strings"
 	"syscall"
 
 	"github.com/urfave/cli/v2"
 
 	"banger/internal/api"
+	"banger/internal/cliout"
 	"banger/logging"
 	"banger/rpc"
 )
@@ -212,38 +212,26 @@ func jsonOutput(c *cli.Context) bool {
 	return false
 }
 
-// output prints v as JSON, or calls human to print it for people.
+// output prints v as JSON with --json (jsonOutput), else as human
+// writes it.
 func output(c *cli.Context, v any, human func(w io.Writer)) error {
-	w := c.App.Writer
-	if jsonOutput(c) {
-		enc := json.NewEncoder(w)
-		enc.SetIndent("", "  ")
-		return enc.Encode(v)
-	}
-	human(w)
-	return nil
+	return cliout.Print(c.App.Writer, jsonOutput(c), v, human)
 }
 
-// args returns the command's positional arguments, between min and max of
-// them. urfave/cli stops parsing flags at the first argument, so a flag
-// after one would be silently taken as an argument: refuse it with a hint.
+// args returns the command's positional arguments, between min and max
+// of them (cliout.Args).
 func args(c *cli.Context, min, max int) ([]string, error) {
-	a := c.Args().Slice()
-	if err := noFlagsIn(c, a); err != nil {
-		return nil, err
-	}
-	if len(a) < min || len(a) > max {
-		return nil, usageError(fmt.Errorf("usage: %s [flags] %s", c.Command.HelpName, c.Command.ArgsUsage))
+	a, err := cliout.Args(c, c.Command.HelpName, min, max)
+	if err != nil {
+		return nil, usageError(err)
 	}
 	return a, nil
 }
 
 // noFlagsIn refuses a flag among positional arguments, with a hint.
 func noFlagsIn(c *cli.Context, a []string) error {
-	for _, arg := range a {
-		if strings.HasPrefix(arg, "-") && len(arg) > 1 {
-			return usageError(fmt.Errorf("flag %s after an argument: put flags first (%s [flags] %s)", arg, c.Command.HelpName, c.Command.ArgsUsage))
-		}
+	if err := cliout.NoFlagsIn(c, c.Command.HelpName, a); err != nil {
+		return usageError(err)
 	}
 	return nil
 }

@@ -241,12 +241,7 @@ func (h *doctorHost) daemonRows(ctx context.Context) ([]api.DoctorRow, error) {
 	d := h.daemon(ctx)
 	if d.checks == nil {
 		d.checks = &appletRows{}
-		var res api.DoctorResult
-		err := errors.New("the daemon is not running")
-		if d.ping != nil {
-			res, err = h.within(doctor.SlowCallTimeout).HostDoctor(ctx)
-		}
-		if err == nil {
+		if res, ok := h.hostDoctor(ctx, d); ok {
 			d.checks.rows = res.Rows
 		} else {
 			args := []string{"--socket", h.socket}
@@ -260,6 +255,16 @@ func (h *doctorHost) daemonRows(ctx context.Context) ([]api.DoctorRow, error) {
 		}
 	}
 	return d.checks.rows, d.checks.err
+}
+
+// hostDoctor is the running daemon's answer to host.doctor, if it gives
+// one (an older daemon has no such call).
+func (h *doctorHost) hostDoctor(ctx context.Context, d *daemonView) (api.DoctorResult, bool) {
+	if d.ping == nil {
+		return api.DoctorResult{}, false
+	}
+	res, err := h.within(doctor.SlowCallTimeout).HostDoctor(ctx)
+	return res, err == nil
 }
 
 // helperRows are the helper's checks, run as this user by `bangerd-root

@@ -1,10 +1,6 @@
 package daemon
 
-import (
-	"errors"
-
-	"banger/internal/errdefs"
-)
+import "banger/internal/errdefs"
 
 // The stores say what is wrong; the daemon, which knows the commands,
 // adds what to run about it.
@@ -12,8 +8,7 @@ import (
 // advise adds advice to err when it is a failure of kind as a store
 // returns it (unwrapped); other errors pass as they are.
 func advise(err error, kind errdefs.Kind, advice string) error {
-	var e *errdefs.Error
-	if errors.As(err, &e) && e == err && e.Kind == kind {
+	if e, ok := err.(*errdefs.Error); ok && e.Kind == kind {
 		return errdefs.Errorf(kind, "%s; %s", e.Message, advice)
 	}
 	return err

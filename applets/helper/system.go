@@ -10,13 +10,13 @@ import (
 	"os/user"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"text/tabwriter"
 	"time"
 
 	"github.com/urfave/cli/v2"
 
 	"banger/internal/api"
+	"banger/internal/cliout"
 	"banger/internal/layout"
 	"banger/internal/privapi"
 	"banger/internal/service"
@@ -92,29 +92,14 @@ func systemJSONFlag() cli.Flag {
 	return &cli.BoolFlag{Name: "json", EnvVars: []string{"BANGER_JSON"}, Usage: "print results (and errors, on stderr) as JSON"}
 }
 
-// output prints v as JSON with --json, else as human does.
 func output(c *cli.Context, v any, human func(w io.Writer)) error {
-	if c.Bool("json") {
-		enc := json.NewEncoder(c.App.Writer)
-		enc.SetIndent("", "  ")
-		return enc.Encode(v)
-	}
-	human(c.App.Writer)
-	return nil
+	return cliout.Print(c.App.Writer, c.Bool("json"), v, human)
 }
 
-// args returns the command's positional arguments, between min and max
-// of them, refusing a flag among them (urfave/cli stops parsing flags at
-// the first argument).
 func args(c *cli.Context, min, max int) ([]string, error) {
-	a := c.Args().Slice()
-	for _, arg := range a {
-		if strings.HasPrefix(arg, "-") && len(arg) > 1 {
-			return nil, systemUsage(fmt.Errorf("flag %s after an argument: put flags first (%s [flags] %s)", arg, userCommand(c), c.Command.ArgsUsage))
-		}
-	}
-	if len(a) < min || len(a) > max {
-		return nil, systemUsage(fmt.Errorf("usage: %s [flags] %s", userCommand(c), c.Command.ArgsUsage))
+	a, err := cliout.Args(c, userCommand(c), min, max)
+	if err != nil {
+		return nil, systemUsage(err)
 	}
 	return a, nil
 }

@@ -53,7 +53,8 @@ func SameMethods[C any](t testing.TB, table rpc.Methods, mk func(rpc.Caller) C) 
 	slices.Sort(served)
 	called := slices.Clone(rec.methods)
 	slices.Sort(called)
-	if !slices.Equal(slices.Compact(called), served) || len(called) != len(slices.Compact(slices.Clone(called))) {
-		t.Errorf("the typed client calls %q; the table serves %q", rec.methods, served)
+	// Each method once: no two client methods call the same one.
+	if !slices.Equal(called, served) {
+		t.Errorf("the typed client calls %q; the table serves %q", called, served)
 	}
 }

@@ -249,8 +249,8 @@ func ctxErr(ctx context.Context) error {
 
 func encodeRequest(ctx context.Context, method string, params any) ([]byte, error) {
 	req := Request{Version: Version, Method: method, OpID: OpIDFrom(ctx)}
-	if t := TraceIDFrom(ctx); t != "" {
-		req.Traceparent = Traceparent(t)
+	if t := TraceFrom(ctx); t.ID != "" {
+		req.Traceparent = t.Traceparent()
 	}
 	if params != nil {
 		raw, err := json.Marshal(params)

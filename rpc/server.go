@@ -154,6 +154,10 @@ type Server struct {
 	ReadTimeout time.Duration
 	// CallLog names and levels the one record written per call.
 	CallLog CallLog
+	// Spans, when set, starts a span for each call that reaches its
+	// handler (package telemetry exports them over OpenTelemetry). Nil
+	// costs nothing.
+	Spans Spans
 
 	mu        sync.Mutex // guards listeners, shutdown
 	listeners map[net.Listener]struct{}
@@ -162,6 +166,15 @@ type Server struct {
 	ctx       context.Context // base of every handler's context
 	cancel    context.CancelFunc
 	once      sync.Once
+}
+
+// Spans starts the span of each call a server serves.
+type Spans interface {
+	// StartCall starts the span of a call to method, a child of the
+	// caller's span on ctx (TraceFrom), and returns ctx with the call's
+	// span as the one calls made on are children of, and the function
+	// that ends the span with the call's error code ("": it succeeded).
+	StartCall(ctx context.Context, method string) (context.Context, func(code string))
 }
 
 // CallLog says how the per-call record is written.
@@ -300,22 +313,39 @@ func (s *Server) exchange(base context.Context, r io.Reader, w io.Writer, peer P
 	resp, st := s.dispatch(base, &c, r, peerErr, conn)
 	if st == nil {
 		s.logCall(&c, resp, time.Since(start))
+		c.endSpan(resp)
 		writeResponse(w, conn, resp)
 		return
 	}
 	writeResponse(w, conn, resp)
 	s.runStream(&c, st, conn)
 	s.logCall(&c, resp, time.Since(start))
+	c.endSpan(resp)
 }
 
 type call struct {
 	opID      string
-	traceID   string // the request's trace, or one of its own
+	trace     Trace // the request's, or one of its own
 	method    string
 	peer      Peer
 	panic     any
 	stack     []byte
-	streamErr error // how a stream session ended, if it failed
+	streamErr error             // how a stream session ended, if it failed
+	end       func(code string) // ends the call's span (Server.Spans), if any
+}
+
+// endSpan ends the call's span, if it has one, with its error code: the
+// answer's, or the session's when an answered stream broke.
+func (c *call) endSpan(resp *Response) {
+	switch {
+	case c.end == nil:
+	case !resp.OK:
+		c.end(resp.Error.Code)
+	case c.streamErr != nil:
+		c.end(CodeOf(c.streamErr))
+	default:
+		c.end("")
+	}
 }
 
 // pendingStream is a stream method's session, to run once its ok answer
@@ -347,12 +377,12 @@ func (s *Server) dispatch(base context.Context, c *call, r io.Reader, peerErr er
 			c.opID = req.OpID
 		}
 		c.method = logSafe(req.Method)
-		c.traceID, _ = ParseTraceparent(req.Traceparent)
+		c.trace, _ = ParseTrace(req.Traceparent)
 	}
-	if c.traceID == "" {
+	if c.trace.ID == "" {
 		// No trace, or a malformed one (never refused for it): the call
 		// is a trace of its own.
-		c.traceID = NewTraceID()
+		c.trace = Trace{ID: NewTraceID()}
 	}
 	if err := s.authorize(c.peer); err != nil {
 		return fail(err)
@@ -374,9 +404,12 @@ func (s *Server) dispatch(base context.Context, c *call, r io.Reader, peerErr er
 
 	ctx, cancel := context.WithCancel(base)
 	ctx = WithOpID(ctx, c.opID)
-	ctx = WithTrace(ctx, c.traceID)
+	ctx = WithSpan(ctx, c.trace)
 	ctx = context.WithValue(ctx, peerKey{}, c.peer)
-	ctx = logging.WithOp(ctx, s.Logger.With().Str("trace_id", c.traceID).Logger(), c.opID, c.method)
+	ctx = logging.WithOp(ctx, s.Logger.With().Str("trace_id", c.trace.ID).Logger(), c.opID, c.method)
+	if s.Spans != nil {
+		ctx, c.end = s.Spans.StartCall(ctx, c.method)
+	}
 	if !isStream {
 		defer cancel()
 		if conn != nil {
@@ -543,7 +576,7 @@ func writeResponse(w io.Writer, conn net.Conn, resp *Response) {
 func (s *Server) logCall(c *call, resp *Response, d time.Duration) {
 	l := s.Logger
 	if c.panic != nil {
-		l.Error().Str("op_id", c.opID).Str("trace_id", c.traceID).Str("method", c.method).
+		l.Error().Str("op_id", c.opID).Str("trace_id", c.trace.ID).Str("method", c.method).
 			Str("panic", fmt.Sprint(c.panic)).Bytes("stack", c.stack).Msg("handler panicked")
 	}
 	msgOK, msgFail := s.CallLog.Completed, s.CallLog.Failed
@@ -563,7 +596,7 @@ func (s *Server) logCall(c *call, resp *Response, d time.Duration) {
 	default:
 		e = l.WithLevel(max(s.CallLog.Level, zerolog.WarnLevel))
 	}
-	e = e.Str("op_id", c.opID).Str("trace_id", c.traceID).Str("method", c.method).Float64("duration_ms", logging.Millis(d)).
+	e = e.Str("op_id", c.opID).Str("trace_id", c.trace.ID).Str("method", c.method).Float64("duration_ms", logging.Millis(d)).
 		Uint32("uid", c.peer.UID).Int32("pid", c.peer.PID)
 	if c.streamErr != nil {
 		e = e.AnErr("session_error", c.streamErr)

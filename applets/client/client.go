@@ -47,7 +47,7 @@ func Main(env Env, args []string) int {
 	signal.Notify(make(chan os.Signal, 1), syscall.SIGPIPE)
 	// Every request of this command is in one trace: the caller's, when
 	// it gives one (TRACEPARENT, the convention for a CLI), else its own.
-	ctx = rpc.WithTrace(ctx, commandTrace(os.Getenv("TRACEPARENT")))
+	ctx = rpc.WithSpan(ctx, commandTrace(os.Getenv("TRACEPARENT")))
 	app := newApp(env)
 	app.Metadata[argsKey] = args
 	err := app.RunContext(ctx, args)
@@ -63,13 +63,16 @@ func Main(env Env, args []string) int {
 	return exit
 }
 
-// commandTrace is the trace id of a command: its caller's (a well-formed
-// W3C traceparent), else a new one.
-func commandTrace(traceparent string) string {
-	if id, ok := rpc.ParseTraceparent(traceparent); ok {
-		return id
+// commandTrace is where a command stands in its trace: at its caller's
+// span (a well-formed W3C traceparent), whose children the daemon's
+// spans of its requests then are; else at a span of its own in a new
+// trace, which all its requests share as their parent (the client
+// exports no span: that one only ties them together).
+func commandTrace(traceparent string) rpc.Trace {
+	if t, ok := rpc.ParseTrace(traceparent); ok {
+		return t
 	}
-	return rpc.NewTraceID()
+	return rpc.Trace{ID: rpc.NewTraceID(), SpanID: rpc.NewSpanID()}
 }
 
 func newApp(env Env) *cli.App {

@@ -29,6 +29,7 @@ import (
 	"banger/internal/api"
 	"banger/internal/layout"
 	"banger/internal/service"
+	"banger/internal/telemetry"
 	"banger/logging"
 	"banger/logging/logfile"
 	"banger/rpc"
@@ -128,6 +129,14 @@ func run(ctx context.Context, build api.Build, o options) error {
 		log.Error().Err(err).Msg("daemon not started")
 		return cli.Exit(err.Error(), code)
 	}
+	// Spans go out over OTLP when the OTEL_* environment asks for them
+	// (package telemetry), flushed last; a bad setting costs the spans,
+	// never the daemon.
+	tel, err := telemetry.Setup(ctx, api.AppletDaemon, build.String(), log)
+	if err != nil {
+		log.Warn().Err(err).Msg("spans are not exported")
+	}
+	defer tel.Close(log)
 
 	if o.socket == "" {
 		o.socket = layout.DefaultSocket()
@@ -223,8 +232,8 @@ func run(ctx context.Context, build api.Build, o options) error {
 	go d.vms.KeepConsoles(keepCtx, int64(o.consoleMax)<<20)
 	d.kernels = newKernelMethods(d.images, d.ops)
 	authorize := rpc.AllowUIDs(uint32(os.Getuid()), 0)
-	srv := &rpc.Server{Methods: sayFull(o.stateDir, d.methods()), Authorize: authorize, Logger: log}
-	streams := &rpc.Server{Streams: d.streams(), Authorize: authorize, Logger: log,
+	srv := &rpc.Server{Methods: sayFull(o.stateDir, d.methods()), Authorize: authorize, Logger: log, Spans: tel}
+	streams := &rpc.Server{Streams: d.streams(), Authorize: authorize, Logger: log, Spans: tel,
 		CallLog: rpc.CallLog{Completed: "session ended", Failed: "session failed", Level: zerolog.InfoLevel}}
 
 	ctx, stopSignals := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)

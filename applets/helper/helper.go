@@ -28,6 +28,7 @@ import (
 	"banger/internal/api"
 	"banger/internal/layout"
 	"banger/internal/service"
+	"banger/internal/telemetry"
 	"banger/logging"
 	"banger/rpc"
 )
@@ -98,7 +99,17 @@ func run(ctx context.Context, build api.Build, o options) error {
 	if o.lockFile == "" {
 		return cli.Exit("--lock-file must name a file", service.ExitUsage)
 	}
+	// Spans go out over OTLP only when the helper's own environment asks
+	// (its service unit's; sudo resets the daemon's): a root process
+	// takes no endpoint from the user it serves. The last ones are
+	// flushed before it exits, after each call in sudo mode.
+	tel, err := telemetry.Setup(ctx, api.AppletHelper, build.String(), log)
+	if err != nil {
+		log.Warn().Err(err).Msg("spans are not exported")
+	}
+	defer tel.Close(log)
 	srv := newServer(build, owner, o.lockFile, log)
+	srv.Spans = tel
 
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGTERM, syscall.SIGINT)
 	defer stop()

@@ -101,6 +101,12 @@ func newApp(env Env) *cli.App {
 			newDoctorCommand(),
 		},
 		Metadata: map[string]any{envKey: env},
+		// Before runs once the global flags are parsed (--state-dir) and
+		// before the command: every command's trace is remembered first.
+		Before: func(c *cli.Context) error {
+			rememberTrace(c)
+			return nil
+		},
 		// Errors are printed once, by Main, with their exit code.
 		ExitErrHandler: func(*cli.Context, error) {},
 		OnUsageError: func(c *cli.Context, err error, _ bool) error {

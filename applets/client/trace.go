@@ -19,39 +19,56 @@ import (
 func newTraceCommand() *cli.Command {
 	return &cli.Command{
 		Name:      "trace",
-		Usage:     "show every log record of one op id, from the daemon and the helper, as a timeline",
-		ArgsUsage: "OP_ID (it ends every error banger prints)",
+		Usage:     "show one command's log records (the daemon's, the helper's, the agent's) as a waterfall of its calls and stages",
+		ArgsUsage: "OP_ID|TRACE_ID (an op id ends every error banger prints)",
 		Flags: []cli.Flag{
 			jsonFlag(),
+			&cli.BoolFlag{Name: "last", Usage: "the last command run from here (its trace id is in " + layout.LastTrace + " in the state directory)"},
 			&cli.BoolFlag{Name: "journal", Usage: "read the system install's records from journalctl (units bangerd and bangerd-root)"},
 			&cli.StringSliceFlag{Name: "log", Usage: "also read the JSON log `FILE` (repeatable)"},
 		},
 		Action: action(func(c *cli.Context, s *target) error {
-			a, err := args(c, 1, 1)
+			id, err := traceID(c)
 			if err != nil {
 				return err
-			}
-			opID := a[0]
-			if !rpc.ValidOpID(opID) {
-				return usageError(fmt.Errorf("%q is not an op id (op- and 26 characters)", opID))
 			}
 			sources, names, err := traceSources(s, c.Bool("journal"), c.StringSlice("log"))
 			if err != nil {
 				return err
 			}
-			recs, err := trace.Collect(opID, sources)
+			found, err := trace.Find(id, sources)
 			if err != nil {
 				return err
 			}
-			if len(recs) == 0 {
-				return rpc.Errorf(rpc.CodeNotFound, "no records of %s in %v", opID, names)
+			if len(found.Records) == 0 {
+				return rpc.Errorf(rpc.CodeNotFound, "no records of %s in %v", id, names)
 			}
 			if jsonOutput(c) {
-				return trace.WriteJSON(c.App.Writer, recs)
+				return trace.WriteJSON(c.App.Writer, found.Records)
 			}
-			return trace.WriteTimeline(c.App.Writer, opID, recs)
+			return trace.WriteWaterfall(c.App.Writer, trace.Build(found))
 		}),
 	}
+}
+
+// traceID is what to trace: the op id or trace id given, or with --last
+// the trace of the last command run from here.
+func traceID(c *cli.Context) (string, error) {
+	a, err := args(c, 0, 1)
+	if err != nil {
+		return "", err
+	}
+	switch {
+	case c.Bool("last") && len(a) > 0:
+		return "", usageError(fmt.Errorf("give an op id or trace id, or --last, not both"))
+	case c.Bool("last"):
+		return readLastTrace(userStateDir(c))
+	case len(a) == 0:
+		return "", usageError(fmt.Errorf("%s needs an op id or a trace id, or --last", c.Command.HelpName))
+	case !rpc.ValidOpID(a[0]) && !rpc.ValidTraceID(a[0]):
+		return "", usageError(fmt.Errorf("%q is neither an op id (op- and 26 characters) nor a trace id (32 lowercase hex digits)", a[0]))
+	}
+	return a[0], nil
 }
 
 // traceSources opens the user-mode logs that exist (the daemon's rotated

@@ -15,6 +15,9 @@ const (
 	KernelsDir   = "kernels"   // built kernels, a directory per kernel
 	SnapshotsDir = "snapshots" // warm snapshots, a directory per image
 	KVMProbe     = "kvm-probe.json"
+	// LastTrace is the trace id of the last command the client ran (in
+	// the user's own state directory): banger trace --last.
+	LastTrace = "last-trace"
 )
 
 // An instance directory: everything about one VM (or standby), so `ls`

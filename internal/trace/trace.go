@@ -1,20 +1,19 @@
-// Package trace gathers the log records of one op id from the daemon's and
-// the helper's JSON logs and lays them out as one timeline: the operator's
-// answer to "what happened to my command". It only reads.
+// Package trace gathers the log records of one command from the daemon's,
+// the helper's and the agent's JSON logs, the records of its whole trace
+// (every call of the command, by trace_id), and lays them out as a
+// waterfall of spans: the operator's answer to "what happened to my
+// command, and where did its time go". It only reads; what it prints of a
+// record goes through printable, as a record may hold what a guest said.
 package trace
 
 import (
-	"bufio"
 	"bytes"
 	"encoding/json"
 	"fmt"
 	"io"
 	"sort"
 	"strings"
-	"text/tabwriter"
 	"time"
-
-	"banger/internal/printable"
 )
 
 // Source is one log to read: a file or journalctl's output.
@@ -23,83 +22,168 @@ type Source struct {
 	R    io.Reader
 }
 
-// Record is one log record of the op id.
+// Record is one log record of the trace (or of the op id).
 type Record struct {
-	Time       time.Time       `json:"-"`
-	Applet     string          `json:"-"`
-	Level      string          `json:"-"`
-	Msg        string          `json:"-"`
-	Method     string          `json:"-"`
-	Stage      string          `json:"-"`
-	Code       string          `json:"-"`
-	Error      string          `json:"-"`
-	DurationMS *float64        `json:"-"`
-	Source     string          `json:"-"`
-	Raw        json.RawMessage `json:"-"`
+	Time       time.Time
+	Applet     string
+	Level      string
+	Msg        string
+	OpID       string
+	TraceID    string
+	Method     string
+	Stage      string
+	Code       string // the wire code, or an exit status ("0" is dropped)
+	Error      string
+	Program    string   // the program an agent's command ran
+	DurationMS *float64 // set on a record that ends a span
+	Source     string
+	Raw        json.RawMessage
 }
 
-// maxLine bounds one log line (a panic's stack can be long).
+// Found is what Find found: the records of a trace, or of one op id alone
+// when they were written without a trace id (by an older banger).
+type Found struct {
+	ID      string // what was asked for: an op id or a trace id
+	TraceID string // "": the op's records alone
+	Records []Record
+}
+
+// maxLine bounds one log line (a panic's stack can be long); a longer
+// line is skipped, not an error, so one bad line cannot hide a trace.
 const maxLine = 4 << 20
 
-// Collect returns the records of opID from every source, in time order
-// (records at the same instant keep their source order). Lines that are not
-// JSON records are skipped.
-func Collect(opID string, sources []Source) ([]Record, error) {
-	var recs []Record
-	needle := []byte(`"` + opID + `"`)
-	for _, src := range sources {
-		sc := bufio.NewScanner(src.R)
-		sc.Buffer(make([]byte, 64<<10), maxLine)
-		for sc.Scan() {
-			line := sc.Bytes()
-			if !bytes.Contains(line, needle) {
-				continue
-			}
-			rec, ok := parse(line)
-			if !ok || rec.opID != opID {
-				continue
-			}
-			rec.Source = src.Name
-			recs = append(recs, rec.Record)
+// Find returns the records of id, an op id ("op-...") or a trace id, from
+// every source, in time order (records at the same instant keep their
+// source order). For an op id it finds the op's trace and returns the
+// whole trace; an op without a trace id is returned alone. Lines that are
+// not JSON records are skipped.
+func Find(id string, sources []Source) (Found, error) {
+	logs, err := readAll(sources)
+	if err != nil {
+		return Found{}, err
+	}
+	f := Found{ID: id}
+	if !strings.HasPrefix(id, "op-") {
+		f.TraceID = id
+		f.Records = scan(logs, id, func(r Record) bool { return r.TraceID == id })
+		return f, nil
+	}
+	op := scan(logs, id, func(r Record) bool { return r.OpID == id })
+	for _, r := range op {
+		if r.TraceID != "" {
+			f.TraceID = r.TraceID
+			break
 		}
-		if err := sc.Err(); err != nil {
+	}
+	if f.TraceID == "" {
+		f.Records = op
+		return f, nil
+	}
+	// The trace, and any record of the op written without it (by an
+	// older helper).
+	f.Records = scan(logs, f.TraceID, func(r Record) bool { return r.TraceID == f.TraceID })
+	for _, r := range op {
+		if r.TraceID == "" {
+			f.Records = append(f.Records, r)
+		}
+	}
+	sortByTime(f.Records)
+	return f, nil
+}
+
+// log is one source read whole: Find reads each twice (the op, then its
+// trace), and a journal cannot be read again.
+type log struct {
+	name string
+	data []byte
+}
+
+func readAll(sources []Source) ([]log, error) {
+	logs := make([]log, 0, len(sources))
+	for _, src := range sources {
+		b, err := io.ReadAll(src.R)
+		if err != nil {
 			return nil, fmt.Errorf("read %s: %w", src.Name, err)
 		}
+		logs = append(logs, log{src.Name, b})
 	}
+	return logs, nil
+}
+
+// scan returns the records of the lines that hold the quoted id and that
+// keep accepts, in time order. Only those lines are decoded: a rotated
+// log is megabytes of other calls.
+func scan(logs []log, id string, keep func(Record) bool) []Record {
+	var recs []Record
+	needle := []byte(`"` + id + `"`)
+	for _, l := range logs {
+		for data := l.data; len(data) > 0; {
+			line := data
+			if i := bytes.IndexByte(data, '\n'); i >= 0 {
+				line, data = data[:i], data[i+1:]
+			} else {
+				data = nil
+			}
+			if len(line) > maxLine || !bytes.Contains(line, needle) {
+				continue
+			}
+			if rec, ok := parse(line); ok && keep(rec) {
+				rec.Source = l.name
+				recs = append(recs, rec)
+			}
+		}
+	}
+	sortByTime(recs)
+	return recs
+}
+
+func sortByTime(recs []Record) {
 	sort.SliceStable(recs, func(i, j int) bool { return recs[i].Time.Before(recs[j].Time) })
-	return recs, nil
 }
 
-type parsed struct {
-	Record
-	opID string
-}
-
-func parse(line []byte) (parsed, bool) {
+// parse decodes one record. One without a time is not banger's: it has
+// no place in a timeline.
+func parse(line []byte) (Record, bool) {
 	var f struct {
-		Time       string   `json:"time"`
-		Applet     string   `json:"applet"`
-		Level      string   `json:"level"`
-		Msg        string   `json:"msg"`
-		OpID       string   `json:"op_id"`
-		Method     string   `json:"method"`
-		Stage      string   `json:"stage"`
-		Code       string   `json:"code"`
-		Error      string   `json:"error"`
-		DurationMS *float64 `json:"duration_ms"`
+		Time       string          `json:"time"`
+		Applet     string          `json:"applet"`
+		Level      string          `json:"level"`
+		Msg        string          `json:"msg"`
+		OpID       string          `json:"op_id"`
+		TraceID    string          `json:"trace_id"`
+		Method     string          `json:"method"`
+		Stage      string          `json:"stage"`
+		Code       json.RawMessage `json:"code"`
+		Error      string          `json:"error"`
+		Program    string          `json:"program"`
+		DurationMS *float64        `json:"duration_ms"`
 	}
 	if err := json.Unmarshal(line, &f); err != nil {
-		return parsed{}, false
+		return Record{}, false
 	}
-	t, _ := time.Parse(time.RFC3339Nano, f.Time)
-	return parsed{
-		opID: f.OpID,
-		Record: Record{
-			Time: t, Applet: f.Applet, Level: f.Level, Msg: f.Msg, Method: f.Method,
-			Stage: f.Stage, Code: f.Code, Error: f.Error, DurationMS: f.DurationMS,
-			Raw: append(json.RawMessage(nil), line...),
-		},
+	t, err := time.Parse(time.RFC3339Nano, f.Time)
+	if err != nil {
+		return Record{}, false
+	}
+	return Record{
+		Time: t, Applet: f.Applet, Level: f.Level, Msg: f.Msg, OpID: f.OpID, TraceID: f.TraceID,
+		Method: f.Method, Stage: f.Stage, Code: codeText(f.Code), Error: f.Error, Program: f.Program,
+		DurationMS: f.DurationMS, Raw: append(json.RawMessage(nil), line...),
 	}, true
+}
+
+// codeText is a record's code as text: a wire code is a string, an
+// agent's exit status a number (0, success, says nothing).
+func codeText(raw json.RawMessage) string {
+	var s string
+	if json.Unmarshal(raw, &s) == nil {
+		return s
+	}
+	var n json.Number
+	if json.Unmarshal(raw, &n) == nil && n != "0" {
+		return n.String()
+	}
+	return ""
 }
 
 // WriteJSON writes the raw records, one per line.
@@ -110,60 +194,4 @@ func WriteJSON(w io.Writer, recs []Record) error {
 		}
 	}
 	return nil
-}
-
-// WriteTimeline writes a readable timeline: offset from the first record,
-// applet, method, what happened, stage and duration.
-func WriteTimeline(w io.Writer, opID string, recs []Record) error {
-	if len(recs) == 0 {
-		return nil
-	}
-	first := recs[0].Time
-	span := recs[len(recs)-1].Time.Sub(first)
-	fmt.Fprintf(w, "%s  %s  %d records over %s\n", opID, first.Format("2006-01-02 15:04:05.000000Z07:00"), len(recs), fmtMillis(float64(span.Microseconds())/1000))
-	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "OFFSET\tAPPLET\tLEVEL\tMETHOD\tEVENT\tDURATION")
-	for _, r := range recs {
-		offset := float64(r.Time.Sub(first).Microseconds()) / 1000
-		dur := ""
-		if r.DurationMS != nil {
-			dur = fmtMillis(*r.DurationMS)
-		}
-		// A record's fields may hold what a guest said (an error, a
-		// console's end): no control character of theirs reaches the
-		// terminal.
-		fmt.Fprintf(tw, "+%s\t%s\t%s\t%s\t%s\t%s\n", fmtMillis(offset), printable.String(r.Applet, 0), printable.String(r.Level, 0),
-			dash(printable.String(r.Method, 0)), printable.String(event(r), 0), dur)
-	}
-	return tw.Flush()
-}
-
-// event is the record's message with the details that matter.
-func event(r Record) string {
-	var b strings.Builder
-	b.WriteString(r.Msg)
-	if r.Stage != "" {
-		b.WriteString(" [" + r.Stage + "]")
-	}
-	if r.Code != "" {
-		b.WriteString(" code=" + r.Code)
-	}
-	if r.Error != "" {
-		b.WriteString(": " + r.Error)
-	}
-	return b.String()
-}
-
-func dash(s string) string {
-	if s == "" {
-		return "-"
-	}
-	return s
-}
-
-func fmtMillis(ms float64) string {
-	if ms >= 1000 {
-		return fmt.Sprintf("%.3fs", ms/1000)
-	}
-	return fmt.Sprintf("%.3fms", ms)
 }

@@ -62,8 +62,8 @@ func Main(build api.Build, args []string) int {
 	return runPID1(build)
 }
 
-// newLogger writes JSON records to w (the console); the host reads them
-// in the VM's console log.
+// newLogger writes JSON records to w (records.go: to the host's queue,
+// and to the console).
 func newLogger(w io.Writer) zerolog.Logger {
 	level := zerolog.InfoLevel
 	if l, err := logging.ParseLevel(os.Getenv(logging.EnvLevel)); err == nil {

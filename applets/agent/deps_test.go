@@ -25,6 +25,9 @@ func TestImportGraph(t *testing.T) {
 		// api (the helper's results the daemon reports): types, and
 		// privapi's typed client on rpc.
 		"banger/internal/errdefs", "banger/internal/privapi", "banger/internal/lazyre",
+		// rate comes with agentlink's host side too: the rate a guest's
+		// records are written into the daemon's log at.
+		"golang.org/x/time/rate",
 		"banger/logging", "banger/rpc",
 		"golang.org/x/sys/", "github.com/rs/zerolog", "github.com/mattn/", "github.com/oklog/ulid/",
 		"github.com/hashicorp/yamux", "github.com/vishvananda/", "github.com/creack/pty", "github.com/prometheus/procfs"}

@@ -56,14 +56,23 @@ func runExec(log *zerolog.Logger, r *reaper, spec execSpec, conn net.Conn, track
 		if !errors.As(err, &se) {
 			se = &startError{code: codeCannotRun, msg: err.Error()}
 		}
-		log.Debug().Strs("argv", spec.argv).Int("code", se.code).Str("error", se.msg).Msg("command did not start")
+		log.Info().Str("program", spec.argv[0]).Int("code", se.code).Str("error", se.msg).Msg("command did not start")
 		return w.WriteJSON(session.Exit, session.ExitStatus{Code: se.code, Error: se.msg})
 	}
+	// The program's name at info, its arguments at debug only: they are
+	// the user's, and may hold what a log should not.
+	pid := c.proc.Pid // os.Process forgets it once waited for
+	log.Info().Str("program", spec.argv[0]).Int("pid", pid).Bool("pty", c.pty != nil).Msg("command started")
+	log.Debug().Strs("argv", spec.argv).Int("pid", pid).Msg("command's arguments")
 	untrack := track(c)
-	st, err := c.serve(conn, w)
+	_, err = c.serve(conn, w, func(st session.ExitStatus) {
+		log.Info().Int("pid", pid).Int("code", st.Code).Int("signal", st.Signal).
+			Float64("duration_ms", logging.Millis(time.Since(start))).Msg("command ended")
+	})
 	untrack()
-	log.Debug().Strs("argv", spec.argv).Int("pid", c.proc.Pid).Int("code", st.Code).Int("signal", st.Signal).
-		Float64("duration_ms", logging.Millis(time.Since(start))).Err(err).Msg("command ended")
+	if err != nil {
+		log.Info().Int("pid", pid).Err(err).Msg("the host left the session")
+	}
 	return err
 }
 
@@ -155,7 +164,10 @@ func closeFiles(fs []*os.File) {
 // drained, and sends its Exit frame; or until the host goes away, when
 // it kills the command's process group. It returns with every goroutine
 // it started ended and every file closed.
-func (c *command) serve(conn net.Conn, w *session.Writer) (session.ExitStatus, error) {
+//
+// ended is told the status first: its record is then on its way to the
+// host before the host learns of the end (and may end the guest).
+func (c *command) serve(conn net.Conn, w *session.Writer, ended func(session.ExitStatus)) (session.ExitStatus, error) {
 	defer c.proc.Release()
 	// Why the host is gone: a failed read of its frames or write of the
 	// output. Each goroutine sends at most once.
@@ -187,6 +199,7 @@ func (c *command) serve(conn net.Conn, w *session.Writer) (session.ExitStatus, e
 
 	code, sig := exitStatus(ws)
 	st := session.ExitStatus{Code: code, Signal: sig}
+	ended(st)
 	if hostErr == nil {
 		hostErr = w.WriteJSON(session.Exit, st)
 	}

@@ -23,6 +23,8 @@ type agent struct {
 	// reaper starts the commands of agent.exec and waits for them; nil
 	// in an agent that runs none.
 	reaper *reaper
+	// records are the agent's log records, for the host (agent.logs).
+	records *recordQueue
 	// sessions are the running exec commands by the op id of their call,
 	// for agent.signal.
 	sessions sessionTable
@@ -47,6 +49,7 @@ func (a *agent) streams() rpc.Streams {
 	return rpc.Streams{
 		agentlink.MethodExec:  rpc.HandleStream(a.exec),
 		agentlink.MethodUntar: rpc.HandleStream(a.untar),
+		agentlink.MethodLogs:  rpc.HandleStream(a.logs),
 	}
 }
 

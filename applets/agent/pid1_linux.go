@@ -23,14 +23,15 @@ import (
 // end (with the reason in its console log) instead of a guest that hangs.
 func runPID1(build api.Build) int {
 	ensureConsole()
-	log := newLogger(os.Stderr)
+	records := newRecordQueue()
+	log := newLogger(recordOutput{console: os.Stderr, queue: records})
 	log.Debug().Float64("uptime_ms", logging.Millis(uptime())).Msg("agent started")
 	sigs := handleSignals(log)
 	var err error
 	if inInitramfs() {
 		err = runInitramfs(log)
 	} else {
-		err = runSystem(log, build, sigs)
+		err = runSystem(log, build, sigs, records)
 	}
 	log.Error().Err(err).Msg("agent failed; powering off")
 	powerOff(log)

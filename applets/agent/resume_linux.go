@@ -57,6 +57,12 @@ func validResume(p agentlink.ResumeParams) error {
 // warm snapshot: clock first (everything after logs the right time), then
 // randomness, names and network.
 func (a *agent) resume(ctx context.Context, p agentlink.ResumeParams) (agentlink.ResumeResult, error) {
+	// The records queued until now are the snapshot's: of the guest it
+	// was taken from, which has given them to its own host already. (The
+	// host reads a restored guest's records only from its resume on.)
+	if a.records != nil {
+		a.records.discard()
+	}
 	if err := validResume(p); err != nil {
 		return agentlink.ResumeResult{}, err
 	}

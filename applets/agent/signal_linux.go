@@ -7,6 +7,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"banger/internal/agentlink"
+	"banger/logging"
 	"banger/rpc"
 )
 
@@ -47,7 +48,7 @@ func (t *sessionTable) get(opID string) *command {
 
 // signal signals a session's command: its process group, and with
 // SIGKILL the command itself too (the host gave up on the session).
-func (a *agent) signal(_ context.Context, p agentlink.SignalParams) (struct{}, error) {
+func (a *agent) signal(ctx context.Context, p agentlink.SignalParams) (struct{}, error) {
 	if p.Signal < 1 || p.Signal > 64 {
 		return struct{}{}, rpc.Errorf(rpc.CodeInvalidParams, "signal %d: want 1 to 64", p.Signal)
 	}
@@ -55,6 +56,7 @@ func (a *agent) signal(_ context.Context, p agentlink.SignalParams) (struct{}, e
 	if c == nil {
 		return struct{}{}, rpc.Errorf(rpc.CodeNotFound, "no running command of session %q", p.OpID)
 	}
+	logging.From(ctx).Info().Str("session", p.OpID).Int("pid", c.proc.Pid).Str("signal", unix.SignalName(unix.Signal(p.Signal))).Msg("command signalled")
 	if p.Signal == int(unix.SIGKILL) {
 		c.r.kill(c.proc.Pid)
 		return struct{}{}, nil

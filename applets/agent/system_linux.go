@@ -18,7 +18,7 @@ import (
 // runSystem is PID 1 of the root file system: set the guest up, then
 // serve the host until it asks for a power-off (or the power button is
 // pressed). It returns only on failure.
-func runSystem(log zerolog.Logger, build api.Build, sigs *pid1Signals) error {
+func runSystem(log zerolog.Logger, build api.Build, sigs *pid1Signals, records *recordQueue) error {
 	start := time.Now()
 	if err := mountAll(append(earlyMounts(), systemMounts()...)); err != nil {
 		return err
@@ -59,6 +59,7 @@ func runSystem(log zerolog.Logger, build api.Build, sigs *pid1Signals) error {
 		id:       identity{hostname: hostname, bootID: strings.TrimSpace(string(bootID)), net: bootNet},
 		log:      log,
 		reaper:   reaper,
+		records:  records,
 		poweroff: make(chan string, 1),
 	}
 	watchPowerButton(log, a.requestPowerOff)
@@ -76,7 +77,9 @@ func runSystem(log zerolog.Logger, build api.Build, sigs *pid1Signals) error {
 	reason := <-a.poweroff
 	log.Info().Str("reason", reason).Msg("powering off")
 	// Let calls in flight, the power-off request among them, finish
-	// writing their answers before the guest goes.
+	// writing their answers before the guest goes; the host's reader of
+	// the records gets the last ones, and ends its call.
+	records.finish()
 	ch.waitIdle(3 * time.Second)
 	powerOff(log)
 	return nil

@@ -124,7 +124,11 @@ func run(ctx context.Context, build api.Build, o options) error {
 		return cli.Exit("open the log: "+err.Error(), service.ExitFailed)
 	}
 	defer logFile.Close()
-	log := logging.New(logging.Tee(os.Stderr, logFile), api.AppletDaemon, level)
+	logOut := logging.Tee(os.Stderr, logFile)
+	log := logging.New(logOut, api.AppletDaemon, level)
+	// The guest agents' records, which their links bring, are written
+	// here too, as theirs.
+	guestLog := logging.NewRelay(logOut, api.AppletAgent, level)
 	fail := func(code int, err error) error {
 		log.Error().Err(err).Msg("daemon not started")
 		return cli.Exit(err.Error(), code)
@@ -218,7 +222,7 @@ func run(ctx context.Context, build api.Build, o options) error {
 	if err != nil {
 		return fail(service.ExitUsage, err)
 	}
-	d.engine = qemu.New(&engine.QEMU{StateDir: o.stateDir}, accel)
+	d.engine = qemu.New(&engine.QEMU{StateDir: o.stateDir}, accel, &guestLog)
 	if d.vms, d.images, err = newVMs(startCtx, vm.Config{StateDir: o.stateDir, Engine: d.engine, Warm: warmOpts,
 		DB: db, Ops: d.ops, Helper: helper, Bridge: bridge, Interrupted: interruptedCreates(interrupted)}); err != nil {
 		return fail(service.ExitFailed, err)

@@ -74,6 +74,9 @@ type Link struct {
 	hello Hello
 	conn  net.Conn
 	mux   *yamux.Session
+	// calls are the op ids of the calls made on the link, which the
+	// agent's records may name (records.go).
+	calls calls
 }
 
 // Wait connects to the agent socket of a QEMU instance and returns once
@@ -275,6 +278,7 @@ func (l *Link) Hello() Hello { return l.hello }
 
 // Call makes one rpc call to the agent on a stream of its own.
 func (l *Link) Call(ctx context.Context, method string, params, result any) error {
+	l.calls.add(ctx)
 	stream, err := l.mux.OpenStream()
 	if err != nil {
 		return fmt.Errorf("call %s: open a stream to the agent: %w", method, err)
@@ -286,6 +290,7 @@ func (l *Link) Call(ctx context.Context, method string, params, result any) erro
 // stream of its own and returns the stream, which then carries session
 // frames. ctx bounds the start only.
 func (l *Link) OpenSession(ctx context.Context, method string, params any) (*rpc.Stream, error) {
+	l.calls.add(ctx)
 	stream, err := l.mux.OpenStream()
 	if err != nil {
 		return nil, fmt.Errorf("call %s: open a stream to the agent: %w", method, err)

@@ -36,11 +36,11 @@ func fakeAgent(t *testing.T, sock string, before func(net.Conn)) {
 	t.Helper()
 	fakeAgentServing(t, sock, before, rpc.Methods{agentlink.MethodPing: rpc.Handle(func(context.Context, rpc.NoParams) (agentlink.PingResult, error) {
 		return agentlink.PingResult{BootID: "b1"}, nil
-	})})
+	})}, nil)
 }
 
-// fakeAgentServing is fakeAgent serving methods.
-func fakeAgentServing(t *testing.T, sock string, before func(net.Conn), methods rpc.Methods) {
+// fakeAgentServing is fakeAgent serving methods and streams.
+func fakeAgentServing(t *testing.T, sock string, before func(net.Conn), methods rpc.Methods, streams rpc.Streams) {
 	t.Helper()
 	ln, err := net.Listen("unix", sock)
 	if err != nil {
@@ -77,6 +77,7 @@ func fakeAgentServing(t *testing.T, sock string, before func(net.Conn), methods 
 		}
 		srv := &rpc.Server{
 			Methods:        methods,
+			Streams:        streams,
 			TrustTransport: true,
 			Authorize:      rpc.AllowTrusted,
 			Logger:         zerolog.New(io.Discard),
@@ -225,7 +226,7 @@ func TestHostileAgentAnswers(t *testing.T) {
 				{Proto: "tcp6", Address: "::", Port: 70000},
 			}}, nil
 		}),
-	})
+	}, nil)
 	ctx, link := waitLink(t, sock)
 	_, err := link.Ping(ctx)
 	var re *rpc.ErrorResponse

@@ -75,7 +75,7 @@ func (e *fakeEngine) Launch(ctx context.Context, spec LaunchSpec) (Process, erro
 	return nil, errors.New("fake engine launches nothing")
 }
 
-func (e *fakeEngine) Attach(ctx context.Context, dir string, user *UserNet) (Process, error) {
+func (e *fakeEngine) Attach(ctx context.Context, dir, name string, user *UserNet) (Process, error) {
 	return nil, errors.New("not running")
 }
 

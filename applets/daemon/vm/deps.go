@@ -25,10 +25,11 @@ var ErrExitedAtStart = errors.New("the engine exited as it started")
 // Engine starts VM processes and finds them again after a restart.
 type Engine interface {
 	Launch(ctx context.Context, spec LaunchSpec) (Process, error)
-	// Attach finds the running engine process of an instance directory;
-	// an error means it is not running (or not ours). A user-mode VM's
-	// network is made again from user (nil for a bridged VM).
-	Attach(ctx context.Context, instanceDir string, user *UserNet) (Process, error)
+	// Attach finds the running engine process of an instance directory
+	// (of the VM called name); an error means it is not running (or not
+	// ours). A user-mode VM's network is made again from user (nil for a
+	// bridged VM).
+	Attach(ctx context.Context, instanceDir, name string, user *UserNet) (Process, error)
 	// Leftovers removes the runtime files (sockets, pidfile) of an
 	// instance whose process is gone, keeping its disk.
 	Leftovers(instanceDir string) error

@@ -125,7 +125,7 @@ func (s *Service) attachAll(ctx context.Context, vms []state.VM, interrupted map
 				if vm.Network != api.NetworkBridge {
 					user = &UserNet{Ports: vm.Ports, AllowHost: vm.AllowHost}
 				}
-				proc, err = s.engine.Attach(ctx, vm.InstanceDir, user)
+				proc, err = s.engine.Attach(ctx, vm.InstanceDir, vm.Name, user)
 			}
 			mu.Lock()
 			out[vm.Name] = attachResult{proc, err}

@@ -43,7 +43,7 @@ type attachEngine struct {
 	release       chan struct{}
 }
 
-func (e *attachEngine) Attach(ctx context.Context, dir string, user *UserNet) (Process, error) {
+func (e *attachEngine) Attach(ctx context.Context, dir, name string, user *UserNet) (Process, error) {
 	e.mu.Lock()
 	e.running++
 	e.most = max(e.most, e.running)

@@ -14,6 +14,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/rs/zerolog"
+
 	"banger/applets/agent/boot"
 	"banger/applets/daemon/engine"
 	"banger/applets/daemon/state"
@@ -31,6 +33,9 @@ import (
 type Engine struct {
 	q     *engine.QEMU
 	accel engine.Accel
+	// guestLog writes the records the guests' agents send (nil: they
+	// are not read).
+	guestLog *zerolog.Logger
 }
 
 func (e *Engine) Launch(ctx context.Context, spec vm.LaunchSpec) (vm.Process, error) {
@@ -66,7 +71,10 @@ func (e *Engine) Launch(ctx context.Context, spec vm.LaunchSpec) (vm.Process, er
 		}
 		return nil, err
 	}
-	p := &process{inst: inst}
+	p := e.newProcess(inst, spec.Hostname)
+	// A guest that loads a saved state has the queued records of the
+	// guest the state was saved from: its own come from its resume on.
+	p.restored = spec.Incoming != "" || spec.AwaitState
 	if un != nil {
 		if err := p.connectNet(ctx, un); err != nil {
 			inst.Kill(context.WithoutCancel(ctx))
@@ -121,12 +129,12 @@ func (p *process) connectNet(ctx context.Context, un *usernet.Network) error {
 	return nil
 }
 
-func (e *Engine) Attach(ctx context.Context, dir string, user *vm.UserNet) (vm.Process, error) {
+func (e *Engine) Attach(ctx context.Context, dir, name string, user *vm.UserNet) (vm.Process, error) {
 	inst, err := engine.Attach(ctx, dir)
 	if err != nil {
 		return nil, err
 	}
-	p := &process{inst: inst}
+	p := e.newProcess(inst, name)
 	if user != nil {
 		un, err := newUserNet(ctx, *user, false)
 		if err != nil {
@@ -141,7 +149,7 @@ func (e *Engine) Attach(ctx context.Context, dir string, user *vm.UserNet) (vm.P
 	lctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	if link, err := agentlink.Wait(lctx, inst.AgentSocket()); err == nil {
-		p.link = link
+		p.setLink(link)
 	}
 	return p, nil
 }
@@ -151,7 +159,7 @@ func (e *Engine) AttachPaused(ctx context.Context, dir string) (vm.Process, erro
 	if err != nil {
 		return nil, err
 	}
-	return &process{inst: inst}, nil
+	return e.newProcess(inst, ""), nil
 }
 
 func (e *Engine) Leftovers(dir string) error { return engine.CleanRuntime(dir) }
@@ -170,14 +178,62 @@ func (e *Engine) Identity() (string, error) {
 
 // process is one running QEMU and, once ready, its agent link.
 type process struct {
-	inst *engine.Instance
+	inst     *engine.Instance
+	guestLog *zerolog.Logger
 
-	mu   sync.Mutex // guards link, net and early
-	link *agentlink.Link
+	mu   sync.Mutex // guards name, restored, copying, link, net and early
+	name string     // the VM's, which its agent's records are tagged with
+	// restored is a guest loaded from a saved state that has not been
+	// resumed yet.
+	restored bool
+	link     *agentlink.Link
+	// copying is the link whose records are being copied.
+	copying *agentlink.Link
 	// net is a user-mode VM's network, nil for a bridged VM.
 	net *usernet.Network
 	// early is the handshake LoadState began, for Resume to finish.
 	early agentWait
+}
+
+func (e *Engine) newProcess(inst *engine.Instance, name string) *process {
+	return &process{inst: inst, guestLog: e.guestLog, name: name}
+}
+
+// setLink keeps the agent's link, and copies its records.
+func (p *process) setLink(link *agentlink.Link) {
+	p.mu.Lock()
+	p.link = link
+	p.mu.Unlock()
+	p.copyRecords()
+}
+
+// copyRecords copies the records the agent sends on its link into the
+// guest log until the link ends; a restored guest's, once resumed.
+func (p *process) copyRecords() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	link := p.link
+	if p.guestLog == nil || link == nil || p.restored || p.copying == link {
+		return
+	}
+	p.copying = link
+	go func() {
+		err := link.CopyRecords(context.Background(), func(r agentlink.GuestRecord) {
+			r.Log(p.guestLog, p.vmName())
+		})
+		p.mu.Lock()
+		if p.copying == link {
+			p.copying = nil
+		}
+		p.mu.Unlock()
+		p.guestLog.Debug().Str("vm", p.vmName()).Err(err).Msg("the agent's records end")
+	}()
+}
+
+func (p *process) vmName() string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.name
 }
 
 func (p *process) PID() int { return p.inst.PID }
@@ -248,9 +304,7 @@ func (p *process) finishAgentWait(ctx context.Context, ch agentWait) (string, er
 			}
 			return "", r.err
 		}
-		p.mu.Lock()
-		p.link = r.link
-		p.mu.Unlock()
+		p.setLink(r.link)
 		return r.link.Hello().BootID, nil
 	case <-p.inst.Done():
 		// QEMU exited before its agent spoke: say so, rather than wait out
@@ -426,6 +480,9 @@ func (p *process) Resume(ctx context.Context, id vm.GuestIdentity) (string, erro
 	if t := id.Tap; t != nil {
 		net = &agentlink.ResumeNetwork{Address: t.Address, Gateway: t.Gateway, DNS: t.DNS, Search: t.Search, MAC: t.MAC}
 	}
+	p.mu.Lock()
+	p.name = id.Hostname // a standby's records are the new VM's from here
+	p.mu.Unlock()
 	err = logging.Stage(ctx, "agent resume", func(ctx context.Context) error {
 		r, err := link.Resume(ctx, agentlink.ResumeParams{Hostname: id.Hostname, MachineID: id.MachineID, BootID: id.BootID,
 			Seed: id.Seed, TimeUnixNS: id.Time.UnixNano(), Network: net})
@@ -437,6 +494,10 @@ func (p *process) Resume(ctx context.Context, id vm.GuestIdentity) (string, erro
 	if err != nil {
 		return "", fmt.Errorf("give the restored guest its identity: %w", err)
 	}
+	p.mu.Lock()
+	p.restored = false
+	p.mu.Unlock()
+	p.copyRecords()
 	return id.BootID, nil
 }
 
@@ -455,7 +516,10 @@ func (p *process) Close() error {
 }
 
 // New is the engine of QEMU q, its VMs run with accel.
-func New(q *engine.QEMU, accel engine.Accel) *Engine { return &Engine{q: q, accel: accel} }
+// guestLog, when not nil, writes the records each guest's agent sends.
+func New(q *engine.QEMU, accel engine.Accel, guestLog *zerolog.Logger) *Engine {
+	return &Engine{q: q, accel: accel, guestLog: guestLog}
+}
 
 // QEMU is the engine's QEMU and the accelerator it was given (host.accel
 // reports them).

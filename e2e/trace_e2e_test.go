@@ -3,6 +3,7 @@ package e2e_test
 import (
 	"encoding/json"
 	"os"
+	"regexp"
 	"strings"
 	"testing"
 )
@@ -81,5 +82,67 @@ func TestOneCommandOneTrace(t *testing.T) {
 		if !seen[m] {
 			t.Errorf("no %s record in the second command's trace (%v)", m, seen)
 		}
+	}
+}
+
+// createLine is a create's first progress line, which ends with its op id.
+var createLine = regexp.MustCompile(`(?m)^vm\.create \S+ \((op-[0-9A-HJKMNP-TV-Z]{26})\)$`)
+
+// The trace of a command from any op id it printed: `banger trace OP` of
+// a `vm run`'s create shows the run's calls (its create, exec and delete)
+// in time order in one trace; --json prints that trace's records, one
+// JSON object a line; --last shows the same trace. The daemon logs at
+// its default level, as a user's does.
+func TestTraceOfACommand(t *testing.T) {
+	needGuests(t)
+	s := newSandbox(t)
+	s.daemon()
+	r := s.banger("vm", "run", "--rm", "--", "sh", "-c", "exit 3").want(t, 3)
+	m := createLine.FindStringSubmatch(r.stderr)
+	if m == nil {
+		t.Fatalf("no op id on the create's line:\n%s", r.stderr)
+	}
+	op := m[1]
+
+	out := s.banger("trace", op).want(t, 0).stdout
+	header, _, _ := strings.Cut(out, "\n")
+	tm := regexp.MustCompile(`^trace ([0-9a-f]{32}), the command of ` + op + `$`).FindStringSubmatch(header)
+	if tm == nil {
+		t.Fatalf("no trace id in the header:\n%s", out)
+	}
+	trace := tm[1]
+	at := map[string]int{}
+	for i, l := range strings.Split(out, "\n") {
+		for _, method := range []string{"vm.create.begin", "vm.exec", "vm.delete"} {
+			if _, seen := at[method]; !seen && strings.Contains(l, "  "+method) {
+				at[method] = i
+			}
+		}
+	}
+	if len(at) != 3 || !(at["vm.create.begin"] < at["vm.exec"] && at["vm.exec"] < at["vm.delete"]) {
+		t.Errorf("the create, exec and delete are not rows in time order (%v):\n%s", at, out)
+	}
+
+	js := s.banger("trace", "--json", op).want(t, 0).stdout
+	methods, ops := map[string]bool{}, map[string]bool{}
+	for _, l := range strings.Split(strings.TrimSuffix(js, "\n"), "\n") {
+		var rec map[string]any
+		if err := json.Unmarshal([]byte(l), &rec); err != nil {
+			t.Fatalf("a line that is not one JSON object: %q: %v", l, err)
+		}
+		if rec["trace_id"] != trace {
+			t.Errorf("a record of another trace: %s", l)
+		}
+		m, _ := rec["method"].(string)
+		o, _ := rec["op_id"].(string)
+		methods[m], ops[o] = true, true
+	}
+	if !methods["vm.create.begin"] || !methods["vm.exec"] || !methods["vm.delete"] || !ops[op] || len(ops) < 3 {
+		t.Errorf("the records' methods %v, op ids %v", methods, ops)
+	}
+
+	last := s.banger("trace", "--last").want(t, 0).stdout
+	if h, _, _ := strings.Cut(last, "\n"); h != "trace "+trace {
+		t.Errorf("--last shows %q, want trace %s", h, trace)
 	}
 }

@@ -79,7 +79,7 @@ func TestTraceIDs(t *testing.T) {
 	base := []string{"--state-dir", t.TempDir(), "trace", "--log", testdataLog}
 	for _, id := range []string{"op-01M8TMXWDBCCP12GR6Y9MPZ7PT", "01a2354ed95265bf6c01b5469f5a0896"} {
 		code, stdout, stderr := runMain(t, append(base, id)...)
-		if code != ExitOK || !strings.HasPrefix(stdout, "trace 01a2354ed95265bf6c01b5469f5a0896, ") || !strings.Contains(stdout, "vm.delete") {
+		if code != ExitOK || !strings.HasPrefix(stdout, "trace 01a2354ed95265bf6c01b5469f5a0896") || !strings.Contains(stdout, "vm.delete") {
 			t.Errorf("%s: exit %d, %s%s", id, code, stdout, stderr)
 		}
 	}

@@ -26,6 +26,7 @@ type Tree struct {
 // duration_ms, a point in time), with the rows under it.
 type Row struct {
 	Name       string // what the row says, from the record: printable before printing
+	Detail     string // all the record says, for a failure's line (describe)
 	Applet     string
 	Start, End time.Time
 	Event      bool
@@ -39,16 +40,18 @@ type Row struct {
 
 type interval struct{ start, end time.Time }
 
-// What the server and logging.Stage write. A server's message names the
-// call's own span; rpc.CallLog lets a server choose it, and the daemon's
-// stream server says "session".
+// What logging.Stage writes.
 const (
 	msgStageStarted   = "stage started"
 	msgStageCompleted = "stage completed"
 	msgStageFailed    = "stage failed"
 )
 
-var serverMsgs = map[string]bool{"rpc completed": true, "rpc failed": true, "session ended": true, "session failed": true}
+// serverEnds end the messages of a server's record of a call (rpc's
+// defaults; rpc.CallLog lets each server choose its own: "helper rpc
+// failed", "agent rpc completed", the daemon's stream server's "session
+// ended").
+var serverEnds = []string{"rpc completed", "rpc failed", "session ended", "session failed"}
 
 // nestSlack is how far a child's computed start may fall before its
 // parent's: a start is a record's time less its duration, each rounded
@@ -79,14 +82,17 @@ func Build(f Found) Tree {
 	}
 	sortRows(rows)
 	t.Rows = collapse(rows)
-	for i, r := range t.Rows {
-		if i == 0 || r.Start.Before(t.Start) {
+	// The scale holds every row: an agent's row may fall outside its op's.
+	first := true
+	walk(t.Rows, 0, func(r *Row, _ int) {
+		if first || r.Start.Before(t.Start) {
 			t.Start = r.Start
 		}
-		if r.End.After(t.End) {
+		if first || r.End.After(t.End) {
 			t.End = r.End
 		}
-	}
+		first = false
+	})
 	return t
 }
 
@@ -128,29 +134,54 @@ func opRows(recs []Record, ends map[string][]time.Time) ([]*Row, int) {
 	if recs[0].OpID == "" {
 		return children, hidden
 	}
-	op := &Row{Name: opName(recs), Applet: recs[0].Applet, Start: recs[0].Time, End: recs[0].Time, Count: 1}
+	op := &Row{Name: opName(recs), Applet: opApplet(recs), Count: 1}
 	if root >= 0 {
 		op = recordRow(recs[root])
 	}
 	call := op.End.Sub(op.Start)
-	for _, c := range items {
-		op.Start, op.End = minTime(op.Start, c.Start), maxTime(op.End, c.End)
-	}
+	stretch(op, items, root >= 0, recs[0].Time)
 	if root >= 0 && op.End.Sub(op.Start)-call > time.Millisecond {
 		op.Call = call
 	}
-	op.Event = false
+	// An op known only by events (its server logs its calls at debug)
+	// has no duration of record: it is a point, not a span of 0.
+	op.Event = root < 0 && !op.End.After(op.Start)
 	op.Children = children
 	op.Parts, op.Total = []interval{{op.Start, op.End}}, op.End.Sub(op.Start)
 	return []*Row{op}, hidden
 }
 
+// stretch makes an op's row hold its rows: an operation goes on after
+// the call that began it returned. The agent's rows stretch it only when
+// it has nothing else: their times are the guest's clock, which may be
+// seconds off the host's (an op without any row is at its first record).
+func stretch(op *Row, items []*Row, rooted bool, first time.Time) {
+	set := rooted
+	for _, guest := range []bool{false, true} {
+		for _, c := range items {
+			switch {
+			case (c.Applet == api.AppletAgent) != guest:
+			case !set:
+				op.Start, op.End, set = c.Start, c.End, true
+			default:
+				op.Start, op.End = minTime(op.Start, c.Start), maxTime(op.End, c.End)
+			}
+		}
+		if set {
+			return
+		}
+	}
+	op.Start, op.End = first, first
+}
+
 // serverRecord is the index of the record of the op's own call, or -1:
-// the daemon's server's, else the first server's (a log of the helper
-// alone).
+// the daemon's server's; in a log of the helper alone, the helper's. An
+// op of the daemon whose server's record is not there (it logs calls at
+// debug) has none: the helper's and the agent's calls are inside it.
 func serverRecord(recs []Record) int {
-	found := -1
+	found, daemon := -1, false
 	for i, r := range recs {
+		daemon = daemon || r.Applet == api.AppletDaemon
 		if !isServer(r) {
 			continue
 		}
@@ -161,19 +192,44 @@ func serverRecord(recs []Record) int {
 			found = i
 		}
 	}
+	if daemon {
+		return -1
+	}
 	return found
 }
 
-func isServer(r Record) bool { return r.DurationMS != nil && r.Method != "" && serverMsgs[r.Msg] }
+func isServer(r Record) bool {
+	return r.DurationMS != nil && r.Method != "" && r.Stage == "" &&
+		slices.ContainsFunc(serverEnds, func(end string) bool { return strings.HasSuffix(r.Msg, end) })
+}
 
-// opName names an op without its server's record by its method.
+// opName names an op without its server's record by its method: the
+// daemon's, else the first.
 func opName(recs []Record) string {
+	name := ""
 	for _, r := range recs {
-		if r.Method != "" {
+		if r.Method != "" && r.Applet == api.AppletDaemon {
 			return r.Method
 		}
+		if name == "" {
+			name = r.Method
+		}
 	}
-	return recs[0].Msg
+	if name == "" {
+		return recs[0].Msg
+	}
+	return name
+}
+
+// opApplet is the applet that served an op without its server's record:
+// the daemon when it wrote any of it.
+func opApplet(recs []Record) string {
+	for _, r := range recs {
+		if r.Applet == api.AppletDaemon {
+			return r.Applet
+		}
+	}
+	return recs[0].Applet
 }
 
 // shown tells whether an event (a record without duration_ms) gets a row:
@@ -221,7 +277,7 @@ func ended(r Record, ends map[string][]time.Time) bool {
 // recordRow is the row of one record: a span when it has duration_ms,
 // else an event.
 func recordRow(r Record) *Row {
-	row := &Row{Name: label(r), Applet: r.Applet, Start: spanStart(r), End: r.Time, Event: r.DurationMS == nil, Count: 1,
+	row := &Row{Name: label(r), Detail: describe(r), Applet: r.Applet, Start: spanStart(r), End: r.Time, Event: r.DurationMS == nil, Count: 1,
 		Failed: strings.HasSuffix(r.Msg, " failed") || r.Level == "warn" || r.Level == "error" || r.Level == "fatal" || r.Level == "panic"}
 	row.Parts, row.Total = []interval{{row.Start, row.End}}, row.End.Sub(row.Start)
 	return row
@@ -240,32 +296,46 @@ func spanStart(r Record) time.Time {
 	return r.Time.Add(-d)
 }
 
-// label is what a record's row says: a call's method, a stage's name,
-// else the message, with what the record adds (its stage, program, code
-// and error).
+// label is what a record's row says: a call's method, a stage's name in
+// brackets (as a stage is named wherever it is a detail), else the
+// message, with what the record adds (details).
 func label(r Record) string {
-	var parts []string
 	switch {
 	case isServer(r):
-		parts = append(parts, r.Method)
+		return r.Method + details(r, false)
 	case isStageEnd(r):
-		parts = append(parts, r.Stage)
-	case r.Stage != "":
-		parts = append(parts, r.Msg, "["+r.Stage+"]")
-	default:
-		parts = append(parts, r.Msg)
+		return "[" + r.Stage + "]" + details(r, false)
+	}
+	return r.Msg + details(r, r.Stage != "")
+}
+
+// details is what a record adds to its name: its stage (when the name is
+// not that), program, code and error.
+func details(r Record, stage bool) string {
+	var b strings.Builder
+	if stage {
+		b.WriteString(" [" + r.Stage + "]")
 	}
 	if r.Program != "" {
-		parts = append(parts, r.Program)
+		b.WriteString(" " + r.Program)
 	}
 	if r.Code != "" {
-		parts = append(parts, "code="+r.Code)
+		b.WriteString(" code=" + r.Code)
 	}
-	s := strings.Join(parts, " ")
 	if r.Error != "" {
-		s += ": " + r.Error
+		b.WriteString(": " + r.Error)
 	}
-	return s
+	return b.String()
+}
+
+// describe is all a record says, for a failure: its method, message,
+// stage, code and error.
+func describe(r Record) string {
+	s := r.Msg
+	if r.Method != "" {
+		s = r.Method + ": " + s
+	}
+	return s + details(r, r.Stage != "")
 }
 
 // nest puts each row under the span that holds it in time and ends

@@ -223,27 +223,27 @@ func TestTreeOfARun(t *testing.T) {
 	// begun among them, which outlives it), the image's stages in
 	// resolve image, the helper's call in make disk and its stage in it.
 	for child, want := range map[string]string{
-		"resolve image":               "operation ended",
-		"image import stage [kernel]": "resolve image",
-		"priv.create_tap":             "make disk",
-		"create tap":                  "priv.create_tap",
+		"[resolve image]":             "operation ended",
+		"image import stage [kernel]": "[resolve image]",
+		"priv.create_tap":             "[make disk]",
+		"[create tap]":                "priv.create_tap",
 		"command started sh":          "command ended code=3",
 		"command ended code=3":        "vm.exec",
 		"command's arguments":         "command ended code=3",
 		"vm deleted":                  "vm.delete",
 		"operation ended":             "vm.create.begin",
-		"image import stage [digest]": "resolve image",
-		"save warm snapshot":          "operation ended",
-		"record vm":                   "operation ended",
-		"wait for agent":              "operation ended",
-		"agent hello":                 "make standby",
-		"warm snapshot saved":         "save warm snapshot",
+		"image import stage [digest]": "[resolve image]",
+		"[save warm snapshot]":        "operation ended",
+		"[record vm]":                 "operation ended",
+		"[wait for agent]":            "operation ended",
+		"[agent hello]":               "[make standby]",
+		"warm snapshot saved":         "[save warm snapshot]",
 		"standby ready":               "vm.create.begin",
-		"image import stage [initrd]": "resolve image",
-		"image import stage [rootfs]": "resolve image",
-		"image import stage [agent]":  "resolve image",
-		"prime guest":                 "save warm snapshot",
-		"make standby":                "vm.create.begin",
+		"image import stage [initrd]": "[resolve image]",
+		"image import stage [rootfs]": "[resolve image]",
+		"image import stage [agent]":  "[resolve image]",
+		"[prime guest]":               "[save warm snapshot]",
+		"[make standby]":              "vm.create.begin",
 	} {
 		c := rowNamed(t, rows, child)
 		if p := parent[c]; p == nil || p.Name != want {
@@ -319,13 +319,18 @@ func TestWaterfallOfARun(t *testing.T) {
 	out := waterfall(t, tr)
 	checkTerminalSafe(t, out)
 	lines := strings.Split(out, "\n")
-	if !strings.HasPrefix(lines[0], "trace "+runTrace+", from 2026-12-02 05:51:29.631773Z, 6.57s") ||
-		!strings.HasPrefix(lines[1], strconv.Itoa(tr.Records)+" records, "+strconv.Itoa(tr.Spans)+" spans; "+strconv.Itoa(tr.Hidden)+" debug records not shown") {
-		t.Errorf("header:\n%s\n%s", lines[0], lines[1])
+	header := strings.Join(lines[:3], "\n")
+	if want := "trace " + runTrace + ", the command of " + execOp + "\n" +
+		"from 2026-12-02 05:51:29.631773Z, 6.57s: " + strconv.Itoa(tr.Records) + " records, " + strconv.Itoa(tr.Spans) + " spans\n" +
+		strconv.Itoa(tr.Hidden) + " debug records not shown (--json prints every record)"; header != want {
+		t.Errorf("header:\n%s\nwant:\n%s", header, want)
+	}
+	if !strings.HasPrefix(lines[4], "   OFFSET  DURATION  0s ") {
+		t.Errorf("column header %q", lines[4])
 	}
 	var order []string
 	rows := map[string]string{}
-	for _, l := range lines[4:] {
+	for _, l := range lines[5:] {
 		if l == "" {
 			break
 		}
@@ -347,7 +352,7 @@ func TestWaterfallOfARun(t *testing.T) {
 	if b := barOf(rows["ping"]); b != "▏"+strings.Repeat(" ", barWidth-1) {
 		t.Errorf("ping's bar %q", b)
 	}
-	if b := strings.TrimRight(barOf(rows["resolve image"]), " "); !strings.HasPrefix(b, "█") || utf8.RuneCountInString(b) > barWidth/2 {
+	if b := strings.TrimRight(barOf(rows["[resolve image]"]), " "); !strings.HasPrefix(b, "█") || utf8.RuneCountInString(b) > barWidth/2 {
 		t.Errorf("resolve image's bar %q", b)
 	}
 	if b := barOf(rows["warm snapshot saved"]); strings.Count(b, "•") != 1 {
@@ -362,11 +367,11 @@ func TestWaterfallOfARun(t *testing.T) {
 func TestWaterfallOfAFailure(t *testing.T) {
 	out := waterfall(t, Build(find(t, failTrace, testSources(t))))
 	checkTerminalSafe(t, out)
-	if !strings.Contains(out, "✗ resolve image: unavailable") {
+	if !strings.Contains(out, "✗ [resolve image]: unavail") {
 		t.Errorf("no failed stage row:\n%s", out)
 	}
 	_, after, ok := strings.Cut(out, "\nfailures and warnings:\n")
-	if !ok || !strings.Contains(strings.Join(strings.Fields(after), " "), "resolve image: unavailable: no kernel in /boot (vmlinuz-*); install the Debian package linux-image-amd64") {
+	if !ok || !strings.Contains(strings.Join(strings.Fields(after), " "), "vm.create.begin: stage failed [resolve image]: unavailable: no kernel in /boot (vmlinuz-*); install the Debian package linux-image-amd64") {
 		t.Errorf("the failure is not said whole:\n%s", out)
 	}
 }
@@ -426,7 +431,7 @@ func TestAStageWithoutEndShowsItsStart(t *testing.T) {
 	for _, r := range rows {
 		names = append(names, r.Name)
 	}
-	if got := strings.Join(names, ","); got != "vm.create.begin,stage started [make standby],take standby" || tr.Hidden != 1 {
+	if got := strings.Join(names, ","); got != "vm.create.begin,stage started [make standby],[take standby]" || tr.Hidden != 1 {
 		t.Errorf("rows %s, %d hidden", got, tr.Hidden)
 	}
 }
@@ -468,6 +473,67 @@ func TestFmtDur(t *testing.T) {
 	} {
 		if got := fmtDur(d); got != want || len(got) > durWidth {
 			t.Errorf("fmtDur(%s) = %q, want %q", d, got, want)
+		}
+	}
+}
+
+// The agent's records carry the guest's clock, here 0.8 s behind the
+// host's (as a TCG guest's was): they stay under their op but do not
+// stretch it, and the scale holds them. An op known only by an event (its
+// server's records at debug, the log at info) is a point.
+func TestGuestClockAndPointOps(t *testing.T) {
+	const exec, del = "op-01M8TNN5DRVB0ZYSJMJ4X29CT4", "op-01M8TNN5ECKBXAEX253NB2DSQ7"
+	log := `{"level":"info","applet":"banger-agent","time":"2026-12-02T06:04:17.953393Z","vm":"vm-eqbksz","op_id":"` + exec + `","trace_id":"` + runTrace + `","method":"agent.exec","pid":100,"program":"sh","pty":false,"msg":"command started"}
+{"level":"info","applet":"banger-agent","time":"2026-12-02T06:04:17.963720Z","vm":"vm-eqbksz","op_id":"` + exec + `","trace_id":"` + runTrace + `","method":"agent.exec","code":3,"duration_ms":13.682,"pid":-1,"signal":0,"msg":"command ended"}
+{"level":"info","applet":"bangerd","op_id":"` + exec + `","trace_id":"` + runTrace + `","method":"vm.exec","duration_ms":19.439,"uid":0,"pid":27049,"time":"2026-12-02T06:04:18.763529Z","msg":"session ended"}
+{"level":"info","applet":"bangerd","trace_id":"` + runTrace + `","op_id":"` + del + `","method":"vm.delete","vm":"vm-eqbksz","time":"2026-12-02T06:04:18.769324Z","msg":"vm deleted"}
+`
+	tr := Build(find(t, runTrace, []Source{{Name: "x", R: strings.NewReader(log)}}))
+	if len(tr.Rows) != 2 {
+		t.Fatalf("%d top rows", len(tr.Rows))
+	}
+	ex, dl := tr.Rows[0], tr.Rows[1]
+	if ex.Name != "vm.exec" || ex.Total != 19439*time.Microsecond || ex.Call != 0 || len(ex.Children) != 1 || ex.Children[0].Name != "command ended code=3" {
+		t.Errorf("the exec's row %+v", ex)
+	}
+	if got := tr.Start.Format(time.RFC3339Nano); got != "2026-12-02T06:04:17.950038Z" {
+		t.Errorf("the trace starts %s, want at the agent's command", got)
+	}
+	if dl.Name != "vm.delete" || !dl.Event || len(dl.Children) != 1 {
+		t.Errorf("the delete's row %+v", dl)
+	}
+	out := waterfall(t, tr)
+	checkTerminalSafe(t, out)
+	// The exec at its own time, the delete a point without a duration.
+	for _, l := range strings.Split(out, "\n") {
+		if strings.HasSuffix(l, "vm.exec") && !strings.HasPrefix(l, " +794.1ms    19.4ms ") ||
+			strings.HasSuffix(l, "vm.delete") && strings.Count(l, "ms") != 1 {
+			t.Errorf("row %q in:\n%s", l, out)
+		}
+	}
+}
+
+// At the daemon's default level its server's records (debug) are not
+// there: the op is still the daemon's, named by its method, and the
+// helper's calls ("helper rpc completed") are inside its stages, not the
+// op itself.
+func TestAnOpWithoutItsServersRecord(t *testing.T) {
+	const op = "op-01M8TNX02WMWNQZYCBYVKWJ853"
+	rec := func(applet, fields string) string {
+		return `{"level":"info","applet":"` + applet + `","op_id":"` + op + `","trace_id":"` + runTrace + `",` + fields + "}\n"
+	}
+	log := rec("bangerd-root", `"method":"priv.ensure_bridge","duration_ms":1.711,"uid":0,"time":"2026-12-02T06:08:38.090500Z","msg":"helper rpc completed"`) +
+		rec("bangerd", `"method":"vm.create.begin","stage":"ensure bridge","duration_ms":2.27,"time":"2026-12-02T06:08:38.091000Z","msg":"stage completed"`) +
+		rec("bangerd-root", `"method":"priv.create_tap","duration_ms":2.07,"uid":0,"time":"2026-12-02T06:08:38.094000Z","msg":"helper rpc completed"`) +
+		rec("bangerd", `"method":"vm.create.begin","stage":"create tap","duration_ms":2.62,"time":"2026-12-02T06:08:38.094500Z","msg":"stage completed"`)
+	tr := Build(find(t, op, []Source{{Name: "x", R: strings.NewReader(log)}}))
+	rows, parent := rowIndex(tr)
+	if len(tr.Rows) != 1 || tr.Rows[0].Name != "vm.create.begin" || tr.Rows[0].Applet != "bangerd" || tr.Rows[0].Event {
+		t.Fatalf("top rows %+v", tr.Rows)
+	}
+	for child, want := range map[string]string{"priv.ensure_bridge": "[ensure bridge]", "priv.create_tap": "[create tap]", "[create tap]": "vm.create.begin"} {
+		if p := parent[rowNamed(t, rows, child)]; p == nil || p.Name != want {
+			t.Errorf("%s is under %+v, want %s", child, p, want)
 		}
 	}
 }

@@ -30,16 +30,20 @@ const (
 func WriteWaterfall(w io.Writer, t Tree) error {
 	var b bytes.Buffer
 	total := t.End.Sub(t.Start)
-	if t.TraceID != "" {
-		fmt.Fprintf(&b, "trace %s, from %s, %s\n", t.TraceID, stamp(t.Start), fmtDur(total))
-	} else {
-		fmt.Fprintf(&b, "%s (no trace id: its records alone), from %s, %s\n", printable.String(t.ID, 0), stamp(t.Start), fmtDur(total))
+	id := printable.String(t.ID, 0)
+	switch {
+	case t.TraceID == "":
+		fmt.Fprintf(&b, "%s (no trace id: the op's records alone)\n", id)
+	case t.TraceID != t.ID:
+		fmt.Fprintf(&b, "trace %s, the command of %s\n", t.TraceID, id)
+	default:
+		fmt.Fprintf(&b, "trace %s\n", t.TraceID)
 	}
-	fmt.Fprintf(&b, "%s, %s", plural(t.Records, "record"), plural(t.Spans, "span"))
+	fmt.Fprintf(&b, "from %s, %s: %s, %s\n", stamp(t.Start), fmtDur(total), plural(t.Records, "record"), plural(t.Spans, "span"))
 	if t.Hidden > 0 {
-		fmt.Fprintf(&b, "; %s not shown (--json prints every record)", plural(t.Hidden, "debug record"))
+		fmt.Fprintf(&b, "%s not shown (--json prints every record)\n", plural(t.Hidden, "debug record"))
 	}
-	b.WriteString("\n\n")
+	b.WriteString("\n")
 	scale := "0s" + strings.Repeat(" ", max(1, barWidth-2-len(fmtDur(total)))) + fmtDur(total)
 	b.WriteString(columns("OFFSET", "DURATION", scale, "APPLET", "NAME"))
 	var failed []*Row
@@ -76,7 +80,7 @@ func writeFailures(b *bytes.Buffer, failed []*Row, start time.Time) {
 	b.WriteString("\nfailures and warnings:\n")
 	for _, r := range failed {
 		prefix := fmt.Sprintf("%*s%s%-*s%s", offsetWidth, "+"+fmtDur(r.Start.Sub(start)), gap, appletWidth, fit(printable.String(r.Applet, 0), appletWidth), gap)
-		for i, l := range wrap(printable.String(r.Name, maxFailure), lineWidth-len(prefix)) {
+		for i, l := range wrap(printable.String(r.Detail, maxFailure), lineWidth-len(prefix)) {
 			if i > 0 {
 				prefix = strings.Repeat(" ", len(prefix))
 			}

@@ -113,10 +113,9 @@ func byOp(recs []Record) [][]Record {
 }
 
 // opRows is the row of one op, its records nested under it, and how many
-// of them no row shows. The op's row is its server's record (the daemon's,
-// else the first server's) stretched over all the op's rows: an operation
-// goes on after the call that began it returned. Records without an op id
-// are rows of their own.
+// of them no row shows. The op's row is its server's record
+// (serverRecord) stretched over the op's rows (stretch). Records without
+// an op id are rows of their own.
 func opRows(recs []Record, ends map[string][]time.Time) ([]*Row, int) {
 	root := serverRecord(recs)
 	var items []*Row
@@ -134,9 +133,12 @@ func opRows(recs []Record, ends map[string][]time.Time) ([]*Row, int) {
 	if recs[0].OpID == "" {
 		return children, hidden
 	}
-	op := &Row{Name: opName(recs), Applet: opApplet(recs), Count: 1}
+	var op *Row
 	if root >= 0 {
 		op = recordRow(recs[root])
+	} else {
+		op = &Row{Count: 1}
+		op.Name, op.Applet = opIdentity(recs)
 	}
 	call := op.End.Sub(op.Start)
 	stretch(op, items, root >= 0, recs[0].Time)
@@ -203,33 +205,23 @@ func isServer(r Record) bool {
 		slices.ContainsFunc(serverEnds, func(end string) bool { return strings.HasSuffix(r.Msg, end) })
 }
 
-// opName names an op without its server's record by its method: the
-// daemon's, else the first.
-func opName(recs []Record) string {
-	name := ""
+// opIdentity is the method and applet of an op without its server's
+// record: the daemon's when it wrote any of the op, else the first
+// record's with a method.
+func opIdentity(recs []Record) (method, applet string) {
+	method, applet = recs[0].Msg, recs[0].Applet
+	found := false
 	for _, r := range recs {
-		if r.Method != "" && r.Applet == api.AppletDaemon {
-			return r.Method
-		}
-		if name == "" {
-			name = r.Method
-		}
-	}
-	if name == "" {
-		return recs[0].Msg
-	}
-	return name
-}
-
-// opApplet is the applet that served an op without its server's record:
-// the daemon when it wrote any of it.
-func opApplet(recs []Record) string {
-	for _, r := range recs {
-		if r.Applet == api.AppletDaemon {
-			return r.Applet
+		switch {
+		case r.Method != "" && r.Applet == api.AppletDaemon:
+			return r.Method, r.Applet
+		case r.Applet == api.AppletDaemon:
+			applet = r.Applet
+		case r.Method != "" && !found:
+			method, found = r.Method, true
 		}
 	}
-	return recs[0].Applet
+	return method, applet
 }
 
 // shown tells whether an event (a record without duration_ms) gets a row:

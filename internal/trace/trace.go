@@ -14,6 +14,8 @@ import (
 	"sort"
 	"strings"
 	"time"
+
+	"banger/rpc"
 )
 
 // Source is one log to read: a file or journalctl's output.
@@ -70,7 +72,9 @@ func Find(id string, sources []Source) (Found, error) {
 	}
 	op := scan(logs, id, func(r Record) bool { return r.OpID == id })
 	for _, r := range op {
-		if r.TraceID != "" {
+		// A malformed trace_id is no trace to gather (and not text for
+		// a terminal).
+		if rpc.ValidTraceID(r.TraceID) {
 			f.TraceID = r.TraceID
 			break
 		}

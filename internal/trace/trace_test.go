@@ -537,3 +537,17 @@ func TestAnOpWithoutItsServersRecord(t *testing.T) {
 		}
 	}
 }
+
+// A malformed trace_id is no trace: the op's records alone, and nothing
+// of it reaches the terminal.
+func TestAMalformedTraceIDIsNoTrace(t *testing.T) {
+	const op = "op-01M8TNX02WMWNQZYCBYVKWJ853"
+	log := `{"level":"info","applet":"bangerd","op_id":"` + op + `","trace_id":"\u001b[2J","method":"vm.exec","duration_ms":2,"time":"2026-12-02T06:08:38.090500Z","msg":"session ended"}
+{"level":"info","applet":"bangerd","op_id":"op-01M8TNX02WMWNQZYCBYVKWJ854","trace_id":"\u001b[2J","method":"vm.exec","duration_ms":2,"time":"2026-12-02T06:08:38.090500Z","msg":"session ended"}
+`
+	f := find(t, op, []Source{{Name: "x", R: strings.NewReader(log)}})
+	if f.TraceID != "" || len(f.Records) != 1 {
+		t.Fatalf("trace %q, %d records", f.TraceID, len(f.Records))
+	}
+	checkTerminalSafe(t, waterfall(t, Build(f)))
+}

@@ -30,14 +30,14 @@ const (
 func WriteWaterfall(w io.Writer, t Tree) error {
 	var b bytes.Buffer
 	total := t.End.Sub(t.Start)
-	id := printable.String(t.ID, 0)
+	id, trace := printable.String(t.ID, 0), printable.String(t.TraceID, 0)
 	switch {
-	case t.TraceID == "":
+	case trace == "":
 		fmt.Fprintf(&b, "%s (no trace id: the op's records alone)\n", id)
-	case t.TraceID != t.ID:
-		fmt.Fprintf(&b, "trace %s, the command of %s\n", t.TraceID, id)
+	case trace != id:
+		fmt.Fprintf(&b, "trace %s, the command of %s\n", trace, id)
 	default:
-		fmt.Fprintf(&b, "trace %s\n", t.TraceID)
+		fmt.Fprintf(&b, "trace %s\n", trace)
 	}
 	fmt.Fprintf(&b, "from %s, %s: %s, %s\n", stamp(t.Start), fmtDur(total), plural(t.Records, "record"), plural(t.Spans, "span"))
 	if t.Hidden > 0 {

@@ -27,7 +27,6 @@ import (
 	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
-	"go.opentelemetry.io/otel/exporters/otlp/otlptrace/otlptracehttp"
 	"go.opentelemetry.io/otel/sdk/resource"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/trace"
@@ -47,17 +46,18 @@ type Tracer struct {
 // Setup returns the Tracer of the applet service (its service.name,
 // which OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES override) at
 // version, or nil when the environment asks for no export (Enabled). The
-// exporter reads the OTEL_EXPORTER_OTLP_* variables and the batch
-// processor the OTEL_BSP_* ones themselves. Export errors are written to
-// log as warnings. Shut the Tracer down to flush its last spans.
+// exporter (otlp.go) reads the OTEL_EXPORTER_OTLP_* variables, the SDK's
+// batch processor the OTEL_BSP_* ones and its sampler
+// OTEL_TRACES_SAMPLER. Export errors are written to log as warnings.
+// Shut the Tracer down to flush its last spans.
 func Setup(ctx context.Context, service, version string, log zerolog.Logger) (*Tracer, error) {
 	on, err := Enabled(os.Getenv)
 	if !on || err != nil {
 		return nil, err
 	}
-	exp, err := otlptracehttp.New(ctx)
+	exp, err := newExporter(os.Getenv)
 	if err != nil {
-		return nil, fmt.Errorf("OTLP exporter: %w", err)
+		return nil, err
 	}
 	res, err := resource.New(ctx,
 		resource.WithAttributes(attribute.String("service.name", service), attribute.String("service.version", version)),

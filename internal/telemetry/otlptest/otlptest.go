@@ -8,29 +8,32 @@ import (
 	"bytes"
 	"compress/gzip"
 	"encoding/hex"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	coltrace "go.opentelemetry.io/proto/otlp/collector/trace/v1"
+	common "go.opentelemetry.io/proto/otlp/common/v1"
 	"google.golang.org/protobuf/proto"
 )
 
 // Span is one received span, its ids in lowercase hex.
 type Span struct {
-	Service              string // the resource's service.name
-	TraceID, SpanID      string
-	ParentSpanID         string // "" for a root span
-	Name                 string
-	Kind                 int32 // OTLP's SpanKind: 2 server, 1 internal
-	Attributes           map[string]string
-	StatusCode           int32 // 2: error
-	Start, End           time.Time
-	ParentRemoteFlagSeen bool // the span's flags say whether its parent is remote
-	ParentRemote         bool
+	Service         string // the resource's service.name
+	TraceID, SpanID string
+	ParentSpanID    string // "" for a root span
+	Name            string
+	Kind            int32 // OTLP's SpanKind: 2 server, 1 internal
+	Attributes      map[string]string
+	StatusCode      int32 // 2: error
+	Start, End      time.Time
+	ParentRemote    bool
 }
 
 // Receiver collects the spans posted to it.
@@ -38,9 +41,27 @@ type Receiver struct {
 	// URL is the receiver's base, for OTEL_EXPORTER_OTLP_ENDPOINT.
 	URL string
 
-	mu       sync.Mutex // guards spans, requests
+	mu       sync.Mutex // guards the fields below
 	spans    []Span
 	requests int
+	header   http.Header // of the last request
+	failures int         // how many requests to answer fail with
+	fail     int         // that status
+}
+
+// FailNext makes the receiver answer the next n requests with status,
+// keeping nothing of them.
+func (r *Receiver) FailNext(n, status int) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.failures, r.fail = n, status
+}
+
+// Header is the last request's header name.
+func (r *Receiver) Header(name string) string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.header.Get(name)
 }
 
 // Start starts a receiver that stops when the test ends.
@@ -57,7 +78,17 @@ func Start(t testing.TB) *Receiver {
 func (r *Receiver) serve(w http.ResponseWriter, req *http.Request) {
 	r.mu.Lock()
 	r.requests++
+	r.header = req.Header.Clone()
+	fail := r.failures > 0
+	if fail {
+		r.failures--
+	}
+	status := r.fail
 	r.mu.Unlock()
+	if fail {
+		http.Error(w, "failing as told", status)
+		return
+	}
 	body, err := readBody(req)
 	var msg coltrace.ExportTraceServiceRequest
 	if err == nil {
@@ -107,15 +138,37 @@ func spansOf(msg *coltrace.ExportTraceServiceRequest) []Span {
 					sp.ParentSpanID = hex.EncodeToString(p)
 				}
 				// SPAN_FLAGS_CONTEXT_HAS_IS_REMOTE_MASK, _IS_REMOTE_MASK
-				sp.ParentRemoteFlagSeen, sp.ParentRemote = s.GetFlags()&0x100 != 0, s.GetFlags()&0x200 != 0
+				sp.ParentRemote = s.GetFlags()&0x300 == 0x300
 				for _, kv := range s.GetAttributes() {
-					sp.Attributes[kv.GetKey()] = kv.GetValue().GetStringValue()
+					sp.Attributes[kv.GetKey()] = text(kv.GetValue())
 				}
 				out = append(out, sp)
 			}
 		}
 	}
 	return out
+}
+
+// text is an attribute value as text: strings as they are, numbers and
+// booleans as strconv writes them, arrays as [a b].
+func text(v *common.AnyValue) string {
+	switch x := v.GetValue().(type) {
+	case *common.AnyValue_StringValue:
+		return x.StringValue
+	case *common.AnyValue_BoolValue:
+		return strconv.FormatBool(x.BoolValue)
+	case *common.AnyValue_IntValue:
+		return strconv.FormatInt(x.IntValue, 10)
+	case *common.AnyValue_DoubleValue:
+		return strconv.FormatFloat(x.DoubleValue, 'g', -1, 64)
+	case *common.AnyValue_ArrayValue:
+		var parts []string
+		for _, e := range x.ArrayValue.GetValues() {
+			parts = append(parts, text(e))
+		}
+		return "[" + strings.Join(parts, " ") + "]"
+	}
+	return fmt.Sprintf("%T", v.GetValue())
 }
 
 // Spans returns the spans received so far.

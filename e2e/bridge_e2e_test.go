@@ -326,7 +326,7 @@ func TestBridgedVMs(t *testing.T) {
 		t.Errorf("helper calls of the create: %v", methods)
 	}
 	tr := s.banger("trace", "--log", hlog, opA).want(t, 0)
-	for _, want := range []string{"helper rpc completed", "[allocate address]", "[ensure bridge]", "[create tap]", "[wait for agent]", "priv.create_tap", "bangerd-root"} {
+	for _, want := range []string{"[allocate address]", "[ensure bridge]", "[create tap]", "[wait for agent]", "priv.create_tap", "bangerd-root"} {
 		if !strings.Contains(tr.stdout, want) {
 			t.Errorf("trace lacks %q:\n%s", want, tr.stdout)
 		}

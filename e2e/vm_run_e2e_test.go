@@ -278,14 +278,21 @@ func gitRepo(t *testing.T, dir string) string {
 	return repo
 }
 
-func TestVMRunWorkspace(t *testing.T) {
+// workspaceSandbox is a sandbox with a daemon and a git repository to
+// copy into VMs.
+func workspaceSandbox(t *testing.T) (*sandbox, string) {
+	t.Helper()
 	needGuests(t)
 	if _, err := exec.LookPath("git"); err != nil {
 		t.Skip("git is not installed (packaging/test.sh installs it)")
 	}
 	s := newSandbox(t)
 	s.daemon()
-	repo := gitRepo(t, s.dir)
+	return s, gitRepo(t, s.dir)
+}
+
+func TestVMRunWorkspace(t *testing.T) {
+	s, repo := workspaceSandbox(t)
 
 	// From a subdirectory: the whole repo is copied, the command starts
 	// in the same subdirectory of the copy.

@@ -41,13 +41,13 @@ func (a *agent) exec(_ context.Context, p session.Exec) (struct{}, rpc.StreamFun
 	return struct{}{}, func(ctx context.Context, conn net.Conn) error {
 		return runExec(logging.From(ctx), a.reaper, spec, conn, func(c *command) func() {
 			return a.sessions.add(rpc.OpIDFrom(ctx), c)
-		})
+		}, a.flushRecords)
 	}, nil
 }
 
 // runExec runs one session; track registers its command for agent.signal
-// while it runs.
-func runExec(log *zerolog.Logger, r *reaper, spec execSpec, conn net.Conn, track func(*command) func()) error {
+// while it runs; flush sends the records so far to the host.
+func runExec(log *zerolog.Logger, r *reaper, spec execSpec, conn net.Conn, track func(*command) func(), flush func()) error {
 	w := session.NewWriter(conn)
 	start := time.Now()
 	c, err := startCommand(r, spec)
@@ -68,6 +68,7 @@ func runExec(log *zerolog.Logger, r *reaper, spec execSpec, conn net.Conn, track
 	_, err = c.serve(conn, w, func(st session.ExitStatus) {
 		log.Info().Int("pid", pid).Int("code", st.Code).Int("signal", st.Signal).
 			Float64("duration_ms", logging.Millis(time.Since(start))).Msg("command ended")
+		flush()
 	})
 	untrack()
 	if err != nil {

@@ -5,6 +5,7 @@ import (
 	"io"
 	"net"
 	"sync"
+	"time"
 
 	"github.com/rs/zerolog"
 
@@ -33,13 +34,17 @@ type recordQueue struct {
 	size    int // bytes in recs
 	dropped int // records dropped since a reader last took some
 	reader  uint64
+	reading bool          // the reader is reading
+	queued  uint64        // records ever queued
+	sent    uint64        // the last of them written to a host
+	flushed chan struct{} // closed (and replaced) when records are written
 	read    bool          // a host has read records
 	closing bool          // the guest powers off: deliver what is left, then stop
 	wake    chan struct{} // closed (and replaced) when records come or the reader changes
 }
 
 func newRecordQueue() *recordQueue {
-	return &recordQueue{wake: make(chan struct{})}
+	return &recordQueue{wake: make(chan struct{}), flushed: make(chan struct{})}
 }
 
 // Write queues one record (zerolog writes a record per call). It never
@@ -54,6 +59,7 @@ func (q *recordQueue) Write(p []byte) (int, error) {
 	rec := append([]byte(nil), p...)
 	q.mu.Lock()
 	defer q.mu.Unlock()
+	q.queued++
 	q.recs = append(q.recs, rec)
 	q.size += len(rec)
 	for len(q.recs) > maxQueuedRecords || q.size > maxQueuedBytes {
@@ -84,23 +90,63 @@ func (q *recordQueue) attach() uint64 {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	q.reader++
-	q.read = true
+	q.read, q.reading = true, true
 	q.notify()
 	return q.reader
 }
 
+// detach records that reader r stopped.
+func (q *recordQueue) detach(r uint64) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	if q.reader == r {
+		q.reading = false
+	}
+}
+
+// delivered records that the records up to queued were written to a host.
+func (q *recordQueue) delivered(queued uint64) {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	q.sent = max(q.sent, queued)
+	close(q.flushed)
+	q.flushed = make(chan struct{})
+}
+
+// flush waits, at most d, until the records queued so far are written to
+// the host's stream, when a host reads them: a record of an end (a
+// command's) then reaches the host before the end's own answer, which may
+// make the host end the guest.
+func (q *recordQueue) flush(d time.Duration) {
+	deadline := time.After(d)
+	q.mu.Lock()
+	target := q.queued
+	for q.reading && q.sent < target {
+		ch := q.flushed
+		q.mu.Unlock()
+		select {
+		case <-ch:
+		case <-deadline:
+			return
+		}
+		q.mu.Lock()
+	}
+	q.mu.Unlock()
+}
+
 // take returns the queued records for reader r, how many were dropped
-// before them, and what to wait on when there are none; done when r is
-// no longer the reader, or the queue is closing and empty.
-func (q *recordQueue) take(r uint64) (recs [][]byte, dropped int, wake <-chan struct{}, done bool) {
+// before them, the count of records queued up to them, and what to wait
+// on when there are none; done when r is no longer the reader, or the
+// queue is closing and empty.
+func (q *recordQueue) take(r uint64) (recs [][]byte, dropped int, upTo uint64, wake <-chan struct{}, done bool) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	if q.reader != r || q.closing && len(q.recs) == 0 {
-		return nil, 0, nil, true
+		return nil, 0, 0, nil, true
 	}
 	recs, dropped = q.recs, q.dropped
 	q.recs, q.size, q.dropped = nil, 0, 0
-	return recs, dropped, q.wake, false
+	return recs, dropped, q.queued, q.wake, false
 }
 
 // giveBack puts records a reader could not deliver back in front, for
@@ -127,6 +173,7 @@ func (q *recordQueue) discard() {
 	defer q.mu.Unlock()
 	clear(q.recs)
 	q.recs, q.size, q.dropped = nil, 0, 0
+	q.sent = q.queued
 }
 
 // finish makes the reader deliver what is queued and stop: the guest
@@ -144,9 +191,10 @@ func (q *recordQueue) finish() {
 // finishes. Records it could not write stay queued, for the next host.
 func (q *recordQueue) serve(ctx context.Context, log *zerolog.Logger, w io.Writer) {
 	r := q.attach()
+	defer q.detach(r)
 	var buf []byte
 	for {
-		recs, dropped, wake, done := q.take(r)
+		recs, dropped, upTo, wake, done := q.take(r)
 		if done {
 			return
 		}
@@ -170,6 +218,19 @@ func (q *recordQueue) serve(ctx context.Context, log *zerolog.Logger, w io.Write
 			q.giveBack(recs)
 			return
 		}
+		q.delivered(upTo)
+	}
+}
+
+// recordFlushWait bounds the wait of a session's end for its record to be
+// on its way: a host that does not read its records holds up no session
+// for long.
+const recordFlushWait = 500 * time.Millisecond
+
+// flushRecords sends the records so far to the host before going on.
+func (a *agent) flushRecords() {
+	if a.records != nil {
+		a.records.flush(recordFlushWait)
 	}
 }
 

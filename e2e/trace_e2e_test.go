@@ -89,15 +89,14 @@ func TestOneCommandOneTrace(t *testing.T) {
 var createLine = regexp.MustCompile(`(?m)^vm\.create \S+ \((op-[0-9A-HJKMNP-TV-Z]{26})\)$`)
 
 // The trace of a command from any op id it printed: `banger trace OP` of
-// a `vm run`'s create shows the run's calls (its create, exec and delete)
-// in time order in one trace; --json prints that trace's records, one
-// JSON object a line; --last shows the same trace. The daemon logs at
-// its default level, as a user's does.
+// a `vm run ./repo`'s create shows the run's calls (its create, copy,
+// exec and delete) in time order in one trace, with the guest agent's
+// records of the copy and the command; --json prints that trace's
+// records, one JSON object a line; --last shows the same trace. The
+// daemon logs at its default level, as a user's does.
 func TestTraceOfACommand(t *testing.T) {
-	needGuests(t)
-	s := newSandbox(t)
-	s.daemon()
-	r := s.banger("vm", "run", "--rm", "--", "sh", "-c", "exit 3").want(t, 3)
+	s, repo := workspaceSandbox(t)
+	r := s.banger("vm", "run", "--rm", repo, "--", "sh", "-c", "exit 3").want(t, 3)
 	m := createLine.FindStringSubmatch(r.stderr)
 	if m == nil {
 		t.Fatalf("no op id on the create's line:\n%s", r.stderr)
@@ -113,18 +112,23 @@ func TestTraceOfACommand(t *testing.T) {
 	trace := tm[1]
 	at := map[string]int{}
 	for i, l := range strings.Split(out, "\n") {
-		for _, method := range []string{"vm.create.begin", "vm.exec", "vm.delete"} {
+		for _, method := range []string{"vm.create.begin", "vm.copy", "vm.exec", "vm.delete"} {
 			if _, seen := at[method]; !seen && strings.Contains(l, "  "+method) {
 				at[method] = i
 			}
 		}
 	}
-	if len(at) != 3 || !(at["vm.create.begin"] < at["vm.exec"] && at["vm.exec"] < at["vm.delete"]) {
-		t.Errorf("the create, exec and delete are not rows in time order (%v):\n%s", at, out)
+	if len(at) != 4 || !(at["vm.create.begin"] < at["vm.copy"] && at["vm.copy"] < at["vm.exec"] && at["vm.exec"] < at["vm.delete"]) {
+		t.Errorf("the create, copy, exec and delete are not rows in time order (%v):\n%s", at, out)
+	}
+	for _, want := range []string{"untar done", "command ended", "code=3", "banger-agent"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("the waterfall lacks the agent's %q:\n%s", want, out)
+		}
 	}
 
 	js := s.banger("trace", "--json", op).want(t, 0).stdout
-	methods, ops := map[string]bool{}, map[string]bool{}
+	methods, ops, agent := map[string]bool{}, map[string]bool{}, map[string]bool{}
 	for _, l := range strings.Split(strings.TrimSuffix(js, "\n"), "\n") {
 		var rec map[string]any
 		if err := json.Unmarshal([]byte(l), &rec); err != nil {
@@ -136,9 +140,16 @@ func TestTraceOfACommand(t *testing.T) {
 		m, _ := rec["method"].(string)
 		o, _ := rec["op_id"].(string)
 		methods[m], ops[o] = true, true
+		if rec["applet"] == "banger-agent" {
+			msg, _ := rec["msg"].(string)
+			agent[msg] = agent[msg] || msg != "command ended" || rec["code"] == 3.0
+		}
 	}
-	if !methods["vm.create.begin"] || !methods["vm.exec"] || !methods["vm.delete"] || !ops[op] || len(ops) < 3 {
+	if !methods["vm.create.begin"] || !methods["vm.copy"] || !methods["vm.exec"] || !methods["vm.delete"] || !ops[op] || len(ops) < 4 {
 		t.Errorf("the records' methods %v, op ids %v", methods, ops)
+	}
+	if !agent["untar done"] || !agent["command started"] || !agent["command ended"] {
+		t.Errorf("the agent's records of the copy and the command (exit 3) are not all in the trace: %v", agent)
 	}
 
 	last := s.banger("trace", "--last").want(t, 0).stdout

@@ -313,12 +313,17 @@ func TestBridgedVMs(t *testing.T) {
 	s.banger("vm", "exec", "a", "--", "ip", "addr", "del", "10.77.0.99/24", "dev", "eth0").want(t, 0)
 	s.banger("vm", "exec", "a", "--", "ping", "-c1", "-W5", b.Address).want(t, 0)
 
-	// One op id: the daemon's stages and one record per helper call.
+	// One op id: the daemon's stages and one record per helper call, in
+	// the create's trace.
 	hrecs := withOp(readRecords(t, hlog), opA)
+	drecs := withOp(readRecords(t, s.daemonLog()), opA)
+	if len(drecs) == 0 || len(drecs[0].Trace) != 32 {
+		t.Fatalf("the create's records have no trace: %+v", drecs)
+	}
 	var methods []string
 	for _, r := range hrecs {
-		if r.Msg != "helper rpc completed" {
-			t.Errorf("helper record of the create: %+v", r)
+		if r.Msg != "helper rpc completed" || r.Trace != drecs[0].Trace {
+			t.Errorf("helper record of the create (trace %s): %+v", drecs[0].Trace, r)
 		}
 		methods = append(methods, r.Method)
 	}

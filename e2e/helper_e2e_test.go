@@ -22,9 +22,10 @@ type logRecord struct {
 	Level  string   `json:"level"`
 	Msg    string   `json:"msg"`
 	OpID   string   `json:"op_id"`
+	Trace  string   `json:"trace_id"`
 	Method string   `json:"method"`
 	Stage  string   `json:"stage"`
-	Code   string   `json:"code"`
+	Code   any      `json:"code"` // an error's code, or a guest command's exit status
 	UID    *int     `json:"uid"`
 	PID    *int     `json:"pid"`
 	Dur    *float64 `json:"duration_ms"`

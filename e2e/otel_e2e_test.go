@@ -2,8 +2,10 @@ package e2e_test
 
 import (
 	"bytes"
+	"os"
 	"os/exec"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -155,4 +157,108 @@ func TestOTLPSpansOfTheHelper(t *testing.T) {
 	if len(got) != 1 || got[0].ParentSpanID != caller {
 		t.Errorf("the per-call helper's span, received when it exited: %+v", got)
 	}
+}
+
+// BenchmarkOTLPInterleaved compares the build before OpenTelemetry
+// (BANGER_BENCH_BASE names its binary) with this one twice, interleaved
+// in one run: this build with no OTEL_* variable (tracing on, no
+// exporter) and with an OTLP exporter sending to a local receiver. One
+// VM "box" serves all three, its daemon swapped between them (a daemon
+// re-attaches to the VMs that run), so a VM's own pace is no build's;
+// each turn runs `vm exec box -- true` execs times and `vm run --rm --
+// true` once with that build's client and daemon, the order of the
+// builds rotating. It reports the medians and each ratio to the build
+// before.
+//
+//	BANGER_BENCH_BASE=/tmp/banger-base go test -run '^$' -bench OTLPInterleaved -benchtime 12x ./e2e/
+func BenchmarkOTLPInterleaved(b *testing.B) {
+	baseBin := os.Getenv("BANGER_BENCH_BASE")
+	if baseBin == "" {
+		b.Skip("BANGER_BENCH_BASE names no binary of the build before")
+	}
+	recv := otlptest.Start(b)
+	v := newVMBench(b)
+	v.mustRun("vm", "create", "--name", "box")
+	v.stopDaemon()
+	builds := []*buildBench{
+		{name: "before", bin: baseBin, env: v.env},
+		{name: "traced", bin: bangerBin, env: v.env},
+		{name: "exported", bin: bangerBin, env: append(v.env, otelEnv(recv)...)},
+	}
+	for _, x := range builds {
+		b.Cleanup(func() { x.stop() })
+	}
+	const execs = 8
+	i := 0
+	for b.Loop() {
+		for k := range builds {
+			x := builds[(i+k)%len(builds)]
+			x.start(b, v)
+			for range execs {
+				x.execs = append(x.execs, x.timed(b, "vm", "exec", "box", "--", "true"))
+			}
+			x.runs = append(x.runs, x.timed(b, "vm", "run", "--rm", "--", "true"))
+			x.stop()
+		}
+		i++
+	}
+	before := builds[0]
+	for _, x := range builds {
+		b.ReportMetric(medianMS(x.execs), x.name+"-exec-p50-ms")
+		b.ReportMetric(medianMS(x.runs), x.name+"-run-p50-ms")
+		if x != before {
+			b.ReportMetric(medianMS(x.execs)/medianMS(before.execs), x.name+"/before-exec")
+			b.ReportMetric(medianMS(x.runs)/medianMS(before.runs), x.name+"/before-run")
+		}
+	}
+	if len(recv.Spans()) == 0 {
+		b.Error("the exporting daemon sent no span")
+	}
+}
+
+// buildBench is one build's binary and environment, and its timings.
+type buildBench struct {
+	name, bin   string
+	env         []string
+	execs, runs []time.Duration
+	daemon      *exec.Cmd
+}
+
+// start starts this build's daemon on v's state and waits for its ping.
+func (x *buildBench) start(b *testing.B, v *vmBench) {
+	b.Helper()
+	x.daemon = exec.Command(x.bin, "bangerd", "--helper", "none")
+	x.daemon.Env = x.env
+	if err := x.daemon.Start(); err != nil {
+		b.Fatal(err)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for _, err := v.ping(); err != nil; _, err = v.ping() {
+		if time.Now().After(deadline) {
+			b.Fatalf("%s: the daemon does not answer: %v", x.name, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// stop stops this build's daemon, if it runs (its VM lives on).
+func (x *buildBench) stop() {
+	if x.daemon != nil {
+		x.daemon.Process.Signal(syscall.SIGTERM)
+		x.daemon.Wait()
+		x.daemon = nil
+	}
+}
+
+// timed runs this build's client and returns how long it took; a failure
+// fails the benchmark.
+func (x *buildBench) timed(b *testing.B, args ...string) time.Duration {
+	b.Helper()
+	cmd := exec.Command(x.bin, args...)
+	cmd.Env = x.env
+	start := time.Now()
+	if out, err := cmd.CombinedOutput(); err != nil {
+		b.Fatalf("%s: banger %s: %v\n%s", x.name, strings.Join(args, " "), err, out)
+	}
+	return time.Since(start)
 }

@@ -210,3 +210,48 @@ func TestEnabled(t *testing.T) {
 		}
 	}
 }
+
+// benchCalls is b.N calls of a method that runs one stage, on a server
+// with tel's spans (nil: none), from a caller in a trace.
+func benchCalls(b *testing.B, tel *telemetry.Tracer) {
+	var log syncBuffer
+	dir, err := os.MkdirTemp("", "tel")
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { os.RemoveAll(dir) })
+	ln, err := rpc.Listen(filepath.Join(dir, "d.sock"), 0o600)
+	if err != nil {
+		b.Fatal(err)
+	}
+	srv := &rpc.Server{Authorize: rpc.AllowUIDs(uint32(os.Getuid())), Logger: logging.New(&log, "bangerd", zerolog.InfoLevel), Spans: tel,
+		Methods: rpc.Methods{"work": func(ctx context.Context, _ json.RawMessage) (any, error) {
+			return nil, logging.Stage(ctx, "step", func(context.Context) error { return nil })
+		}}}
+	go srv.Serve(ln)
+	b.Cleanup(func() { srv.Shutdown(context.Background()) })
+	c := &rpc.Client{Socket: filepath.Join(dir, "d.sock")}
+	ctx := rpc.WithSpan(context.Background(), rpc.Trace{ID: rpc.NewTraceID(), SpanID: rpc.NewSpanID()})
+	b.ReportAllocs()
+	for b.Loop() {
+		if err := c.Call(ctx, "work", nil, nil); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkCallAndStage is a call that runs one stage, with no export.
+func BenchmarkCallAndStage(b *testing.B) { benchCalls(b, nil) }
+
+// BenchmarkCallAndStageExported is the same call with its two spans
+// exported to a local receiver (batches every 5 s, the default).
+func BenchmarkCallAndStageExported(b *testing.B) {
+	recv := otlptest.Start(b)
+	b.Setenv("OTEL_EXPORTER_OTLP_ENDPOINT", recv.URL)
+	tel, err := telemetry.Setup(context.Background(), "bangerd", "bench", zerolog.Nop())
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { tel.Shutdown(context.Background()) })
+	benchCalls(b, tel)
+}

@@ -1,8 +1,10 @@
 package telemetry
 
 import (
+	"bytes"
 	"context"
 	"net/http"
+	"strings"
 	"testing"
 	"time"
 
@@ -81,5 +83,24 @@ func TestExportDecodes(t *testing.T) {
 	}
 	if recv.Header("Authorization") != "Bearer t0k" || recv.Header("Content-Encoding") != "gzip" || recv.Header("Content-Type") != "application/x-protobuf" {
 		t.Errorf("headers: %q %q %q", recv.Header("Authorization"), recv.Header("Content-Encoding"), recv.Header("Content-Type"))
+	}
+}
+
+// A collector that refuses the spans costs a warning in the applet's
+// log, never the applet.
+func TestExportFailureIsLogged(t *testing.T) {
+	recv := otlptest.Start(t)
+	t.Setenv("OTEL_EXPORTER_OTLP_ENDPOINT", recv.URL)
+	recv.FailNext(100, http.StatusBadRequest)
+	var log bytes.Buffer
+	tel, err := Setup(context.Background(), "bangerd", "test", zerolog.New(&log))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, span := tel.tracer.Start(context.Background(), "refused")
+	span.End()
+	tel.Close(zerolog.New(&log))
+	if !strings.Contains(log.String(), `"level":"warn"`) || !strings.Contains(log.String(), "400 Bad Request") || recv.Requests() != 1 {
+		t.Errorf("after a refused export (%d requests), the log:\n%s", recv.Requests(), log.String())
 	}
 }

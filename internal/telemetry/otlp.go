@@ -15,17 +15,23 @@ import (
 	"strings"
 	"time"
 
-	sdktrace "go.opentelemetry.io/otel/sdk/trace"
+	"go.opentelemetry.io/otel/exporters/otlp/otlptrace"
+	tracepb "go.opentelemetry.io/proto/otlp/trace/v1"
+	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
 )
 
-// exporter is the SDK's SpanExporter that posts spans to an OTLP/HTTP
-// collector in the http/protobuf protocol, configured by the standard
-// OTEL_EXPORTER_OTLP_* variables (otlpConfig). It is banger's own, not
-// the SDK's otlptracehttp, because that one's protobuf package links
-// gRPC and the protobuf runtime into the one binary every applet starts
-// from: 7 MB and some 180 page faults at every start of the client too,
-// a tenth of a `vm exec` here. The protobuf is written by hand (encode.go).
-type exporter struct {
+// The exporter is the SDK's (otlptrace: its batch of spans made into the
+// official OTLP protobuf types) on a transport of banger's: an
+// otlptrace.Client that posts the protobuf to an OTLP/HTTP collector,
+// configured by the standard OTEL_EXPORTER_OTLP_* variables (otlpConfig).
+// Not the SDK's own HTTP transport, otlptracehttp: its collector package
+// links gRPC into the one binary every applet starts from, which made
+// every start of the client slower (a `vm exec` 1.13×, BENCHMARKS.md).
+
+// httpClient is the transport: one POST of an ExportTraceServiceRequest
+// per batch, retried as the specification says.
+type httpClient struct {
 	cfg    otlpConfig
 	client *http.Client
 }
@@ -44,7 +50,9 @@ type otlpConfig struct {
 // defaultEndpoint is the specification's OTLP/HTTP default.
 const defaultEndpoint = "http://localhost:4318"
 
-func newExporter(getenv func(string) string) (*exporter, error) {
+// newExporter is the SDK's OTLP exporter on the transport getenv's
+// variables configure.
+func newExporter(ctx context.Context, getenv func(string) string) (*otlptrace.Exporter, error) {
 	cfg, err := readOTLPConfig(getenv)
 	if err != nil {
 		return nil, err
@@ -54,7 +62,7 @@ func newExporter(getenv func(string) string) (*exporter, error) {
 	if cfg.tls != nil {
 		tr.TLSClientConfig = cfg.tls
 	}
-	return &exporter{cfg: cfg, client: &http.Client{Transport: tr}}, nil
+	return otlptrace.New(ctx, &httpClient{cfg: cfg, client: &http.Client{Transport: tr}})
 }
 
 func readOTLPConfig(getenv func(string) string) (otlpConfig, error) {
@@ -130,14 +138,21 @@ func readTLS(caFile, certFile, keyFile string) (*tls.Config, error) {
 	return cfg, nil
 }
 
-// ExportSpans posts one batch, retrying what the specification calls
+// Start is the transport's start: it connects on the first post.
+func (e *httpClient) Start(context.Context) error { return nil }
+
+// UploadTraces posts one batch, retrying what the specification calls
 // retryable (429, 502, 503, 504, a failed connection) with backoff until
 // the export's timeout.
-func (e *exporter) ExportSpans(ctx context.Context, spans []sdktrace.ReadOnlySpan) error {
+func (e *httpClient) UploadTraces(ctx context.Context, spans []*tracepb.ResourceSpans) error {
 	if len(spans) == 0 {
 		return nil
 	}
-	body, err := e.body(encodeExport(spans))
+	msg, err := exportRequest(spans)
+	if err != nil {
+		return err
+	}
+	body, err := e.body(msg)
 	if err != nil {
 		return err
 	}
@@ -156,7 +171,23 @@ func (e *exporter) ExportSpans(ctx context.Context, spans []sdktrace.ReadOnlySpa
 	}
 }
 
-func (e *exporter) body(msg []byte) ([]byte, error) {
+// exportRequest is the protobuf of an ExportTraceServiceRequest of spans:
+// its one field, resource_spans = 1, repeated. (Its generated type is in
+// the collector package, which links gRPC.)
+func exportRequest(spans []*tracepb.ResourceSpans) ([]byte, error) {
+	var b []byte
+	for _, rs := range spans {
+		m, err := proto.Marshal(rs)
+		if err != nil {
+			return nil, fmt.Errorf("encode spans: %w", err)
+		}
+		b = protowire.AppendTag(b, 1, protowire.BytesType)
+		b = protowire.AppendBytes(b, m)
+	}
+	return b, nil
+}
+
+func (e *httpClient) body(msg []byte) ([]byte, error) {
 	if !e.cfg.gzip {
 		return msg, nil
 	}
@@ -175,7 +206,7 @@ type retryAfter struct{ after time.Duration }
 
 // post sends body once. A non-nil retry says the failure is one to try
 // again.
-func (e *exporter) post(ctx context.Context, body []byte) (*retryAfter, error) {
+func (e *httpClient) post(ctx context.Context, body []byte) (*retryAfter, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, e.cfg.url, bytes.NewReader(body))
 	if err != nil {
 		return nil, err
@@ -203,11 +234,11 @@ func (e *exporter) post(ctx context.Context, body []byte) (*retryAfter, error) {
 	return nil, fmt.Errorf("OTLP export to %s: %s: %s", e.cfg.url, resp.Status, bytes.TrimSpace(msg))
 }
 
-// Shutdown closes the exporter's idle connections; the batch processor
-// has flushed by then.
-func (e *exporter) Shutdown(context.Context) error {
+// Stop closes the transport's idle connections; the batch processor has
+// flushed by then.
+func (e *httpClient) Stop(context.Context) error {
 	e.client.CloseIdleConnections()
 	return nil
 }
 
-var _ sdktrace.SpanExporter = (*exporter)(nil)
+var _ otlptrace.Client = (*httpClient)(nil)

@@ -55,7 +55,7 @@ func Setup(ctx context.Context, service, version string, log zerolog.Logger) (*T
 	if !on || err != nil {
 		return nil, err
 	}
-	exp, err := newExporter(os.Getenv)
+	exp, err := newExporter(ctx, os.Getenv)
 	if err != nil {
 		return nil, err
 	}

@@ -20,18 +20,10 @@ import (
 	"banger/internal/errdefs"
 )
 
-// stageTar unpacks the tarball at file (plain, or compressed with gzip,
-// xz, zstd or bzip2, told by its first bytes) into the staging tree, with
-// the owners and modes of its headers.
-//
-// An archive is data from anywhere, so: a member with ".." in its name is
-// refused (the import fails); a leading "/" is dropped, as GNU tar does;
-// symlinks in the archive are followed only inside the tree, as the guest
-// will see them, so a symlink to /etc followed by etc/passwd writes the
-// image's /etc/passwd, never the host's; a member replaces a symlink at
-// its own path instead of writing through it. Device nodes and fifos are
-// left out with a note, as for a directory.
-func stageTar(ctx context.Context, st *stager, file string) error {
+// stageTarFile unpacks the tarball at file (plain, or compressed with
+// gzip, xz, zstd or bzip2, told by its first bytes) into the staging
+// tree.
+func stageTarFile(ctx context.Context, st *stager, file string) error {
 	f, err := os.Open(file)
 	if err != nil {
 		return fmt.Errorf("open the rootfs tarball: %w", err)
@@ -42,6 +34,23 @@ func stageTar(ctx context.Context, st *stager, file string) error {
 		return fmt.Errorf("read the rootfs tarball %s: %w", file, err)
 	}
 	defer closeDecomp()
+	return stageTar(ctx, st, r, "the rootfs tarball "+file)
+}
+
+// stageTar unpacks the tar stream r (what, such as "the rootfs tarball
+// F", names it in errors) into the staging tree, with the owners, modes
+// and modification times of its headers. Every source that is a tar
+// stream goes through it (a tarball, an OCI image's flattened layers),
+// so one set of rules holds for all.
+//
+// An archive is data from anywhere, so: a member with ".." in its name is
+// refused (the import fails); a leading "/" is dropped, as GNU tar does;
+// symlinks in the archive are followed only inside the tree, as the guest
+// will see them, so a symlink to /etc followed by etc/passwd writes the
+// image's /etc/passwd, never the host's; a member replaces a symlink at
+// its own path instead of writing through it. Device nodes and fifos are
+// left out with a note, as for a directory.
+func stageTar(ctx context.Context, st *stager, r io.Reader, what string) error {
 	tr := tar.NewReader(r)
 	xattrs := 0
 	for {
@@ -53,7 +62,7 @@ func stageTar(ctx context.Context, st *stager, file string) error {
 			break
 		}
 		if err != nil {
-			return errdefs.Errorf(errdefs.ErrInvalid, "the rootfs tarball %s cannot be read: %v", file, err)
+			return errdefs.Errorf(errdefs.ErrInvalid, "%s cannot be read: %v", what, err)
 		}
 		name, err := memberName(h.Name)
 		if err != nil {
@@ -101,12 +110,12 @@ func stageTar(ctx context.Context, st *stager, file string) error {
 func memberName(name string) (string, error) {
 	for _, elem := range strings.Split(name, "/") {
 		if elem == ".." {
-			return "", errdefs.Errorf(errdefs.ErrInvalid, "the rootfs tarball has a member %q that points outside its root; refusing the whole archive", name)
+			return "", errdefs.Errorf(errdefs.ErrInvalid, "the root file system source has a member %q that points outside its root; refusing the whole archive", name)
 		}
 	}
 	n := path.Clean(strings.TrimLeft(name, "/"))
 	if !fs.ValidPath(n) {
-		return "", errdefs.Errorf(errdefs.ErrInvalid, "the rootfs tarball has a member with the bad name %q", name)
+		return "", errdefs.Errorf(errdefs.ErrInvalid, "the root file system source has a member with the bad name %q", name)
 	}
 	return n, nil
 }

@@ -34,7 +34,7 @@ func FuzzStageTar(f *testing.F) {
 			t.Fatal(err)
 		}
 		defer st.close()
-		stageTar(context.Background(), st, archive) // refusals are fine
+		stageTarFile(context.Background(), st, archive) // refusals are fine
 		entries, _ := os.ReadDir(parent)
 		if len(entries) != 2 {
 			var names []string

@@ -120,7 +120,7 @@ func (s *Store) checkSpec(spec ImportSpec) (buildSpec, error) {
 		}
 		file := spec.RootfsTar
 		b.rootfs = rootfsSource{from: Origin{Kind: OriginTar, Path: absPath(file)},
-			populate: func(ctx context.Context, st *stager) error { return stageTar(ctx, st, file) }}
+			populate: func(ctx context.Context, st *stager) error { return stageTarFile(ctx, st, file) }}
 	default:
 		if err := checkFile("rootfs ext4 image", spec.RootfsExt4, "give an ext4 filesystem image"); err != nil {
 			return b, err

@@ -59,6 +59,12 @@ func stageTar(ctx context.Context, st *stager, r io.Reader, what string) error {
 		}
 		h, err := tr.Next()
 		if err == io.EOF {
+			// Read past the end-of-archive marker: a producer that fails
+			// after writing it (mutate.Extract closes its tar writer
+			// before it reports a layer's error) fails here, not silently.
+			if _, err := io.Copy(io.Discard, r); err != nil {
+				return errdefs.Errorf(errdefs.ErrInvalid, "%s cannot be read: %v", what, err)
+			}
 			break
 		}
 		if err != nil {

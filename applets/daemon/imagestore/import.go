@@ -20,7 +20,7 @@ import (
 )
 
 // ImportSpec says what an image is made of. Exactly one of RootfsDir,
-// RootfsTar and RootfsExt4 is given.
+// RootfsTar, RootfsExt4 and OCI is given.
 type ImportSpec struct {
 	Name       string
 	KernelPath string // a bzImage or vmlinux; PrepareKernel makes the bootable one
@@ -29,6 +29,11 @@ type ImportSpec struct {
 	RootfsDir  string // a directory holding the guest's root
 	RootfsTar  string // a tarball of it: plain, gzip, xz, zstd or bzip2
 	RootfsExt4 string // an ext4 image of it (not a whole disk)
+	// OCI is an OCI image reference in skopeo's syntax (api.ParseOCIRef),
+	// local paths absolute; its linux/amd64 image's layers are flattened.
+	OCI string
+	// Progress (may be nil) is told the bytes of OCI's layers read.
+	Progress Progress
 
 	// AgentBinary is the banger binary; it becomes boot.AgentPath.
 	AgentBinary string
@@ -81,6 +86,9 @@ type buildSpec struct {
 type rootfsSource struct {
 	from     Origin
 	populate func(ctx context.Context, st *stager) error
+	// oci is filled by populate with what an OCI image says of itself;
+	// nil for other sources.
+	oci *OCIImage
 }
 
 // checkSpec validates an import before anything is written, with errors
@@ -91,15 +99,21 @@ func (s *Store) checkSpec(spec ImportSpec) (buildSpec, error) {
 		return b, err
 	}
 	n := 0
-	for _, p := range []string{spec.RootfsDir, spec.RootfsTar, spec.RootfsExt4} {
+	for _, p := range []string{spec.RootfsDir, spec.RootfsTar, spec.RootfsExt4, spec.OCI} {
 		if p != "" {
 			n++
 		}
 	}
 	if n != 1 {
-		return b, errdefs.Errorf(errdefs.ErrInvalid, "give exactly one root filesystem: a directory, a tarball or an ext4 image (%d given)", n)
+		return b, errdefs.Errorf(errdefs.ErrInvalid, "give exactly one root filesystem: a directory, a tarball, an ext4 image or an OCI image (%d given)", n)
 	}
 	switch {
+	case spec.OCI != "":
+		src, err := ociSource(spec.OCI, spec.Progress)
+		if err != nil {
+			return b, err
+		}
+		b.rootfs = src
 	case spec.RootfsDir != "":
 		fi, err := os.Stat(spec.RootfsDir)
 		if err != nil {
@@ -335,6 +349,7 @@ func stepRootfs(ctx context.Context, tmp string, b buildSpec, m *Manifest) error
 	}
 	m.RootfsMiB = int(fi.Size() / mib)
 	m.Rootfs = Part{File: layout.ImageRootfs, From: b.rootfs.from}
+	m.OCI = b.rootfs.oci
 	return nil
 }
 

@@ -42,6 +42,10 @@ type Manifest struct {
 	// which banger an image carries.
 	Agent Part `json:"agent"`
 
+	// OCI is what the OCI image an image was made from says of itself
+	// (its config: Env, WorkingDir, User, Entrypoint, Cmd).
+	OCI *OCIImage `json:"oci,omitempty"`
+
 	// Notes say what the import changed or left out (device nodes
 	// skipped, a filesystem repaired), for the user to read.
 	Notes []string `json:"notes,omitempty"`
@@ -75,6 +79,7 @@ const (
 	OriginDir     = "dir"     // a root filesystem from a directory
 	OriginTar     = "tar"     // a root filesystem from a tarball
 	OriginExt4    = "ext4"    // a root filesystem from an ext4 image
+	OriginOCI     = "oci"     // a root filesystem from an OCI image; Path is its reference
 	OriginBusybox = "busybox" // the default image's root, around the busybox at Path
 )
 

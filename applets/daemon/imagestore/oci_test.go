@@ -1,0 +1,459 @@
+package imagestore
+
+import (
+	"archive/tar"
+	"bytes"
+	"compress/gzip"
+	"context"
+	"fmt"
+	"io"
+	"log"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"testing"
+
+	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/registry"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/layout"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
+	"github.com/google/go-containerregistry/pkg/v1/static"
+	"github.com/google/go-containerregistry/pkg/v1/tarball"
+	"github.com/google/go-containerregistry/pkg/v1/types"
+)
+
+// ociLayer is a gzip layer of entries, as ggcr builds one.
+func ociLayer(t *testing.T, entries []tarEntry) v1.Layer {
+	t.Helper()
+	file := writeTar(t, filepath.Join(t.TempDir(), "layer.tar"), entries, nil)
+	l, err := tarball.LayerFromFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return l
+}
+
+// ociImage is layers on an empty image, with a config for arch.
+func ociImage(t *testing.T, arch string, layers ...v1.Layer) v1.Image {
+	t.Helper()
+	img, err := mutate.AppendLayers(empty.Image, layers...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cf, err := img.ConfigFile()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cf = cf.DeepCopy()
+	cf.OS, cf.Architecture = "linux", arch
+	cf.Config.Env = []string{"PATH=/usr/bin:/bin", "GREETING=hi"}
+	cf.Config.WorkingDir = "/home/user"
+	cf.Config.User = "1000:1000"
+	cf.Config.Entrypoint = []string{"/usr/bin/tool"}
+	cf.Config.Cmd = []string{"--help"}
+	if img, err = mutate.ConfigFile(img, cf); err != nil {
+		t.Fatal(err)
+	}
+	return img
+}
+
+// capability is a security.capability xattr (cap_net_raw), as setcap
+// writes it.
+const capability = "\x01\x00\x00\x02\x00\x20\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00"
+
+// layeredImage has three layers that need flattening: a whiteout of a
+// file and of a directory, an opaque directory, a file replaced, a hard
+// link, a non-root owner, a symlink, a setuid file and a file capability.
+func layeredImage(t *testing.T) v1.Image {
+	const dir, reg = tar.TypeDir, tar.TypeReg
+	base := []tarEntry{
+		{name: "etc/", typ: dir, mode: 0o755},
+		{name: "etc/hello", typ: reg, mode: 0o644, body: "base\n"},
+		{name: "usr/", typ: dir, mode: 0o755},
+		{name: "usr/bin/", typ: dir, mode: 0o755},
+		{name: "usr/bin/tool", typ: reg, mode: 0o755, body: "tool"},
+		{name: "bin", typ: tar.TypeSymlink, link: "usr/bin", mode: 0o777},
+		{name: "opt/", typ: dir, mode: 0o755},
+		{name: "opt/old/", typ: dir, mode: 0o755},
+		{name: "opt/old/a", typ: reg, mode: 0o644, body: "a"},
+		{name: "data/", typ: dir, mode: 0o755},
+		{name: "data/x", typ: reg, mode: 0o644, body: "x"},
+		{name: "data/y", typ: reg, mode: 0o644, body: "y"},
+		{name: "var/", typ: dir, mode: 0o755},
+		{name: "var/gone", typ: reg, mode: 0o644, body: "gone"},
+		{name: "home/", typ: dir, mode: 0o755},
+		{name: "home/user/", typ: dir, mode: 0o750, uid: 1000, gid: 1000},
+		{name: "home/user/.profile", typ: reg, mode: 0o600, uid: 1000, gid: 1000, body: "PS1=$"},
+	}
+	middle := []tarEntry{
+		{name: "var/.wh.gone", typ: reg},
+		{name: "data/", typ: dir, mode: 0o755},
+		{name: "data/.wh..wh..opq", typ: reg},
+		{name: "data/z", typ: reg, mode: 0o644, body: "z"},
+		{name: "etc/hello", typ: reg, mode: 0o644, body: "top\n"},
+		{name: "usr/bin/ping", typ: reg, mode: 0o755, body: "ping", pax: map[string]string{"SCHILY.xattr.security.capability": capability}},
+		{name: "usr/bin/su", typ: reg, mode: 0o4755, body: "su"},
+		{name: "usr/bin/su-link", typ: tar.TypeLink, link: "usr/bin/su"},
+	}
+	top := []tarEntry{
+		{name: "opt/.wh.old", typ: reg},
+		{name: "home/user/notes", typ: reg, mode: 0o640, uid: 1000, gid: 1001, body: "n"},
+	}
+	return ociImage(t, "amd64", ociLayer(t, base), ociLayer(t, middle), ociLayer(t, top))
+}
+
+// wantLayered is the flattened tree of layeredImage, with what every
+// import adds (the agent and the mount points), as listTree lists it.
+const wantLayered = `/ 40755 0:0
+/bin 120777 0:0
+/data 40755 0:0
+/data/z 100644 0:0
+/dev 40755 0:0
+/etc 40755 0:0
+/etc/hello 100644 0:0
+/home 40755 0:0
+/home/user 40750 1000:1000
+/home/user/.profile 100600 1000:1000
+/home/user/notes 100640 1000:1001
+/opt 40755 0:0
+/proc 40555 0:0
+/root 40700 0:0
+/run 40755 0:0
+/sbin 40755 0:0
+/sbin/banger-agent 100755 0:0
+/sys 40555 0:0
+/tmp 41777 0:0
+/usr 40755 0:0
+/usr/bin 40755 0:0
+/usr/bin/ping 100755 0:0
+/usr/bin/su 104755 0:0
+/usr/bin/su-link 104755 0:0
+/usr/bin/tool 100755 0:0
+/var 40755 0:0
+`
+
+// listTree lists an ext4 image's tree with debugfs: each path with its
+// octal mode and owner, sorted; lost+found left out (mkfs makes it).
+func listTree(t *testing.T, img string) string {
+	t.Helper()
+	var lines []string
+	var walk func(dir string)
+	walk = func(dir string) {
+		for _, line := range strings.Split(debugfsOut(t, img, "ls -p "+debugfsQuote(dir)), "\n") {
+			// /INODE/MODE/UID/GID/NAME/SIZE/
+			f := strings.Split(line, "/")
+			if len(f) < 7 || f[5] == "." || f[5] == ".." || f[5] == "lost+found" && dir == "/" {
+				continue
+			}
+			p := strings.TrimSuffix(dir, "/") + "/" + f[5]
+			lines = append(lines, p+" "+strings.TrimLeft(f[2], "0")+" "+f[3]+":"+f[4])
+			if strings.HasPrefix(f[2], "04") {
+				walk(p)
+			}
+		}
+	}
+	st := statIn(t, img, "/")
+	lines = append(lines, fmt.Sprintf("/ 40%o %d:%d", st.perm, st.uid, st.gid))
+	walk("/")
+	sort.Strings(lines)
+	return strings.Join(lines, "\n") + "\n"
+}
+
+// checkLayered checks an import of layeredImage: the exact tree, the
+// contents the layers left, a hard link, a kept time, the config, and
+// the note about the file capability.
+func checkLayered(t *testing.T, im Image) {
+	t.Helper()
+	img := im.RootfsPath
+	if got := listTree(t, img); got != wantLayered {
+		t.Fatalf("tree:\n%s\nwant:\n%s", got, wantLayered)
+	}
+	for p, want := range map[string]string{"/etc/hello": "top\n", "/data/z": "z", "/usr/bin/su-link": "su", "/home/user/notes": "n"} {
+		if got := catIn(t, img, p); got != want {
+			t.Errorf("%s = %q; want %q", p, got, want)
+		}
+	}
+	if out := debugfsOut(t, img, "stat /usr/bin/su"); !strings.Contains(out, "Links: 2") {
+		t.Errorf("hard link lost:\n%s", out)
+	}
+	if out := debugfsOut(t, img, "stat /etc/hello"); !strings.Contains(out, "mtime: 0x6553f100") {
+		t.Errorf("modification time not kept:\n%s", out)
+	}
+	if out := debugfsOut(t, img, "stat /bin"); !strings.Contains(out, `Fast link dest: "usr/bin"`) {
+		t.Errorf("symlink /bin:\n%s", out)
+	}
+	o := im.OCI
+	if o == nil || !strings.HasPrefix(o.Digest, "sha256:") || o.WorkingDir != "/home/user" || o.User != "1000:1000" ||
+		strings.Join(o.Env, " ") != "PATH=/usr/bin:/bin GREETING=hi" || strings.Join(o.Entrypoint, " ") != "/usr/bin/tool" || strings.Join(o.Cmd, " ") != "--help" {
+		t.Errorf("OCI config in the manifest: %+v", o)
+	}
+	if im.Rootfs.From.Kind != OriginOCI || im.Rootfs.From.Path != o.Reference {
+		t.Errorf("rootfs origin %+v, reference %s", im.Rootfs.From, o.Reference)
+	}
+	if !strings.Contains(strings.Join(im.Notes, "\n"), "left out 1 extended attributes") {
+		t.Errorf("notes %q do not tell of the file capability", im.Notes)
+	}
+	fsckClean(t, img)
+}
+
+// testRegistry is an in-process registry; it returns its host:port.
+func testRegistry(t *testing.T) string {
+	t.Helper()
+	srv := httptest.NewServer(registry.New(registry.Logger(log.New(io.Discard, "", 0))))
+	t.Cleanup(srv.Close)
+	return strings.TrimPrefix(srv.URL, "http://")
+}
+
+func push(t *testing.T, ref string, img v1.Image) {
+	t.Helper()
+	r, err := name.ParseReference(ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := remote.Write(r, img); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func pushIndex(t *testing.T, ref string, imgs map[string]v1.Image) {
+	t.Helper()
+	var adds []mutate.IndexAddendum
+	for arch, img := range imgs {
+		adds = append(adds, mutate.IndexAddendum{Add: img, Descriptor: v1.Descriptor{Platform: &v1.Platform{OS: "linux", Architecture: arch}}})
+	}
+	r, err := name.ParseReference(ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := remote.WriteIndex(r, mutate.AppendManifests(empty.Index, adds...)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// writeLayout writes img to an OCI layout, tagged tag.
+func writeLayout(t *testing.T, dir string, img v1.Image, tag string) string {
+	t.Helper()
+	p, err := layout.Write(dir, empty.Index)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.AppendImage(img, layout.WithAnnotations(map[string]string{refNameAnnotation: tag})); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
+// tarDir writes the tree of dir as a tar file: an oci-archive of a layout.
+func tarDir(t *testing.T, dir, file string) string {
+	t.Helper()
+	var buf bytes.Buffer
+	tw := tar.NewWriter(&buf)
+	if err := tw.AddFS(os.DirFS(dir)); err != nil {
+		t.Fatal(err)
+	}
+	if err := tw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(file, buf.Bytes(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return file
+}
+
+func TestImportOCI(t *testing.T) {
+	f := newFixture(t, Options{})
+	ctx := context.Background()
+	img := layeredImage(t)
+	host := testRegistry(t)
+	push(t, host+"/test/layered:v1", img)
+	pushIndex(t, host+"/test/multi:v1", map[string]v1.Image{"arm64": ociImage(t, "arm64"), "amd64": img})
+	lay := writeLayout(t, filepath.Join(f.dir, "layout"), img, "v1")
+	archive := filepath.Join(f.dir, "docker.tar")
+	tag, _ := name.NewTag("test/layered:v1")
+	if err := tarball.WriteToFile(archive, tag, img); err != nil {
+		t.Fatal(err)
+	}
+	ociArchive := tarDir(t, lay, filepath.Join(f.dir, "oci.tar"))
+	digest, _ := img.Digest()
+	var size int64
+	layers, _ := img.Layers()
+	for _, l := range layers {
+		n, _ := l.Size()
+		size += n
+	}
+
+	for _, tc := range []struct{ name, ref string }{
+		{"registry", "docker://" + host + "/test/layered:v1"},
+		{"registry-digest", "docker://" + host + "/test/layered@" + digest.String()},
+		{"registry-index", "docker://" + host + "/test/multi:v1"},
+		{"layout", "oci:" + lay},
+		{"layout-tag", "oci:" + lay + ":v1"},
+		{"docker-archive", "docker-archive:" + archive},
+		{"oci-archive", "oci-archive:" + ociArchive},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			spec := f.spec("oci-" + tc.name)
+			spec.SizeMiB = 0
+			spec.OCI = tc.ref
+			var done, total int64
+			spec.Progress = func(d, tot int64) { done, total = d, tot }
+			im, err := f.store.Import(ctx, spec)
+			if err != nil {
+				t.Fatal(err)
+			}
+			checkLayered(t, im)
+			if im.OCI.Digest != digest.String() {
+				t.Errorf("digest %s; want the amd64 image's %s", im.OCI.Digest, digest)
+			}
+			if done != size || total != size {
+				t.Errorf("progress ended at %d of %d bytes; the layers are %d", done, total, size)
+			}
+			if left := tmpEntries(t, f.store); len(left) != 0 {
+				t.Errorf("left in the store's tmp: %v", left)
+			}
+		})
+	}
+}
+
+func TestImportOCINoAMD64(t *testing.T) {
+	f := newFixture(t, Options{})
+	host := testRegistry(t)
+	arm := ociImage(t, "arm64")
+	pushIndex(t, host+"/test/arm:v1", map[string]v1.Image{"arm64": arm})
+	push(t, host+"/test/arm-only:v1", arm)
+	for _, ref := range []string{"docker://" + host + "/test/arm:v1", "docker://" + host + "/test/arm-only:v1",
+		"oci:" + writeLayout(t, filepath.Join(f.dir, "arm"), arm, "")} {
+		spec := f.spec("arm")
+		spec.OCI = ref
+		_, err := f.store.Import(context.Background(), spec)
+		wantCode(t, err, "invalid_params")
+		if !strings.Contains(err.Error(), "no linux/amd64 image") || !strings.Contains(err.Error(), "arm64") {
+			t.Errorf("%s: %v; want it to say there is no amd64 image, only arm64", ref, err)
+		}
+	}
+}
+
+func TestImportOCIBadRefs(t *testing.T) {
+	f := newFixture(t, Options{})
+	host := testRegistry(t)
+	for ref, code := range map[string]string{
+		"alpine:latest":                       "invalid_params",
+		"dir:/tmp":                            "invalid_params",
+		"oci:" + filepath.Join(f.dir, "none"): "not_found",
+		"docker-archive:" + f.dir:             "invalid_params", // a directory
+		"docker://" + host + "/no/such:v1":    "not_found",
+		"oci:" + f.dir:                        "invalid_params", // no layout
+	} {
+		spec := f.spec("bad")
+		spec.OCI = ref
+		_, err := f.store.Import(context.Background(), spec)
+		if err == nil {
+			t.Errorf("%s imported", ref)
+			continue
+		}
+		wantCode(t, err, code)
+	}
+}
+
+// TestImportHostileOCI feeds layers that try to leave the tree or are
+// damaged: each import fails with a clear error, leaves nothing in the
+// store or outside it, and the store keeps the image it had.
+func TestImportHostileOCI(t *testing.T) {
+	f := newFixture(t, Options{})
+	ctx := context.Background()
+	outside := filepath.Join(f.dir, "outside")
+	if err := os.Mkdir(outside, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	keep := f.spec("keep")
+	keep.RootfsTar = writeTar(t, filepath.Join(f.dir, "keep.tar"), rootTar(), nil)
+	if _, err := f.store.Import(ctx, keep); err != nil {
+		t.Fatal(err)
+	}
+	const reg = tar.TypeReg
+	good := ociLayer(t, []tarEntry{{name: "etc/hello", typ: reg, mode: 0o644, body: strings.Repeat("hello ", 1000)}})
+
+	var gz bytes.Buffer
+	zw := gzip.NewWriter(&gz)
+	tw := tar.NewWriter(zw)
+	body := bytes.Repeat([]byte("a file that never ends "), 4000)
+	tw.WriteHeader(&tar.Header{Name: "big", Typeflag: reg, Mode: 0o644, Size: int64(len(body))})
+	tw.Write(body)
+	tw.Close()
+	zw.Close()
+	truncated := static.NewLayer(gz.Bytes()[:gz.Len()/2], types.OCILayer) // its digest is of the truncated bytes
+
+	layoutWith := func(name string, img v1.Image) string {
+		return writeLayout(t, filepath.Join(f.dir, name), img, "")
+	}
+	corrupt := layoutWith("corrupt", ociImage(t, "amd64", good))
+	short := layoutWith("short", ociImage(t, "amd64", good))
+	gd, _ := good.Digest()
+	blob := func(dir string) string { return filepath.Join(dir, "blobs", "sha256", gd.Hex) }
+	data, err := os.ReadFile(blob(corrupt))
+	if err != nil {
+		t.Fatal(err)
+	}
+	data[len(data)/2] ^= 0xff
+	os.Chmod(blob(corrupt), 0o644)
+	os.WriteFile(blob(corrupt), data, 0o644)
+	os.Chmod(blob(short), 0o644)
+	os.WriteFile(blob(short), data[:len(data)/2], 0o644)
+	td, _ := truncated.Digest()
+
+	for _, tc := range []struct {
+		name, ref string
+		want      []string
+	}{
+		{"traversal", "oci:" + layoutWith("traversal", ociImage(t, "amd64",
+			ociLayer(t, []tarEntry{{name: "../../outside/escaped", typ: reg, mode: 0o644, body: "x"}}))),
+			[]string{"unsafe tar path", "../../outside/escaped"}},
+		{"symlink-then-write", "oci:" + layoutWith("symlink", ociImage(t, "amd64",
+			ociLayer(t, []tarEntry{{name: "evil", typ: tar.TypeSymlink, link: outside, mode: 0o777}}),
+			ociLayer(t, []tarEntry{{name: "evil/pwned", typ: reg, mode: 0o644, body: "x"}}))),
+			[]string{"/evil is a directory"}},
+		{"truncated-gzip", "oci:" + layoutWith("truncated", ociImage(t, "amd64", truncated)),
+			[]string{"layer " + td.String(), "unexpected EOF"}},
+		{"wrong-digest", "oci:" + corrupt, []string{"layer " + gd.String() + " is corrupt"}},
+		{"not-a-tar", "oci:" + layoutWith("nottar", ociImage(t, "amd64", static.NewLayer([]byte(strings.Repeat("not a tar header ", 100)), types.OCIUncompressedLayer))),
+			[]string{"invalid tar header", "(in layer sha256:"}},
+		{"truncated-blob", "oci:" + short, []string{"layer " + gd.String() + " is corrupt or truncated"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			spec := f.spec("hostile-" + tc.name)
+			spec.OCI = tc.ref
+			_, err := f.store.Import(ctx, spec)
+			if err == nil {
+				t.Fatal("imported")
+			}
+			t.Logf("refused: %v", err)
+			wantCode(t, err, "invalid_params")
+			for _, w := range tc.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q does not say %q", err, w)
+				}
+			}
+			if left := tmpEntries(t, f.store); len(left) != 0 {
+				t.Errorf("left in the store's tmp: %v", left)
+			}
+			if _, err := os.Lstat(f.store.path(spec.Name)); err == nil {
+				t.Errorf("image %s exists", spec.Name)
+			}
+			if ents, _ := os.ReadDir(outside); len(ents) != 0 {
+				t.Errorf("written outside the tree: %v", ents)
+			}
+			ims, err := f.store.List(ctx)
+			if err != nil || len(ims) != 1 || ims[0].Name != "keep" || ims[0].Problem != "" {
+				t.Fatalf("store after the import: %+v, %v", ims, err)
+			}
+			if err := f.store.Verify(ctx, "keep"); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+}

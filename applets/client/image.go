@@ -71,16 +71,17 @@ func newImageCommand() *cli.Command {
 func newImageImportCommand() *cli.Command {
 	return &cli.Command{
 		Name:      "import",
-		Usage:     "make an image from a kernel and a root file system (a directory, a tarball or an ext4 file)",
+		Usage:     "make an image from a root file system (a directory, a tarball, an ext4 file or an OCI image) and a kernel (default: banger's)",
 		ArgsUsage: "NAME",
 		Flags: []cli.Flag{
 			jsonFlag(),
-			&cli.StringFlag{Name: "kernel", Usage: "the kernel `FILE` (bzImage or vmlinux; a bzImage is uncompressed once, here)"},
+			&cli.StringFlag{Name: "kernel", Usage: "the kernel `FILE` (bzImage or vmlinux; a bzImage is uncompressed once, here; default: the built default kernel, else the host's)"},
 			&cli.StringFlag{Name: "kernel-name", Usage: "a kernel built by `banger kernel build` (its `NAME`), instead of --kernel"},
 			&cli.StringFlag{Name: "initrd", Usage: "an initramfs `FILE` (default: one made of the kernel's guest modules, when it has them as modules)"},
 			&cli.StringFlag{Name: "rootfs-dir", Usage: "the root file system as a `DIR`"},
 			&cli.StringFlag{Name: "rootfs-tar", Usage: "the root file system as a tarball `FILE` (plain, gzip, xz, zstd, bzip2)"},
 			&cli.StringFlag{Name: "rootfs-ext4", Usage: "the root file system as an ext4 `FILE`"},
+			&cli.StringFlag{Name: "oci", Usage: "the root file system of an OCI image `REF` (linux/amd64): docker://HOST/REPO:TAG or @sha256:…, oci:DIR[:TAG], docker-archive:FILE or oci-archive:FILE"},
 			&cli.StringFlag{Name: "kernel-args", Usage: "extra kernel `ARGS` the image boots with"},
 			&cli.StringFlag{Name: "size", Usage: "the root file system's `SIZE` (M or G; default: its content plus headroom)"},
 		},
@@ -90,8 +91,8 @@ func newImageImportCommand() *cli.Command {
 				return err
 			}
 			p := api.ImageImport{Name: a[0], KernelArgs: c.String("kernel-args"), KernelName: c.String("kernel-name")}
-			if (c.String("kernel") == "") == (p.KernelName == "") {
-				return usageError(errors.New("give one of --kernel or --kernel-name"))
+			if c.String("kernel") != "" && p.KernelName != "" {
+				return usageError(errors.New("give --kernel or --kernel-name, not both"))
 			}
 			sources := 0
 			for _, f := range []struct {
@@ -109,8 +110,14 @@ func newImageImportCommand() *cli.Command {
 					}
 				}
 			}
+			if v := c.String("oci"); v != "" {
+				if p.OCI, err = ociRef(v); err != nil {
+					return err
+				}
+				sources++
+			}
 			if sources != 1 {
-				return usageError(errors.New("give exactly one of --rootfs-dir, --rootfs-tar or --rootfs-ext4"))
+				return usageError(errors.New("give exactly one of --rootfs-dir, --rootfs-tar, --rootfs-ext4 or --oci"))
 			}
 			if c.String("size") != "" {
 				if p.SizeMiB, err = parseMiB("--size", c.String("size")); err != nil {
@@ -126,6 +133,19 @@ func newImageImportCommand() *cli.Command {
 	}
 }
 
+// ociRef checks an OCI reference and makes its path absolute: the
+// daemon reads it.
+func ociRef(v string) (string, error) {
+	ref, err := api.ParseOCIRef(v)
+	if err != nil {
+		return "", usageError(err)
+	}
+	if ref, err = ref.Abs(); err != nil {
+		return "", err
+	}
+	return ref.String(), nil
+}
+
 func printImage(w io.Writer, im api.Image) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintf(tw, "name:\t%s\n", im.Name)
@@ -136,6 +156,9 @@ func printImage(w io.Writer, im api.Image) {
 		fmt.Fprintf(tw, "kernel args:\t%s\n", im.KernelArgs)
 	}
 	fmt.Fprintf(tw, "directory:\t%s\n", im.Dir)
+	if o := im.OCI; o != nil {
+		printOCI(tw, *o)
+	}
 	for _, n := range im.Notes {
 		fmt.Fprintf(tw, "note:\t%s\n", n)
 	}
@@ -149,4 +172,27 @@ func printImage(w io.Writer, im api.Image) {
 		fmt.Fprintf(tw, "standby:\t%s\n", st.Summary())
 	}
 	tw.Flush()
+}
+
+// printOCI shows what the OCI image an image was made from says of
+// itself: its reference and digest, and its config.
+func printOCI(w io.Writer, o api.OCIImage) {
+	fmt.Fprintf(w, "oci image:\t%s\n", o.Reference)
+	fmt.Fprintf(w, "oci digest:\t%s\n", o.Digest)
+	for _, e := range o.Env {
+		fmt.Fprintf(w, "oci env:\t%s\n", e)
+	}
+	for _, f := range []struct{ name, v string }{{"workdir", o.WorkingDir}, {"user", o.User}} {
+		if f.v != "" {
+			fmt.Fprintf(w, "oci %s:\t%s\n", f.name, f.v)
+		}
+	}
+	for _, f := range []struct {
+		name string
+		v    []string
+	}{{"entrypoint", o.Entrypoint}, {"cmd", o.Cmd}} {
+		if len(f.v) > 0 {
+			fmt.Fprintf(w, "oci %s:\t%q\n", f.name, f.v)
+		}
+	}
 }

@@ -45,7 +45,7 @@ func (m *imageMethods) withWarm(im api.Image) api.Image {
 
 func toAPIImage(im imagestore.Image) api.Image {
 	return api.Image{Name: im.Name, Digest: im.Digest, Created: im.Created, SizeBytes: im.SizeBytes,
-		RootfsMiB: im.RootfsMiB, KernelArgs: im.KernelArgs, Dir: im.Dir, Notes: im.Notes, Problem: im.Problem}
+		RootfsMiB: im.RootfsMiB, KernelArgs: im.KernelArgs, Dir: im.Dir, Notes: im.Notes, Problem: im.Problem, OCI: im.OCI}
 }
 
 func (m *imageMethods) list(ctx context.Context, _ rpc.NoParams) ([]api.Image, error) {
@@ -66,20 +66,14 @@ func (m *imageMethods) show(ctx context.Context, p api.VMRef) (api.Image, error)
 }
 
 func (m *imageMethods) importImage(ctx context.Context, p api.ImageImport) (api.Image, error) {
-	if p.KernelName != "" {
-		if p.Kernel != "" {
-			return api.Image{}, rpc.Errorf(rpc.CodeInvalidParams, "give a kernel file or a kernel name, not both")
-		}
-		k, err := m.kernels.Get(p.KernelName)
-		if err != nil {
-			return api.Image{}, noKernel(err, p.KernelName)
-		}
-		p.Kernel = k.VmlinuxPath
+	kernel, err := m.importKernel(p)
+	if err != nil {
+		return api.Image{}, err
 	}
 	var im imagestore.Image
-	err := logging.Stage(ctx, "import image", func(ctx context.Context) (err error) {
-		im, err = m.store.Import(ctx, imagestore.ImportSpec{Name: p.Name, KernelPath: p.Kernel, InitrdPath: p.Initrd,
-			RootfsDir: p.RootfsDir, RootfsTar: p.RootfsTar, RootfsExt4: p.RootfsExt4, AgentBinary: m.agent,
+	err = logging.Stage(ctx, "import image", func(ctx context.Context) (err error) {
+		im, err = m.store.Import(ctx, imagestore.ImportSpec{Name: p.Name, KernelPath: kernel, InitrdPath: p.Initrd,
+			RootfsDir: p.RootfsDir, RootfsTar: p.RootfsTar, RootfsExt4: p.RootfsExt4, OCI: p.OCI, AgentBinary: m.agent,
 			KernelArgs: p.KernelArgs, SizeMiB: p.SizeMiB})
 		return err
 	})
@@ -88,6 +82,29 @@ func (m *imageMethods) importImage(ctx context.Context, p api.ImageImport) (api.
 	}
 	err = m.db.PutImage(ctx, state.Image{Name: im.Name, Digest: im.Digest, SizeBytes: im.SizeBytes, Created: im.Created, KernelArgs: im.KernelArgs})
 	return toAPIImage(im), err
+}
+
+// importKernel is the kernel file an import boots: the file given, the
+// built kernel named, or banger's default kernel (the built default
+// kernel when there is one, else the host's, as the default image), so
+// an OCI image alone is enough to import.
+func (m *imageMethods) importKernel(p api.ImageImport) (string, error) {
+	switch {
+	case p.KernelName != "" && p.Kernel != "":
+		return "", rpc.Errorf(rpc.CodeInvalidParams, "give a kernel file or a kernel name, not both")
+	case p.KernelName != "":
+		k, err := m.kernels.Get(p.KernelName)
+		if err != nil {
+			return "", noKernel(err, p.KernelName)
+		}
+		return k.VmlinuxPath, nil
+	case p.Kernel != "":
+		return p.Kernel, nil
+	}
+	if k := vm.DefaultImageKernel(m.kernels); k != "" {
+		return k, nil
+	}
+	return imagestore.HostKernel(imagestore.DefaultBootDir)
 }
 
 // delete refuses an image a VM uses (the message names the VMs), then

@@ -15,6 +15,20 @@ const (
 	OCIArchive       = "oci-archive"    // oci-archive:FILE[:TAG], a tar of an OCI layout
 )
 
+// OCIImage is what an image made from an OCI image keeps of it: where it
+// came from, and the config a container runtime would run it with. The
+// image store keeps it in the image's manifest as it is here.
+type OCIImage struct {
+	Reference string `json:"reference"`
+	// Digest is the manifest digest of the linux/amd64 image imported.
+	Digest     string   `json:"digest"`
+	Env        []string `json:"env,omitempty"`
+	WorkingDir string   `json:"working_dir,omitempty"`
+	User       string   `json:"user,omitempty"`
+	Entrypoint []string `json:"entrypoint,omitempty"`
+	Cmd        []string `json:"cmd,omitempty"`
+}
+
 // OCIRef is a parsed OCI image reference. The client and the daemon both
 // parse it: the client to make its paths absolute, the daemon to read it.
 type OCIRef struct {

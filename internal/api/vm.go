@@ -182,6 +182,8 @@ type Image struct {
 	Dir        string    `json:"dir"`
 	Notes      []string  `json:"notes,omitempty"`
 	Problem    string    `json:"problem,omitempty"` // an image that cannot be read
+	// OCI is what the OCI image it was made from says of itself.
+	OCI *OCIImage `json:"oci,omitempty"`
 	// Warm is the image's warm snapshot, when it has one.
 	Warm *WarmSnapshot `json:"warm,omitempty"`
 	// Standby is what its standbys are, when the daemon keeps any.
@@ -189,10 +191,12 @@ type Image struct {
 }
 
 // ImageImport is the params of image.import: absolute paths the daemon
-// reads, exactly one root file system source.
+// reads, exactly one root file system source. Without Kernel and
+// KernelName the image boots banger's default kernel (the built
+// DefaultKernel when there is one, else the host's).
 type ImageImport struct {
 	Name   string `json:"name"`
-	Kernel string `json:"kernel"`
+	Kernel string `json:"kernel,omitempty"`
 	// KernelName names a built kernel (kernel.build.begin) instead of
 	// a Kernel file.
 	KernelName string `json:"kernel_name,omitempty"`
@@ -200,6 +204,8 @@ type ImageImport struct {
 	RootfsDir  string `json:"rootfs_dir,omitempty"`
 	RootfsTar  string `json:"rootfs_tar,omitempty"`
 	RootfsExt4 string `json:"rootfs_ext4,omitempty"`
+	// OCI is an OCI image reference (ParseOCIRef), local paths absolute.
+	OCI        string `json:"oci,omitempty"`
 	KernelArgs string `json:"kernel_args,omitempty"`
 	SizeMiB    int    `json:"size_mib,omitempty"`
 }

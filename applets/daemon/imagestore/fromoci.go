@@ -27,18 +27,9 @@ import (
 	"banger/internal/errdefs"
 )
 
-// OCIImage is what an image made from an OCI image keeps of it: where it
-// came from, and the config a container runtime would run it with.
-type OCIImage struct {
-	Reference string `json:"reference"`
-	// Digest is the manifest digest of the linux/amd64 image imported.
-	Digest     string   `json:"digest"`
-	Env        []string `json:"env,omitempty"`
-	WorkingDir string   `json:"working_dir,omitempty"`
-	User       string   `json:"user,omitempty"`
-	Entrypoint []string `json:"entrypoint,omitempty"`
-	Cmd        []string `json:"cmd,omitempty"`
-}
+// OCIImage is what an image made from an OCI image keeps of it, in its
+// manifest.
+type OCIImage = api.OCIImage
 
 // ociPlatform is the only platform banger's guests run.
 var ociPlatform = v1.Platform{OS: "linux", Architecture: "amd64"}

@@ -54,7 +54,7 @@ func (s *storeImages) Resolve(ctx context.Context, name string) (Image, error) {
 func (s *storeImages) ensureDefault(ctx context.Context) (imagestore.Image, error) {
 	s.defaultMu.Lock()
 	defer s.defaultMu.Unlock()
-	spec := imagestore.DefaultSpec{AgentBinary: s.agent, Kernel: defaultImageKernel(s.kernels)}
+	spec := imagestore.DefaultSpec{AgentBinary: s.agent, Kernel: DefaultImageKernel(s.kernels)}
 	img, err := s.store.EnsureDefault(ctx, spec)
 	if err != nil || s.agentSum == nil || s.usedBy == nil {
 		return img, err
@@ -133,10 +133,11 @@ func New(ctx context.Context, c Config) (*Service, error) {
 	return s, nil
 }
 
-// defaultImageKernel is the kernel the default image is assembled from:
-// the built kernel named api.DefaultKernel when there is one (it boots
-// in half the time of the distribution's), else "" for the host's.
-func defaultImageKernel(store *kernelbuild.Store) string {
+// DefaultImageKernel is the kernel the default image is assembled from,
+// and any image imported without one boots: the built kernel named
+// api.DefaultKernel when there is one (it boots in half the time of the
+// distribution's), else "" for the host's.
+func DefaultImageKernel(store *kernelbuild.Store) string {
 	if store == nil {
 		return ""
 	}

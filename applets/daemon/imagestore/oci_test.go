@@ -6,9 +6,6 @@ import (
 	"compress/gzip"
 	"context"
 	"fmt"
-	"io"
-	"log"
-	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"sort"
@@ -16,95 +13,19 @@ import (
 	"testing"
 
 	"github.com/google/go-containerregistry/pkg/name"
-	"github.com/google/go-containerregistry/pkg/registry"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/empty"
 	"github.com/google/go-containerregistry/pkg/v1/layout"
-	"github.com/google/go-containerregistry/pkg/v1/mutate"
-	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/static"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 	"github.com/google/go-containerregistry/pkg/v1/types"
+
+	"banger/internal/ocitest"
 )
 
-// ociLayer is a gzip layer of entries, as ggcr builds one.
-func ociLayer(t *testing.T, entries []tarEntry) v1.Layer {
-	t.Helper()
-	file := writeTar(t, filepath.Join(t.TempDir(), "layer.tar"), entries, nil)
-	l, err := tarball.LayerFromFile(file)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return l
-}
-
-// ociImage is layers on an empty image, with a config for arch.
-func ociImage(t *testing.T, arch string, layers ...v1.Layer) v1.Image {
-	t.Helper()
-	img, err := mutate.AppendLayers(empty.Image, layers...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cf, err := img.ConfigFile()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cf = cf.DeepCopy()
-	cf.OS, cf.Architecture = "linux", arch
-	cf.Config.Env = []string{"PATH=/usr/bin:/bin", "GREETING=hi"}
-	cf.Config.WorkingDir = "/home/user"
-	cf.Config.User = "1000:1000"
-	cf.Config.Entrypoint = []string{"/usr/bin/tool"}
-	cf.Config.Cmd = []string{"--help"}
-	if img, err = mutate.ConfigFile(img, cf); err != nil {
-		t.Fatal(err)
-	}
-	return img
-}
-
-// capability is a security.capability xattr (cap_net_raw), as setcap
-// writes it.
-const capability = "\x01\x00\x00\x02\x00\x20\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00"
-
-// layeredImage has three layers that need flattening: a whiteout of a
-// file and of a directory, an opaque directory, a file replaced, a hard
-// link, a non-root owner, a symlink, a setuid file and a file capability.
+// layeredImage is ocitest's layers, /bin a symlink to usr/bin.
 func layeredImage(t *testing.T) v1.Image {
-	const dir, reg = tar.TypeDir, tar.TypeReg
-	base := []tarEntry{
-		{name: "etc/", typ: dir, mode: 0o755},
-		{name: "etc/hello", typ: reg, mode: 0o644, body: "base\n"},
-		{name: "usr/", typ: dir, mode: 0o755},
-		{name: "usr/bin/", typ: dir, mode: 0o755},
-		{name: "usr/bin/tool", typ: reg, mode: 0o755, body: "tool"},
-		{name: "bin", typ: tar.TypeSymlink, link: "usr/bin", mode: 0o777},
-		{name: "opt/", typ: dir, mode: 0o755},
-		{name: "opt/old/", typ: dir, mode: 0o755},
-		{name: "opt/old/a", typ: reg, mode: 0o644, body: "a"},
-		{name: "data/", typ: dir, mode: 0o755},
-		{name: "data/x", typ: reg, mode: 0o644, body: "x"},
-		{name: "data/y", typ: reg, mode: 0o644, body: "y"},
-		{name: "var/", typ: dir, mode: 0o755},
-		{name: "var/gone", typ: reg, mode: 0o644, body: "gone"},
-		{name: "home/", typ: dir, mode: 0o755},
-		{name: "home/user/", typ: dir, mode: 0o750, uid: 1000, gid: 1000},
-		{name: "home/user/.profile", typ: reg, mode: 0o600, uid: 1000, gid: 1000, body: "PS1=$"},
-	}
-	middle := []tarEntry{
-		{name: "var/.wh.gone", typ: reg},
-		{name: "data/", typ: dir, mode: 0o755},
-		{name: "data/.wh..wh..opq", typ: reg},
-		{name: "data/z", typ: reg, mode: 0o644, body: "z"},
-		{name: "etc/hello", typ: reg, mode: 0o644, body: "top\n"},
-		{name: "usr/bin/ping", typ: reg, mode: 0o755, body: "ping", pax: map[string]string{"SCHILY.xattr.security.capability": capability}},
-		{name: "usr/bin/su", typ: reg, mode: 0o4755, body: "su"},
-		{name: "usr/bin/su-link", typ: tar.TypeLink, link: "usr/bin/su"},
-	}
-	top := []tarEntry{
-		{name: "opt/.wh.old", typ: reg},
-		{name: "home/user/notes", typ: reg, mode: 0o640, uid: 1000, gid: 1001, body: "n"},
-	}
-	return ociImage(t, "amd64", ociLayer(t, base), ociLayer(t, middle), ociLayer(t, top))
+	return ocitest.Image(t, "amd64", ocitest.Layers(t, ocitest.Entry{Name: "bin", Type: tar.TypeSymlink, Link: "usr/bin", Mode: 0o777})...)
 }
 
 // wantLayered is the flattened tree of layeredImage, with what every
@@ -131,6 +52,7 @@ const wantLayered = `/ 40755 0:0
 /usr 40755 0:0
 /usr/bin 40755 0:0
 /usr/bin/ping 100755 0:0
+/usr/bin/sh 120777 0:0
 /usr/bin/su 104755 0:0
 /usr/bin/su-link 104755 0:0
 /usr/bin/tool 100755 0:0
@@ -201,40 +123,6 @@ func checkLayered(t *testing.T, im Image) {
 	fsckClean(t, img)
 }
 
-// testRegistry is an in-process registry; it returns its host:port.
-func testRegistry(t *testing.T) string {
-	t.Helper()
-	srv := httptest.NewServer(registry.New(registry.Logger(log.New(io.Discard, "", 0))))
-	t.Cleanup(srv.Close)
-	return strings.TrimPrefix(srv.URL, "http://")
-}
-
-func push(t *testing.T, ref string, img v1.Image) {
-	t.Helper()
-	r, err := name.ParseReference(ref)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := remote.Write(r, img); err != nil {
-		t.Fatal(err)
-	}
-}
-
-func pushIndex(t *testing.T, ref string, imgs map[string]v1.Image) {
-	t.Helper()
-	var adds []mutate.IndexAddendum
-	for arch, img := range imgs {
-		adds = append(adds, mutate.IndexAddendum{Add: img, Descriptor: v1.Descriptor{Platform: &v1.Platform{OS: "linux", Architecture: arch}}})
-	}
-	r, err := name.ParseReference(ref)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := remote.WriteIndex(r, mutate.AppendManifests(empty.Index, adds...)); err != nil {
-		t.Fatal(err)
-	}
-}
-
 // writeLayout writes img to an OCI layout, tagged tag.
 func writeLayout(t *testing.T, dir string, img v1.Image, tag string) string {
 	t.Helper()
@@ -269,9 +157,9 @@ func TestImportOCI(t *testing.T) {
 	f := newFixture(t, Options{})
 	ctx := context.Background()
 	img := layeredImage(t)
-	host := testRegistry(t)
-	push(t, host+"/test/layered:v1", img)
-	pushIndex(t, host+"/test/multi:v1", map[string]v1.Image{"arm64": ociImage(t, "arm64"), "amd64": img})
+	host := ocitest.Registry(t)
+	ocitest.Push(t, host+"/test/layered:v1", img)
+	ocitest.PushIndex(t, host+"/test/multi:v1", map[string]v1.Image{"arm64": ocitest.Image(t, "arm64"), "amd64": img})
 	lay := writeLayout(t, filepath.Join(f.dir, "layout"), img, "v1")
 	archive := filepath.Join(f.dir, "docker.tar")
 	tag, _ := name.NewTag("test/layered:v1")
@@ -322,10 +210,10 @@ func TestImportOCI(t *testing.T) {
 
 func TestImportOCINoAMD64(t *testing.T) {
 	f := newFixture(t, Options{})
-	host := testRegistry(t)
-	arm := ociImage(t, "arm64")
-	pushIndex(t, host+"/test/arm:v1", map[string]v1.Image{"arm64": arm})
-	push(t, host+"/test/arm-only:v1", arm)
+	host := ocitest.Registry(t)
+	arm := ocitest.Image(t, "arm64")
+	ocitest.PushIndex(t, host+"/test/arm:v1", map[string]v1.Image{"arm64": arm})
+	ocitest.Push(t, host+"/test/arm-only:v1", arm)
 	for _, ref := range []string{"docker://" + host + "/test/arm:v1", "docker://" + host + "/test/arm-only:v1",
 		"oci:" + writeLayout(t, filepath.Join(f.dir, "arm"), arm, "")} {
 		spec := f.spec("arm")
@@ -340,7 +228,7 @@ func TestImportOCINoAMD64(t *testing.T) {
 
 func TestImportOCIBadRefs(t *testing.T) {
 	f := newFixture(t, Options{})
-	host := testRegistry(t)
+	host := ocitest.Registry(t)
 	for ref, code := range map[string]string{
 		"alpine:latest":                       "invalid_params",
 		"dir:/tmp":                            "invalid_params",
@@ -376,7 +264,7 @@ func TestImportHostileOCI(t *testing.T) {
 		t.Fatal(err)
 	}
 	const reg = tar.TypeReg
-	good := ociLayer(t, []tarEntry{{name: "etc/hello", typ: reg, mode: 0o644, body: strings.Repeat("hello ", 1000)}})
+	good := ocitest.Layer(t, []ocitest.Entry{{Name: "etc/hello", Type: reg, Mode: 0o644, Body: strings.Repeat("hello ", 1000)}})
 
 	var gz bytes.Buffer
 	zw := gzip.NewWriter(&gz)
@@ -391,8 +279,8 @@ func TestImportHostileOCI(t *testing.T) {
 	layoutWith := func(name string, img v1.Image) string {
 		return writeLayout(t, filepath.Join(f.dir, name), img, "")
 	}
-	corrupt := layoutWith("corrupt", ociImage(t, "amd64", good))
-	short := layoutWith("short", ociImage(t, "amd64", good))
+	corrupt := layoutWith("corrupt", ocitest.Image(t, "amd64", good))
+	short := layoutWith("short", ocitest.Image(t, "amd64", good))
 	gd, _ := good.Digest()
 	blob := func(dir string) string { return filepath.Join(dir, "blobs", "sha256", gd.Hex) }
 	data, err := os.ReadFile(blob(corrupt))
@@ -410,17 +298,17 @@ func TestImportHostileOCI(t *testing.T) {
 		name, ref string
 		want      []string
 	}{
-		{"traversal", "oci:" + layoutWith("traversal", ociImage(t, "amd64",
-			ociLayer(t, []tarEntry{{name: "../../outside/escaped", typ: reg, mode: 0o644, body: "x"}}))),
+		{"traversal", "oci:" + layoutWith("traversal", ocitest.Image(t, "amd64",
+			ocitest.Layer(t, []ocitest.Entry{{Name: "../../outside/escaped", Type: reg, Mode: 0o644, Body: "x"}}))),
 			[]string{"unsafe tar path", "../../outside/escaped"}},
-		{"symlink-then-write", "oci:" + layoutWith("symlink", ociImage(t, "amd64",
-			ociLayer(t, []tarEntry{{name: "evil", typ: tar.TypeSymlink, link: outside, mode: 0o777}}),
-			ociLayer(t, []tarEntry{{name: "evil/pwned", typ: reg, mode: 0o644, body: "x"}}))),
+		{"symlink-then-write", "oci:" + layoutWith("symlink", ocitest.Image(t, "amd64",
+			ocitest.Layer(t, []ocitest.Entry{{Name: "evil", Type: tar.TypeSymlink, Link: outside, Mode: 0o777}}),
+			ocitest.Layer(t, []ocitest.Entry{{Name: "evil/pwned", Type: reg, Mode: 0o644, Body: "x"}}))),
 			[]string{"/evil is a directory"}},
-		{"truncated-gzip", "oci:" + layoutWith("truncated", ociImage(t, "amd64", truncated)),
+		{"truncated-gzip", "oci:" + layoutWith("truncated", ocitest.Image(t, "amd64", truncated)),
 			[]string{"layer " + td.String(), "unexpected EOF"}},
 		{"wrong-digest", "oci:" + corrupt, []string{"layer " + gd.String() + " is corrupt"}},
-		{"not-a-tar", "oci:" + layoutWith("nottar", ociImage(t, "amd64", static.NewLayer([]byte(strings.Repeat("not a tar header ", 100)), types.OCIUncompressedLayer))),
+		{"not-a-tar", "oci:" + layoutWith("nottar", ocitest.Image(t, "amd64", static.NewLayer([]byte(strings.Repeat("not a tar header ", 100)), types.OCIUncompressedLayer))),
 			[]string{"invalid tar header", "(in layer sha256:"}},
 		{"truncated-blob", "oci:" + short, []string{"layer " + gd.String() + " is corrupt or truncated"}},
 	} {

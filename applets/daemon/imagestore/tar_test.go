@@ -23,7 +23,6 @@ type tarEntry struct {
 	typ              byte
 	mode             int64
 	uid, gid         int
-	pax              map[string]string // such as SCHILY.xattr.* records
 }
 
 // writeTar writes entries as a tar archive through wrap (a compressor, or
@@ -40,7 +39,7 @@ func writeTar(t testing.TB, path string, entries []tarEntry, wrap func(io.Writer
 	tw := tar.NewWriter(w)
 	for _, e := range entries {
 		h := &tar.Header{Name: e.name, Linkname: e.link, Typeflag: e.typ, Mode: e.mode, Uid: e.uid, Gid: e.gid,
-			Size: int64(len(e.body)), ModTime: time.Unix(1700000000, 0), Format: tar.FormatPAX, PAXRecords: e.pax}
+			Size: int64(len(e.body)), ModTime: time.Unix(1700000000, 0), Format: tar.FormatPAX}
 		if e.typ != tar.TypeReg {
 			h.Size = 0
 		}

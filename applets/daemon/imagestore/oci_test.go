@@ -345,3 +345,34 @@ func TestImportHostileOCI(t *testing.T) {
 		})
 	}
 }
+
+// TestImportOCISymlinkInLayer: a layer that makes a symlink out of the
+// tree and then writes through it is contained: mutate.Extract drops the
+// write (the symlink hides what is under its name), the symlink stays as
+// data, and nothing is written outside.
+func TestImportOCISymlinkInLayer(t *testing.T) {
+	f := newFixture(t, Options{})
+	outside := filepath.Join(f.dir, "outside")
+	if err := os.Mkdir(outside, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	img := ocitest.Image(t, "amd64", ocitest.Layer(t, []ocitest.Entry{
+		{Name: "evil", Type: tar.TypeSymlink, Link: outside, Mode: 0o777},
+		{Name: "evil/pwned", Type: tar.TypeReg, Mode: 0o644, Body: "x"},
+	}))
+	spec := f.spec("symlink")
+	spec.OCI = "oci:" + writeLayout(t, filepath.Join(f.dir, "layout"), img, "")
+	im, err := f.store.Import(context.Background(), spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st := statIn(t, im.RootfsPath, "/evil"); st.typ != "symlink" {
+		t.Errorf("/evil is %+v; want the symlink", st)
+	}
+	if ents, _ := os.ReadDir(outside); len(ents) != 0 {
+		t.Errorf("written outside the tree: %v", ents)
+	}
+	if strings.Contains(listTree(t, im.RootfsPath), "pwned") {
+		t.Errorf("the write through the symlink landed in the image")
+	}
+}

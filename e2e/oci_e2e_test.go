@@ -3,6 +3,7 @@ package e2e_test
 import (
 	"archive/tar"
 	"os"
+	"regexp"
 	"sort"
 	"strings"
 	"testing"
@@ -58,8 +59,14 @@ func TestImageImportOCI(t *testing.T) {
 	if r := s.banger("image", "import", "--oci", "busybox:latest", "bad").want(t, 2); !strings.Contains(r.stderr, "oci-archive:FILE") {
 		t.Errorf("a reference without a transport: %q; want the transports named", r.stderr)
 	}
+	imported := s.banger("image", "import", "--oci", "docker://"+ref, "oci").want(t, 0)
+	// The operation's stage, not a terminal: one line when it is done,
+	// with the bytes of the layers read.
+	if !regexp.MustCompile(`import done in .*: [0-9.]+ [KM]iB of [0-9.]+ [KM]iB`).MatchString(imported.stderr) {
+		t.Errorf("no progress in bytes on the import's stage line: %q", imported.stderr)
+	}
 	var im api.Image
-	s.banger("image", "import", "--json", "--oci", "docker://"+ref, "oci").want(t, 0).json(t, &im)
+	s.banger("image", "show", "--json", "oci").want(t, 0).json(t, &im)
 	if im.OCI == nil || im.OCI.WorkingDir != "/home/user" || strings.Join(im.OCI.Env, " ") != "PATH=/usr/bin:/bin GREETING=hi" {
 		t.Errorf("imported: %+v", im.OCI)
 	}

@@ -75,6 +75,7 @@ func newImageImportCommand() *cli.Command {
 		ArgsUsage: "NAME",
 		Flags: []cli.Flag{
 			jsonFlag(),
+			&cli.BoolFlag{Name: "quiet", Aliases: []string{"q"}, Usage: "do not show stages"},
 			&cli.StringFlag{Name: "kernel", Usage: "the kernel `FILE` (bzImage or vmlinux; a bzImage is uncompressed once, here; default: the built default kernel, else the host's)"},
 			&cli.StringFlag{Name: "kernel-name", Usage: "a kernel built by `banger kernel build` (its `NAME`), instead of --kernel"},
 			&cli.StringFlag{Name: "initrd", Usage: "an initramfs `FILE` (default: one made of the kernel's guest modules, when it has them as modules)"},
@@ -124,7 +125,9 @@ func newImageImportCommand() *cli.Command {
 					return err
 				}
 			}
-			im, err := s.daemon().ImportImage(c.Context, p)
+			// An operation: its stage shows the bytes of an OCI image read,
+			// and Ctrl-C cancels the import, which leaves nothing behind.
+			im, _, _, err := runOperation[api.Image](c, s, beginWith(api.Client.BeginImportImage, p))
 			if err != nil {
 				return err
 			}

@@ -179,7 +179,7 @@ func copyWorkspace(c *cli.Context, s *target, vm string, ws *workspace, log io.W
 	case status.Code != 0:
 		return fmt.Errorf("copy the workspace: %s", status.Error)
 	}
-	fmt.Fprintf(log, "copied %d files (%s) to %s:%s in %s\n", st.files, fmtBytes(st.bytes), vm, ws.dir(),
+	fmt.Fprintf(log, "copied %d files (%s) to %s:%s in %s\n", st.files, api.HumanBytes(st.bytes), vm, ws.dir(),
 		fmtMillis(float64(time.Since(start).Microseconds())/1000))
 	return nil
 }
@@ -191,17 +191,4 @@ func deleteAfterRun(c *cli.Context, s *target, name string) {
 	if _, err := s.daemon().DeleteVM(ctx, api.VMDelete{Name: name, Force: true}); err != nil {
 		fmt.Fprintf(c.App.ErrWriter, "banger: --rm: could not delete %s: %v\n", name, err)
 	}
-}
-
-// fmtBytes is a size for people.
-func fmtBytes(n int64) string {
-	switch {
-	case n >= 1<<30:
-		return fmt.Sprintf("%.1f GiB", float64(n)/(1<<30))
-	case n >= 1<<20:
-		return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
-	case n >= 1<<10:
-		return fmt.Sprintf("%.1f KiB", float64(n)/(1<<10))
-	}
-	return fmt.Sprintf("%d B", n)
 }

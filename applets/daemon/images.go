@@ -2,9 +2,11 @@ package daemon
 
 import (
 	"context"
+	"time"
 
 	"banger/applets/daemon/imagestore"
 	"banger/applets/daemon/kernel/kernelbuild"
+	"banger/applets/daemon/operation"
 	"banger/applets/daemon/state"
 	"banger/applets/daemon/vm"
 	"banger/applets/daemon/warm"
@@ -20,7 +22,8 @@ type imageMethods struct {
 	store   *imagestore.Store
 	db      *state.DB
 	agent   string
-	kernels *kernelbuild.Store // for imports that name a built kernel
+	kernels *kernelbuild.Store  // for imports that name a built kernel
+	ops     *operation.Registry // image.import.begin's operations
 	// snapshots are the images' warm snapshots; nil keeps none.
 	snapshots *warm.Store
 	// dropStandby discards an image's standby VMs (standby.go);
@@ -70,13 +73,50 @@ func (m *imageMethods) importImage(ctx context.Context, p api.ImageImport) (api.
 	if err != nil {
 		return api.Image{}, err
 	}
-	var im imagestore.Image
+	var im api.Image
 	err = logging.Stage(ctx, "import image", func(ctx context.Context) (err error) {
-		im, err = m.store.Import(ctx, imagestore.ImportSpec{Name: p.Name, KernelPath: kernel, InitrdPath: p.Initrd,
-			RootfsDir: p.RootfsDir, RootfsTar: p.RootfsTar, RootfsExt4: p.RootfsExt4, OCI: p.OCI, AgentBinary: m.agent,
-			KernelArgs: p.KernelArgs, SizeMiB: p.SizeMiB})
+		im, err = m.doImport(ctx, p, kernel, nil)
 		return err
 	})
+	return im, err
+}
+
+// importBegin is importImage as an operation of one stage, "import",
+// whose detail is the bytes of an OCI image's layers read so far: a
+// registry's image takes a while, and the user sees it come.
+func (m *imageMethods) importBegin(ctx context.Context, p api.ImageImport) (api.Operation, error) {
+	kernel, err := m.importKernel(p)
+	if err != nil {
+		return api.Operation{}, err
+	}
+	return m.ops.Begin(ctx, rpc.OpIDFrom(ctx), api.KindImageImport, p.Name, func(ctx context.Context, prog *operation.Progress) (any, error) {
+		var im api.Image
+		err := prog.Run(ctx, []operation.Step{{Name: "import", Do: func(ctx context.Context) (err error) {
+			im, err = m.doImport(ctx, p, kernel, byteProgress(prog))
+			return err
+		}}})
+		return im, err
+	}), nil
+}
+
+// byteProgress is an import's Progress as the stage's detail, at most
+// ten times a second ("12.0 MiB of 40.3 MiB").
+func byteProgress(prog *operation.Progress) imagestore.Progress {
+	var last time.Time
+	return func(done, total int64) {
+		if now := time.Now(); done == total || now.Sub(last) >= 100*time.Millisecond {
+			last = now
+			prog.Detail(api.HumanBytes(done) + " of " + api.HumanBytes(total))
+		}
+	}
+}
+
+// doImport imports the image p names with the kernel file kernel, and
+// indexes it.
+func (m *imageMethods) doImport(ctx context.Context, p api.ImageImport, kernel string, progress imagestore.Progress) (api.Image, error) {
+	im, err := m.store.Import(ctx, imagestore.ImportSpec{Name: p.Name, KernelPath: kernel, InitrdPath: p.Initrd,
+		RootfsDir: p.RootfsDir, RootfsTar: p.RootfsTar, RootfsExt4: p.RootfsExt4, OCI: p.OCI, Progress: progress,
+		AgentBinary: m.agent, KernelArgs: p.KernelArgs, SizeMiB: p.SizeMiB})
 	if err != nil {
 		return api.Image{}, advise(err, errdefs.ErrAlreadyExists, "delete it first (`banger image delete "+p.Name+"`) or choose another name")
 	}

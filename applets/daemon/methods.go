@@ -36,11 +36,12 @@ func (d *daemon) methods() rpc.Methods {
 
 		api.MethodNetworkReset: rpc.Handle(d.vms.NetworkReset),
 
-		api.MethodImageImport:    rpc.Handle(d.images.importImage),
-		api.MethodImageList:      rpc.Handle(d.images.list),
-		api.MethodImageShow:      rpc.Handle(d.images.show),
-		api.MethodImageDelete:    rpc.Handle(d.images.delete),
-		api.MethodImageWarmBegin: rpc.Handle(d.vms.WarmBegin),
+		api.MethodImageImport:      rpc.Handle(d.images.importImage),
+		api.MethodImageImportBegin: rpc.Handle(d.images.importBegin),
+		api.MethodImageList:        rpc.Handle(d.images.list),
+		api.MethodImageShow:        rpc.Handle(d.images.show),
+		api.MethodImageDelete:      rpc.Handle(d.images.delete),
+		api.MethodImageWarmBegin:   rpc.Handle(d.vms.WarmBegin),
 
 		api.MethodKernelBuildBegin: rpc.Handle(d.kernels.buildBegin),
 		api.MethodKernelList:       rpc.Handle(d.kernels.list),

@@ -122,6 +122,11 @@ func (c Client) DeleteImage(ctx context.Context, p VMRef) (Image, error) {
 	return rpc.CallFor[Image](ctx, c, MethodImageDelete, p)
 }
 
+// BeginImportImage begins importing an image, as an operation.
+func (c Client) BeginImportImage(ctx context.Context, p ImageImport) (Operation, error) {
+	return rpc.CallFor[Operation](ctx, c, MethodImageImportBegin, p)
+}
+
 // WarmImage begins saving an image's warm snapshot.
 func (c Client) WarmImage(ctx context.Context, p ImageWarm) (Operation, error) {
 	return rpc.CallFor[Operation](ctx, c, MethodImageWarmBegin, p)

@@ -24,16 +24,20 @@ const (
 	MethodNetworkReset = "network.reset"
 
 	MethodImageImport = "image.import"
-	MethodImageList   = "image.list"
-	MethodImageShow   = "image.show"
-	MethodImageDelete = "image.delete"
+	// MethodImageImportBegin is image.import as an operation, its stage
+	// detail the bytes of an OCI image's layers read.
+	MethodImageImportBegin = "image.import.begin"
+	MethodImageList        = "image.list"
+	MethodImageShow        = "image.show"
+	MethodImageDelete      = "image.delete"
 )
 
 // Operation kinds.
 const (
-	KindVMCreate  = "vm.create"
-	KindVMStart   = "vm.start"
-	KindVMRestart = "vm.restart"
+	KindVMCreate    = "vm.create"
+	KindVMStart     = "vm.start"
+	KindVMRestart   = "vm.restart"
+	KindImageImport = "image.import"
 )
 
 // Defaults of vm create.

@@ -86,4 +86,16 @@ func TestImageImportOCI(t *testing.T) {
 	if got := strings.Join(append(lines, last), "\n") + "\n"; got != wantGuestTree {
 		t.Errorf("the guest sees:\n%s\nwant:\n%s", got, wantGuestTree)
 	}
+
+	// The image's Env and WorkingDir are vm exec's defaults; --workdir
+	// still wins.
+	s.banger("vm", "create", "--name", "ocivm", "--image", "oci").want(t, 0)
+	defer s.banger("vm", "delete", "ocivm")
+	sh := []string{"--", "/bin/busybox", "sh", "-c", "/bin/busybox pwd; echo $GREETING $PATH"}
+	if got := s.banger(append([]string{"vm", "exec", "ocivm"}, sh...)...).want(t, 0).stdout; got != "/home/user\nhi /usr/bin:/bin\n" {
+		t.Errorf("vm exec in a VM of the image: %q; want its WorkingDir, then its Env", got)
+	}
+	if got := s.banger(append([]string{"vm", "exec", "--workdir", "/etc", "ocivm"}, sh...)...).want(t, 0).stdout; !strings.HasPrefix(got, "/etc\n") {
+		t.Errorf("vm exec --workdir /etc: %q", got)
+	}
 }

@@ -91,6 +91,10 @@ func (fakeImages) Resolve(ctx context.Context, name string) (Image, error) {
 	return Image{Name: name, Digest: "d", Created: time.Now(), Kernel: "/k"}, nil
 }
 func (fakeImages) Exists(ctx context.Context, name string) error { return nil }
+func (fakeImages) ExecDefaults(context.Context, string) ([]string, string, error) {
+	return nil, "", nil
+}
+
 func (fakeImages) Overlay(ctx context.Context, img Image, dst string, diskMiB int) error {
 	return os.WriteFile(dst, nil, 0o600)
 }

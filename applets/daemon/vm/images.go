@@ -76,6 +76,19 @@ func (s *storeImages) Overlay(ctx context.Context, img Image, dst string, diskMi
 	return s.store.Overlay(ctx, img.Name, dst, diskMiB)
 }
 
+// ExecDefaults reads them from the image's manifest; the default image
+// has none, and is not read (nor assembled) for them.
+func (s *storeImages) ExecDefaults(ctx context.Context, name string) ([]string, string, error) {
+	if name == api.DefaultImage {
+		return nil, "", nil
+	}
+	img, err := s.store.Get(ctx, name)
+	if err != nil || img.OCI == nil {
+		return nil, "", err
+	}
+	return img.OCI.Env, img.OCI.WorkingDir, nil
+}
+
 // Exists reports whether an image is known, without building the default.
 func (s *storeImages) Exists(ctx context.Context, name string) error {
 	if name == api.DefaultImage {

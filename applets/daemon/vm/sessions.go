@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"path"
+	"slices"
 	"sync"
 	"syscall"
 	"time"
@@ -51,8 +52,30 @@ func (s *Service) Exec(ctx context.Context, p api.VMExec) (api.VMExecResult, rpc
 	if len(p.Argv) == 0 && !p.Shell {
 		return res, nil, rpc.Errorf(rpc.CodeInvalidParams, "no command to run")
 	}
-	serve, err := s.openSession(ctx, p.Name, agentlink.MethodExec, p.Exec)
+	vm, proc, err := s.running(ctx, p.Name)
+	if err != nil {
+		return res, nil, err
+	}
+	serve, err := s.openSession(ctx, proc, agentlink.MethodExec, s.withImageDefaults(ctx, vm.Image, p.Exec))
 	return res, serve, err
+}
+
+// withImageDefaults puts the environment and working directory of the
+// VM's image (an OCI image's Env and WorkingDir) under what the caller
+// gave: the caller's Env entries come after, so they win, and a Dir
+// given is kept. An image that cannot be read costs its defaults, not
+// the command.
+func (s *Service) withImageDefaults(ctx context.Context, image string, e session.Exec) session.Exec {
+	env, dir, err := s.images.ExecDefaults(ctx, image)
+	if err != nil {
+		logging.From(ctx).Warn().Err(err).Str("image", image).Msg("the image's exec defaults cannot be read; the command runs without them")
+		return e
+	}
+	e.Env = append(slices.Clip(env), e.Env...)
+	if e.Dir == "" {
+		e.Dir = dir
+	}
+	return e
 }
 
 // ExecSignal signals the command of a running exec session.
@@ -69,17 +92,17 @@ func (s *Service) CopyIn(ctx context.Context, p api.VMCopy) (struct{}, rpc.Strea
 	if !path.IsAbs(p.Dir) {
 		return struct{}{}, nil, rpc.Errorf(rpc.CodeInvalidParams, "the directory to copy into must be absolute, not %q", p.Dir)
 	}
-	serve, err := s.openSession(ctx, p.Name, agentlink.MethodUntar, session.Untar{Dir: p.Dir})
+	_, proc, err := s.running(ctx, p.Name)
+	if err != nil {
+		return struct{}{}, nil, err
+	}
+	serve, err := s.openSession(ctx, proc, agentlink.MethodUntar, session.Untar{Dir: p.Dir})
 	return struct{}{}, serve, err
 }
 
-// openSession opens method on the VM's agent and returns the session
-// that splices the caller's connection to it.
-func (s *Service) openSession(ctx context.Context, name, method string, params any) (rpc.StreamFunc, error) {
-	_, proc, err := s.running(ctx, name)
-	if err != nil {
-		return nil, err
-	}
+// openSession opens method on the running VM's agent and returns the
+// session that splices the caller's connection to it.
+func (s *Service) openSession(ctx context.Context, proc Process, method string, params any) (rpc.StreamFunc, error) {
 	octx, cancel := context.WithTimeout(ctx, sessionOpenTimeout)
 	defer cancel()
 	guest, err := proc.OpenSession(octx, method, params)

@@ -41,7 +41,8 @@ const wantGuestTree = `/data drwxr-xr-x 0:0 2
 /usr/bin/sh lrwxrwxrwx 0:0 1
 /usr/bin/su -rwsr-xr-x 0:0 2
 /usr/bin/su-link -rwsr-xr-x 0:0 2
-/usr/bin/tool -rwxr-xr-x 0:0 1
+/usr/bin/tool -rwxr-xr-x 0:0 2
+/usr/bin/tool-link -rwxr-xr-x 0:0 2
 /var drwxr-xr-x 0:0 2
 top
 `

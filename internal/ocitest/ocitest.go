@@ -129,7 +129,8 @@ const Capability = "\x01\x00\x00\x02\x00\x20\x00\x00\x00\x00\x00\x00\x00\x00\x00
 
 // Layers are three layers that need flattening right: a whiteout of a
 // file and of a directory, an opaque directory, a replaced file, a hard
-// link, non-root owners, a symlink, a setuid file and a file capability.
+// link in a layer and one to a lower layer's file, non-root owners, a
+// symlink, a setuid file and a file capability.
 // The extra entries go in the lowest layer.
 func Layers(t testing.TB, extra ...Entry) []v1.Layer {
 	const dir, reg = tar.TypeDir, tar.TypeReg
@@ -165,6 +166,7 @@ func Layers(t testing.TB, extra ...Entry) []v1.Layer {
 	top := []Entry{
 		{Name: "opt/.wh.old", Type: reg},
 		{Name: "home/user/notes", Type: reg, Mode: 0o640, UID: 1000, GID: 1001, Body: "n"},
+		{Name: "usr/bin/tool-link", Type: tar.TypeLink, Link: "usr/bin/tool"}, // to a lower layer's file
 	}
 	return []v1.Layer{Layer(t, base), Layer(t, middle), Layer(t, top)}
 }

@@ -53,6 +53,10 @@ func stageTarFile(ctx context.Context, st *stager, file string) error {
 func stageTar(ctx context.Context, st *stager, r io.Reader, what string) error {
 	tr := tar.NewReader(r)
 	xattrs := 0
+	// Hard links met before their target, made at the end: mutate.Extract
+	// writes the upper layers first, and a link in an upper layer to a
+	// file of a lower one is valid.
+	var later []hardLink
 	for {
 		if err := ctx.Err(); err != nil {
 			return err
@@ -92,7 +96,11 @@ func stageTar(ctx context.Context, st *stager, r io.Reader, what string) error {
 		case tar.TypeLink:
 			var target string
 			if target, err = memberName(h.Linkname); err == nil {
-				err = st.link(name, target)
+				if st.exists(target) {
+					err = st.link(name, target)
+				} else {
+					later = append(later, hardLink{name, target})
+				}
 			}
 		case tar.TypeChar, tar.TypeBlock:
 			st.skip("device nodes", name)
@@ -105,11 +113,19 @@ func stageTar(ctx context.Context, st *stager, r io.Reader, what string) error {
 			return fmt.Errorf("unpack %s: %w", h.Name, err)
 		}
 	}
+	for _, l := range later {
+		if err := st.link(l.name, l.target); err != nil {
+			return fmt.Errorf("unpack %s: %w", l.name, err)
+		}
+	}
 	if xattrs > 0 {
 		st.notes = append(st.notes, fmt.Sprintf("left out %d extended attributes (such as file capabilities): they need root to set", xattrs))
 	}
 	return nil
 }
+
+// hardLink is a hard link of an archive: name, to target.
+type hardLink struct{ name, target string }
 
 // memberName turns an archive member's name into a tree path: "." for
 // the root, no leading "/", and never a ".." element.

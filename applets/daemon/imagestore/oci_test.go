@@ -56,6 +56,7 @@ const wantLayered = `/ 40755 0:0
 /usr/bin/su 104755 0:0
 /usr/bin/su-link 104755 0:0
 /usr/bin/tool 100755 0:0
+/usr/bin/tool-link 100755 0:0
 /var 40755 0:0
 `
 
@@ -100,8 +101,10 @@ func checkLayered(t *testing.T, im Image) {
 			t.Errorf("%s = %q; want %q", p, got, want)
 		}
 	}
-	if out := debugfsOut(t, img, "stat /usr/bin/su"); !strings.Contains(out, "Links: 2") {
-		t.Errorf("hard link lost:\n%s", out)
+	for _, p := range []string{"/usr/bin/su", "/usr/bin/tool"} {
+		if out := debugfsOut(t, img, "stat "+p); !strings.Contains(out, "Links: 2") {
+			t.Errorf("hard link to %s lost:\n%s", p, out)
+		}
 	}
 	if out := debugfsOut(t, img, "stat /etc/hello"); !strings.Contains(out, "mtime: 0x6553f100") {
 		t.Errorf("modification time not kept:\n%s", out)

@@ -216,6 +216,17 @@ func (st *stager) symlink(name, target string, a attr) error {
 	return nil
 }
 
+// exists reports whether name is in the tree (its parents' symlinks
+// followed, not its own).
+func (st *stager) exists(name string) bool {
+	p, err := st.resolve(name, false)
+	if err != nil {
+		return false
+	}
+	_, err = st.root.Lstat(p)
+	return err == nil
+}
+
 // link makes name a hard link to the existing entry target.
 func (st *stager) link(name, target string) error {
 	t, err := st.resolve(target, false)

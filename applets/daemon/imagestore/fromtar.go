@@ -87,7 +87,9 @@ func stageTar(ctx context.Context, st *stager, r io.Reader, what string) error {
 		switch h.Typeflag {
 		case tar.TypeDir:
 			if name != "." {
-				err = st.mkdir(name, a)
+				if err = st.mkdir(name, a); err == nil {
+					err = st.keepTime(name, h.ModTime)
+				}
 			}
 		case tar.TypeReg, tar.TypeGNUSparse:
 			err = st.create(ctx, name, a, tr, h.ModTime)

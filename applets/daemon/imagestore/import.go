@@ -368,6 +368,9 @@ func buildRootfs(ctx context.Context, tmp string, b buildSpec) ([]string, error)
 	if err := st.addGuestParts(ctx, b.agent); err != nil {
 		return nil, fmt.Errorf("add the agent: %w", err)
 	}
+	if err := st.setTimes(); err != nil {
+		return nil, err
+	}
 	sv, err := st.survey()
 	if err != nil {
 		return nil, err

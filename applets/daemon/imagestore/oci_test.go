@@ -106,8 +106,10 @@ func checkLayered(t *testing.T, im Image) {
 			t.Errorf("hard link to %s lost:\n%s", p, out)
 		}
 	}
-	if out := debugfsOut(t, img, "stat /etc/hello"); !strings.Contains(out, "mtime: 0x6553f100") {
-		t.Errorf("modification time not kept:\n%s", out)
+	for _, p := range []string{"/etc/hello", "/home/user", "/usr/bin"} {
+		if out := debugfsOut(t, img, "stat "+p); !strings.Contains(out, "mtime: 0x6553f100") {
+			t.Errorf("modification time of %s not kept:\n%s", p, out)
+		}
 	}
 	if out := debugfsOut(t, img, "stat /bin"); !strings.Contains(out, `Fast link dest: "usr/bin"`) {
 		t.Errorf("symlink /bin:\n%s", out)

@@ -47,6 +47,9 @@ type stager struct {
 	// mkfs.ext4 -d cannot make them without root.
 	skipped map[string][]string
 	notes   []string
+	// times are directories' modification times, by path, set once the
+	// tree is complete: writing a directory's entries changes its own.
+	times map[string]time.Time
 }
 
 func newStager(dir string) (*stager, error) {
@@ -57,7 +60,7 @@ func newStager(dir string) (*stager, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open staging directory: %w", err)
 	}
-	return &stager{dir: dir, root: r, want: map[string]attr{}, skipped: map[string][]string{}}, nil
+	return &stager{dir: dir, root: r, want: map[string]attr{}, skipped: map[string][]string{}, times: map[string]time.Time{}}, nil
 }
 
 func (st *stager) close() { st.root.Close() }
@@ -213,6 +216,28 @@ func (st *stager) symlink(name, target string, a attr) error {
 		return fmt.Errorf("make symlink /%s: %w", p, err)
 	}
 	st.want[p] = attr{uid: a.uid, gid: a.gid, perm: 0o777}
+	return nil
+}
+
+// keepTime records the modification time the directory name should
+// have in the image (none when mtime is zero).
+func (st *stager) keepTime(name string, mtime time.Time) error {
+	p, err := st.resolve(name, true)
+	if err != nil || p == "" || mtime.IsZero() {
+		return err
+	}
+	st.times[p] = mtime
+	return nil
+}
+
+// setTimes gives the directories the modification times kept for them;
+// mkfs.ext4 -d copies them into the image.
+func (st *stager) setTimes() error {
+	for p, t := range st.times {
+		if err := st.root.Chtimes(p, t, t); err != nil {
+			return fmt.Errorf("set the time of /%s: %w", p, err)
+		}
+	}
 	return nil
 }
 

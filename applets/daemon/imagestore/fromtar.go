@@ -52,7 +52,6 @@ func stageTarFile(ctx context.Context, st *stager, file string) error {
 // left out with a note, as for a directory.
 func stageTar(ctx context.Context, st *stager, r io.Reader, what string) error {
 	tr := tar.NewReader(r)
-	xattrs := 0
 	// Hard links met before their target, made at the end: mutate.Extract
 	// writes the upper layers first, and a link in an upper layer to a
 	// file of a lower one is valid.
@@ -77,11 +76,6 @@ func stageTar(ctx context.Context, st *stager, r io.Reader, what string) error {
 		name, err := memberName(h.Name)
 		if err != nil {
 			return err
-		}
-		for k := range h.PAXRecords {
-			if strings.HasPrefix(k, "SCHILY.xattr.") {
-				xattrs++
-			}
 		}
 		a := attr{uid: h.Uid, gid: h.Gid, perm: uint32(h.Mode) & 0o7777}
 		switch h.Typeflag {
@@ -111,6 +105,9 @@ func stageTar(ctx context.Context, st *stager, r io.Reader, what string) error {
 		default:
 			st.skip(fmt.Sprintf("tar entries of type %q", h.Typeflag), name)
 		}
+		if err == nil && (h.Typeflag == tar.TypeDir || h.Typeflag == tar.TypeReg || h.Typeflag == tar.TypeSymlink) {
+			err = st.keepXattrs(name, h.Typeflag == tar.TypeDir, h.PAXRecords)
+		}
 		if err != nil {
 			return fmt.Errorf("unpack %s: %w", h.Name, err)
 		}
@@ -119,9 +116,6 @@ func stageTar(ctx context.Context, st *stager, r io.Reader, what string) error {
 		if err := st.link(l.name, l.target); err != nil {
 			return fmt.Errorf("unpack %s: %w", l.name, err)
 		}
-	}
-	if xattrs > 0 {
-		st.notes = append(st.notes, fmt.Sprintf("left out %d extended attributes (such as file capabilities): they need root to set", xattrs))
 	}
 	return nil
 }

@@ -388,6 +388,9 @@ func buildRootfs(ctx context.Context, tmp string, b buildSpec) ([]string, error)
 	if err := applyFixups(ctx, spec.file, sv.fixups); err != nil {
 		return nil, err
 	}
+	if err := st.applyXattrs(ctx, tmp, spec.file); err != nil {
+		return nil, err
+	}
 	if err := os.RemoveAll(staging); err != nil {
 		return nil, fmt.Errorf("remove the staging tree: %w", err)
 	}

@@ -88,8 +88,8 @@ func listTree(t *testing.T, img string) string {
 }
 
 // checkLayered checks an import of layeredImage: the exact tree, the
-// contents the layers left, a hard link, a kept time, the config, and
-// the note about the file capability.
+// contents the layers left, hard links, kept times, the config, and the
+// file capability.
 func checkLayered(t *testing.T, im Image) {
 	t.Helper()
 	img := im.RootfsPath
@@ -122,8 +122,11 @@ func checkLayered(t *testing.T, im Image) {
 	if im.Rootfs.From.Kind != OriginOCI || im.Rootfs.From.Path != o.Reference {
 		t.Errorf("rootfs origin %+v, reference %s", im.Rootfs.From, o.Reference)
 	}
-	if !strings.Contains(strings.Join(im.Notes, "\n"), "left out 1 extended attributes") {
-		t.Errorf("notes %q do not tell of the file capability", im.Notes)
+	if out := debugfsOut(t, img, "ea_list /usr/bin/ping"); !strings.Contains(out, "security.capability (20) = 01 00 00 02 00 20 00 00") {
+		t.Errorf("the file capability of /usr/bin/ping is not kept:\n%s", out)
+	}
+	if len(im.Notes) != 0 {
+		t.Errorf("notes %q; want none", im.Notes)
 	}
 	fsckClean(t, img)
 }
@@ -379,5 +382,44 @@ func TestImportOCISymlinkInLayer(t *testing.T) {
 	}
 	if strings.Contains(listTree(t, im.RootfsPath), "pwned") {
 		t.Errorf("the write through the symlink landed in the image")
+	}
+}
+
+// TestImportXattrs: attributes in the Linux namespaces are kept; one in
+// no namespace, or too large for ext4, is left out with a note.
+func TestImportXattrs(t *testing.T) {
+	f := newFixture(t, Options{})
+	img := ocitest.Image(t, "amd64", ocitest.Layer(t, []ocitest.Entry{
+		{Name: "d/", Type: tar.TypeDir, Mode: 0o755, PAX: map[string]string{"SCHILY.xattr.user.dir": "on a dir"}},
+		{Name: "d/f", Type: tar.TypeReg, Mode: 0o644, Body: "f", PAX: map[string]string{
+			"SCHILY.xattr.user.note": "hi", "SCHILY.xattr.trusted.t": "t",
+			"SCHILY.xattr.bogus": "x", "SCHILY.xattr.user.big": strings.Repeat("b", 4<<10)}},
+	}))
+	spec := f.spec("xattrs")
+	spec.OCI = "oci:" + writeLayout(t, filepath.Join(f.dir, "layout"), img, "")
+	im, err := f.store.Import(context.Background(), spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := debugfsOut(t, im.RootfsPath, "ea_list /d/f")
+	for _, w := range []string{"user.note (2) = \"hi\"", "trusted.t (1) = \"t\""} {
+		if !strings.Contains(out, w) {
+			t.Errorf("ea_list /d/f lacks %s:\n%s", w, out)
+		}
+	}
+	if strings.Contains(out, "bogus") || strings.Contains(out, "user.big") {
+		t.Errorf("ea_list /d/f has what was to be left out:\n%s", out)
+	}
+	if out := debugfsOut(t, im.RootfsPath, "ea_list /d"); !strings.Contains(out, "user.dir") {
+		t.Errorf("ea_list /d:\n%s", out)
+	}
+	notes := strings.Join(im.Notes, "\n")
+	for _, w := range []string{"left out extended attributes debugfs cannot name (/d/f)", "left out extended attributes too large for ext4 (/d/f)"} {
+		if !strings.Contains(notes, w) {
+			t.Errorf("notes %q lack %q", im.Notes, w)
+		}
+	}
+	if left := tmpEntries(t, f.store); len(left) != 0 {
+		t.Errorf("left in the store's tmp: %v", left)
 	}
 }

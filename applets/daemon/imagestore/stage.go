@@ -50,6 +50,9 @@ type stager struct {
 	// times are directories' modification times, by path, set once the
 	// tree is complete: writing a directory's entries changes its own.
 	times map[string]time.Time
+	// xattrs are entries' extended attributes, by path and name, set in
+	// the image with debugfs (applyXattrs).
+	xattrs map[string]map[string]string
 }
 
 func newStager(dir string) (*stager, error) {
@@ -60,7 +63,8 @@ func newStager(dir string) (*stager, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open staging directory: %w", err)
 	}
-	return &stager{dir: dir, root: r, want: map[string]attr{}, skipped: map[string][]string{}, times: map[string]time.Time{}}, nil
+	return &stager{dir: dir, root: r, want: map[string]attr{}, skipped: map[string][]string{},
+		times: map[string]time.Time{}, xattrs: map[string]map[string]string{}}, nil
 }
 
 func (st *stager) close() { st.root.Close() }

@@ -54,6 +54,9 @@ const (
 	// agentCopy, inside an import's temporary directory, is the agent as
 	// debugfs writes it: a short relative name, whatever the store's path.
 	agentCopy = "agent"
+	// xattrsDir, inside an import's temporary directory, holds the values
+	// of the extended attributes debugfs sets, one file each.
+	xattrsDir = "xattrs"
 )
 
 // In the image.

@@ -8,6 +8,7 @@ import (
 	"bytes"
 	"io"
 	"log"
+	"net/http"
 	"net/http/httptest"
 	"strings"
 	"testing"
@@ -95,14 +96,32 @@ func Registry(t testing.TB) string {
 	return strings.TrimPrefix(srv.URL, "http://")
 }
 
+// AuthRegistry is Registry behind HTTP basic authentication: a
+// request without user and password is answered 401, with the
+// challenge a client answers with its credentials.
+func AuthRegistry(t testing.TB, user, password string) string {
+	t.Helper()
+	reg := registry.New(registry.Logger(log.New(io.Discard, "", 0)))
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if u, p, ok := r.BasicAuth(); !ok || u != user || p != password {
+			w.Header().Set("WWW-Authenticate", `Basic realm="ocitest"`)
+			http.Error(w, "unauthorized", http.StatusUnauthorized)
+			return
+		}
+		reg.ServeHTTP(w, r)
+	}))
+	t.Cleanup(srv.Close)
+	return strings.TrimPrefix(srv.URL, "http://")
+}
+
 // Push writes img to the registry reference ref.
-func Push(t testing.TB, ref string, img v1.Image) {
+func Push(t testing.TB, ref string, img v1.Image, opts ...remote.Option) {
 	t.Helper()
 	r, err := name.ParseReference(ref)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := remote.Write(r, img); err != nil {
+	if err := remote.Write(r, img, opts...); err != nil {
 		t.Fatal(err)
 	}
 }

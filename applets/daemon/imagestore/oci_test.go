@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"compress/gzip"
 	"context"
+	"encoding/base64"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -12,10 +13,12 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/empty"
 	"github.com/google/go-containerregistry/pkg/v1/layout"
+	"github.com/google/go-containerregistry/pkg/v1/remote"
 	"github.com/google/go-containerregistry/pkg/v1/static"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 	"github.com/google/go-containerregistry/pkg/v1/types"
@@ -422,4 +425,50 @@ func TestImportXattrs(t *testing.T) {
 	if left := tmpEntries(t, f.store); len(left) != 0 {
 		t.Errorf("left in the store's tmp: %v", left)
 	}
+}
+
+// TestImportOCIAuth reads a registry that wants credentials: refused
+// without them (saying where they go), read with those of a docker
+// config.json or of $REGISTRY_AUTH_FILE.
+func TestImportOCIAuth(t *testing.T) {
+	f := newFixture(t, Options{})
+	host := ocitest.AuthRegistry(t, "banger", "s3cret")
+	ocitest.Push(t, host+"/private/img:v1", layeredImage(t), remote.WithAuth(&authn.Basic{Username: "banger", Password: "s3cret"}))
+	home := t.TempDir()
+	t.Setenv("HOME", home)
+	t.Setenv("DOCKER_CONFIG", "")
+	t.Setenv("REGISTRY_AUTH_FILE", "")
+	t.Setenv("XDG_RUNTIME_DIR", "")
+	t.Setenv("XDG_CONFIG_HOME", home)
+	auth := fmt.Sprintf(`{"auths": {%q: {"auth": %q}}}`, host, base64.StdEncoding.EncodeToString([]byte("banger:s3cret")))
+	write := func(file string) string {
+		os.MkdirAll(filepath.Dir(file), 0o700)
+		if err := os.WriteFile(file, []byte(auth), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return file
+	}
+	importAs := func(name string) (Image, error) {
+		spec := f.spec(name)
+		spec.SizeMiB = 0
+		spec.OCI = "docker://" + host + "/private/img:v1"
+		return f.store.Import(context.Background(), spec)
+	}
+
+	_, err := importAs("anonymous")
+	wantCode(t, err, "invalid_params")
+	if !strings.Contains(err.Error(), "REGISTRY_AUTH_FILE") {
+		t.Errorf("refusal %q does not say where credentials go", err)
+	}
+	t.Setenv("REGISTRY_AUTH_FILE", write(filepath.Join(home, "auth.json")))
+	if _, err := importAs("podman-auth"); err != nil {
+		t.Fatalf("with $REGISTRY_AUTH_FILE: %v", err)
+	}
+	t.Setenv("REGISTRY_AUTH_FILE", "")
+	write(filepath.Join(home, ".docker", "config.json"))
+	im, err := importAs("docker-config")
+	if err != nil {
+		t.Fatalf("with ~/.docker/config.json: %v", err)
+	}
+	checkLayered(t, im)
 }

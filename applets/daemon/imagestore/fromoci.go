@@ -72,7 +72,14 @@ func ociSource(s string, progress Progress) (rootfsSource, error) {
 // tree through stageTar, and records its config in info. Every blob read
 // is checked against its digest: a corrupt or truncated layer fails with
 // the layer's digest named.
-func stageOCI(ctx context.Context, st *stager, ref api.OCIRef, info *OCIImage, progress Progress) error {
+func stageOCI(ctx context.Context, st *stager, ref api.OCIRef, info *OCIImage, progress Progress) (err error) {
+	defer func() {
+		// A cancel fails whatever was being read: say it was the cancel,
+		// not a bad image.
+		if err != nil && ctx.Err() != nil {
+			err = ctx.Err()
+		}
+	}()
 	img, digest, cleanup, err := openOCI(ctx, ref, st)
 	if err != nil {
 		return err

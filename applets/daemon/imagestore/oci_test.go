@@ -6,15 +6,23 @@ import (
 	"compress/gzip"
 	"context"
 	"encoding/base64"
+	"errors"
 	"fmt"
+	"io"
+	"log"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/google/go-containerregistry/pkg/authn"
 	"github.com/google/go-containerregistry/pkg/name"
+	"github.com/google/go-containerregistry/pkg/registry"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/empty"
 	"github.com/google/go-containerregistry/pkg/v1/layout"
@@ -471,4 +479,65 @@ func TestImportOCIAuth(t *testing.T) {
 		t.Fatalf("with ~/.docker/config.json: %v", err)
 	}
 	checkLayered(t, im)
+}
+
+// TestImportOCICancel cancels an import while a layer downloads (what
+// Ctrl-C on image import does, through its operation): the import ends
+// with the cancel, and leaves nothing in the store.
+func TestImportOCICancel(t *testing.T) {
+	f := newFixture(t, Options{})
+	reg := registry.New(registry.Logger(log.New(io.Discard, "", 0)))
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	stalled := make(chan struct{}, 1)
+	big := ocitest.Layer(t, []ocitest.Entry{{Name: "big", Type: tar.TypeReg, Mode: 0o644, Body: string(bytes.Repeat([]byte("x"), 1<<20))}})
+	bigDigest, err := big.Digest()
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodGet && strings.HasSuffix(r.URL.Path, "/blobs/"+bigDigest.String()) {
+			// Half the layer, then nothing until the client gives up.
+			rec := httptest.NewRecorder()
+			reg.ServeHTTP(rec, r)
+			body := rec.Body.Bytes()
+			w.Header().Set("Content-Length", strconv.Itoa(len(body)))
+			w.WriteHeader(http.StatusOK)
+			w.Write(body[:len(body)/2])
+			w.(http.Flusher).Flush()
+			select {
+			case stalled <- struct{}{}:
+			default:
+			}
+			<-r.Context().Done()
+			return
+		}
+		reg.ServeHTTP(w, r)
+	}))
+	defer srv.Close()
+	host := strings.TrimPrefix(srv.URL, "http://")
+	ocitest.Push(t, host+"/slow/img:v1", ocitest.Image(t, "amd64", big))
+
+	go func() {
+		<-stalled
+		cancel()
+	}()
+	spec := f.spec("cancelled")
+	spec.OCI = "docker://" + host + "/slow/img:v1"
+	done := make(chan error, 1)
+	go func() { _, err := f.store.Import(ctx, spec); done <- err }()
+	select {
+	case err := <-done:
+		if !errors.Is(err, context.Canceled) {
+			t.Fatalf("a cancelled import returned %v; want context.Canceled", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("the import did not end within 30 s of its cancel")
+	}
+	if left := tmpEntries(t, f.store); len(left) != 0 {
+		t.Errorf("left in the store's tmp: %v", left)
+	}
+	if ims, err := f.store.List(context.Background()); err != nil || len(ims) != 0 {
+		t.Errorf("store after the cancel: %+v, %v", ims, err)
+	}
 }

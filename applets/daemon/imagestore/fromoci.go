@@ -34,8 +34,17 @@ type OCIImage = api.OCIImage
 // ociPlatform is the only platform banger's guests run.
 var ociPlatform = v1.Platform{OS: "linux", Architecture: "amd64"}
 
-// errNoPlatform is wrapped when a reference has no linux/amd64 image.
-var errNoPlatform = errors.New("no linux/amd64 image")
+// noPlatformError is a reference without a linux/amd64 image, with the
+// platforms it has.
+type noPlatformError struct{ has []string }
+
+func (e *noPlatformError) Error() string {
+	has := "none"
+	if len(e.has) > 0 {
+		has = strings.Join(e.has, ", ")
+	}
+	return "no linux/amd64 image (it has " + has + ")"
+}
 
 // Progress is told how many compressed bytes of an OCI image's layers
 // have been read, of total. It is called often; it must be cheap.
@@ -103,7 +112,7 @@ func stageOCI(ctx context.Context, st *stager, ref api.OCIRef, info *OCIImage, p
 // openOCI opens the linux/amd64 image of ref, with its manifest digest,
 // checked; cleanup removes what opening it unpacked.
 func openOCI(ctx context.Context, ref api.OCIRef, st *stager) (v1.Image, v1.Hash, func(), error) {
-	nop := func() {}
+	cleanup := func() {}
 	var img v1.Image
 	var want v1.Hash
 	var err error
@@ -115,9 +124,9 @@ func openOCI(ctx context.Context, ref api.OCIRef, st *stager) (v1.Image, v1.Hash
 	case api.OCIArchive:
 		var dir string
 		if dir, err = unpackLayout(ctx, ref.Path, st); err != nil {
-			return nil, want, nop, err
+			return nil, want, cleanup, err
 		}
-		nop = func() { removeScratch(dir) }
+		cleanup = func() { removeScratch(dir) }
 		img, want, err = openLayout(dir, ref.Name)
 	case api.OCIDockerArchive:
 		img, err = openDockerArchive(ref)
@@ -130,16 +139,16 @@ func openOCI(ctx context.Context, ref api.OCIRef, st *stager) (v1.Image, v1.Hash
 	if err == nil {
 		err = checkOCIImage(img, want)
 	}
-	if errors.Is(err, errNoPlatform) {
-		err = errdefs.Errorf(errdefs.ErrInvalid, "%s has no linux/amd64 image (%v); banger's guests are amd64 only", ref, err)
+	if np := new(noPlatformError); errors.As(err, &np) {
+		err = errdefs.Errorf(errdefs.ErrInvalid, "%s has %v; banger's guests are amd64 only", ref, np)
 	} else if err != nil && !errors.As(err, new(*errdefs.Error)) {
 		err = errdefs.Errorf(errdefs.ErrInvalid, "open the OCI image %s: %v", ref, err)
 	}
 	if err != nil {
-		nop()
+		cleanup()
 		return nil, want, func() {}, err
 	}
-	return img, want, nop, nil
+	return img, want, cleanup, nil
 }
 
 // openRemote reads ref from its registry, anonymously or with the
@@ -211,7 +220,7 @@ func pickImage(idx v1.ImageIndex, tag string) (v1.Image, v1.Hash, error) {
 	if err != nil {
 		return nil, v1.Hash{}, err
 	}
-	var seen []string
+	var has []string
 	found := false
 	for _, d := range im.Manifests {
 		if tag != "" && d.Annotations[refNameAnnotation] != tag {
@@ -225,21 +234,26 @@ func pickImage(idx v1.ImageIndex, tag string) (v1.Image, v1.Hash, error) {
 				return nil, v1.Hash{}, err
 			}
 			img, h, err := pickImage(child, "")
-			if !errors.Is(err, errNoPlatform) {
-				return img, h, err
+			if np := new(noPlatformError); errors.As(err, &np) {
+				has = append(has, np.has...)
+				continue
 			}
-			seen = append(seen, err.Error())
+			return img, h, err
 		case d.MediaType.IsImage():
 			if d.Platform != nil && !d.Platform.Satisfies(ociPlatform) {
-				seen = append(seen, d.Platform.String())
+				has = append(has, d.Platform.String())
 				continue
 			}
 			img, err := idx.Image(d.Digest)
 			if err != nil {
 				return nil, v1.Hash{}, err
 			}
+			// No platform in the index: the config says. One that cannot
+			// be read is no image to run (an attestation, say).
 			if err := checkPlatform(img); err != nil {
-				seen = append(seen, err.Error())
+				if np := new(noPlatformError); errors.As(err, &np) {
+					has = append(has, np.has...)
+				}
 				continue
 			}
 			return img, d.Digest, nil
@@ -248,14 +262,7 @@ func pickImage(idx v1.ImageIndex, tag string) (v1.Image, v1.Hash, error) {
 	if !found && tag != "" {
 		return nil, v1.Hash{}, errdefs.Errorf(errdefs.ErrNotFound, "no image is tagged %q in the OCI layout", tag)
 	}
-	return nil, v1.Hash{}, fmt.Errorf("%w; it has %s", errNoPlatform, orNone(seen))
-}
-
-func orNone(s []string) string {
-	if len(s) == 0 {
-		return "none"
-	}
-	return strings.Join(s, ", ")
+	return nil, v1.Hash{}, &noPlatformError{has: has}
 }
 
 // checkPlatform says whether img's config is linux/amd64.
@@ -265,7 +272,7 @@ func checkPlatform(img v1.Image) error {
 		return err
 	}
 	if p := cf.Platform(); p != nil && !p.Satisfies(ociPlatform) {
-		return fmt.Errorf("%w; it is %s", errNoPlatform, p)
+		return &noPlatformError{has: []string{p.String()}}
 	}
 	return nil
 }

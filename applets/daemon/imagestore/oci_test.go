@@ -239,7 +239,7 @@ func TestImportOCINoAMD64(t *testing.T) {
 		spec.OCI = ref
 		_, err := f.store.Import(context.Background(), spec)
 		wantCode(t, err, "invalid_params")
-		if !strings.Contains(err.Error(), "no linux/amd64 image") || !strings.Contains(err.Error(), "arm64") {
+		if !strings.Contains(err.Error(), "no linux/amd64 image (it has linux/arm64); banger's guests are amd64 only") {
 			t.Errorf("%s: %v; want it to say there is no amd64 image, only arm64", ref, err)
 		}
 	}

@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -335,6 +336,9 @@ func runQMP(socket string, command qmp.Command) (json.RawMessage, error) {
 // "return" value.
 type qmpRunner func(qmp.Command) (json.RawMessage, error)
 
+// qmpIDs numbers the commands sent over QMP.
+var qmpIDs atomic.Uint64
+
 // withQMP opens a QMP connection on socket, runs fn with it, and closes it.
 func withQMP(socket string, fn func(run qmpRunner) error) error {
 	var mon *qmp.SocketMonitor
@@ -356,7 +360,13 @@ func withQMP(socket string, fn func(run qmpRunner) error) error {
 		return fmt.Errorf("handshake: %w", err)
 	}
 	return fn(func(command qmp.Command) (json.RawMessage, error) {
-		cmd, err := json.Marshal(command)
+		// Each command has an id, and its answer is the one with that id:
+		// an answer QEMU gives this connection for another's command is
+		// not taken for it.
+		cmd, err := json.Marshal(struct {
+			qmp.Command
+			ID string `json:"id"`
+		}{command, fmt.Sprintf("banger-%d", qmpIDs.Add(1))})
 		if err != nil {
 			return nil, err
 		}

@@ -18,6 +18,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -125,22 +126,38 @@ func (mon *SocketMonitor) Connect() error {
 	enc := json.NewEncoder(mon.c)
 	dec := json.NewDecoder(mon.c)
 
-	// Check for banner on startup
-	var ban banner
-	if err := dec.Decode(&ban); err != nil {
-		return err
+	// Check for banner on startup. banger: a line before it that is not
+	// a greeting (a stray answer) is skipped, not taken for it.
+	var ban struct {
+		QMP *struct {
+			Capabilities []string `json:"capabilities"`
+			Version      Version  `json:"version"`
+		} `json:"QMP"`
+	}
+	for skipped := 0; ban.QMP == nil; skipped++ {
+		if skipped == maxStray {
+			return errors.New("qmp: no greeting")
+		}
+		if err := dec.Decode(&ban); err != nil {
+			return err
+		}
 	}
 	mon.Version = &ban.QMP.Version
 	mon.Capabilities = ban.QMP.Capabilities
 
-	// Issue capabilities handshake
-	cmd := Command{Execute: qmpCapabilities}
+	// Issue capabilities handshake. banger: with an id, and its return
+	// is the answer with that id.
+	cmd := struct {
+		Command
+		ID string `json:"id"`
+	}{Command{Execute: qmpCapabilities}, capabilitiesID}
 	if err := enc.Encode(cmd); err != nil {
 		return err
 	}
 
 	// Check for no error on return. banger: an event QEMU sends before
-	// the return is skipped, not taken for it (upstream PR #210).
+	// the return is skipped, not taken for it (upstream PR #210), and so
+	// is an answer without its id.
 	for {
 		var r struct {
 			response
@@ -149,7 +166,7 @@ func (mon *SocketMonitor) Connect() error {
 		if err := dec.Decode(&r); err != nil {
 			return err
 		}
-		if r.Event != "" {
+		if r.Event != "" || r.ID != capabilitiesID {
 			continue
 		}
 		if err := r.Err(); err != nil {
@@ -262,31 +279,42 @@ func (mon *SocketMonitor) RunWithFile(command []byte, file *os.File) ([]byte, er
 		}
 	}
 
-	// Wait for a response or error to our command
-	res := <-mon.stream
-	if res.err != nil {
-		return nil, res.err
+	// Wait for a response or error to our command. banger: a command
+	// with an id is answered by the response with that id; one without
+	// it (a stray answer, of a command QEMU finished after its client
+	// left) is skipped, not taken for this one's.
+	var want struct {
+		ID string `json:"id"`
 	}
+	json.Unmarshal(command, &want)
+	for {
+		res := <-mon.stream
+		if res.err != nil {
+			return nil, res.err
+		}
 
-	// Check for QEMU errors
-	var r response
-	if err := json.Unmarshal(res.buf, &r); err != nil {
-		return nil, err
-	}
-	if err := r.Err(); err != nil {
-		return nil, err
-	}
+		// Check for QEMU errors
+		var r response
+		if err := json.Unmarshal(res.buf, &r); err != nil {
+			return nil, err
+		}
+		if want.ID != "" && r.ID != want.ID {
+			continue
+		}
+		if err := r.Err(); err != nil {
+			return nil, err
+		}
 
-	return res.buf, nil
+		return res.buf, nil
+	}
 }
 
-// banner is a wrapper type around a Version.
-type banner struct {
-	QMP struct {
-		Capabilities []string `json:"capabilities"`
-		Version      Version  `json:"version"`
-	} `json:"QMP"`
-}
+// banger: the id of the capabilities handshake, and how many lines that
+// are not the greeting Connect skips before it gives up.
+const (
+	capabilitiesID = "banger-capabilities"
+	maxStray       = 16
+)
 
 // streamResponse is a struct sent over a channel in response to a command.
 type streamResponse struct {

@@ -3,6 +3,7 @@ package e2e_test
 import (
 	"archive/tar"
 	"os"
+	"path/filepath"
 	"regexp"
 	"sort"
 	"strings"
@@ -59,6 +60,10 @@ func TestImageImportOCI(t *testing.T) {
 
 	if r := s.banger("image", "import", "--oci", "busybox:latest", "bad").want(t, 2); !strings.Contains(r.stderr, "oci-archive:FILE") {
 		t.Errorf("a reference without a transport: %q; want the transports named", r.stderr)
+	}
+	// Refused at once, before an operation begins (none is shown).
+	if r := s.banger("image", "import", "--oci", "oci:"+filepath.Join(s.dir, "none"), "none").want(t, 4); strings.Contains(r.stderr, "image.import none") {
+		t.Errorf("a missing layout began an operation: %q", r.stderr)
 	}
 	imported := s.banger("image", "import", "--oci", "docker://"+ref, "oci").want(t, 0)
 	// The operation's stage, not a terminal: one line when it is done,

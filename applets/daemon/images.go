@@ -69,13 +69,13 @@ func (m *imageMethods) show(ctx context.Context, p api.VMRef) (api.Image, error)
 }
 
 func (m *imageMethods) importImage(ctx context.Context, p api.ImageImport) (api.Image, error) {
-	kernel, err := m.importKernel(p)
+	spec, err := m.importSpec(p)
 	if err != nil {
 		return api.Image{}, err
 	}
 	var im api.Image
 	err = logging.Stage(ctx, "import image", func(ctx context.Context) (err error) {
-		im, err = m.doImport(ctx, p, kernel, nil)
+		im, err = m.doImport(ctx, spec)
 		return err
 	})
 	return im, err
@@ -83,16 +83,21 @@ func (m *imageMethods) importImage(ctx context.Context, p api.ImageImport) (api.
 
 // importBegin is importImage as an operation of one stage, "import",
 // whose detail is the bytes of an OCI image's layers read so far: a
-// registry's image takes a while, and the user sees it come.
+// registry's image takes a while, and the user sees it come. A bad
+// import is refused at once, before the operation.
 func (m *imageMethods) importBegin(ctx context.Context, p api.ImageImport) (api.Operation, error) {
-	kernel, err := m.importKernel(p)
+	spec, err := m.importSpec(p)
+	if err == nil {
+		err = m.store.Check(spec)
+	}
 	if err != nil {
-		return api.Operation{}, err
+		return api.Operation{}, nameTaken(err, p.Name)
 	}
 	return m.ops.Begin(ctx, rpc.OpIDFrom(ctx), api.KindImageImport, p.Name, func(ctx context.Context, prog *operation.Progress) (any, error) {
+		spec.Progress = byteProgress(prog)
 		var im api.Image
 		err := prog.Run(ctx, []operation.Step{{Name: "import", Do: func(ctx context.Context) (err error) {
-			im, err = m.doImport(ctx, p, kernel, byteProgress(prog))
+			im, err = m.doImport(ctx, spec)
 			return err
 		}}})
 		return im, err
@@ -111,17 +116,27 @@ func byteProgress(prog *operation.Progress) imagestore.Progress {
 	}
 }
 
-// doImport imports the image p names with the kernel file kernel, and
-// indexes it.
-func (m *imageMethods) doImport(ctx context.Context, p api.ImageImport, kernel string, progress imagestore.Progress) (api.Image, error) {
-	im, err := m.store.Import(ctx, imagestore.ImportSpec{Name: p.Name, KernelPath: kernel, InitrdPath: p.Initrd,
-		RootfsDir: p.RootfsDir, RootfsTar: p.RootfsTar, RootfsExt4: p.RootfsExt4, OCI: p.OCI, Progress: progress,
-		AgentBinary: m.agent, KernelArgs: p.KernelArgs, SizeMiB: p.SizeMiB})
+// importSpec is the store's import of p, with the kernel file it boots.
+func (m *imageMethods) importSpec(p api.ImageImport) (imagestore.ImportSpec, error) {
+	kernel, err := m.importKernel(p)
+	return imagestore.ImportSpec{Name: p.Name, KernelPath: kernel, InitrdPath: p.Initrd,
+		RootfsDir: p.RootfsDir, RootfsTar: p.RootfsTar, RootfsExt4: p.RootfsExt4, OCI: p.OCI,
+		AgentBinary: m.agent, KernelArgs: p.KernelArgs, SizeMiB: p.SizeMiB}, err
+}
+
+// doImport imports the image spec says and indexes it.
+func (m *imageMethods) doImport(ctx context.Context, spec imagestore.ImportSpec) (api.Image, error) {
+	im, err := m.store.Import(ctx, spec)
 	if err != nil {
-		return api.Image{}, advise(err, errdefs.ErrAlreadyExists, "delete it first (`banger image delete "+p.Name+"`) or choose another name")
+		return api.Image{}, nameTaken(err, spec.Name)
 	}
 	err = m.db.PutImage(ctx, state.Image{Name: im.Name, Digest: im.Digest, SizeBytes: im.SizeBytes, Created: im.Created, KernelArgs: im.KernelArgs})
 	return toAPIImage(im), err
+}
+
+// nameTaken advises what to do when an import's name is taken.
+func nameTaken(err error, name string) error {
+	return advise(err, errdefs.ErrAlreadyExists, "delete it first (`banger image delete "+name+"`) or choose another name")
 }
 
 // importKernel is the kernel file an import boots: the file given, the

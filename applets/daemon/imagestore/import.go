@@ -66,6 +66,16 @@ func (s *Store) Import(ctx context.Context, spec ImportSpec) (Image, error) {
 	return s.build(ctx, b)
 }
 
+// Check validates an import as Import does before it writes anything,
+// so a caller that runs the import later (as an operation) can refuse a
+// bad one at once.
+func (s *Store) Check(spec ImportSpec) error {
+	if _, err := s.checkSpec(spec); err != nil {
+		return err
+	}
+	return s.checkFree(spec.Name)
+}
+
 // checkFree refuses a name an image has.
 func (s *Store) checkFree(name string) error {
 	if _, err := os.Lstat(s.path(name)); err == nil {

@@ -217,6 +217,7 @@ func TestImportOCI(t *testing.T) {
 		for _, dst := range []struct{ name, ref string }{
 			{"skopeo-docker-archive", "docker-archive:" + filepath.Join(f.dir, "skopeo.tar") + ":test/layered:v1"},
 			{"skopeo-oci", "oci:" + filepath.Join(f.dir, "skopeo-layout") + ":v1"},
+			{"skopeo-oci-archive", "oci-archive:" + filepath.Join(f.dir, "skopeo-oci.tar") + ":v1"},
 		} {
 			if out, err := exec.Command("skopeo", "copy", "--src-tls-verify=false", "docker://"+host+"/test/layered:v1", dst.ref).CombinedOutput(); err != nil {
 				t.Fatalf("skopeo copy to %s: %v\n%s", dst.ref, err, out)

@@ -22,6 +22,7 @@ import (
 	"banger/internal/errdefs"
 	"banger/logging"
 	"banger/rpc"
+	"banger/rpc/rpctest"
 )
 
 // TestMain doubles as the stdio helper that CommandClient tests start: the
@@ -139,23 +140,9 @@ func baseMethods() rpc.Methods {
 	}
 }
 
-// syncBuffer is a bytes.Buffer that server goroutines can log into.
-type syncBuffer struct {
-	mu sync.Mutex // guards b
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
+// syncBuffer is a log buffer of the servers' goroutines, with the
+// readers of its records.
+type syncBuffer struct{ rpctest.LogBuffer }
 
 // records returns the JSON log records written so far.
 func (s *syncBuffer) records(t testing.TB) []map[string]any {

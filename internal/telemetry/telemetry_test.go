@@ -1,14 +1,12 @@
 package telemetry_test
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -18,29 +16,12 @@ import (
 	"banger/internal/telemetry/otlptest"
 	"banger/logging"
 	"banger/rpc"
+	"banger/rpc/rpctest"
 )
-
-// syncBuffer is a log destination the servers' goroutines share.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
 
 // serve serves methods on a socket of its own with tel's spans, as the
 // daemon and the helper do, until the test ends.
-func serve(t *testing.T, name string, tel *telemetry.Tracer, log *syncBuffer, methods rpc.Methods) *rpc.Client {
+func serve(t *testing.T, name string, tel *telemetry.Tracer, log *rpctest.LogBuffer, methods rpc.Methods) *rpc.Client {
 	t.Helper()
 	dir, err := os.MkdirTemp("", "tel")
 	if err != nil {
@@ -72,7 +53,7 @@ func setup(t *testing.T, service string) *telemetry.Tracer {
 // daemon's "vm.work" runs a stage "boot" that calls the helper's
 // "priv.work", then a stage "fail" that fails with not_found; "whoami"
 // answers the trace it runs in.
-func daemonAndHelper(t *testing.T, daemonTel, helperTel *telemetry.Tracer, log *syncBuffer) *rpc.Client {
+func daemonAndHelper(t *testing.T, daemonTel, helperTel *telemetry.Tracer, log *rpctest.LogBuffer) *rpc.Client {
 	helper := serve(t, "helper", helperTel, log, rpc.Methods{
 		"priv.work": func(ctx context.Context, _ json.RawMessage) (any, error) { return true, nil },
 	})
@@ -103,7 +84,7 @@ func TestSpansOfOneCommand(t *testing.T) {
 	if daemonTel == nil || helperTel == nil {
 		t.Fatal("no tracer with OTEL_EXPORTER_OTLP_ENDPOINT set")
 	}
-	var log syncBuffer
+	var log rpctest.LogBuffer
 	daemon := daemonAndHelper(t, daemonTel, helperTel, &log)
 
 	const trace, caller = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
@@ -175,7 +156,7 @@ func TestNothingIsSentUnlessAsked(t *testing.T) {
 	for _, off := range [][2]string{{"OTEL_SDK_DISABLED", "true"}, {"OTEL_TRACES_EXPORTER", "none"}} {
 		t.Setenv(off[0], off[1])
 		tel := setup(t, "bangerd")
-		var log syncBuffer
+		var log rpctest.LogBuffer
 		daemon := daemonAndHelper(t, tel, tel, &log)
 		daemon.Call(rpc.WithTrace(context.Background(), rpc.NewTraceID()), "vm.work", nil, nil)
 		tel.Shutdown(context.Background())
@@ -214,7 +195,7 @@ func TestEnabled(t *testing.T) {
 // benchCalls is b.N calls of a method that runs one stage, on a server
 // with tel's spans (nil: none), from a caller in a trace.
 func benchCalls(b *testing.B, tel *telemetry.Tracer) {
-	var log syncBuffer
+	var log rpctest.LogBuffer
 	dir, err := os.MkdirTemp("", "tel")
 	if err != nil {
 		b.Fatal(err)

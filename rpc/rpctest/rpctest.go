@@ -2,10 +2,12 @@
 package rpctest
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"reflect"
 	"slices"
+	"sync"
 	"testing"
 
 	"banger/rpc"
@@ -57,4 +59,23 @@ func SameMethods[C any](t testing.TB, table rpc.Methods, mk func(rpc.Caller) C) 
 	if !slices.Equal(called, served) {
 		t.Errorf("the typed client calls %q; the table serves %q", called, served)
 	}
+}
+
+// LogBuffer is a bytes.Buffer that servers' goroutines can log into while
+// a test reads it.
+type LogBuffer struct {
+	mu sync.Mutex // guards b
+	b  bytes.Buffer
+}
+
+func (s *LogBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *LogBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }

@@ -20,6 +20,7 @@ package e2e_test
 // only an interleaved measurement compares like with like.
 
 import (
+	"banger/internal/api"
 	"fmt"
 	"os"
 	"os/exec"
@@ -42,7 +43,8 @@ func bangerBenchEnv(dir string) []string {
 			env = append(env, kv)
 		}
 	}
-	return append(env, "XDG_RUNTIME_DIR="+filepath.Join(dir, "run"), "XDG_STATE_HOME="+filepath.Join(dir, "state"), "BANGER_AUTO_WARM=false")
+	return append(env, "XDG_RUNTIME_DIR="+filepath.Join(dir, "run"), "XDG_STATE_HOME="+filepath.Join(dir, "state"), "BANGER_AUTO_WARM=false",
+		"BANGER_IMAGE="+api.TinyImage)
 }
 
 // benchTempDir is a short temporary directory (sockets live under it:

@@ -286,13 +286,13 @@ func newBareQEMU(v *vmBench) *bareQEMU {
 	if err != nil {
 		v.b.Fatal(err)
 	}
-	q := &bareQEMU{refDir: vm.InstanceDir, rootfs: filepath.Join(v.state, "images", "default", "rootfs.ext4")}
+	q := &bareQEMU{refDir: vm.InstanceDir, rootfs: filepath.Join(v.state, "images", api.TinyImage, "rootfs.ext4")}
 	if err := json.Unmarshal(raw, &q.argv); err != nil {
 		v.b.Fatal(err)
 	}
 	v.mustRun("vm", "delete", "--force", "ref")
 	for _, f := range []string{"vmlinux", "initrd"} {
-		p := filepath.Join(v.state, "images", "default", f)
+		p := filepath.Join(v.state, "images", api.TinyImage, f)
 		if _, err := os.Stat(p); err != nil && f == "initrd" {
 			continue // a built kernel boots without one
 		}

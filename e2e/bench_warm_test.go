@@ -128,7 +128,7 @@ func newBuiltKernelBench(b *testing.B) *vmBench {
 // so it starts with no snapshot and no standby.
 func BenchmarkBackToBack(b *testing.B) {
 	v := newBuiltKernelBench(b)
-	rootfs := filepath.Join(v.state, "images", api.DefaultImage, "rootfs.ext4")
+	rootfs := filepath.Join(v.state, "images", api.TinyImage, "rootfs.ext4")
 	var first, second []time.Duration
 	i := 0
 	for b.Loop() {
@@ -181,7 +181,7 @@ func newBareRestore(v *vmBench) *bareRestore {
 	if err != nil {
 		v.b.Fatal(err)
 	}
-	snap := filepath.Join(v.state, "snapshots", "default")
+	snap := filepath.Join(v.state, "snapshots", api.TinyImage)
 	r := &bareRestore{refDir: vm.InstanceDir, memory: filepath.Join(snap, "memory"), disk: filepath.Join(snap, "disk.qcow2")}
 	if err := json.Unmarshal(raw, &r.argv); err != nil {
 		v.b.Fatal(err)

@@ -203,7 +203,7 @@ func (s *sandbox) bridgedDaemon(ns *netns) *exec.Cmd {
 func createBridged(t *testing.T, s *sandbox, name string) (api.VM, string) {
 	t.Helper()
 	var op api.Operation
-	if err := s.call(api.MethodVMCreateBegin, api.VMCreate{Name: name, Network: api.NetworkBridge}, &op); err != nil {
+	if err := s.call(api.MethodVMCreateBegin, api.VMCreate{Name: name, Image: api.TinyImage, Network: api.NetworkBridge}, &op); err != nil {
 		t.Fatal(err)
 	}
 	if err := s.call(api.MethodOperationWait, api.OperationWait{ID: op.ID, TimeoutMS: 60000}, &op); err != nil {
@@ -371,7 +371,7 @@ func TestBridgedVMs(t *testing.T) {
 	// The daemon dies after a create made its tap, before the VM is up:
 	// the next daemon removes the VM, its tap and its address.
 	var op api.Operation
-	if err := s.call(api.MethodVMCreateBegin, api.VMCreate{Name: "c", Network: api.NetworkBridge, Cold: true}, &op); err != nil {
+	if err := s.call(api.MethodVMCreateBegin, api.VMCreate{Name: "c", Image: api.TinyImage, Network: api.NetworkBridge, Cold: true}, &op); err != nil {
 		t.Fatal(err)
 	}
 	waitStage(t, s, op.ID, "wait for agent")

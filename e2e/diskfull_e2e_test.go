@@ -46,7 +46,7 @@ func TestFullStateDirectory(t *testing.T) {
 
 	// Saving a snapshot that does not fit: image warm fails, the image
 	// keeps the snapshot it had.
-	r = s.banger("image", "warm", "--memory", "512M", api.DefaultImage).want(t, 7)
+	r = s.banger("image", "warm", "--memory", "512M", api.TinyImage).want(t, 7)
 	wantFull(t, r, state)
 	s.wantIntact(t, vmsBefore, imagesBefore)
 

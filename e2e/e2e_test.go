@@ -55,8 +55,10 @@ func newSandbox(t testing.TB) *sandbox {
 		// every sandbox, and one where it works would run them under
 		// KVM; the accelerator tests choose for themselves), standbys
 		// made whatever else uses the host's memory (the memory bound
-		// is tested on its own), and git without the user's config.
-		"BANGER_ACCEL=tcg", "BANGER_STANDBY_MIN_FREE=64M", "GIT_CONFIG_GLOBAL=/dev/null", "GIT_CONFIG_NOSYSTEM=1")
+		// is tested on its own), git without the user's config, and the
+		// busybox image where a test names none (the Debian default is
+		// built and tested by its own tests, debian_e2e_test.go).
+		"BANGER_IMAGE="+api.TinyImage, "BANGER_ACCEL=tcg", "BANGER_STANDBY_MIN_FREE=64M", "GIT_CONFIG_GLOBAL=/dev/null", "GIT_CONFIG_NOSYSTEM=1")
 	t.Cleanup(func() {
 		if t.Failed() {
 			// What the daemon was doing, before the directory goes: what

@@ -71,7 +71,7 @@ func TestWarmFaultsFallBack(t *testing.T) {
 	needGuests(t)
 	s := newSandbox(t)
 	s.daemon()
-	snapshot := filepath.Join(s.state, "banger", "snapshots", api.DefaultImage)
+	snapshot := filepath.Join(s.state, "banger", "snapshots", api.TinyImage)
 	run := func() result {
 		t.Helper()
 		return s.banger("vm", "run", "--rm", "--", "true").want(t, 0)
@@ -290,7 +290,7 @@ func TestStandbyNeedsTheHostsMemory(t *testing.T) {
 		b, _ := os.ReadFile(s.daemonLog())
 		return strings.Contains(string(b), `"msg":"standby skipped"`)
 	})
-	if r := s.banger("image", "show", api.DefaultImage).want(t, 0); !strings.Contains(r.stdout, "standby:") || !strings.Contains(r.stdout, "skipped") || !strings.Contains(r.stdout, "--standby-min-free") {
+	if r := s.banger("image", "show", api.TinyImage).want(t, 0); !strings.Contains(r.stdout, "standby:") || !strings.Contains(r.stdout, "skipped") || !strings.Contains(r.stdout, "--standby-min-free") {
 		t.Errorf("image show:\n%s", r.stdout)
 	}
 	var rep struct {
@@ -345,7 +345,7 @@ func TestDaemonKilledDuringAWarmCreate(t *testing.T) {
 				s.waitStandbysReady(t, before+1)
 			}
 			var op api.Operation
-			if err := s.call(api.MethodVMCreateBegin, api.VMCreate{Name: "doomed"}, &op); err != nil {
+			if err := s.call(api.MethodVMCreateBegin, api.VMCreate{Name: "doomed", Image: api.TinyImage}, &op); err != nil {
 				t.Fatal(err)
 			}
 			waitStage(t, s, op.ID, tc.stage)

@@ -193,7 +193,7 @@ func TestCancelDuringCreateUndoesEverything(t *testing.T) {
 	s.banger("vm", "create", "--name", "warm", "--no-start").want(t, 0)
 
 	var op api.Operation
-	if err := s.call(api.MethodVMCreateBegin, api.VMCreate{Name: "doomed", Cold: true}, &op); err != nil {
+	if err := s.call(api.MethodVMCreateBegin, api.VMCreate{Name: "doomed", Image: api.TinyImage, Cold: true}, &op); err != nil {
 		t.Fatal(err)
 	}
 	waitStage(t, s, op.ID, "wait for agent")
@@ -231,7 +231,7 @@ func TestDaemonKilledWhileAVMRunsAndWhileACreateRuns(t *testing.T) {
 	s.banger("vm", "create", "--name", "survivor", "--json").want(t, 0).json(t, &vm)
 
 	var op api.Operation
-	if err := s.call(api.MethodVMCreateBegin, api.VMCreate{Name: "interrupted", Cold: true}, &op); err != nil {
+	if err := s.call(api.MethodVMCreateBegin, api.VMCreate{Name: "interrupted", Image: api.TinyImage, Cold: true}, &op); err != nil {
 		t.Fatal(err)
 	}
 	waitStage(t, s, op.ID, "wait for agent")

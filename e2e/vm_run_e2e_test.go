@@ -265,9 +265,16 @@ func gitRepo(t *testing.T, dir string) string {
 			t.Fatal(err)
 		}
 	}
+	gitCommit(t, repo, "tracked.txt", "sub/deep.txt", "run.sh", ".gitignore")
+	return repo
+}
+
+// gitCommit makes repo a git repository whose one commit tracks paths.
+func gitCommit(t *testing.T, repo string, paths ...string) {
+	t.Helper()
 	for _, args := range [][]string{
 		{"init", "-q"},
-		{"add", "tracked.txt", "sub/deep.txt", "run.sh", ".gitignore"},
+		append([]string{"add"}, paths...),
 		{"-c", "user.name=t", "-c", "user.email=t@example.com", "commit", "-qm", "init"},
 	} {
 		cmd := exec.Command("git", append([]string{"-C", repo}, args...)...)
@@ -275,7 +282,6 @@ func gitRepo(t *testing.T, dir string) string {
 			t.Fatalf("git %v: %v: %s", args, err, out)
 		}
 	}
-	return repo
 }
 
 // workspaceSandbox is a sandbox with a daemon and a git repository to

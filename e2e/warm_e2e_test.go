@@ -56,7 +56,7 @@ func TestWarmStarts(t *testing.T) {
 		t.Errorf("no snapshot saved:\n%s", r.stderr)
 	}
 	var im api.Image
-	s.banger("image", "show", "--json", api.DefaultImage).want(t, 0).json(t, &im)
+	s.banger("image", "show", "--json", api.TinyImage).want(t, 0).json(t, &im)
 	if im.Warm == nil || im.Warm.MemoryBytes == 0 || im.Warm.CPUs != api.DefaultCPUs || im.Warm.MemoryMiB != api.DefaultMemoryMiB {
 		t.Fatalf("image after the first boot: %+v", im.Warm)
 	}
@@ -225,7 +225,7 @@ func TestStandbyLifecycle(t *testing.T) {
 	s.banger("vm", "run", "--rm", "--", "true").want(t, 0)
 	waitFor(t, time.Minute, func() bool { return len(s.standbyPIDs()) == 1 })
 	third := s.standbyPIDs()[0]
-	s.banger("image", "delete", api.DefaultImage).want(t, 0)
+	s.banger("image", "delete", api.TinyImage).want(t, 0)
 	if alive(third) || len(standbys()) != 0 {
 		t.Errorf("after the image's delete: standby %d alive %v, dirs %v", third, alive(third), standbys())
 	}
@@ -243,8 +243,8 @@ func TestStandbyReadsTheSnapshotsDisk(t *testing.T) {
 	env := s.env
 	s.env = append(env, "BANGER_STANDBY=false")
 	s.daemon()
-	s.banger("image", "warm", api.DefaultImage).want(t, 0)
-	disk := filepath.Join(s.state, "banger", "snapshots", api.DefaultImage, "disk.qcow2")
+	s.banger("image", "warm", api.TinyImage).want(t, 0)
+	disk := filepath.Join(s.state, "banger", "snapshots", api.TinyImage, "disk.qcow2")
 	out, err := exec.Command("qemu-img", "info", "--output=json", disk).Output()
 	var info struct {
 		Size int64 `json:"virtual-size"`

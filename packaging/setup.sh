@@ -9,9 +9,13 @@ cd "$(dirname "$0")/.."
 # sudo: how the daemon reaches the root helper when no helper service runs.
 # git: `vm run PATH` copies a work tree's tracked files (git ls-files).
 # qemu-system-x86, qemu-utils: the VM engine and its disk overlays.
-# linux-image-amd64, busybox-static, e2fsprogs: the default image, made
-# locally from the host's kernel and busybox (no download).
-ensure_packages sudo git qemu-system-x86 qemu-utils linux-image-amd64 busybox-static e2fsprogs
+# linux-image-amd64, e2fsprogs: the kernel images boot, ext4 tools to
+# build their root filesystems. mmdebstrap: builds the default image, a
+# Debian root, from Debian's packages without root (uidmap: its
+# unprivileged mode maps the root's owners to the user's subordinate ids).
+# busybox-static: the tiny image, made locally with no download.
+ensure_packages sudo git qemu-system-x86 qemu-utils linux-image-amd64 e2fsprogs mmdebstrap uidmap busybox-static
+ensure_subids
 
 # Go: the machine's own toolchain (/usr/local/go), modules from the proxy.
 PATH="$PATH:/usr/local/go/bin"

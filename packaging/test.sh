@@ -13,10 +13,11 @@ cd "$(dirname "$0")/.."
 # namespaces of their own (ip netns). systemd: systemd-analyze verify of
 # the units (nothing is started). dpkg-deb, visudo: in dpkg and sudo.
 # The rest boot real guests: QEMU, qcow2 overlays, the host kernel (and its
-# modules) and busybox for the default image, ext4 tools to build images.
+# modules), busybox for the tiny image, mmdebstrap (and uidmap) for the
+# Debian default image, ext4 tools to build images.
 # skopeo: the OCI import tests read a docker archive and a layout it
 # writes, as users' tools write them.
-ensure_packages sudo git iproute2 systemd containerd qemu-system-x86 qemu-utils linux-image-amd64 busybox-static e2fsprogs skopeo
+ensure_packages sudo git iproute2 systemd containerd qemu-system-x86 qemu-utils linux-image-amd64 busybox-static e2fsprogs mmdebstrap uidmap skopeo
 
 PATH="$PATH:/usr/local/go/bin"
 # The host the tests assume, on any machine of this kind: files others

@@ -101,7 +101,7 @@ func vmRun(c *cli.Context, s *target) error {
 func vmShapeFlags() []cli.Flag {
 	return []cli.Flag{
 		&cli.StringFlag{Name: "name", Usage: "the VM's `NAME`, a DNS label (default: generated)"},
-		&cli.StringFlag{Name: "image", Value: api.DefaultImage, Usage: "the `IMAGE` to boot (default: assembled from this host's kernel and busybox on first use)"},
+		&cli.StringFlag{Name: "image", Value: api.DefaultImage, EnvVars: []string{"BANGER_IMAGE"}, Usage: "the `IMAGE` to boot: " + api.DefaultImage + " (Debian stable with git, make, gcc and python3, built on this host on first use) or " + api.TinyImage + " (busybox, no download), or one imported or built"},
 		&cli.IntFlag{Name: "cpus", Value: api.DefaultCPUs, Usage: "virtual CPUs"},
 		&cli.StringFlag{Name: "memory", Value: strconv.Itoa(api.DefaultMemoryMiB) + "M", Usage: "memory `SIZE` (M or G; a plain number is MiB)"},
 		&cli.StringFlag{Name: "disk-size", Usage: "the VM's disk `SIZE` (M or G; default: the image's size)"},

@@ -60,6 +60,7 @@ func Main(build api.Build, args []string) int {
 			&cli.StringFlag{Name: "standby-min-free", EnvVars: []string{"BANGER_STANDBY_MIN_FREE"}, Usage: "make a standby only while it leaves `SIZE` of the host's memory available (default: an eighth of the host's memory, at least 512M)"},
 			&cli.IntFlag{Name: "console-max-size", EnvVars: []string{"BANGER_CONSOLE_MAX_SIZE"}, Value: vm.DefaultConsoleMaxMiB, Usage: "keep each VM's console (vm logs) under `MIB` MiB, dropping its oldest part"},
 			&cli.StringFlag{Name: "test-hold-stage", EnvVars: []string{"BANGER_TEST_HOLD_STAGE"}, Hidden: true, Usage: "for tests: `VM:STAGE` stops the operations on VM at the start of STAGE until they are canceled"},
+			&cli.StringFlag{Name: "debian-mirror", EnvVars: []string{"BANGER_DEBIAN_MIRROR"}, Usage: "the Debian mirror `URL` the default image is built from (default: deb.debian.org, with its updates and security suites)"},
 			&cli.IntFlag{Name: "dns-port", EnvVars: []string{"BANGER_DNS_PORT"}, Value: vm.DefaultDNSPort, Usage: "answer NAME.vm for bridged VMs on 127.0.0.1:`PORT` and the bridge's address (0: a free port, -1: none)"},
 		},
 		Commands: []*cli.Command{newDoctorCommand()},
@@ -80,6 +81,7 @@ func Main(build api.Build, args []string) int {
 				minFree:      c.String("standby-min-free"),
 				holdStage:    c.String("test-hold-stage"),
 				consoleMax:   c.Int("console-max-size"),
+				debianMirror: c.String("debian-mirror"),
 			})
 		},
 	}
@@ -99,6 +101,7 @@ type options struct {
 	minFree                  string // --standby-min-free; "" is the default
 	holdStage                string // --test-hold-stage
 	consoleMax               int    // --console-max-size, MiB
+	debianMirror             string // --debian-mirror; "" is deb.debian.org
 }
 
 func run(ctx context.Context, build api.Build, o options) error {
@@ -224,7 +227,8 @@ func run(ctx context.Context, build api.Build, o options) error {
 	}
 	d.engine = qemu.New(&engine.QEMU{StateDir: o.stateDir}, accel, &guestLog)
 	if d.vms, d.images, err = newVMs(startCtx, vm.Config{StateDir: o.stateDir, Engine: d.engine, Warm: warmOpts,
-		DB: db, Ops: d.ops, Helper: helper, Bridge: bridge, Interrupted: interruptedCreates(interrupted)}); err != nil {
+		DB: db, Ops: d.ops, Helper: helper, Bridge: bridge, Interrupted: interruptedCreates(interrupted),
+		DebianMirror: o.debianMirror}); err != nil {
 		return fail(service.ExitFailed, err)
 	}
 	defer d.vms.Shutdown()

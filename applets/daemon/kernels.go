@@ -111,7 +111,14 @@ func (m *kernelMethods) buildBegin(ctx context.Context, p api.KernelBuild) (api.
 			{Name: "clean up", Do: removeTree},
 		}
 		if p.Name == api.DefaultKernel {
-			steps = append(steps, operation.Step{Name: "retire default image", Do: m.retireDefaultImage})
+			steps = append(steps, operation.Step{Name: "retire built-in images", Do: func(ctx context.Context) error {
+				for _, name := range []string{api.DefaultImage, api.TinyImage} {
+					if err := m.retireBuiltinImage(ctx, name); err != nil {
+						return err
+					}
+				}
+				return nil
+			}})
 		}
 		if err := prog.Run(ctx, steps); err != nil {
 			return nil, err
@@ -121,11 +128,12 @@ func (m *kernelMethods) buildBegin(ctx context.Context, p api.KernelBuild) (api.
 	}), nil
 }
 
-// retireDefaultImage deletes the default image when it was made from
-// another kernel and no VM uses it: the next VM makes it again, from the
-// new default kernel. One that VMs use stays (logged): its VMs keep it.
-func (m *kernelMethods) retireDefaultImage(ctx context.Context) error {
-	im, err := m.images.Get(ctx, api.DefaultImage)
+// retireBuiltinImage deletes the built-in image name when it was made
+// from another kernel and no VM uses it: the next VM makes it again, from
+// the new default kernel. One that VMs use stays (logged): its VMs keep
+// it.
+func (m *kernelMethods) retireBuiltinImage(ctx context.Context, name string) error {
+	im, err := m.images.Get(ctx, name)
 	if rpc.CodeOf(err) == rpc.CodeNotFound {
 		return nil
 	}
@@ -142,11 +150,11 @@ func (m *kernelMethods) retireDefaultImage(ctx context.Context) error {
 	if m.deleteImage == nil {
 		return nil
 	}
-	if _, err := m.deleteImage(ctx, api.VMRef{Name: api.DefaultImage}); err != nil {
+	if _, err := m.deleteImage(ctx, api.VMRef{Name: name}); err != nil {
 		if rpc.CodeOf(err) != rpc.CodeConflict {
 			return err
 		}
-		logging.From(ctx).Warn().Err(err).Msg("default image kept, with its old kernel: VMs use it; delete them and the image to boot the new kernel")
+		logging.From(ctx).Warn().Err(err).Str("image", name).Msg("built-in image kept, with its old kernel: VMs use it; delete them and the image to boot the new kernel")
 	}
 	return nil
 }

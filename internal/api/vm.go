@@ -42,7 +42,11 @@ const (
 
 // Defaults of vm create.
 const (
+	// DefaultImage is Debian stable with a toolchain, built on first use
+	// from Debian's packages; TinyImage is busybox, assembled from the
+	// host's files with no download.
 	DefaultImage     = "default"
+	TinyImage        = "tiny"
 	DefaultCPUs      = 1
 	DefaultMemoryMiB = 256
 )

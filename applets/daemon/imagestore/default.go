@@ -21,7 +21,7 @@ import (
 	"banger/internal/errdefs"
 )
 
-// The default image's defaults, and the Debian packages it is made from.
+// The busybox image's defaults, and the Debian packages it is made from.
 const (
 	DefaultBusybox = "/bin/busybox"
 	DefaultBootDir = "/boot"
@@ -30,10 +30,10 @@ const (
 	pkgKernel  = "linux-image-amd64"
 )
 
-// DefaultSpec says what the default image is assembled from; zero fields
+// TinySpec says what the busybox image is assembled from; zero fields
 // take the host's.
-type DefaultSpec struct {
-	Name        string // api.DefaultImage
+type TinySpec struct {
+	Name        string // api.TinyImage
 	Kernel      string // the newest /boot/vmlinuz-*
 	Busybox     string // DefaultBusybox; must be statically linked
 	AgentBinary string // the banger binary
@@ -41,50 +41,58 @@ type DefaultSpec struct {
 	SizeMiB     int // 0: computed
 }
 
-// EnsureDefault returns the default image, assembling it first if there
-// is none: the host's kernel, and a root filesystem of busybox (one
-// symlink per applet), a few files in /etc, and the agent — nothing
-// downloaded. Callers at once, in one process or several, build it once:
-// the others wait for that build and get its image.
-func (s *Store) EnsureDefault(ctx context.Context, spec DefaultSpec) (Image, error) {
+// EnsureTiny returns the busybox image, assembling it first if there is
+// none: the host's kernel, and a root filesystem of busybox (one symlink
+// per applet), a few files in /etc, and the agent — nothing downloaded.
+func (s *Store) EnsureTiny(ctx context.Context, spec TinySpec) (Image, error) {
 	if spec.Name == "" {
-		spec.Name = api.DefaultImage
+		spec.Name = api.TinyImage
 	}
 	if spec.Busybox == "" {
 		spec.Busybox = DefaultBusybox
 	}
-	if im, err := s.Get(ctx, spec.Name); !errors.Is(err, errdefs.ErrNotFound) {
-		return im, err // there, broken, or a bad name
-	}
-	l, err := waitLock(ctx, s.path(locksDir, spec.Name), unix.LOCK_EX)
-	if err != nil {
-		return Image{}, fmt.Errorf("assemble image %s: %w", spec.Name, err)
-	}
-	defer l.unlock()
-	if im, err := s.Get(ctx, spec.Name); !errors.Is(err, errdefs.ErrNotFound) {
-		return im, err // built while we waited
-	}
-	if spec.Kernel == "" {
-		if spec.Kernel, err = HostKernel(DefaultBootDir); err != nil {
+	return s.ensure(ctx, spec.Name, func() (Image, error) {
+		var err error
+		if spec.Kernel == "" {
+			if spec.Kernel, err = HostKernel(DefaultBootDir); err != nil {
+				return Image{}, err
+			}
+		}
+		if err := checkBusybox(spec.Busybox); err != nil {
 			return Image{}, err
 		}
+		applets, err := busyboxApplets(ctx, spec.Busybox)
+		if err != nil {
+			return Image{}, err
+		}
+		b, err := checkCommon(ImportSpec{Name: spec.Name, KernelPath: spec.Kernel, AgentBinary: spec.AgentBinary,
+			KernelArgs: spec.KernelArgs, SizeMiB: spec.SizeMiB})
+		if err != nil {
+			return Image{}, err
+		}
+		busybox := spec.Busybox
+		b.rootfs = rootfsSource{from: Origin{Kind: OriginBusybox, Path: absPath(busybox)},
+			populate: func(ctx context.Context, st *stager) error { return stageBusybox(ctx, st, busybox, applets) }}
+		return s.build(ctx, b)
+	})
+}
+
+// ensure returns the image called name, made by make first if there is
+// none. Callers at once, in one process or several, make it once: the
+// others wait for that build and get its image.
+func (s *Store) ensure(ctx context.Context, name string, make func() (Image, error)) (Image, error) {
+	if im, err := s.Get(ctx, name); !errors.Is(err, errdefs.ErrNotFound) {
+		return im, err // there, broken, or a bad name
 	}
-	if err := checkBusybox(spec.Busybox); err != nil {
-		return Image{}, err
-	}
-	applets, err := busyboxApplets(ctx, spec.Busybox)
+	l, err := waitLock(ctx, s.path(locksDir, name), unix.LOCK_EX)
 	if err != nil {
-		return Image{}, err
+		return Image{}, fmt.Errorf("assemble image %s: %w", name, err)
 	}
-	b, err := checkCommon(ImportSpec{Name: spec.Name, KernelPath: spec.Kernel, AgentBinary: spec.AgentBinary,
-		KernelArgs: spec.KernelArgs, SizeMiB: spec.SizeMiB})
-	if err != nil {
-		return Image{}, err
+	defer l.unlock()
+	if im, err := s.Get(ctx, name); !errors.Is(err, errdefs.ErrNotFound) {
+		return im, err // built while we waited
 	}
-	busybox := spec.Busybox
-	b.rootfs = rootfsSource{from: Origin{Kind: OriginBusybox, Path: absPath(busybox)},
-		populate: func(ctx context.Context, st *stager) error { return stageBusybox(ctx, st, busybox, applets) }}
-	return s.build(ctx, b)
+	return make()
 }
 
 // HostKernel returns the newest kernel in bootDir (vmlinuz-*, by version),
@@ -183,7 +191,7 @@ func busyboxApplets(ctx context.Context, busybox string) ([]string, error) {
 	return names, nil
 }
 
-// stageBusybox writes the default image's tree: busybox and its applet
+// stageBusybox writes the busybox image's tree: busybox and its applet
 // links, and the few files in /etc that programs expect.
 func stageBusybox(ctx context.Context, st *stager, busybox string, applets []string) error {
 	for _, d := range []struct {
@@ -223,7 +231,7 @@ func stageBusybox(ctx context.Context, st *stager, busybox string, applets []str
 	return nil
 }
 
-// defaultEtc is the default image's /etc.
+// defaultEtc is the busybox image's /etc.
 func defaultEtc() []struct {
 	name, data string
 	perm       uint32
@@ -236,6 +244,6 @@ func defaultEtc() []struct {
 		{"etc/group", "root:x:0:\nnogroup:x:65534:\n", 0o644},
 		{"etc/hostname", "banger\n", 0o644},
 		{"etc/hosts", "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n", 0o644},
-		{"etc/os-release", "NAME=\"banger-default\"\nID=banger-default\nPRETTY_NAME=\"banger default image (busybox)\"\nVERSION_ID=\"1\"\n", 0o644},
+		{"etc/os-release", "NAME=\"banger-tiny\"\nID=banger-tiny\nPRETTY_NAME=\"banger tiny image (busybox)\"\nVERSION_ID=\"1\"\n", 0o644},
 	}
 }

@@ -36,7 +36,7 @@ func countingCopy(n *atomic.Int32) func(ctx context.Context, src, dst string) er
 	}
 }
 
-func TestEnsureDefault(t *testing.T) {
+func TestEnsureTiny(t *testing.T) {
 	kernel := hostParts(t)
 	var builds atomic.Int32
 	f := newFixture(t, Options{PrepareKernel: countingCopy(&builds)})
@@ -44,12 +44,12 @@ func TestEnsureDefault(t *testing.T) {
 	agent := os.Args[0] // a real Go binary, as the daemon passes its own
 
 	start := time.Now()
-	im, err := f.store.EnsureDefault(ctx, DefaultSpec{AgentBinary: agent})
+	im, err := f.store.EnsureTiny(ctx, TinySpec{AgentBinary: agent})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Logf("default image assembled in %v: %d MiB rootfs, %v", time.Since(start), im.RootfsMiB, im.Notes)
-	if im.Name != api.DefaultImage || im.Kernel.From.Path != kernel || im.Rootfs.From.Kind != OriginBusybox {
+	if im.Name != api.TinyImage || im.Kernel.From.Path != kernel || im.Rootfs.From.Kind != OriginBusybox {
 		t.Fatalf("manifest %+v", im.Manifest)
 	}
 	img := im.RootfsPath
@@ -62,7 +62,7 @@ func TestEnsureDefault(t *testing.T) {
 			t.Fatalf("%s is not a link to busybox:\n%s", link, out)
 		}
 	}
-	if got := catIn(t, img, "/etc/os-release"); !strings.Contains(got, "ID=banger-default") {
+	if got := catIn(t, img, "/etc/os-release"); !strings.Contains(got, "ID=banger-tiny") {
 		t.Fatalf("/etc/os-release = %q", got)
 	}
 	if got := catIn(t, img, "/etc/passwd"); !strings.HasPrefix(got, "root:x:0:0:root:/root:/bin/sh\n") {
@@ -77,13 +77,13 @@ func TestEnsureDefault(t *testing.T) {
 		}
 	}
 	fsckClean(t, img)
-	if err := f.store.Verify(ctx, api.DefaultImage); err != nil {
+	if err := f.store.Verify(ctx, api.TinyImage); err != nil {
 		t.Fatal(err)
 	}
 
 	// Again: the same image, not a new build.
 	start = time.Now()
-	again, err := f.store.EnsureDefault(ctx, DefaultSpec{AgentBinary: agent})
+	again, err := f.store.EnsureTiny(ctx, TinySpec{AgentBinary: agent})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -93,7 +93,7 @@ func TestEnsureDefault(t *testing.T) {
 	}
 }
 
-func TestEnsureDefaultConcurrent(t *testing.T) {
+func TestEnsureTinyConcurrent(t *testing.T) {
 	hostParts(t)
 	var builds atomic.Int32
 	f := newFixture(t, Options{PrepareKernel: countingCopy(&builds)})
@@ -114,7 +114,7 @@ func TestEnsureDefaultConcurrent(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			im, err := s.EnsureDefault(ctx, DefaultSpec{AgentBinary: f.agent, SizeMiB: 128})
+			im, err := s.EnsureTiny(ctx, TinySpec{AgentBinary: f.agent, SizeMiB: 128})
 			digests[i], errs[i] = im.Digest, err
 		}()
 	}
@@ -132,19 +132,19 @@ func TestEnsureDefaultConcurrent(t *testing.T) {
 	}
 }
 
-func TestEnsureDefaultMissingParts(t *testing.T) {
+func TestEnsureTinyMissingParts(t *testing.T) {
 	f := newFixture(t, Options{})
 	ctx := context.Background()
 	kernel := f.kernel
 
-	_, err := f.store.EnsureDefault(ctx, DefaultSpec{Kernel: kernel, Busybox: filepath.Join(f.dir, "nobusybox"), AgentBinary: f.agent})
+	_, err := f.store.EnsureTiny(ctx, TinySpec{Kernel: kernel, Busybox: filepath.Join(f.dir, "nobusybox"), AgentBinary: f.agent})
 	wantCode(t, err, "unavailable")
 	if !strings.Contains(err.Error(), "busybox-static") {
 		t.Fatalf("error %q does not name busybox-static", err)
 	}
 	// A dynamically linked program stands for Debian's non-static busybox.
 	if static, err := isStatic("/bin/ls"); err == nil && !static {
-		_, err := f.store.EnsureDefault(ctx, DefaultSpec{Kernel: kernel, Busybox: "/bin/ls", AgentBinary: f.agent})
+		_, err := f.store.EnsureTiny(ctx, TinySpec{Kernel: kernel, Busybox: "/bin/ls", AgentBinary: f.agent})
 		wantCode(t, err, "unavailable")
 		if !strings.Contains(err.Error(), "dynamically linked") {
 			t.Fatalf("error %q does not say why", err)

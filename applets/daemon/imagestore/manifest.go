@@ -80,7 +80,8 @@ const (
 	OriginTar     = "tar"     // a root filesystem from a tarball
 	OriginExt4    = "ext4"    // a root filesystem from an ext4 image
 	OriginOCI     = "oci"     // a root filesystem from an OCI image; Path is its reference
-	OriginBusybox = "busybox" // the default image's root, around the busybox at Path
+	OriginBusybox = "busybox" // the tiny image's root, around the busybox at Path
+	OriginDebian  = "debian"  // a Debian root made by mmdebstrap; Path is its suite and packages
 )
 
 // digest computes the image digest of the manifest's parts.

@@ -141,7 +141,7 @@ func (s *Store) removeLeftovers() error {
 		return fmt.Errorf("list leftovers: %w", err)
 	}
 	for _, e := range entries {
-		if err := os.RemoveAll(s.path(tmpDir, e.Name())); err != nil {
+		if err := removeUnmounted(s.path(tmpDir, e.Name())); err != nil {
 			return fmt.Errorf("remove leftover %s: %w", e.Name(), err)
 		}
 	}

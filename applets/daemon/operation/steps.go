@@ -174,7 +174,7 @@ func (p *Progress) stage(ctx context.Context, name string, fn func(context.Conte
 	}
 	err := ctx.Err()
 	if err == nil {
-		err = logging.Stage(ctx, name, fn)
+		err = logging.Stage(context.WithValue(ctx, progressKey{}, p), name, fn)
 	}
 
 	r.mu.Lock()
@@ -200,6 +200,19 @@ func (p *Progress) Detail(detail string) {
 	if n := len(p.o.view.Stages); n > 0 && p.o.view.Stages[n-1].State == api.StageRunning {
 		p.o.view.Stages[n-1].Detail = detail
 	}
+}
+
+// progressKey is the context key of the Progress whose stage runs.
+type progressKey struct{}
+
+// DetailOf returns the Detail of the operation whose stage ctx is in, for
+// code below a step that has no Progress of its own to tell what it is
+// doing (an image built on first use); outside a stage it does nothing.
+func DetailOf(ctx context.Context) func(string) {
+	if p, ok := ctx.Value(progressKey{}).(*Progress); ok {
+		return p.Detail
+	}
+	return func(string) {}
 }
 
 // mark sets the state of the latest stage called name.

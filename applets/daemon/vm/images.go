@@ -17,25 +17,26 @@ import (
 	"banger/rpc"
 )
 
-// storeImages is the Images of the image store; the default image is
-// assembled from the host on first use.
+// storeImages is the Images of the image store; the built-in images
+// (default and tiny) are made on first use.
 type storeImages struct {
 	store   *imagestore.Store
 	agent   string             // this binary, placed into images
-	kernels *kernelbuild.Store // a built default kernel is the default image's
+	kernels *kernelbuild.Store // a built default kernel is the built-in images'
+	mirror  string             // the Debian mirror of the default image; "" is Debian's
 	// agentSum is the sha256 of agent, as image manifests record it.
 	agentSum func() (string, error)
 	// usedBy lists the VMs of an image.
 	usedBy func(ctx context.Context, image string) ([]string, error)
 
-	defaultMu sync.Mutex // one check-and-rebuild of the default image at a time
+	builtinMu sync.Mutex // one check-and-rebuild of a built-in image at a time
 }
 
 func (s *storeImages) Resolve(ctx context.Context, name string) (Image, error) {
 	var img imagestore.Image
 	var err error
-	if name == api.DefaultImage {
-		img, err = s.ensureDefault(ctx)
+	if isBuiltin(name) {
+		img, err = s.ensureBuiltin(ctx, name)
 	} else {
 		img, err = s.get(ctx, name)
 	}
@@ -47,39 +48,59 @@ func (s *storeImages) Resolve(ctx context.Context, name string) (Image, error) {
 		AgentSHA256: img.Agent.SHA256}, nil
 }
 
-// ensureDefault returns the default image, made anew when it carries
-// another banger than this one and no VM uses it: a guest must run the
-// agent its daemon speaks to (an upgrade adds methods, such as the warm
-// starts' agent.resume).
-func (s *storeImages) ensureDefault(ctx context.Context) (imagestore.Image, error) {
-	s.defaultMu.Lock()
-	defer s.defaultMu.Unlock()
-	spec := imagestore.DefaultSpec{AgentBinary: s.agent, Kernel: DefaultImageKernel(s.kernels)}
-	img, err := s.store.EnsureDefault(ctx, spec)
+// isBuiltin says whether name is an image banger makes itself on first
+// use rather than one a user imports.
+func isBuiltin(name string) bool { return name == api.DefaultImage || name == api.TinyImage }
+
+// makeBuiltin makes the built-in image name if there is none, and says
+// what kind of root it has (a Debian root for default, busybox for
+// tiny). A build's progress goes to the running operation stage's
+// detail.
+func (s *storeImages) makeBuiltin(ctx context.Context, name string) (imagestore.Image, string, error) {
+	kernel := DefaultImageKernel(s.kernels)
+	if name == api.TinyImage {
+		img, err := s.store.EnsureTiny(ctx, imagestore.TinySpec{AgentBinary: s.agent, Kernel: kernel})
+		return img, imagestore.OriginBusybox, err
+	}
+	img, err := s.store.EnsureDebian(ctx, imagestore.DebianSpec{Name: name, Packages: imagestore.DefaultPackages,
+		Mirror: s.mirror, Kernel: kernel, AgentBinary: s.agent, Detail: operation.DetailOf(ctx)})
+	return img, imagestore.OriginDebian, err
+}
+
+// ensureBuiltin returns the built-in image name, made anew when it is
+// stale and no VM uses it: when it carries another banger than this one
+// (a guest must run the agent its daemon speaks to: an upgrade adds
+// methods, such as the warm starts' agent.resume), or when it is not the
+// kind of root it now is (an older banger's busybox default image).
+func (s *storeImages) ensureBuiltin(ctx context.Context, name string) (imagestore.Image, error) {
+	s.builtinMu.Lock()
+	defer s.builtinMu.Unlock()
+	img, kind, err := s.makeBuiltin(ctx, name)
 	if err != nil || s.agentSum == nil || s.usedBy == nil {
 		return img, err
 	}
 	sum, err := s.agentSum()
-	if err != nil || img.Agent.SHA256 == sum {
+	if err != nil || (img.Agent.SHA256 == sum && img.Rootfs.From.Kind == kind) {
 		return img, nil
 	}
 	log := logging.From(ctx)
 	if err := s.store.Delete(ctx, img.Name, s.usedBy); err != nil {
-		log.Warn().Err(err).Msg("the default image carries another banger's agent, and is kept: VMs use it")
+		log.Warn().Err(err).Str("image", name).Msg("the built-in image is stale (another banger's agent, or an older recipe), and is kept: VMs use it")
 		return img, nil
 	}
-	log.Info().Str("was", img.Agent.SHA256).Str("now", sum).Msg("default image made anew: it carried another banger's agent")
-	return s.store.EnsureDefault(ctx, spec)
+	log.Info().Str("image", name).Str("was", img.Agent.SHA256).Str("now", sum).Str("root", img.Rootfs.From.Kind).Msg("built-in image made anew: it carried another banger's agent or an older recipe")
+	img, _, err = s.makeBuiltin(ctx, name)
+	return img, err
 }
 
 func (s *storeImages) Overlay(ctx context.Context, img Image, dst string, diskMiB int) error {
 	return s.store.Overlay(ctx, img.Name, dst, diskMiB)
 }
 
-// ExecDefaults reads them from the image's manifest; the default image
-// has none, and is not read (nor assembled) for them.
+// ExecDefaults reads them from the image's manifest; the built-in images
+// have none, and are not read (nor made) for them.
 func (s *storeImages) ExecDefaults(ctx context.Context, name string) ([]string, string, error) {
-	if name == api.DefaultImage {
+	if isBuiltin(name) {
 		return nil, "", nil
 	}
 	img, err := s.store.Get(ctx, name)
@@ -89,9 +110,9 @@ func (s *storeImages) ExecDefaults(ctx context.Context, name string) ([]string, 
 	return img.OCI.Env, img.OCI.WorkingDir, nil
 }
 
-// Exists reports whether an image is known, without building the default.
+// Exists reports whether an image is known, without making a built-in one.
 func (s *storeImages) Exists(ctx context.Context, name string) error {
-	if name == api.DefaultImage {
+	if isBuiltin(name) {
 		return nil
 	}
 	_, err := s.get(ctx, name)
@@ -127,12 +148,15 @@ type Config struct {
 	AgentSum func() (string, error)
 	// Interrupted names the creates a previous daemon left half done.
 	Interrupted map[string]bool
+	// DebianMirror is the mirror the default image is built from; ""
+	// is deb.debian.org.
+	DebianMirror string
 }
 
 // New is the VM service of a daemon on its engine, with the VMs a
 // previous daemon left reconciled and its standbys swept.
 func New(ctx context.Context, c Config) (*Service, error) {
-	images := &storeImages{store: c.Images, agent: c.Agent, kernels: c.Kernels, agentSum: c.AgentSum, usedBy: c.DB.ImageUsers}
+	images := &storeImages{store: c.Images, agent: c.Agent, kernels: c.Kernels, mirror: c.DebianMirror, agentSum: c.AgentSum, usedBy: c.DB.ImageUsers}
 	s := newVMService(c.DB, c.Ops, c.Engine, images, filepath.Join(c.StateDir, layout.VMsDir), c.Helper, c.Bridge)
 	s.log = *logging.From(ctx)
 	var err error
@@ -146,7 +170,7 @@ func New(ctx context.Context, c Config) (*Service, error) {
 	return s, nil
 }
 
-// DefaultImageKernel is the kernel the default image is assembled from,
+// DefaultImageKernel is the kernel the built-in images are made with,
 // and any image imported without one boots: the built kernel named
 // api.DefaultKernel when there is one (it boots in half the time of the
 // distribution's), else "" for the host's.

@@ -85,11 +85,9 @@ func (d *daemon) hostDoctor(ctx context.Context, _ rpc.NoParams) (api.DoctorResu
 	} else {
 		view.accelErr = err
 	}
-	if im, err := d.images.show(ctx, api.VMRef{Name: api.DefaultImage}); err == nil {
-		view.image = &im
-	} else {
-		view.imageErr = err
-	}
+	view.image, view.imageErr = builtinInUse(func(name string) (api.Image, error) {
+		return d.images.show(ctx, api.VMRef{Name: name})
+	})
 	owner := ""
 	if d.system {
 		// The system install's daemon runs as its owner.
@@ -148,11 +146,27 @@ func askDaemon(ctx context.Context, socket string) daemonView {
 	if v.accelErr = call(doctor.SlowCallTimeout, api.MethodHostAccel, nil, &ha); v.accelErr == nil {
 		v.accel = &ha
 	}
-	var im api.Image
-	if v.imageErr = call(doctor.CallTimeout, api.MethodImageShow, api.VMRef{Name: api.DefaultImage}, &im); v.imageErr == nil {
-		v.image = &im
-	}
+	v.image, v.imageErr = builtinInUse(func(name string) (im api.Image, err error) {
+		err = call(doctor.CallTimeout, api.MethodImageShow, api.VMRef{Name: name}, &im)
+		return im, err
+	})
 	return v
+}
+
+// builtinInUse is the built-in image the doctor reports on: the default
+// image once it is made, else tiny once it is (a host that boots only
+// tiny), else the default's not-found.
+func builtinInUse(show func(name string) (api.Image, error)) (*api.Image, error) {
+	im, err := show(api.DefaultImage)
+	if rpc.CodeOf(err) == rpc.CodeNotFound {
+		if tiny, terr := show(api.TinyImage); terr == nil {
+			return &tiny, nil
+		}
+	}
+	if err != nil {
+		return nil, err
+	}
+	return &im, nil
 }
 
 // restartFix says how to restart the daemon.
@@ -305,8 +319,10 @@ func checkStandby(ctx context.Context, h *doctorHost) api.DoctorRow {
 	switch {
 	case !v.running:
 		return doctor.Skip("the daemon is not running")
-	case v.image == nil || v.image.Warm == nil:
+	case v.image == nil:
 		return doctor.Skip("the default image has no warm snapshot yet (the first vm run saves one)")
+	case v.image.Warm == nil:
+		return doctor.Skip("the " + v.image.Name + " image has no warm snapshot yet (the first vm run saves one)")
 	case v.image.Standby == nil || v.image.Standby.Want == 0:
 		return doctor.OK("the daemon keeps no standbys (--standbys 0): warm starts restore the snapshot")
 	}
@@ -315,10 +331,10 @@ func checkStandby(ctx context.Context, h *doctorHost) api.DoctorRow {
 	case st.Ready > 0:
 		return doctor.OK(st.Summary())
 	case st.Skipped != "":
-		return doctor.Warn("standby_skipped", "none for the default image: "+st.Summary(),
+		return doctor.Warn("standby_skipped", "none for the "+v.image.Name+" image: "+st.Summary(),
 			"free memory, or lower bangerd --standby-min-free; until then warm starts restore the snapshot (slower)")
 	}
-	return doctor.OK("the default image's standby is on its way")
+	return doctor.OK("the " + v.image.Name + " image's standby is on its way")
 }
 
 // checkBusybox checks the default image's root file system source: a

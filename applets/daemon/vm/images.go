@@ -71,13 +71,17 @@ func (s *storeImages) makeBuiltin(ctx context.Context, name string) (imagestore.
 // stale and no VM uses it: when it carries another banger than this one
 // (a guest must run the agent its daemon speaks to: an upgrade adds
 // methods, such as the warm starts' agent.resume), or when it is not the
-// kind of root it now is (an older banger's busybox default image).
+// kind of root it now is (an older banger's busybox default image). An
+// image a user imported under a built-in name is theirs, never remade.
 func (s *storeImages) ensureBuiltin(ctx context.Context, name string) (imagestore.Image, error) {
 	s.builtinMu.Lock()
 	defer s.builtinMu.Unlock()
 	img, kind, err := s.makeBuiltin(ctx, name)
 	if err != nil || s.agentSum == nil || s.usedBy == nil {
 		return img, err
+	}
+	if from := img.Rootfs.From.Kind; from != imagestore.OriginBusybox && from != imagestore.OriginDebian {
+		return img, nil // a user's own image under a built-in name: theirs to keep
 	}
 	sum, err := s.agentSum()
 	if err != nil || (img.Agent.SHA256 == sum && img.Rootfs.From.Kind == kind) {

@@ -44,6 +44,7 @@ func newImageCommand() *cli.Command {
 		Usage: "the images VMs boot: a kernel, an optional initrd and a root file system",
 		Subcommands: []*cli.Command{
 			newImageImportCommand(),
+			newImageCommitCommand(),
 			{
 				Name: "list", Aliases: []string{"ls"}, Usage: "list images", Flags: []cli.Flag{jsonFlag()},
 				Action: action(func(c *cli.Context, s *target) error {
@@ -128,6 +129,31 @@ func newImageImportCommand() *cli.Command {
 			// An operation: its stage shows the bytes of an OCI image read,
 			// and Ctrl-C cancels the import, which leaves nothing behind.
 			im, _, _, err := runOperation[api.Image](c, s, beginWith(api.Client.BeginImportImage, p))
+			if err != nil {
+				return err
+			}
+			return output(c, im, func(w io.Writer) { printImage(w, im) })
+		}),
+	}
+}
+
+// newImageCommitCommand is `image commit VM NAME`: provision a VM once,
+// then start fresh VMs of what it became.
+func newImageCommitCommand() *cli.Command {
+	return &cli.Command{
+		Name:      "commit",
+		Usage:     "make an image of a VM's disk (a running VM is paused for the copy, then runs on)",
+		ArgsUsage: "VM NAME",
+		Flags: []cli.Flag{
+			jsonFlag(),
+			&cli.BoolFlag{Name: "quiet", Aliases: []string{"q"}, Usage: "do not show stages"},
+		},
+		Action: action(func(c *cli.Context, s *target) error {
+			a, err := args(c, 2, 2)
+			if err != nil {
+				return err
+			}
+			im, _, _, err := runOperation[api.Image](c, s, beginWith(api.Client.BeginCommitImage, api.ImageCommit{VM: a[0], Name: a[1]}))
 			if err != nil {
 				return err
 			}

@@ -30,6 +30,8 @@ type imageMethods struct {
 	// standbyStatus says what they are.
 	dropStandby   func(ctx context.Context, image string)
 	standbyStatus func(image string) *api.StandbyStatus
+	// diskAtRest holds a VM's disk still for image.commit.
+	diskAtRest diskAtRest
 }
 
 // withWarm adds the image's warm snapshot and standbys to what is

@@ -18,6 +18,7 @@ import (
 // ext4Spec is an import of a root filesystem given as an ext4 image.
 type ext4Spec struct {
 	src     string // the user's image, never written
+	disk    bool   // src is a VM's disk, flattened by qemu-img
 	file    string // the store's copy, edited in place
 	tmp     string // the import's temporary directory
 	agent   string
@@ -30,11 +31,8 @@ type ext4Spec struct {
 // points into it with debugfs (no mount, no root). It returns notes for
 // the manifest.
 func importExt4(ctx context.Context, s ext4Spec) ([]string, error) {
-	if err := checkExt4Magic(s.src); err != nil {
+	if err := copyExt4(ctx, s); err != nil {
 		return nil, err
-	}
-	if _, err := copySparse(ctx, s.src, s.file, 0o644); err != nil {
-		return nil, fmt.Errorf("copy the ext4 image: %w", err)
 	}
 	var notes []string
 	// -p repairs only what is safe without a human; 1 means it did.
@@ -54,8 +52,50 @@ func importExt4(ctx context.Context, s ext4Spec) ([]string, error) {
 	if err := placeAgent(ctx, s); err != nil {
 		return nil, err
 	}
+	if s.disk {
+		if err := forgetMachineID(ctx, s.file); err != nil {
+			return nil, err
+		}
+	}
 	return notes, nil
 }
+
+// copyExt4 puts the store's copy of the source in place: a sparse copy
+// of an ext4 image, a VM's disk flattened to the raw filesystem its
+// guest sees (sparse too: qemu-img skips zeroes). -U reads a disk the
+// VM's engine process still has open (and locked); the caller holds
+// that VM paused, its disk flushed.
+func copyExt4(ctx context.Context, s ext4Spec) error {
+	if !s.disk {
+		if err := checkExt4Magic(s.src); err != nil {
+			return err
+		}
+		if _, err := copySparse(ctx, s.src, s.file, 0o644); err != nil {
+			return fmt.Errorf("copy the ext4 image: %w", err)
+		}
+		return nil
+	}
+	if _, err := run(ctx, toolRun{name: "qemu-img", args: []string{"convert", "-U", "-O", "raw", s.src, s.file}}); err != nil {
+		return fmt.Errorf("copy the VM's disk: %w", err)
+	}
+	return checkExt4Magic(s.file)
+}
+
+// forgetMachineID removes the machine id a VM's guest was given, so each
+// VM of an image committed from it gets its own at boot (the agent makes
+// one when there is none), as the warm starts give each restored guest.
+func forgetMachineID(ctx context.Context, file string) error {
+	if st, err := statInImage(ctx, file, machineIDPath); err != nil || st.typ != "regular" && st.typ != "symlink" {
+		return nil // none to forget (a directory there is the guest's odd choice)
+	}
+	if _, err := debugfs(ctx, "", file, true, "rm "+debugfsQuote(machineIDPath)+"\n"); err != nil {
+		return fmt.Errorf("remove the VM's machine id: %w", err)
+	}
+	return nil
+}
+
+// machineIDPath is the guest's machine id, which names one system.
+const machineIDPath = "/etc/machine-id"
 
 // checkExt4Magic refuses a file without an ext2/3/4 superblock, with a
 // message that helps with the usual mistake, a whole-disk image.

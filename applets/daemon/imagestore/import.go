@@ -1,12 +1,14 @@
 package imagestore
 
 import (
+	"cmp"
 	"context"
 	"debug/elf"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -20,7 +22,7 @@ import (
 )
 
 // ImportSpec says what an image is made of. Exactly one of RootfsDir,
-// RootfsTar, RootfsExt4 and OCI is given.
+// RootfsTar, RootfsExt4, RootfsDisk and OCI is given.
 type ImportSpec struct {
 	Name       string
 	KernelPath string // a bzImage or vmlinux; PrepareKernel makes the bootable one
@@ -29,6 +31,13 @@ type ImportSpec struct {
 	RootfsDir  string // a directory holding the guest's root
 	RootfsTar  string // a tarball of it: plain, gzip, xz, zstd or bzip2
 	RootfsExt4 string // an ext4 image of it (not a whole disk)
+	// RootfsDisk is a VM's disk (a qcow2 overlay on its image, or any
+	// format qemu-img reads holding an ext4 filesystem): flattened into
+	// the store, then edited as an ext4 image is. Its reader shares it
+	// with the VM's engine process, which must hold it still (paused).
+	RootfsDisk string
+	// Origin says where RootfsDisk comes from (a VM), for the manifest.
+	Origin string
 	// OCI is an OCI image reference in skopeo's syntax (api.ParseOCIRef),
 	// local paths absolute; its linux/amd64 image's layers are flattened.
 	OCI string
@@ -42,6 +51,11 @@ type ImportSpec struct {
 	// SizeMiB is the root filesystem's size; 0 computes it from the
 	// content with headroom (or keeps an ext4 image's own size).
 	SizeMiB int
+	// Defaults is what the image says of itself (Env, WorkingDir...)
+	// when its source does not: a committed VM's are its image's.
+	Defaults *OCIImage
+	// Notes go into the manifest before the import's own.
+	Notes []string
 }
 
 // Import builds the image spec describes and publishes it under its name.
@@ -89,6 +103,7 @@ type buildSpec struct {
 	name, kernel, initrd, agent, kernelArgs string
 	sizeMiB                                 int
 	rootfs                                  rootfsSource
+	notes                                   []string
 }
 
 // rootfsSource is where a root filesystem comes from. populate fills a
@@ -97,8 +112,13 @@ type rootfsSource struct {
 	from     Origin
 	populate func(ctx context.Context, st *stager) error
 	// oci is filled by populate with what an OCI image says of itself;
-	// nil for other sources.
+	// for other sources, the import's Defaults.
 	oci *OCIImage
+	// file is the ext4 image (or, with disk set, the VM's disk) that is
+	// copied and edited when populate is nil.
+	file string
+	// disk says file is a VM's disk, flattened rather than copied.
+	disk bool
 }
 
 // checkSpec validates an import before anything is written, with errors
@@ -109,7 +129,7 @@ func (s *Store) checkSpec(spec ImportSpec) (buildSpec, error) {
 		return b, err
 	}
 	n := 0
-	for _, p := range []string{spec.RootfsDir, spec.RootfsTar, spec.RootfsExt4, spec.OCI} {
+	for _, p := range []string{spec.RootfsDir, spec.RootfsTar, spec.RootfsExt4, spec.RootfsDisk, spec.OCI} {
 		if p != "" {
 			n++
 		}
@@ -145,12 +165,19 @@ func (s *Store) checkSpec(spec ImportSpec) (buildSpec, error) {
 		file := spec.RootfsTar
 		b.rootfs = rootfsSource{from: Origin{Kind: OriginTar, Path: absPath(file)},
 			populate: func(ctx context.Context, st *stager) error { return stageTarFile(ctx, st, file) }}
+	case spec.RootfsDisk != "":
+		if err := checkFile("VM disk", spec.RootfsDisk, "give the disk of a VM"); err != nil {
+			return b, err
+		}
+		b.rootfs = rootfsSource{from: Origin{Kind: OriginVM, Path: spec.Origin}, file: absPath(spec.RootfsDisk), disk: true}
 	default:
 		if err := checkFile("rootfs ext4 image", spec.RootfsExt4, "give an ext4 filesystem image"); err != nil {
 			return b, err
 		}
-		b.rootfs = rootfsSource{from: Origin{Kind: OriginExt4, Path: absPath(spec.RootfsExt4)}}
+		file := absPath(spec.RootfsExt4)
+		b.rootfs = rootfsSource{from: Origin{Kind: OriginExt4, Path: file}, file: file}
 	}
+	b.rootfs.oci = cmp.Or(b.rootfs.oci, spec.Defaults)
 	return b, nil
 }
 
@@ -158,7 +185,7 @@ func (s *Store) checkSpec(spec ImportSpec) (buildSpec, error) {
 // initrd, the agent and the options.
 func checkCommon(spec ImportSpec) (buildSpec, error) {
 	b := buildSpec{name: spec.Name, kernel: spec.KernelPath, initrd: spec.InitrdPath,
-		agent: spec.AgentBinary, kernelArgs: spec.KernelArgs, sizeMiB: spec.SizeMiB}
+		agent: spec.AgentBinary, kernelArgs: spec.KernelArgs, sizeMiB: spec.SizeMiB, notes: spec.Notes}
 	if err := api.ValidName("image", spec.Name); err != nil {
 		return b, err
 	}
@@ -244,7 +271,7 @@ func (s *Store) build(ctx context.Context, b buildSpec) (Image, error) {
 		}
 	}()
 
-	m := Manifest{Name: b.name, Created: time.Now().UTC().Truncate(time.Second), KernelArgs: b.kernelArgs}
+	m := Manifest{Name: b.name, Created: time.Now().UTC().Truncate(time.Second), KernelArgs: b.kernelArgs, Notes: slices.Clip(b.notes)}
 	steps := []struct {
 		name string
 		fn   func() error
@@ -342,7 +369,7 @@ func stepRootfs(ctx context.Context, tmp string, b buildSpec, m *Manifest) error
 	var notes []string
 	var err error
 	if b.rootfs.populate == nil {
-		notes, err = importExt4(ctx, ext4Spec{src: b.rootfs.from.Path, file: file, tmp: tmp, agent: b.agent, sizeMiB: b.sizeMiB})
+		notes, err = importExt4(ctx, ext4Spec{src: b.rootfs.file, disk: b.rootfs.disk, file: file, tmp: tmp, agent: b.agent, sizeMiB: b.sizeMiB})
 	} else {
 		notes, err = buildRootfs(ctx, tmp, b)
 	}

@@ -82,6 +82,7 @@ const (
 	OriginOCI     = "oci"     // a root filesystem from an OCI image; Path is its reference
 	OriginBusybox = "busybox" // the tiny image's root, around the busybox at Path
 	OriginDebian  = "debian"  // a Debian root made by mmdebstrap; Path is its suite and packages
+	OriginVM      = "vm"      // a root filesystem committed from a VM's disk; Path names the VM
 )
 
 // digest computes the image digest of the manifest's parts.

@@ -16,7 +16,6 @@ import (
 	"banger/applets/daemon/operation"
 	"banger/applets/daemon/state"
 	"banger/applets/daemon/warm"
-	"banger/internal/agentlink"
 	"banger/internal/api"
 	"banger/internal/layout"
 	"banger/internal/session"
@@ -207,11 +206,7 @@ func (s *Service) saveStep(plan *warmPlan, proc *Process, disk func() string) op
 // shell is saved as it is.
 func primeGuest(ctx context.Context, proc Process) {
 	logging.Stage(ctx, "prime guest", func(ctx context.Context) error {
-		conn, err := proc.OpenSession(ctx, agentlink.MethodExec, session.Exec{Argv: []string{"sh", "-c", "true"}})
-		if err == nil {
-			_, err = session.Run(conn, session.Stdio{})
-		}
-		if err != nil {
+		if _, err := guestRun(ctx, proc, session.Exec{Argv: []string{"sh", "-c", "true"}}, session.Stdio{}); err != nil {
 			logging.From(ctx).Debug().Err(err).Msg("guest not primed")
 		}
 		return nil

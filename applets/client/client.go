@@ -84,7 +84,10 @@ func newApp(env Env) *cli.App {
 		ErrWriter:            env.Stderr,
 		HideHelpCommand:      true,
 		EnableBashCompletion: false,
-		Flags:                globalFlags(),
+		// A repeated flag gives one value each time, commas and all: a
+		// --run 'CMD' or --env K=a,b is one value.
+		DisableSliceFlagSeparator: true,
+		Flags:                     globalFlags(),
 		Commands: []*cli.Command{
 			newPingCommand(),
 			newVersionCommand(env),

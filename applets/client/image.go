@@ -45,6 +45,7 @@ func newImageCommand() *cli.Command {
 		Subcommands: []*cli.Command{
 			newImageImportCommand(),
 			newImageCommitCommand(),
+			newImageBuildCommand(),
 			{
 				Name: "list", Aliases: []string{"ls"}, Usage: "list images", Flags: []cli.Flag{jsonFlag()},
 				Action: action(func(c *cli.Context, s *target) error {
@@ -187,6 +188,9 @@ func printImage(w io.Writer, im api.Image) {
 	fmt.Fprintf(tw, "directory:\t%s\n", im.Dir)
 	if o := im.OCI; o != nil {
 		printOCI(tw, *o)
+	}
+	if im.BuildKey != "" {
+		fmt.Fprintf(tw, "build key:\t%s\n", im.BuildKey)
 	}
 	for _, n := range im.Notes {
 		fmt.Fprintf(tw, "note:\t%s\n", n)

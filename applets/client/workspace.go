@@ -1,7 +1,6 @@
 package client
 
 import (
-	"archive/tar"
 	"bytes"
 	"errors"
 	"fmt"
@@ -12,6 +11,8 @@ import (
 	"path"
 	"path/filepath"
 	"strings"
+
+	"banger/internal/treetar"
 )
 
 // A workspace is the files `vm run PATH` copies into the VM: a git work
@@ -140,129 +141,19 @@ type copyStats struct {
 // symlinks, with their modes and times, owned by root. Files listed but
 // gone (deleted, not yet committed) and submodules are left out.
 func (w *workspace) writeTar(out io.Writer) (copyStats, error) {
-	var st copyStats
-	tw := tar.NewWriter(out)
-	dirs := map[string]bool{}
+	tw := treetar.New(out, w.root)
 	// PATH's place in the copy exists even when no copied file is in it
 	// (an ignored build directory): the command starts there.
-	if w.sub != "." {
-		if err := writeParents(tw, w.root, w.sub+"/.", dirs); err != nil {
-			return st, err
-		}
-	}
+	err := tw.Dir(w.sub)
 	for _, f := range w.files {
-		full := filepath.Join(w.root, filepath.FromSlash(f))
-		fi, err := os.Lstat(full)
-		if errors.Is(err, fs.ErrNotExist) {
-			continue
-		}
 		if err != nil {
-			return st, err
+			break
 		}
-		if err := writeParents(tw, w.root, f, dirs); err != nil {
-			return st, err
-		}
-		switch {
-		case fi.IsDir():
-			// In a git tree, a directory listed is a submodule: left out.
-			if !w.git {
-				if err := writeParents(tw, w.root, f+"/.", dirs); err != nil {
-					return st, err
-				}
-			}
-			continue
-		case fi.Mode()&fs.ModeSymlink != 0:
-			err = writeSymlink(tw, full, f, fi)
-		case fi.Mode().IsRegular():
-			var n int64
-			n, err = writeRegular(tw, full, f)
-			st.bytes += n
-		default:
-			continue // a socket, a device
-		}
-		if err != nil {
-			return st, err
-		}
-		st.files++
+		err = tw.Add(f, !w.git)
+	}
+	st := copyStats{files: tw.Files, bytes: tw.Bytes}
+	if err != nil {
+		return st, fmt.Errorf("workspace: %w", err)
 	}
 	return st, tw.Close()
-}
-
-func writeSymlink(tw *tar.Writer, full, name string, fi fs.FileInfo) error {
-	link, err := os.Readlink(full)
-	if err != nil {
-		return err
-	}
-	hdr, err := tar.FileInfoHeader(fi, link)
-	if err != nil {
-		return err
-	}
-	return writeHeader(tw, hdr, name)
-}
-
-// writeRegular writes one file as it is when it is opened: the size of
-// the open file is the entry's, and exactly that many bytes are written
-// (zeros if it shrank meanwhile), so a file that changes during the copy
-// cannot break the stream. Something that is no longer a regular file
-// (a FIFO now) is not read.
-func writeRegular(tw *tar.Writer, full, name string) (int64, error) {
-	f, err := os.Open(full)
-	if err != nil {
-		return 0, err
-	}
-	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		return 0, err
-	}
-	if !fi.Mode().IsRegular() {
-		return 0, fmt.Errorf("workspace: %s changed into something that is not a file during the copy", name)
-	}
-	hdr, err := tar.FileInfoHeader(fi, "")
-	if err != nil {
-		return 0, err
-	}
-	if err := writeHeader(tw, hdr, name); err != nil {
-		return 0, err
-	}
-	n, err := io.CopyN(tw, f, hdr.Size)
-	if errors.Is(err, io.EOF) {
-		_, err = io.CopyN(tw, zeros{}, hdr.Size-n)
-	}
-	return hdr.Size, err
-}
-
-func writeHeader(tw *tar.Writer, hdr *tar.Header, name string) error {
-	hdr.Name = name
-	hdr.Uid, hdr.Gid, hdr.Uname, hdr.Gname = 0, 0, "", ""
-	return tw.WriteHeader(hdr)
-}
-
-type zeros struct{}
-
-func (zeros) Read(p []byte) (int, error) {
-	clear(p)
-	return len(p), nil
-}
-
-// writeParents writes the directories above f that are not written yet,
-// top down, so they keep their modes in the VM.
-func writeParents(tw *tar.Writer, root, f string, done map[string]bool) error {
-	var todo []string
-	for d := path.Dir(f); d != "." && !done[d]; d = path.Dir(d) {
-		todo = append(todo, d)
-	}
-	for i := len(todo) - 1; i >= 0; i-- {
-		d := todo[i]
-		done[d] = true
-		fi, err := os.Lstat(filepath.Join(root, filepath.FromSlash(d)))
-		if err != nil {
-			return err
-		}
-		hdr := &tar.Header{Typeflag: tar.TypeDir, Name: d + "/", Mode: int64(fi.Mode().Perm()), ModTime: fi.ModTime()}
-		if err := tw.WriteHeader(hdr); err != nil {
-			return err
-		}
-	}
-	return nil
 }

@@ -10,9 +10,6 @@ import (
 	"banger/rpc"
 )
 
-// diskAtRest runs fn with a VM's disk held still (vm.Service.DiskAtRest).
-type diskAtRest func(ctx context.Context, vm string, fn func(ctx context.Context, disk, image string) error) error
-
 // commitBegin answers image.commit.begin: the VM's disk becomes a new
 // image, booting its image's kernel with its image's arguments and
 // defaults, and carrying this banger's agent. A bad name, a name taken
@@ -30,8 +27,8 @@ func (m *imageMethods) commitBegin(ctx context.Context, p api.ImageCommit) (api.
 	return m.ops.Begin(ctx, rpc.OpIDFrom(ctx), api.KindImageCommit, p.Name, func(ctx context.Context, prog *operation.Progress) (any, error) {
 		var im api.Image
 		err := prog.Run(ctx, []operation.Step{{Name: "commit", Do: func(ctx context.Context) error {
-			return m.diskAtRest(ctx, p.VM, func(ctx context.Context, disk, image string) (err error) {
-				im, err = m.commit(ctx, p, disk, image)
+			return m.vms.DiskAtRest(ctx, p.VM, func(ctx context.Context, disk, image string) (err error) {
+				im, err = m.commitDisk(ctx, commitSpec{name: p.Name, vm: p.VM, disk: disk, image: image})
 				return err
 			})
 		}}})
@@ -39,14 +36,26 @@ func (m *imageMethods) commitBegin(ctx context.Context, p api.ImageCommit) (api.
 	}), nil
 }
 
-// commit imports a VM's disk as the image p names, with the rest of the
-// image from the VM's own image.
-func (m *imageMethods) commit(ctx context.Context, p api.ImageCommit, disk, image string) (api.Image, error) {
-	base, err := m.store.Get(ctx, image)
+// commitSpec is a VM's disk to import as an image.
+type commitSpec struct {
+	name, vm, disk string
+	image          string // the VM's image
+	key            string // a build's content key; "" for a commit
+	note           string // what the image is, beyond its VM
+}
+
+// commitDisk imports a VM's disk as an image, with the rest of the image
+// from the VM's own image.
+func (m *imageMethods) commitDisk(ctx context.Context, c commitSpec) (api.Image, error) {
+	base, err := m.store.Get(ctx, c.image)
 	if err != nil {
-		return api.Image{}, fmt.Errorf("read vm %s's image: %w", p.VM, err)
+		return api.Image{}, fmt.Errorf("read vm %s's image: %w", c.vm, err)
 	}
-	return m.doImport(ctx, imagestore.ImportSpec{Name: p.Name, KernelPath: base.KernelPath, InitrdPath: base.InitrdPath,
-		RootfsDisk: disk, Origin: p.VM, AgentBinary: m.agent, KernelArgs: base.KernelArgs, Defaults: base.OCI,
-		Notes: []string{fmt.Sprintf("committed from vm %s, of image %s (%.19s)", p.VM, base.Name, base.Digest)}})
+	notes := []string{fmt.Sprintf("committed from vm %s, of image %s (%.19s)", c.vm, base.Name, base.Digest)}
+	if c.note != "" {
+		notes = []string{c.note}
+	}
+	return m.doImport(ctx, imagestore.ImportSpec{Name: c.name, KernelPath: base.KernelPath, InitrdPath: base.InitrdPath,
+		RootfsDisk: c.disk, Origin: c.vm, AgentBinary: m.agent, KernelArgs: base.KernelArgs, Defaults: base.OCI,
+		Notes: notes, BuildKey: c.key})
 }

@@ -30,8 +30,12 @@ type imageMethods struct {
 	// standbyStatus says what they are.
 	dropStandby   func(ctx context.Context, image string)
 	standbyStatus func(image string) *api.StandbyStatus
-	// diskAtRest holds a VM's disk still for image.commit.
-	diskAtRest diskAtRest
+	// vms holds VMs' disks still for image.commit, and runs the VMs of
+	// image.build.
+	vms imageVMs
+	// mirror is the Debian mirror of builds on a Debian suite; "" is
+	// Debian's.
+	mirror string
 }
 
 // withWarm adds the image's warm snapshot and standbys to what is
@@ -50,7 +54,7 @@ func (m *imageMethods) withWarm(im api.Image) api.Image {
 
 func toAPIImage(im imagestore.Image) api.Image {
 	return api.Image{Name: im.Name, Digest: im.Digest, Created: im.Created, SizeBytes: im.SizeBytes,
-		RootfsMiB: im.RootfsMiB, KernelArgs: im.KernelArgs, Dir: im.Dir, Notes: im.Notes, Problem: im.Problem, OCI: im.OCI}
+		RootfsMiB: im.RootfsMiB, KernelArgs: im.KernelArgs, Dir: im.Dir, Notes: im.Notes, Problem: im.Problem, OCI: im.OCI, BuildKey: im.BuildKey}
 }
 
 func (m *imageMethods) list(ctx context.Context, _ rpc.NoParams) ([]api.Image, error) {

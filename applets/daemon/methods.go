@@ -38,6 +38,7 @@ func (d *daemon) methods() rpc.Methods {
 
 		api.MethodImageImport:      rpc.Handle(d.images.importImage),
 		api.MethodImageImportBegin: rpc.Handle(d.images.importBegin),
+		api.MethodImageBuildBegin:  rpc.Handle(d.images.buildBegin),
 		api.MethodImageCommitBegin: rpc.Handle(d.images.commitBegin),
 		api.MethodImageList:        rpc.Handle(d.images.list),
 		api.MethodImageShow:        rpc.Handle(d.images.show),

@@ -57,7 +57,7 @@ func newVMs(ctx context.Context, c vm.Config) (*vm.Service, *imageMethods, error
 	if err != nil {
 		return nil, nil, err
 	}
-	return s, &imageMethods{store: store, db: c.DB, agent: self, kernels: kernels, ops: c.Ops, snapshots: snaps, dropStandby: s.DropStandby, standbyStatus: s.StandbyStatus, diskAtRest: s.DiskAtRest}, nil
+	return s, &imageMethods{store: store, db: c.DB, agent: self, kernels: kernels, ops: c.Ops, snapshots: snaps, dropStandby: s.DropStandby, standbyStatus: s.StandbyStatus, vms: s, mirror: c.DebianMirror}, nil
 }
 
 // fileSHA256 is the hex sha256 of a file's content.

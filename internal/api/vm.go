@@ -192,6 +192,9 @@ type Image struct {
 	Problem    string    `json:"problem,omitempty"` // an image that cannot be read
 	// OCI is what the OCI image it was made from says of itself.
 	OCI *OCIImage `json:"oci,omitempty"`
+	// BuildKey is the content key of the recipe and base an image was
+	// built from (image.build.begin): the same key is the same image.
+	BuildKey string `json:"build_key,omitempty"`
 	// Warm is the image's warm snapshot, when it has one.
 	Warm *WarmSnapshot `json:"warm,omitempty"`
 	// Standby is what its standbys are, when the daemon keeps any.

@@ -46,6 +46,8 @@ type DebianSpec struct {
 	// Detail (may be nil) is told what the build is doing, as a line
 	// for a progress display: bytes downloaded, then mmdebstrap's steps.
 	Detail func(string)
+	// BuildKey is recorded in the manifest (Manifest.BuildKey).
+	BuildKey string
 }
 
 // debianSuite is a suite or codename: a mirror's dists/ entry.
@@ -61,16 +63,33 @@ func checkDebian(spec *DebianSpec) error {
 	if spec.Suite == "" {
 		spec.Suite = DefaultSuite
 	}
-	if !debianSuite.MatchString(spec.Suite) {
-		return errdefs.Errorf(errdefs.ErrInvalid, "%q is not a Debian suite (such as %s or trixie)", spec.Suite, DefaultSuite)
+	if err := CheckSuite(spec.Suite); err != nil {
+		return err
 	}
-	for _, p := range spec.Packages {
+	if err := CheckPackages(spec.Packages); err != nil {
+		return err
+	}
+	if spec.Mirror != "" && !strings.HasPrefix(spec.Mirror, "http://") && !strings.HasPrefix(spec.Mirror, "https://") && !strings.HasPrefix(spec.Mirror, "file:/") {
+		return errdefs.Errorf(errdefs.ErrInvalid, "Debian mirror %q is not an http://, https:// or file:/ URL", spec.Mirror)
+	}
+	return nil
+}
+
+// CheckPackages refuses what is not a Debian package name (with an
+// optional :arch, =version or /release): the names go on a command line.
+func CheckPackages(pkgs []string) error {
+	for _, p := range pkgs {
 		if !debianPackage.MatchString(p) {
 			return errdefs.Errorf(errdefs.ErrInvalid, "%q is not a Debian package name", p)
 		}
 	}
-	if spec.Mirror != "" && !strings.HasPrefix(spec.Mirror, "http://") && !strings.HasPrefix(spec.Mirror, "https://") && !strings.HasPrefix(spec.Mirror, "file:/") {
-		return errdefs.Errorf(errdefs.ErrInvalid, "Debian mirror %q is not an http://, https:// or file:/ URL", spec.Mirror)
+	return nil
+}
+
+// CheckSuite refuses what is not a Debian suite or codename.
+func CheckSuite(suite string) error {
+	if !debianSuite.MatchString(suite) {
+		return errdefs.Errorf(errdefs.ErrInvalid, "%q is not a Debian suite (such as %s or trixie)", suite, DefaultSuite)
 	}
 	return nil
 }
@@ -94,7 +113,7 @@ func (s *Store) EnsureDebian(ctx context.Context, spec DebianSpec) (Image, error
 		if _, err := exec.LookPath(pkgMmdebstrap); err != nil {
 			return Image{}, errdefs.Errorf(errdefs.ErrUnavailable, "no mmdebstrap to build the Debian image %s: install the Debian package %s, or boot the busybox image (`--image %s`)", spec.Name, pkgMmdebstrap, api.TinyImage)
 		}
-		b, err := checkCommon(ImportSpec{Name: spec.Name, KernelPath: spec.Kernel, AgentBinary: spec.AgentBinary, KernelArgs: spec.KernelArgs})
+		b, err := checkCommon(ImportSpec{Name: spec.Name, KernelPath: spec.Kernel, AgentBinary: spec.AgentBinary, KernelArgs: spec.KernelArgs, BuildKey: spec.BuildKey})
 		if err != nil {
 			return Image{}, err
 		}

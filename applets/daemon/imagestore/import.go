@@ -56,6 +56,8 @@ type ImportSpec struct {
 	Defaults *OCIImage
 	// Notes go into the manifest before the import's own.
 	Notes []string
+	// BuildKey is recorded in the manifest (Manifest.BuildKey).
+	BuildKey string
 }
 
 // Import builds the image spec describes and publishes it under its name.
@@ -104,6 +106,7 @@ type buildSpec struct {
 	sizeMiB                                 int
 	rootfs                                  rootfsSource
 	notes                                   []string
+	buildKey                                string
 }
 
 // rootfsSource is where a root filesystem comes from. populate fills a
@@ -185,7 +188,7 @@ func (s *Store) checkSpec(spec ImportSpec) (buildSpec, error) {
 // initrd, the agent and the options.
 func checkCommon(spec ImportSpec) (buildSpec, error) {
 	b := buildSpec{name: spec.Name, kernel: spec.KernelPath, initrd: spec.InitrdPath,
-		agent: spec.AgentBinary, kernelArgs: spec.KernelArgs, sizeMiB: spec.SizeMiB, notes: spec.Notes}
+		agent: spec.AgentBinary, kernelArgs: spec.KernelArgs, sizeMiB: spec.SizeMiB, notes: spec.Notes, buildKey: spec.BuildKey}
 	if err := api.ValidName("image", spec.Name); err != nil {
 		return b, err
 	}
@@ -271,7 +274,7 @@ func (s *Store) build(ctx context.Context, b buildSpec) (Image, error) {
 		}
 	}()
 
-	m := Manifest{Name: b.name, Created: time.Now().UTC().Truncate(time.Second), KernelArgs: b.kernelArgs, Notes: slices.Clip(b.notes)}
+	m := Manifest{Name: b.name, Created: time.Now().UTC().Truncate(time.Second), KernelArgs: b.kernelArgs, Notes: slices.Clip(b.notes), BuildKey: b.buildKey}
 	steps := []struct {
 		name string
 		fn   func() error

@@ -46,6 +46,10 @@ type Manifest struct {
 	// (its config: Env, WorkingDir, User, Entrypoint, Cmd).
 	OCI *OCIImage `json:"oci,omitempty"`
 
+	// BuildKey is the content key of the recipe and base the image was
+	// built from; a build with the same key has nothing to do.
+	BuildKey string `json:"build_key,omitempty"`
+
 	// Notes say what the import changed or left out (device nodes
 	// skipped, a filesystem repaired), for the user to read.
 	Notes []string `json:"notes,omitempty"`

@@ -78,10 +78,17 @@ func (s *Service) DiskAtRest(ctx context.Context, name string, fn func(ctx conte
 }
 
 // guestRun runs a command in the guest and waits for it to end, or for
-// ctx to: the session's connection closes with ctx, so a guest that
-// never answers cannot hold the caller.
+// ctx to.
 func guestRun(ctx context.Context, proc Process, e session.Exec, stdio session.Stdio) (session.ExitStatus, error) {
-	conn, err := proc.OpenSession(ctx, agentlink.MethodExec, e)
+	return runSession(ctx, proc, agentlink.MethodExec, e, stdio)
+}
+
+// runSession runs a session of a stream method of the agent (agent.exec,
+// agent.untar) until its exit, or until ctx ends: the session's
+// connection closes with ctx, so a guest that never answers cannot hold
+// the caller.
+func runSession(ctx context.Context, proc Process, method string, params any, stdio session.Stdio) (session.ExitStatus, error) {
+	conn, err := proc.OpenSession(ctx, method, params)
 	if err != nil {
 		return session.ExitStatus{}, err
 	}

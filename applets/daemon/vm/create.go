@@ -44,10 +44,7 @@ func (s *Service) CreateBegin(ctx context.Context, p api.VMCreate) (api.Operatio
 	if err != nil {
 		return api.Operation{}, err
 	}
-	id := "vm-" + ulid.Make().String()
-	vm := state.VM{ID: id, Name: p.Name, Image: p.Image, CPUs: p.CPUs, MemoryMiB: p.MemoryMiB, DiskMiB: p.DiskMiB,
-		State: state.VMCreating, Network: network, InstanceDir: filepath.Join(s.root, id), Ports: ports,
-		AllowHost: allowHost}
+	vm := s.newRow(p, network, ports, allowHost)
 	var plan *warmPlan
 	if !p.Cold && !p.NoStart {
 		plan = &warmPlan{}
@@ -60,6 +57,14 @@ func (s *Service) CreateBegin(ctx context.Context, p api.VMCreate) (api.Operatio
 		}
 		return v, nil
 	}), nil
+}
+
+// newRow is the row of a VM being created.
+func (s *Service) newRow(p api.VMCreate, network string, ports []state.PortForward, allowHost []int) state.VM {
+	id := "vm-" + ulid.Make().String()
+	return state.VM{ID: id, Name: p.Name, Image: p.Image, CPUs: p.CPUs, MemoryMiB: p.MemoryMiB, DiskMiB: p.DiskMiB,
+		State: state.VMCreating, Network: network, InstanceDir: filepath.Join(s.root, id), Ports: ports,
+		AllowHost: allowHost}
 }
 
 // create runs the steps of a create whose params are checked and whose

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"encoding/binary"
 	"encoding/hex"
 	"fmt"
 	"io"
@@ -79,15 +80,28 @@ func copySparseTo(ctx context.Context, out *os.File, in io.Reader) (int64, error
 	return total, out.Truncate(total)
 }
 
-// hashFile returns the size and the hex sha256 of the file at path. With
-// punch set it also turns aligned runs of zeros into holes: mkfs.ext4
-// writes the journal and the inode tables out as zeros, tens of MiB per
-// image that need not take disk space. The bytes read back are the same.
+// Hashes of a part (Part.Hash).
+const (
+	// HashFile is the sha256 of the file's bytes.
+	HashFile = ""
+	// HashNonzeroBlocks is the sha256 of each holeUnit-aligned block of
+	// the file that is not all zeros, as its offset (8 bytes, big
+	// endian) then its bytes, and at the end the file's size. It is the
+	// same for the same content however it lies in holes and written
+	// zeros, and it never hashes the zeros that are most of a root
+	// filesystem (its free space, the headroom VMs write into).
+	HashNonzeroBlocks = "sha256-nonzero-blocks"
+)
+
+// hashFile returns the size and the hex hash (algo, a Hash* constant) of
+// the file at path. With punch set it also turns aligned runs of zeros
+// into holes: mkfs.ext4 writes the journal and the inode tables out as
+// zeros, tens of MiB per image that need not take disk space. The bytes
+// read back are the same.
 //
-// Holes are hashed as zeros without being read (SEEK_DATA/SEEK_HOLE):
-// a root filesystem is mostly holes, and reading them costs as much
-// again as hashing them.
-func hashFile(ctx context.Context, path string, punch bool) (int64, string, error) {
+// Holes are not read (SEEK_DATA/SEEK_HOLE): a root filesystem is mostly
+// holes, and reading them costs as much again as hashing them.
+func hashFile(ctx context.Context, path, algo string, punch bool) (int64, string, error) {
 	flag := os.O_RDONLY
 	if punch {
 		flag = os.O_RDWR
@@ -106,9 +120,18 @@ func hashFile(ctx context.Context, path string, punch bool) (int64, string, erro
 	buf := make([]byte, readBuf)
 	zero := make([]byte, readBuf)
 	fd := int(f.Fd())
+	var hashed int64 // HashFile: the bytes hashed so far, holes as zeros
+	zerosTo := func(end int64) {
+		for hashed < end {
+			n := min(end-hashed, int64(len(zero)))
+			h.Write(zero[:n])
+			hashed += n
+		}
+	}
 	var runStart int64 = -1 // start of a run of zeros read, to punch
 	flush := func(end int64) error {
-		if runStart < 0 {
+		if runStart < 0 || !punch {
+			runStart = -1
 			return nil
 		}
 		start := runStart
@@ -121,11 +144,16 @@ func hashFile(ctx context.Context, path string, punch bool) (int64, string, erro
 		}
 		return err
 	}
+	var offset [8]byte
 	for off := int64(0); off < size; {
 		if err := ctx.Err(); err != nil {
 			return 0, "", err
 		}
+		// Whole blocks, aligned, whatever the extents are: a block is
+		// hashed the same wherever a hole begins in it.
 		data, hole := dataExtent(fd, off, size)
+		data = max(off, data&^(holeUnit-1))
+		hole = min(size, roundUp(hole, holeUnit))
 		if punch && data > off {
 			// What SEEK_DATA skips reads as zeros, but may hold disk:
 			// ext4 reports unwritten extents (mkfs.ext4 allocates the
@@ -135,23 +163,31 @@ func hashFile(ctx context.Context, path string, punch bool) (int64, string, erro
 				return 0, "", fmt.Errorf("punch holes in %s: %w", path, err)
 			}
 		}
-		for ; off < data; off += int64(min(int64(len(zero)), data-off)) {
-			h.Write(zero[:min(int64(len(zero)), data-off)])
-		}
-		for off < hole {
+		for off = data; off < hole; {
 			n, err := f.ReadAt(buf[:min(int64(len(buf)), hole-off)], off)
 			if n == 0 && err != nil {
 				return 0, "", fmt.Errorf("read %s: %w", path, err)
 			}
-			h.Write(buf[:n])
-			for i := 0; punch && i < n; i += holeUnit {
+			if algo == HashFile {
+				zerosTo(off)
+				h.Write(buf[:n])
+				hashed = off + int64(n)
+			}
+			for i := 0; i < n; i += holeUnit {
 				chunk := buf[i:min(i+holeUnit, n)]
 				pos := off + int64(i)
 				if bytes.Equal(chunk, zero[:len(chunk)]) {
 					if runStart < 0 {
 						runStart = pos
 					}
-				} else if err := flush(pos); err != nil {
+					continue
+				}
+				if algo == HashNonzeroBlocks {
+					binary.BigEndian.PutUint64(offset[:], uint64(pos))
+					h.Write(offset[:])
+					h.Write(chunk)
+				}
+				if err := flush(pos); err != nil {
 					return 0, "", fmt.Errorf("punch holes in %s: %w", path, err)
 				}
 			}
@@ -160,6 +196,15 @@ func hashFile(ctx context.Context, path string, punch bool) (int64, string, erro
 		if err := flush(off); err != nil {
 			return 0, "", fmt.Errorf("punch holes in %s: %w", path, err)
 		}
+	}
+	switch algo {
+	case HashFile:
+		zerosTo(size)
+	case HashNonzeroBlocks:
+		binary.BigEndian.PutUint64(offset[:], uint64(size))
+		h.Write(offset[:])
+	default:
+		return 0, "", fmt.Errorf("hash %s: unknown algorithm %q", path, algo)
 	}
 	if flag == os.O_RDWR {
 		if err := f.Sync(); err != nil {

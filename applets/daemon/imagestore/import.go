@@ -282,8 +282,8 @@ func (s *Store) build(ctx context.Context, b buildSpec) (Image, error) {
 		// The kernel first: a file that is no kernel fails in a second,
 		// not after a root filesystem is built.
 		{"kernel", func() error { return s.stepKernel(ctx, tmp, b, &m) }},
-		{"initrd", func() error { return s.stepInitrd(ctx, tmp, b, &m) }},
 		{"agent", func() error { return stepAgent(ctx, b, &m) }},
+		{"initrd", func() error { return s.stepInitrd(ctx, tmp, b, &m) }},
 		{"rootfs", func() error { return stepRootfs(ctx, tmp, b, &m) }},
 		{"digest", func() error { return stepDigest(ctx, tmp, &m) }},
 	}
@@ -316,18 +316,29 @@ func (s *Store) build(ctx context.Context, b buildSpec) (Image, error) {
 	return s.image(m), nil
 }
 
-// stepKernel makes the image's kernel with the PrepareKernel hook.
+// stepKernel makes the image's kernel with the PrepareKernel hook, or
+// takes the one an earlier import of the same kernel file made.
 func (s *Store) stepKernel(ctx context.Context, tmp string, b buildSpec, m *Manifest) error {
 	dst := filepath.Join(tmp, layout.ImageKernel)
-	if s.opts.PrepareKernel != nil {
-		if err := s.opts.PrepareKernel(ctx, b.kernel, dst); err != nil {
-			return fmt.Errorf("prepare the kernel %s: %w", b.kernel, err)
-		}
-	} else if _, err := copySparse(ctx, b.kernel, dst, 0o644); err != nil {
-		return fmt.Errorf("copy the kernel: %w", err)
-	}
 	m.Kernel = Part{File: layout.ImageKernel, From: Origin{Kind: OriginFile, Path: absPath(b.kernel)}}
-	return nil
+	if s.opts.PrepareKernel == nil {
+		if _, err := copySparse(ctx, b.kernel, dst, 0o644); err != nil {
+			return fmt.Errorf("copy the kernel: %w", err)
+		}
+		return nil
+	}
+	_, sum, err := hashFile(ctx, b.kernel, HashFile, false)
+	if err != nil {
+		return fmt.Errorf("read the kernel: %w", err)
+	}
+	m.Kernel.From.SHA256 = sum
+	_, err = s.cachedPart(ctx, "vmlinux-"+sum, dst, func() (bool, error) {
+		if err := s.opts.PrepareKernel(ctx, b.kernel, dst); err != nil {
+			return false, fmt.Errorf("prepare the kernel %s: %w", b.kernel, err)
+		}
+		return true, nil
+	})
+	return err
 }
 
 // stepInitrd copies the given initrd, or has BuildInitrd make one.
@@ -340,7 +351,16 @@ func (s *Store) stepInitrd(ctx context.Context, tmp string, b buildSpec, m *Mani
 		}
 		m.Initrd = &Part{File: layout.ImageInitrd, From: Origin{Kind: OriginFile, Path: absPath(b.initrd)}}
 	case s.opts.BuildInitrd != nil:
-		made, err := s.opts.BuildInitrd(ctx, b.kernel, dst)
+		// Of the kernel's modules, with the agent as its init: the same
+		// kernel and agent make the same initrd.
+		build := func() (bool, error) { return s.opts.BuildInitrd(ctx, b.kernel, dst) }
+		var made bool
+		var err error
+		if sum := m.Kernel.From.SHA256; sum != "" {
+			made, err = s.cachedPart(ctx, "initrd-"+sum+"-"+m.Agent.SHA256, dst, build)
+		} else {
+			made, err = build()
+		}
 		if err != nil {
 			return fmt.Errorf("build an initrd for %s: %w", b.kernel, err)
 		}
@@ -355,7 +375,7 @@ func (s *Store) stepInitrd(ctx context.Context, tmp string, b buildSpec, m *Mani
 // stepAgent records the agent binary, with a note when it cannot run in
 // a guest as it is (a dynamically linked build).
 func stepAgent(ctx context.Context, b buildSpec, m *Manifest) error {
-	size, sum, err := hashFile(ctx, b.agent, false)
+	size, sum, err := hashFile(ctx, b.agent, HashFile, false)
 	if err != nil {
 		return fmt.Errorf("read the agent binary: %w", err)
 	}
@@ -450,7 +470,13 @@ func stepDigest(ctx context.Context, tmp string, m *Manifest) error {
 			continue
 		}
 		file := filepath.Join(tmp, p.File)
-		size, sum, err := hashFile(ctx, file, p.File == layout.ImageRootfs)
+		// The root filesystem's hash skips its zeros, which are most of
+		// it; it is made sparse on the way.
+		rootfs := p.File == layout.ImageRootfs
+		if rootfs {
+			p.Hash = HashNonzeroBlocks
+		}
+		size, sum, err := hashFile(ctx, file, p.Hash, rootfs)
 		if err != nil {
 			return err
 		}

@@ -66,7 +66,10 @@ type Part struct {
 	File   string `json:"file"`
 	Size   int64  `json:"size"`
 	SHA256 string `json:"sha256"`
-	From   Origin `json:"from"`
+	// Hash says what SHA256 is the hash of: HashFile (the file's bytes)
+	// when empty, or HashNonzeroBlocks.
+	Hash string `json:"hash,omitempty"`
+	From Origin `json:"from"`
 }
 
 // Origin says where a part came from.
@@ -74,6 +77,8 @@ type Origin struct {
 	// Kind is one of the Origin* constants.
 	Kind string `json:"kind"`
 	Path string `json:"path,omitempty"`
+	// SHA256 is the source file's, when it was read whole (a kernel).
+	SHA256 string `json:"sha256,omitempty"`
 }
 
 // Origin kinds.
@@ -155,7 +160,7 @@ func (s *Store) Verify(ctx context.Context, name string) error {
 		if p == nil {
 			continue
 		}
-		size, sum, err := hashFile(ctx, filepath.Join(im.Dir, p.File), false)
+		size, sum, err := hashFile(ctx, filepath.Join(im.Dir, p.File), p.Hash, false)
 		if err != nil {
 			return fmt.Errorf("verify image %s: %w", name, err)
 		}

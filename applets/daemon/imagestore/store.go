@@ -145,7 +145,7 @@ func (s *Store) removeLeftovers() error {
 			return fmt.Errorf("remove leftover %s: %w", e.Name(), err)
 		}
 	}
-	return nil
+	return s.removeUnusedParts()
 }
 
 // List returns every image by name. An image whose manifest cannot be

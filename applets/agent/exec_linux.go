@@ -123,7 +123,7 @@ func startWithPipes(r *reaper, spec execSpec, path string) (*command, error) {
 			mine, theirs = append(mine, pr), append(theirs, pw)
 		}
 	}
-	attr := &os.ProcAttr{Dir: spec.dir, Env: spec.env, Files: theirs, Sys: &syscall.SysProcAttr{Setpgid: true}}
+	attr := &os.ProcAttr{Dir: spec.dir, Env: spec.env, Files: theirs, Sys: &syscall.SysProcAttr{Setpgid: true, Credential: spec.cred}}
 	proc, status, err := r.start(path, spec.argv, attr)
 	closeFiles(theirs)
 	if err != nil {
@@ -142,7 +142,7 @@ func startOnPTY(r *reaper, spec execSpec, path string) (*command, error) {
 		return nil, err
 	}
 	attr := &os.ProcAttr{Dir: spec.dir, Env: spec.env, Files: []*os.File{tty, tty, tty},
-		Sys: &syscall.SysProcAttr{Setsid: true, Setctty: true, Ctty: 0}}
+		Sys: &syscall.SysProcAttr{Setsid: true, Setctty: true, Ctty: 0, Credential: spec.cred}}
 	proc, status, err := r.start(path, spec.argv, attr)
 	// Only the command holds the terminal: the master reads end-of-file
 	// (EIO) once it and what it started have closed it.

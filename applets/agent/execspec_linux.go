@@ -1,7 +1,6 @@
 package agent
 
 import (
-	"bufio"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -38,32 +37,49 @@ type execSpec struct {
 	dir    string
 	tty    bool
 	window session.WindowSize
+	cred   *syscall.Credential // nil: root's, as the agent runs
 }
 
 // execDefaults are what the guest's files decide.
 type execDefaults struct {
 	shell string // root's login shell
-	dir   string // the working directory of a session that names none
+	dir   string // the working directory of a root session that names none
+	// passwd and group are the files other users are looked up in.
+	passwd, group string
 }
 
 func guestExecDefaults() execDefaults {
-	dir := rootHome
-	if fi, err := os.Stat(rootHome); err != nil || !fi.IsDir() {
-		dir = "/" // images without a home for root exist (busybox)
+	return execDefaults{shell: loginShell(passwdFile), dir: homeOrRoot(rootHome), passwd: passwdFile, group: groupFile}
+}
+
+// homeOrRoot is home when it is a directory, else / (images without a
+// home for root exist: busybox).
+func homeOrRoot(home string) string {
+	if fi, err := os.Stat(home); err != nil || !fi.IsDir() {
+		return "/"
 	}
-	return execDefaults{shell: loginShell(passwdFile), dir: dir}
+	return home
 }
 
 // newExecSpec checks p and completes it with the guest's defaults. A
 // command that cannot run is not its business: that is found when it
 // starts, and told as a shell tells it.
 func newExecSpec(p session.Exec, d execDefaults) (execSpec, error) {
-	spec := execSpec{argv: p.Argv, dir: p.Dir, tty: p.TTY, window: defaultWindow}
+	user, dir := rootUser, d.dir
+	user.shell = d.shell
+	if !isRoot(p.User) {
+		var err error
+		if user, err = lookupUser(p.User, d.passwd, d.group); err != nil {
+			return execSpec{}, err
+		}
+		dir = homeOrRoot(user.home)
+	}
+	spec := execSpec{argv: p.Argv, dir: user.inHome(p.Dir), tty: p.TTY, window: defaultWindow, cred: user.credential()}
 	if len(spec.argv) == 0 {
 		if !p.Shell {
 			return execSpec{}, errors.New("no command: give argv, or shell")
 		}
-		spec.argv = []string{d.shell, "-l"}
+		spec.argv = []string{user.shell, "-l"}
 	}
 	if spec.argv[0] == "" {
 		return execSpec{}, errors.New("argv[0] is empty")
@@ -75,7 +91,7 @@ func newExecSpec(p session.Exec, d execDefaults) (execSpec, error) {
 	}
 	switch {
 	case spec.dir == "":
-		spec.dir = d.dir
+		spec.dir = dir
 	case !filepath.IsAbs(spec.dir) || strings.IndexByte(spec.dir, 0) >= 0:
 		return execSpec{}, fmt.Errorf("dir %q is not an absolute path", spec.dir)
 	}
@@ -87,14 +103,14 @@ func newExecSpec(p session.Exec, d execDefaults) (execSpec, error) {
 	if w := p.Window; w != nil && w.Rows > 0 && w.Cols > 0 {
 		spec.window = *w
 	}
-	spec.env = execEnv(d.shell, p.TTY, p.Env)
+	spec.env = execEnv(user, p.TTY, p.Env)
 	return spec, nil
 }
 
-// execEnv is the base environment of a command, with extra's entries
-// replacing or adding to it.
-func execEnv(shell string, tty bool, extra []string) []string {
-	env := []string{"PATH=" + defaultPath, "HOME=" + rootHome, "USER=root", "LOGNAME=root", "SHELL=" + shell}
+// execEnv is the base environment of a command of user, with extra's
+// entries replacing or adding to it.
+func execEnv(user guestUser, tty bool, extra []string) []string {
+	env := []string{"PATH=" + defaultPath, "HOME=" + user.home, "USER=" + user.name, "LOGNAME=" + user.name, "SHELL=" + user.shell}
 	if tty {
 		env = append(env, "TERM="+ttyTerm)
 	}
@@ -127,23 +143,17 @@ func envValue(env []string, key string) string {
 
 // loginShell is root's shell in passwd, if it can run, else /bin/sh.
 func loginShell(passwd string) string {
-	f, err := os.Open(passwd)
-	if err != nil {
-		return fallbackShell
-	}
-	defer f.Close()
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		fields := strings.Split(sc.Text(), ":")
-		if len(fields) != 7 || fields[0] != "root" {
-			continue
+	shell := fallbackShell
+	eachLine(passwd, func(f []string) bool {
+		if len(f) != 7 || f[0] != "root" {
+			return false
 		}
-		if sh := fields[6]; filepath.IsAbs(sh) && checkExecutable(sh) == nil {
-			return sh
+		if sh := f[6]; filepath.IsAbs(sh) && checkExecutable(sh) == nil {
+			shell = sh
 		}
-		break
-	}
-	return fallbackShell
+		return true
+	})
+	return shell
 }
 
 // startError is a command that could not start, with the code and the

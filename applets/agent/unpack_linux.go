@@ -34,6 +34,23 @@ type extractor struct {
 	// to anyone but root.
 	dirs []dirAttrs
 	st   unpackStats
+	// owner owns what is unpacked; nil leaves it root's.
+	owner *owner
+}
+
+// owner is a uid and gid.
+type owner struct{ uid, gid int }
+
+// chown gives the entry base of the directory pfd to the extractor's
+// owner, if it has one; a symlink itself, never its target.
+func (x *extractor) chown(pfd int, base string) error {
+	if x.owner == nil {
+		return nil
+	}
+	if err := unix.Fchownat(pfd, base, x.owner.uid, x.owner.gid, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+		return fmt.Errorf("set the owner: %w", err)
+	}
+	return nil
 }
 
 type dirAttrs struct {
@@ -43,17 +60,25 @@ type dirAttrs struct {
 }
 
 // unpack writes the tar stream r into dir, which it makes if missing.
-// Owners are not restored: everything belongs to the agent (root).
-func unpack(dir string, r io.Reader) (unpackStats, error) {
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return unpackStats{}, fmt.Errorf("make %s: %w", dir, err)
+// Owners are not restored: everything belongs to own (and dir too, when
+// it is made), or with own nil, to the agent (root).
+func unpack(dir string, r io.Reader, own *owner) (unpackStats, error) {
+	if _, err := os.Lstat(dir); errors.Is(err, os.ErrNotExist) {
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return unpackStats{}, fmt.Errorf("make %s: %w", dir, err)
+		}
+		if own != nil {
+			if err := os.Lchown(dir, own.uid, own.gid); err != nil {
+				return unpackStats{}, fmt.Errorf("make %s: %w", dir, err)
+			}
+		}
 	}
 	root, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
 		return unpackStats{}, fmt.Errorf("open %s: %w", dir, err)
 	}
 	defer unix.Close(root)
-	x := &extractor{root: root}
+	x := &extractor{root: root, owner: own}
 	tr := tar.NewReader(r)
 	for {
 		hdr, err := tr.Next()
@@ -163,6 +188,11 @@ func (x *extractor) file(rel string, hdr *tar.Header, r io.Reader) error {
 		if err != nil {
 			return fmt.Errorf("create the file: %w", err)
 		}
+		// Before its mode: a chown clears the set-id bits.
+		if err := x.chown(pfd, base); err != nil {
+			unix.Close(fd)
+			return err
+		}
 		n, err := writeFile(os.NewFile(uintptr(fd), rel), entryMode(hdr), r)
 		x.st.files++
 		x.st.bytes += n
@@ -200,6 +230,9 @@ func (x *extractor) symlink(rel string, hdr *tar.Header) error {
 	return x.replace(rel, func(pfd int, base string) error {
 		if err := unix.Symlinkat(hdr.Linkname, pfd, base); err != nil {
 			return fmt.Errorf("make the symlink: %w", err)
+		}
+		if err := x.chown(pfd, base); err != nil {
+			return err
 		}
 		return setTimes(pfd, base, hdr)
 	})
@@ -252,7 +285,10 @@ func (x *extractor) finishDirs() error {
 		if err != nil {
 			return fmt.Errorf("unpack %q: %w", d.hdr.Name, explainResolve(err))
 		}
-		err = unix.Fchmod(fd, d.mode)
+		err = x.chown(fd, ".")
+		if err == nil {
+			err = unix.Fchmod(fd, d.mode)
+		}
 		if err == nil {
 			err = setTimes(fd, ".", d.hdr)
 		}
@@ -287,7 +323,11 @@ func (x *extractor) mkdirAll(dir string) (int, error) {
 		return -1, err
 	}
 	for _, name := range strings.Split(dir, "/") {
-		if err := unix.Mkdirat(cur, name, 0o755); err != nil && !errors.Is(err, unix.EEXIST) {
+		err := unix.Mkdirat(cur, name, 0o755)
+		if err == nil {
+			err = x.chown(cur, name)
+		}
+		if err != nil && !errors.Is(err, unix.EEXIST) {
 			unix.Close(cur)
 			return -1, fmt.Errorf("make the directory %s: %w", name, err)
 		}

@@ -19,22 +19,32 @@ import (
 // untar starts agent.untar: the session's input is a tar stream,
 // unpacked into the directory.
 func (a *agent) untar(_ context.Context, p session.Untar) (struct{}, rpc.StreamFunc, error) {
-	if !filepath.IsAbs(p.Dir) || strings.IndexByte(p.Dir, 0) >= 0 {
+	user := rootUser
+	var own *owner
+	if !isRoot(p.User) {
+		var err error
+		if user, err = lookupUser(p.User, passwdFile, groupFile); err != nil {
+			return struct{}{}, nil, rpc.Errorf(rpc.CodeInvalidParams, "%v", err)
+		}
+		own = &owner{uid: int(user.uid), gid: int(user.gid)}
+	}
+	dir := user.inHome(p.Dir)
+	if !filepath.IsAbs(dir) || strings.IndexByte(dir, 0) >= 0 {
 		return struct{}{}, nil, rpc.Errorf(rpc.CodeInvalidParams, "dir %q is not an absolute path", p.Dir)
 	}
-	dir := filepath.Clean(p.Dir)
+	dir = filepath.Clean(dir)
 	return struct{}{}, func(ctx context.Context, conn net.Conn) error {
-		return runUntar(logging.From(ctx), dir, conn)
+		return runUntar(logging.From(ctx), dir, own, conn)
 	}, nil
 }
 
 // runUntar unpacks the session's input into dir and answers with Exit:
 // code 0, or 1 and why the stream or an entry was refused. A host that
 // goes away gets no answer.
-func runUntar(log *zerolog.Logger, dir string, conn net.Conn) error {
+func runUntar(log *zerolog.Logger, dir string, own *owner, conn net.Conn) error {
 	start := time.Now()
 	in := &stdinReader{r: session.NewReader(conn)}
-	st, err := unpack(dir, in)
+	st, err := unpack(dir, in, own)
 	if err == nil {
 		// The end-of-archive blocks may be followed by padding.
 		_, err = io.Copy(io.Discard, in)

@@ -76,7 +76,7 @@ func TestUnpack(t *testing.T) {
 		file("deep/er/g", "no parents in the archive"),
 		file("./dot/./slash//name", "cleaned"),
 	)
-	st, err := unpack(dir, bytes.NewReader(tarball))
+	st, err := unpack(dir, bytes.NewReader(tarball), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -120,7 +120,7 @@ func TestUnpack(t *testing.T) {
 	}
 
 	// Again over itself: files are replaced, directories kept.
-	if _, err := unpack(dir, bytes.NewReader(archive(t, file("d/f", "again"), dirEntry("l/")))); err != nil {
+	if _, err := unpack(dir, bytes.NewReader(archive(t, file("d/f", "again"), dirEntry("l/"))), nil); err != nil {
 		t.Fatal(err)
 	}
 	if b, _ := os.ReadFile(filepath.Join(dir, "d/h")); string(b) != "hello" {
@@ -160,7 +160,7 @@ func TestUnpackRefuses(t *testing.T) {
 				c.entries[i].Linkname = strings.ReplaceAll(c.entries[i].Linkname, "OUTSIDE", outside)
 			}
 			dir := filepath.Join(top, "dir")
-			_, err := unpack(dir, bytes.NewReader(archive(t, c.entries...)))
+			_, err := unpack(dir, bytes.NewReader(archive(t, c.entries...)), nil)
 			if err == nil || !strings.Contains(err.Error(), c.want) {
 				t.Errorf("unpack = %v, want %q", err, c.want)
 			}
@@ -182,7 +182,7 @@ func TestUnpackReplacesSymlinkWithoutFollowing(t *testing.T) {
 	target := filepath.Join(top, "target")
 	os.WriteFile(target, []byte("keep"), 0o644)
 	dir := filepath.Join(top, "dir")
-	_, err := unpack(dir, bytes.NewReader(archive(t, link(tar.TypeSymlink, "f", target), file("f", "new"))))
+	_, err := unpack(dir, bytes.NewReader(archive(t, link(tar.TypeSymlink, "f", target), file("f", "new"))), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -200,7 +200,7 @@ func TestUnpackBadStream(t *testing.T) {
 		"truncated": good[:1000],
 		"garbage":   bytes.Repeat([]byte("not a tar header "), 64),
 	} {
-		if _, err := unpack(t.TempDir(), bytes.NewReader(data)); err == nil {
+		if _, err := unpack(t.TempDir(), bytes.NewReader(data), nil); err == nil {
 			t.Errorf("%s: no error", name)
 		}
 	}

@@ -114,7 +114,7 @@ func TestWorkspaceOfAPlainDirectoryThroughASymlink(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if w.git || w.name != "real" || w.workdir() != "/root/real" {
+	if w.git || w.name != "real" || w.workdir() != "~/real" {
 		t.Errorf("workspace %+v", w)
 	}
 	got := strings.Join(tarNames(t, w), ",")
@@ -145,7 +145,7 @@ func TestWorkspaceOfAGitSubdirectory(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !w.git || w.workdir() != "/root/repo/build" {
+	if !w.git || w.workdir() != "~/repo/build" {
 		t.Errorf("workspace %+v, workdir %s", w, w.workdir())
 	}
 	// The ignored directory the command starts in exists in the copy, its

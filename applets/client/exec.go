@@ -29,8 +29,9 @@ func newVMExecCommand() *cli.Command {
 		ArgsUsage: "NAME -- COMMAND [ARG...]",
 		Flags: []cli.Flag{
 			&cli.BoolFlag{Name: "tty", Aliases: []string{"t"}, Usage: "run the command on a terminal (needs one here)"},
-			&cli.StringFlag{Name: "workdir", Aliases: []string{"w"}, Usage: "the command's working `DIR` in the VM (default /root)"},
+			&cli.StringFlag{Name: "workdir", Aliases: []string{"w"}, Usage: "the command's working `DIR` in the VM (default: the image's, else the user's home)"},
 			&cli.StringSliceFlag{Name: "env", Aliases: []string{"e"}, Usage: "set `K=V` in the command's environment (repeatable)"},
+			userFlag(),
 			&cli.BoolFlag{Name: "no-stdin", Aliases: []string{"n"}, Usage: "give the command an empty input instead of this one (as ssh -n; for loops that read their own input)"},
 		},
 		Action: action(func(c *cli.Context, s *target) error {
@@ -41,7 +42,7 @@ func newVMExecCommand() *cli.Command {
 			if len(cmd) == 0 {
 				return usageError(fmt.Errorf("no command: usage: %s [flags] %s", c.Command.HelpName, c.Command.ArgsUsage))
 			}
-			p := api.VMExec{Name: pos[0], Exec: session.Exec{Argv: cmd, Dir: c.String("workdir"), TTY: c.Bool("tty")}}
+			p := api.VMExec{Name: pos[0], Exec: session.Exec{Argv: cmd, Dir: c.String("workdir"), TTY: c.Bool("tty"), User: c.String("user")}}
 			if p.Env, err = envFlags(c); err != nil {
 				return err
 			}
@@ -62,8 +63,9 @@ func newVMShellCommand() *cli.Command {
 		Usage:     "open a login shell in a running VM (on a terminal when there is one here)",
 		ArgsUsage: "NAME",
 		Flags: []cli.Flag{
-			&cli.StringFlag{Name: "workdir", Aliases: []string{"w"}, Usage: "the shell's working `DIR` in the VM (default /root)"},
+			&cli.StringFlag{Name: "workdir", Aliases: []string{"w"}, Usage: "the shell's working `DIR` in the VM (default: the image's, else the user's home)"},
 			&cli.StringSliceFlag{Name: "env", Aliases: []string{"e"}, Usage: "set `K=V` in the shell's environment (repeatable)"},
+			userFlag(),
 		},
 		Action: action(func(c *cli.Context, s *target) error {
 			a, err := args(c, 1, 1)
@@ -82,7 +84,12 @@ func newVMShellCommand() *cli.Command {
 // shellExec is a login shell in dir, on a PTY when this side has a
 // terminal; without one (a script piping commands) it reads its input.
 func shellExec(c *cli.Context, dir string) session.Exec {
-	return session.Exec{Shell: true, Dir: dir, TTY: isTerminal(envOf(c).Stdin) && isTerminal(envOf(c).Stdout)}
+	return session.Exec{Shell: true, Dir: dir, TTY: isTerminal(envOf(c).Stdin) && isTerminal(envOf(c).Stdout), User: c.String("user")}
+}
+
+// userFlag is --user of the commands that run something in a VM.
+func userFlag() cli.Flag {
+	return &cli.StringFlag{Name: "user", Aliases: []string{"u"}, Usage: "run as `USER[:GROUP]`, names in the guest or numbers (default: the image's user, else root)"}
 }
 
 // envFlags checks the --env values.

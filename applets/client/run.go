@@ -24,14 +24,16 @@ func newVMRunCommand() *cli.Command {
 		Usage: "create a VM, copy a workspace in, and run a command or open a shell there",
 		ArgsUsage: "[PATH] [-- COMMAND [ARG...]]\n\n" +
 			"   With no PATH and no COMMAND: a shell in a fresh VM.\n" +
-			"   PATH in a git work tree: its tracked files are copied to /root/REPO (--include-untracked\n" +
-			"   adds untracked files that are not ignored); any other directory is copied whole.\n" +
-			"   The shell or COMMAND starts there; banger exits with COMMAND's status.",
+			"   PATH in a git work tree: its tracked files are copied to ~/REPO, the user's home (root's:\n" +
+			"   /root; --include-untracked adds untracked files that are not ignored); any other directory\n" +
+			"   is copied whole. The COMMAND starts there; banger exits with its status. Without one: the\n" +
+			"   image's entrypoint and cmd (an OCI image's), else a shell.",
 		Flags: append(vmShapeFlags(),
 			&cli.BoolFlag{Name: "rm", Usage: "delete the VM when the command or shell ends (also on Ctrl-C)"},
 			&cli.BoolFlag{Name: "detach", Aliases: []string{"d"}, Usage: "create the VM, copy the workspace, print the VM's name and leave it running"},
 			&cli.BoolFlag{Name: "include-untracked", Usage: "also copy untracked files that git does not ignore"},
 			&cli.StringSliceFlag{Name: "env", Aliases: []string{"e"}, Usage: "set `K=V` in the command's environment (repeatable)"},
+			userFlag(),
 			&cli.BoolFlag{Name: "quiet", Aliases: []string{"q"}, Usage: "do not show stages"},
 		),
 		Action: action(vmRun),
@@ -88,10 +90,10 @@ func vmRun(c *cli.Context, s *target) error {
 		fmt.Fprintln(c.App.Writer, vm.Name)
 		return nil
 	}
-	p := api.VMExec{Name: vm.Name, Exec: session.Exec{Argv: cmd, Dir: dir, Env: env}}
+	p := api.VMExec{Name: vm.Name, Exec: session.Exec{Argv: cmd, Dir: dir, Env: env, User: c.String("user")}}
 	if len(cmd) == 0 {
 		p.Exec = shellExec(c, dir)
-		p.Env = env
+		p.Env, p.ImageCommand = env, true
 	}
 	return runExec(c, s, p)
 }
@@ -158,7 +160,7 @@ func copyWorkspace(c *cli.Context, s *target, vm string, ws *workspace, log io.W
 		pw.CloseWithError(err)
 		stats <- st
 	}()
-	conn, err := s.stream(c.Context, api.MethodVMCopy, api.VMCopy{Name: vm, Dir: ws.dir()}, nil)
+	conn, err := s.stream(c.Context, api.MethodVMCopy, api.VMCopy{Name: vm, Dir: ws.dir(), User: c.String("user")}, nil)
 	if err != nil {
 		pr.CloseWithError(err)
 		return err

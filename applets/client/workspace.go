@@ -26,8 +26,10 @@ type workspace struct {
 	git   bool
 }
 
-// guestRoot is where workspaces go in the VM.
-const guestRoot = "/root"
+// guestRoot is where workspaces go in the VM: the home of the user the
+// command runs as (root's, /root, unless the image or --user says
+// another), resolved by the daemon or the guest.
+const guestRoot = "~"
 
 // dir is the workspace's directory in the VM.
 func (w *workspace) dir() string { return path.Join(guestRoot, w.name) }

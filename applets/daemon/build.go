@@ -179,7 +179,7 @@ func (b *build) makeBase(ctx context.Context) error {
 func (b *build) runStep(name, cmd string) operation.Step {
 	return operation.Step{Name: name, When: b.todo, Do: func(ctx context.Context) error {
 		out := &tailBuffer{max: stepOutputTail, detail: operation.DetailOf(ctx)}
-		st, err := b.m.vms.RunIn(ctx, b.vmName, session.Exec{Argv: []string{"sh", "-c", cmd}}, session.Stdio{Stdout: out, Stderr: out})
+		st, err := b.m.vms.RunIn(ctx, b.vmName, session.Exec{Argv: []string{"sh", "-c", cmd}, User: "root"}, session.Stdio{Stdout: out, Stderr: out})
 		if err != nil {
 			return err
 		}

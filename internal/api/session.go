@@ -21,6 +21,10 @@ const (
 type VMExec struct {
 	Name string `json:"name"`
 	session.Exec
+	// ImageCommand, with no Argv, runs the image's Entrypoint and Cmd
+	// (an OCI image's), or the shell when it has neither: `vm run`
+	// without a command, as `docker run` does.
+	ImageCommand bool `json:"image_command,omitempty"`
 }
 
 // VMExecResult is the result of vm.exec, before its session starts.
@@ -43,7 +47,11 @@ type VMExecSignal struct {
 // unpacked into Dir (absolute) in the VM.
 type VMCopy struct {
 	Name string `json:"name"`
-	Dir  string `json:"dir"`
+	// Dir is absolute, or "~/PATH" in User's home.
+	Dir string `json:"dir"`
+	// User owns what is copied (session.Untar's); default: the image's
+	// User, else root.
+	User string `json:"user,omitempty"`
 }
 
 // GuestPort is a listening socket in a guest.

@@ -70,6 +70,12 @@ func Config() v1.Config {
 // Image is layers on an empty linux image for arch, with Config.
 func Image(t testing.TB, arch string, layers ...v1.Layer) v1.Image {
 	t.Helper()
+	return ImageWith(t, arch, Config(), layers...)
+}
+
+// ImageWith is Image with another config.
+func ImageWith(t testing.TB, arch string, config v1.Config, layers ...v1.Layer) v1.Image {
+	t.Helper()
 	img, err := mutate.AppendLayers(empty.Image, layers...)
 	if err != nil {
 		t.Fatal(err)
@@ -80,7 +86,7 @@ func Image(t testing.TB, arch string, layers ...v1.Layer) v1.Image {
 	}
 	cf = cf.DeepCopy()
 	cf.OS, cf.Architecture = "linux", arch
-	cf.Config = Config()
+	cf.Config = config
 	if img, err = mutate.ConfigFile(img, cf); err != nil {
 		t.Fatal(err)
 	}

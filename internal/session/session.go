@@ -209,8 +209,15 @@ type Exec struct {
 	Shell bool `json:"shell,omitempty"`
 	// Env adds to (and overrides) the guest's base environment: K=V.
 	Env []string `json:"env,omitempty"`
-	// Dir is the working directory, absolute; default /root.
+	// Dir is the working directory, absolute, or "~" or "~/PATH" in the
+	// user's home; default: the user's home (root's: /root), else /.
 	Dir string `json:"dir,omitempty"`
+	// User runs the command as USER[:GROUP], each a name in the guest's
+	// /etc/passwd and /etc/group or a number (a number not there has
+	// group 0 unless one is given); "" is root. Its home, name and shell
+	// are the command's HOME, USER, LOGNAME and SHELL; its groups in
+	// /etc/group, its supplementary groups.
+	User string `json:"user,omitempty"`
 	// TTY runs the command on a new PTY: one output stream (Stdout),
 	// Resize frames honoured, Window its first size.
 	TTY    bool        `json:"tty,omitempty"`
@@ -220,5 +227,9 @@ type Exec struct {
 // Untar is the params of agent.untar: the Stdin frames are a tar stream
 // unpacked into Dir, which is made if missing. Entries may not leave Dir.
 type Untar struct {
+	// Dir is absolute, or "~/PATH" in User's home.
 	Dir string `json:"dir"`
+	// User (as Exec's) owns what is unpacked, and the directories made
+	// for it; "" is root.
+	User string `json:"user,omitempty"`
 }

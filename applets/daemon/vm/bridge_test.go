@@ -91,8 +91,8 @@ func (fakeImages) Resolve(ctx context.Context, name string) (Image, error) {
 	return Image{Name: name, Digest: "d", Created: time.Now(), Kernel: "/k"}, nil
 }
 func (fakeImages) Exists(ctx context.Context, name string) error { return nil }
-func (fakeImages) ExecDefaults(context.Context, string) ([]string, string, error) {
-	return nil, "", nil
+func (fakeImages) ExecDefaults(context.Context, string) (api.OCIImage, error) {
+	return api.OCIImage{}, nil
 }
 
 func (fakeImages) Overlay(ctx context.Context, img Image, dst string, diskMiB int) error {

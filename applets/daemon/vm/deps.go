@@ -185,10 +185,10 @@ type Images interface {
 	Exists(ctx context.Context, name string) error
 	// Overlay makes a VM's copy-on-write disk on the image at dst.
 	Overlay(ctx context.Context, img Image, dst string, diskMiB int) error
-	// ExecDefaults is the environment (K=V) and working directory the
-	// image says its commands run with (an OCI image's Env and
-	// WorkingDir); none for an image that says nothing.
-	ExecDefaults(ctx context.Context, name string) (env []string, dir string, err error)
+	// ExecDefaults is what the image says its commands run with (an OCI
+	// image's Env, WorkingDir, User, Entrypoint and Cmd); nothing for an
+	// image that says nothing.
+	ExecDefaults(ctx context.Context, name string) (api.OCIImage, error)
 }
 
 // Image is the parts of an image a boot needs.

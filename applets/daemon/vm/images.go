@@ -103,15 +103,15 @@ func (s *storeImages) Overlay(ctx context.Context, img Image, dst string, diskMi
 
 // ExecDefaults reads them from the image's manifest; the built-in images
 // have none, and are not read (nor made) for them.
-func (s *storeImages) ExecDefaults(ctx context.Context, name string) ([]string, string, error) {
+func (s *storeImages) ExecDefaults(ctx context.Context, name string) (api.OCIImage, error) {
 	if isBuiltin(name) {
-		return nil, "", nil
+		return api.OCIImage{}, nil
 	}
 	img, err := s.store.Get(ctx, name)
 	if err != nil || img.OCI == nil {
-		return nil, "", err
+		return api.OCIImage{}, err
 	}
-	return img.OCI.Env, img.OCI.WorkingDir, nil
+	return *img.OCI, nil
 }
 
 // Exists reports whether an image is known, without making a built-in one.

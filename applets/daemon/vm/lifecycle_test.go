@@ -303,8 +303,8 @@ func (k kernelImages) Resolve(ctx context.Context, name string) (Image, error) {
 	return img, err
 }
 func (kernelImages) Exists(ctx context.Context, name string) error { return nil }
-func (kernelImages) ExecDefaults(context.Context, string) ([]string, string, error) {
-	return nil, "", nil
+func (kernelImages) ExecDefaults(context.Context, string) (api.OCIImage, error) {
+	return api.OCIImage{}, nil
 }
 
 func (kernelImages) Overlay(ctx context.Context, img Image, dst string, diskMiB int) error {

@@ -42,13 +42,14 @@ func (s *Service) ImageDigest(ctx context.Context, name string) (string, error) 
 	return img.Digest, err
 }
 
-// RunIn runs a command in the running VM name until it ends or ctx does.
+// RunIn runs a command in the running VM name, with its image's exec
+// defaults, until it ends or ctx does.
 func (s *Service) RunIn(ctx context.Context, name string, e session.Exec, stdio session.Stdio) (session.ExitStatus, error) {
-	_, proc, err := s.running(ctx, name)
+	vm, proc, err := s.running(ctx, name)
 	if err != nil {
 		return session.ExitStatus{}, err
 	}
-	return guestRun(ctx, proc, e, stdio)
+	return guestRun(ctx, proc, s.withImageDefaults(ctx, vm.Image, e, false), stdio)
 }
 
 // CopyInto unpacks a tar stream into dir in the running VM name, with

@@ -1,6 +1,7 @@
 package vm
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"io"
@@ -8,6 +9,7 @@ import (
 	"os"
 	"path"
 	"slices"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -56,26 +58,47 @@ func (s *Service) Exec(ctx context.Context, p api.VMExec) (api.VMExecResult, rpc
 	if err != nil {
 		return res, nil, err
 	}
-	serve, err := s.openSession(ctx, proc, agentlink.MethodExec, s.withImageDefaults(ctx, vm.Image, p.Exec))
+	serve, err := s.openSession(ctx, proc, agentlink.MethodExec, s.withImageDefaults(ctx, vm.Image, p.Exec, p.ImageCommand))
 	return res, serve, err
 }
 
-// withImageDefaults puts the environment and working directory of the
-// VM's image (an OCI image's Env and WorkingDir) under what the caller
-// gave: the caller's Env entries come after, so they win, and a Dir
-// given is kept. An image that cannot be read costs its defaults, not
-// the command.
-func (s *Service) withImageDefaults(ctx context.Context, image string, e session.Exec) session.Exec {
-	env, dir, err := s.images.ExecDefaults(ctx, image)
+// withImageDefaults puts what the VM's image says its commands run with
+// (an OCI image's Env, WorkingDir and User) under what the caller gave:
+// the caller's Env entries come after, so they win, and a Dir or User
+// given is kept. With imageCommand and no Argv, the image's Entrypoint
+// and Cmd are the command (the shell when it has neither). An image that
+// cannot be read costs its defaults, not the command.
+func (s *Service) withImageDefaults(ctx context.Context, image string, e session.Exec, imageCommand bool) session.Exec {
+	d, err := s.images.ExecDefaults(ctx, image)
 	if err != nil {
 		logging.From(ctx).Warn().Err(err).Str("image", image).Msg("the image's exec defaults cannot be read; the command runs without them")
-		return e
+		d = api.OCIImage{}
 	}
-	e.Env = append(slices.Clip(env), e.Env...)
-	if e.Dir == "" {
-		e.Dir = dir
+	e.Env = append(slices.Clip(d.Env), e.Env...)
+	e.Dir = cmp.Or(e.Dir, d.WorkingDir)
+	e.User = cmp.Or(e.User, d.User)
+	if argv := append(slices.Clip(d.Entrypoint), d.Cmd...); imageCommand && len(e.Argv) == 0 && len(argv) > 0 {
+		e.Argv, e.Shell = argv, false
 	}
+	e.Dir = rootHome(e.Dir, e.User)
 	return e
+}
+
+// rootHome resolves a directory in the home ("~/PATH") of root, /root,
+// here: an agent of an older banger takes only absolute paths, and root
+// is who runs nearly every command. Another user's home is the guest's
+// to say (its /etc/passwd): the agent resolves it.
+func rootHome(dir, user string) string {
+	if user != "" && user != "root" && user != "0" {
+		return dir
+	}
+	if dir == "~" {
+		return "/root"
+	}
+	if rest, ok := strings.CutPrefix(dir, "~/"); ok {
+		return path.Join("/root", rest)
+	}
+	return dir
 }
 
 // ExecSignal signals the command of a running exec session.
@@ -87,16 +110,18 @@ func (s *Service) ExecSignal(ctx context.Context, p api.VMExecSignal) (struct{},
 	return struct{}{}, proc.SignalSession(ctx, p.OpID, p.Signal)
 }
 
-// CopyIn unpacks the session's tar stream into a directory of the VM.
+// CopyIn unpacks the session's tar stream into a directory of the VM,
+// for the user the copy names, else the one its image runs commands as.
 func (s *Service) CopyIn(ctx context.Context, p api.VMCopy) (struct{}, rpc.StreamFunc, error) {
-	if !path.IsAbs(p.Dir) {
-		return struct{}{}, nil, rpc.Errorf(rpc.CodeInvalidParams, "the directory to copy into must be absolute, not %q", p.Dir)
+	if !path.IsAbs(p.Dir) && p.Dir != "~" && !strings.HasPrefix(p.Dir, "~/") {
+		return struct{}{}, nil, rpc.Errorf(rpc.CodeInvalidParams, "the directory to copy into must be absolute or in the home (~/PATH), not %q", p.Dir)
 	}
-	_, proc, err := s.running(ctx, p.Name)
+	vm, proc, err := s.running(ctx, p.Name)
 	if err != nil {
 		return struct{}{}, nil, err
 	}
-	serve, err := s.openSession(ctx, proc, agentlink.MethodUntar, session.Untar{Dir: p.Dir})
+	e := s.withImageDefaults(ctx, vm.Image, session.Exec{Dir: p.Dir, User: p.User}, false)
+	serve, err := s.openSession(ctx, proc, agentlink.MethodUntar, session.Untar{Dir: e.Dir, User: e.User})
 	return struct{}{}, serve, err
 }
 

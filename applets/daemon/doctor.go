@@ -59,13 +59,14 @@ type daemonView struct {
 // shows it.
 func daemonChecks() []doctor.Check[*doctorHost] {
 	return []doctor.Check[*doctorHost]{
-		{Name: "qemu-system-x86_64", Run: checkTool("qemu-system-x86_64", "qemu-system-x86", true)},
-		{Name: "qemu-img", Run: checkTool("qemu-img", "qemu-utils", true)},
+		{Name: "qemu-system-x86_64", Run: checkTool("qemu-system-x86_64", "qemu-system-x86", "")},
+		{Name: "qemu-img", Run: checkTool("qemu-img", "qemu-utils", "")},
 		{Name: "accelerator", Run: checkAccel},
 		{Name: "kernel", Run: checkKernel},
 		{Name: "busybox", Run: checkBusybox},
-		{Name: "mkfs.ext4", Run: checkTool("mkfs.ext4", "e2fsprogs", true)},
-		{Name: "git", Run: checkTool("git", "git", false)},
+		{Name: "mkfs.ext4", Run: checkTool("mkfs.ext4", "e2fsprogs", "")},
+		{Name: "mmdebstrap", Run: checkTool("mmdebstrap", "mmdebstrap uidmap", "the default image (Debian) and `image build --distro` are built with it; `--image tiny` and imported images work without")},
+		{Name: "git", Run: checkTool("git", "git", "vm run copies a git work tree with it")},
 		{Name: "standby", Run: checkStandby},
 	}
 }
@@ -173,14 +174,15 @@ func builtinInUse(show func(name string) (api.Image, error)) (*api.Image, error)
 func (h *doctorHost) restartFix() string { return packaging.RestartDaemon(h.system) }
 
 // checkTool finds a program banger runs and its version; a missing one
-// fails when banger cannot work without it (else it warns).
-func checkTool(name, pkg string, needed bool) func(context.Context, *doctorHost) api.DoctorRow {
+// fails when banger cannot work without it, and warns, saying what
+// needs it, when banger can (without is "").
+func checkTool(name, pkg, without string) func(context.Context, *doctorHost) api.DoctorRow {
 	return func(ctx context.Context, h *doctorHost) api.DoctorRow {
 		p, err := h.lookPath(name)
 		if err != nil {
 			fix := "apt-get install " + pkg
-			if !needed {
-				return doctor.Warn("tool_missing", name+" is not installed; vm run copies a git work tree with it", fix)
+			if without != "" {
+				return doctor.Warn("tool_missing", name+" is not installed; "+without, fix)
 			}
 			return doctor.Fail("tool_missing", name+" is not installed", fix)
 		}

@@ -43,6 +43,11 @@ func TestCheckTools(t *testing.T) {
 		t.Errorf("qemu-img fix: %q", r.Fix)
 	}
 	doctortest.Want(t, doctorRow(t, h, "git"), api.DoctorWarn, "git is not installed")
+	// The default image needs mmdebstrap; tiny and imports do not.
+	doctortest.Want(t, doctorRow(t, h, "mmdebstrap"), api.DoctorWarn, "--image tiny")
+	if r := doctorRow(t, h, "mmdebstrap"); r.Fix != "apt-get install mmdebstrap uidmap" {
+		t.Errorf("mmdebstrap fix: %q", r.Fix)
+	}
 
 	bin := t.TempDir()
 	doctortest.WriteFile(t, filepath.Join(bin, "qemu-system-x86_64"), "#!/bin/sh\necho 'QEMU emulator version 9.9.9'\necho second line\n", 0o755)

@@ -23,6 +23,7 @@ func runSystem(log zerolog.Logger, build api.Build, sigs *pid1Signals, records *
 	if err := mountAll(append(earlyMounts(), systemMounts()...)); err != nil {
 		return err
 	}
+	growRoot(log) // a disk made larger than the image's file system (--disk-size)
 	ctx, cancel := context.WithCancel(logging.WithLogger(context.Background(), log))
 	defer cancel()
 	reaper := newReaper(true)

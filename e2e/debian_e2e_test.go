@@ -1,6 +1,7 @@
 package e2e_test
 
 import (
+	"bytes"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -77,13 +78,13 @@ func TestDefaultImageIsDebian(t *testing.T) {
 		t.Fatalf("first create: %+v\n%s", op.Error, lastLines(s.daemonLog(), 20))
 	}
 	t.Logf("default image built and booted in %s", time.Since(start).Round(time.Second))
-	var bytes, steps bool
+	var gotBytes, steps bool
 	for d := range details {
-		bytes = bytes || strings.HasPrefix(d, "downloading packages") && strings.HasSuffix(d, "iB")
+		gotBytes = gotBytes || strings.HasPrefix(d, "downloading packages") && strings.HasSuffix(d, "iB")
 		steps = steps || strings.HasPrefix(d, "installing")
 	}
-	if !bytes || !steps {
-		t.Errorf("the build's progress lacks the bytes downloaded (%v) or its steps (%v): %v", bytes, steps, details)
+	if !gotBytes || !steps {
+		t.Errorf("the build's progress lacks the bytes downloaded (%v) or its steps (%v): %v", gotBytes, steps, details)
 	}
 	var im api.Image
 	s.banger("image", "show", "--json", api.DefaultImage).want(t, 0).json(t, &im)
@@ -115,6 +116,34 @@ func TestDefaultImageIsDebian(t *testing.T) {
 	s.banger("image", "show", "--json", api.DefaultImage).want(t, 0).json(t, &again)
 	if again.Digest != im.Digest {
 		t.Errorf("the default image was made again: %s, then %s", im.Digest, again.Digest)
+	}
+
+	// Another banger (an upgrade: here this one with bytes after its
+	// ELF image, which change its sha256, not what it runs) gives the
+	// image its agent in a copy of the root, without building the root
+	// again: the apt sources, the packages, the origin stay.
+	s.stopDaemon()
+	upgraded := filepath.Join(s.dir, "banger-upgraded")
+	data, err := os.ReadFile(bangerBin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(upgraded, append(data, "another build"...), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	s.startProcess(0, &bytes.Buffer{}, upgraded, "bangerd", "--helper", "none")
+	waitSocket(t, s.socket())
+	r = s.banger("vm", "run", "--rm", "--", "sh", "-c", "git --version && cat /etc/apt/sources.list | wc -l")
+	if r.code != 0 || !strings.Contains(r.stdout, "git version") {
+		t.Errorf("after an upgrade: exit %d, stdout %q, stderr %q", r.code, r.stdout, r.stderr)
+	}
+	if strings.Contains(r.stderr, "installing") || strings.Contains(r.stderr, "downloading") {
+		t.Errorf("the root was built again after an upgrade:\n%s", r.stderr)
+	}
+	var upgradedIm api.Image
+	s.banger("image", "show", "--json", api.DefaultImage).want(t, 0).json(t, &upgradedIm)
+	if upgradedIm.Digest == im.Digest || !strings.Contains(lastLines(s.daemonLog(), 400), "given this banger's agent") {
+		t.Errorf("the default image after an upgrade: digest %s (was %s); log:\n%s", upgradedIm.Digest, im.Digest, lastLines(s.daemonLog(), 20))
 	}
 }
 

@@ -57,5 +57,5 @@ func (m *imageMethods) commitDisk(ctx context.Context, c commitSpec) (api.Image,
 	}
 	return m.doImport(ctx, imagestore.ImportSpec{Name: c.name, KernelPath: base.KernelPath, InitrdPath: base.InitrdPath,
 		RootfsDisk: c.disk, Origin: c.vm, AgentBinary: m.agent, KernelArgs: base.KernelArgs, Defaults: base.OCI,
-		Notes: notes, BuildKey: c.key})
+		Notes: notes, BuildKey: c.key, KernelOrigin: &base.Kernel.From})
 }

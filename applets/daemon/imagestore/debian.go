@@ -136,9 +136,9 @@ func debianOrigin(spec DebianSpec) string {
 	return o
 }
 
-// DebianOrigin is the origin an image of spec records, for a caller
-// to tell whether an image is still what spec makes.
-func DebianOrigin(spec DebianSpec) Origin {
+// Origin is the origin an image of spec records, for a caller to tell
+// whether an image is still what spec makes.
+func (spec DebianSpec) Origin() Origin {
 	if checkDebian(&spec) != nil {
 		return Origin{}
 	}

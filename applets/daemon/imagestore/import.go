@@ -58,6 +58,10 @@ type ImportSpec struct {
 	Notes []string
 	// BuildKey is recorded in the manifest (Manifest.BuildKey).
 	BuildKey string
+	// KernelOrigin, when KernelPath is another image's copy of its
+	// kernel, is what that image records its kernel was made from: the
+	// new image is then one of that kernel's users too.
+	KernelOrigin *Origin
 }
 
 // Import builds the image spec describes and publishes it under its name.
@@ -107,6 +111,10 @@ type buildSpec struct {
 	rootfs                                  rootfsSource
 	notes                                   []string
 	buildKey                                string
+	// replace, when set, takes the image of that name away just before
+	// the new one is published in its place (ReplaceAgent).
+	replace      func() error
+	kernelOrigin *Origin
 }
 
 // rootfsSource is where a root filesystem comes from. populate fills a
@@ -188,7 +196,7 @@ func (s *Store) checkSpec(spec ImportSpec) (buildSpec, error) {
 // initrd, the agent and the options.
 func checkCommon(spec ImportSpec) (buildSpec, error) {
 	b := buildSpec{name: spec.Name, kernel: spec.KernelPath, initrd: spec.InitrdPath,
-		agent: spec.AgentBinary, kernelArgs: spec.KernelArgs, sizeMiB: spec.SizeMiB, notes: spec.Notes, buildKey: spec.BuildKey}
+		agent: spec.AgentBinary, kernelArgs: spec.KernelArgs, sizeMiB: spec.SizeMiB, notes: spec.Notes, buildKey: spec.BuildKey, kernelOrigin: spec.KernelOrigin}
 	if err := api.ValidName("image", spec.Name); err != nil {
 		return b, err
 	}
@@ -274,6 +282,7 @@ func (s *Store) build(ctx context.Context, b buildSpec) (Image, error) {
 		}
 	}()
 
+	var kernelSum string // of the file the kernel was made from, when it was read
 	m := Manifest{Name: b.name, Created: time.Now().UTC().Truncate(time.Second), KernelArgs: b.kernelArgs, Notes: slices.Clip(b.notes), BuildKey: b.buildKey}
 	steps := []struct {
 		name string
@@ -281,9 +290,9 @@ func (s *Store) build(ctx context.Context, b buildSpec) (Image, error) {
 	}{
 		// The kernel first: a file that is no kernel fails in a second,
 		// not after a root filesystem is built.
-		{"kernel", func() error { return s.stepKernel(ctx, tmp, b, &m) }},
+		{"kernel", func() error { return s.stepKernel(ctx, tmp, b, &m, &kernelSum) }},
 		{"agent", func() error { return stepAgent(ctx, b, &m) }},
-		{"initrd", func() error { return s.stepInitrd(ctx, tmp, b, &m) }},
+		{"initrd", func() error { return s.stepInitrd(ctx, tmp, b, &m, kernelSum) }},
 		{"rootfs", func() error { return stepRootfs(ctx, tmp, b, &m) }},
 		{"digest", func() error { return stepDigest(ctx, tmp, &m) }},
 	}
@@ -301,6 +310,11 @@ func (s *Store) build(ctx context.Context, b buildSpec) (Image, error) {
 	if err := syncPath(tmp); err != nil {
 		return fail(err)
 	}
+	if b.replace != nil {
+		if err := b.replace(); err != nil {
+			return fail(err)
+		}
+	}
 	// The commit: a rename of a directory onto a name that exists fails,
 	// so a concurrent import of the same name elsewhere cannot be lost.
 	if err := os.Rename(tmp, s.path(b.name)); err != nil {
@@ -317,22 +331,28 @@ func (s *Store) build(ctx context.Context, b buildSpec) (Image, error) {
 }
 
 // stepKernel makes the image's kernel with the PrepareKernel hook, or
-// takes the one an earlier import of the same kernel file made.
-func (s *Store) stepKernel(ctx context.Context, tmp string, b buildSpec, m *Manifest) error {
+// takes the one an earlier import of the same kernel file made; sum is
+// set to that file's sha256.
+func (s *Store) stepKernel(ctx context.Context, tmp string, b buildSpec, m *Manifest, sum *string) error {
 	dst := filepath.Join(tmp, layout.ImageKernel)
 	m.Kernel = Part{File: layout.ImageKernel, From: Origin{Kind: OriginFile, Path: absPath(b.kernel)}}
+	if b.kernelOrigin != nil {
+		m.Kernel.From = *b.kernelOrigin
+	}
 	if s.opts.PrepareKernel == nil {
 		if _, err := copySparse(ctx, b.kernel, dst, 0o644); err != nil {
 			return fmt.Errorf("copy the kernel: %w", err)
 		}
 		return nil
 	}
-	_, sum, err := hashFile(ctx, b.kernel, HashFile, false)
-	if err != nil {
+	var err error
+	if _, *sum, err = hashFile(ctx, b.kernel, HashFile, false); err != nil {
 		return fmt.Errorf("read the kernel: %w", err)
 	}
-	m.Kernel.From.SHA256 = sum
-	_, err = s.cachedPart(ctx, "vmlinux-"+sum, dst, func() (bool, error) {
+	if b.kernelOrigin == nil {
+		m.Kernel.From.SHA256 = *sum
+	}
+	_, err = s.cachedPart(ctx, "vmlinux-"+*sum, dst, func() (bool, error) {
 		if err := s.opts.PrepareKernel(ctx, b.kernel, dst); err != nil {
 			return false, fmt.Errorf("prepare the kernel %s: %w", b.kernel, err)
 		}
@@ -341,8 +361,10 @@ func (s *Store) stepKernel(ctx context.Context, tmp string, b buildSpec, m *Mani
 	return err
 }
 
-// stepInitrd copies the given initrd, or has BuildInitrd make one.
-func (s *Store) stepInitrd(ctx context.Context, tmp string, b buildSpec, m *Manifest) error {
+// stepInitrd copies the given initrd, or has BuildInitrd make one (or
+// takes the one made for the same kernel file, of sha256 kernelSum, and
+// agent).
+func (s *Store) stepInitrd(ctx context.Context, tmp string, b buildSpec, m *Manifest, kernelSum string) error {
 	dst := filepath.Join(tmp, layout.ImageInitrd)
 	switch {
 	case b.initrd != "":
@@ -356,8 +378,8 @@ func (s *Store) stepInitrd(ctx context.Context, tmp string, b buildSpec, m *Mani
 		build := func() (bool, error) { return s.opts.BuildInitrd(ctx, b.kernel, dst) }
 		var made bool
 		var err error
-		if sum := m.Kernel.From.SHA256; sum != "" {
-			made, err = s.cachedPart(ctx, "initrd-"+sum+"-"+m.Agent.SHA256, dst, build)
+		if kernelSum != "" {
+			made, err = s.cachedPart(ctx, "initrd-"+kernelSum+"-"+m.Agent.SHA256, dst, build)
 		} else {
 			made, err = build()
 		}

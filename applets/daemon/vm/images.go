@@ -62,9 +62,15 @@ func (s *storeImages) makeBuiltin(ctx context.Context, name string) (imagestore.
 		img, err := s.store.EnsureTiny(ctx, imagestore.TinySpec{AgentBinary: s.agent, Kernel: kernel})
 		return img, imagestore.OriginBusybox, err
 	}
-	img, err := s.store.EnsureDebian(ctx, imagestore.DebianSpec{Name: name, Packages: imagestore.DefaultPackages,
-		Mirror: s.mirror, Kernel: kernel, AgentBinary: s.agent, Detail: operation.DetailOf(ctx)})
+	spec := s.debianSpec(name)
+	spec.Kernel, spec.Detail = kernel, operation.DetailOf(ctx)
+	img, err := s.store.EnsureDebian(ctx, spec)
 	return img, imagestore.OriginDebian, err
+}
+
+// debianSpec is the recipe of the default image.
+func (s *storeImages) debianSpec(name string) imagestore.DebianSpec {
+	return imagestore.DebianSpec{Name: name, Packages: imagestore.DefaultPackages, Mirror: s.mirror, AgentBinary: s.agent}
 }
 
 // ensureBuiltin returns the built-in image name, made anew when it is
@@ -88,6 +94,17 @@ func (s *storeImages) ensureBuiltin(ctx context.Context, name string) (imagestor
 		return img, nil
 	}
 	log := logging.From(ctx)
+	if name == api.DefaultImage && img.Rootfs.From == s.debianSpec(name).Origin() {
+		// Only the agent is another banger's: it is replaced in a copy
+		// of the root in seconds, not built again in half a minute.
+		fresh, err := s.store.ReplaceAgent(ctx, name, s.agent, s.usedBy)
+		if err != nil {
+			log.Warn().Err(err).Str("image", name).Msg("the built-in image carries another banger's agent, and is kept: VMs use it")
+			return img, nil
+		}
+		log.Info().Str("image", name).Str("was", img.Agent.SHA256).Str("now", sum).Msg("built-in image given this banger's agent")
+		return fresh, nil
+	}
 	if err := s.store.Delete(ctx, img.Name, s.usedBy); err != nil {
 		log.Warn().Err(err).Str("image", name).Msg("the built-in image is stale (another banger's agent, or an older recipe), and is kept: VMs use it")
 		return img, nil

@@ -125,9 +125,10 @@ func TestImageBuild(t *testing.T) {
 	if r := s.banger("image", "build", "--file", recipe, "typo").want(t, 2); !strings.Contains(r.stderr, "runn") {
 		t.Errorf("an unknown recipe key: %q", r.stderr)
 	}
-	// Refused at once: no base, two bases, a bad package name, a
+	// Refused at once: no base, nothing to do on a base, two bases, a bad package name, a
 	// relative guest path, a base that is not there.
 	s.banger("image", "build", "nobase").want(t, 2)
+	s.banger("image", "build", "--from", "tiny", "nothing").want(t, 2)
 	s.banger("image", "build", "--from", "tiny", "--distro", "debian/bookworm", "two").want(t, 2)
 	s.banger("image", "build", "--distro", "debian/bookworm", "--package", "bad;name", "pkg").want(t, 2)
 	s.banger("image", "build", "--from", "tiny", "--copy", app+":opt", "rel").want(t, 2)

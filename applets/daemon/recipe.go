@@ -50,6 +50,9 @@ func checkRecipe(p api.ImageBuild) (recipe, error) {
 		if err := api.ValidName("image", r.From); err != nil {
 			return r, err
 		}
+		if len(r.Packages)+len(r.Copy)+len(r.Run) == 0 {
+			return r, rpc.Errorf(rpc.CodeInvalidParams, "nothing to build on image %s: give --package, --copy or --run", r.From)
+		}
 	default:
 		distro, suite, _ := strings.Cut(r.Distro, "/")
 		if distro != "debian" {

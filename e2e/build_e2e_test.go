@@ -4,7 +4,9 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 
 	"banger/internal/api"
 )
@@ -153,4 +155,39 @@ func TestImageBuildDebian(t *testing.T) {
 		t.Errorf("a VM of the Debian build sees %q; want jq's version, the copied file and jq working", got)
 	}
 	noBuildLeftovers(t, s)
+}
+
+// TestImageBuildDaemonKilled: a daemon killed (-9) while a build's
+// command runs leaves a running build VM; the next daemon marks the
+// build failed and deletes that VM, and no image is half made.
+func TestImageBuildDaemonKilled(t *testing.T) {
+	needGuests(t)
+	s := newSandbox(t)
+	d := s.daemon()
+	var op api.Operation
+	if err := s.call(api.MethodImageBuildBegin, api.ImageBuild{Name: "never", Recipe: api.Recipe{From: api.TinyImage, Run: []string{"sleep 600"}}}, &op); err != nil {
+		t.Fatal(err)
+	}
+	waitStage(t, s, op.ID, "run 1")
+	var vms []api.VM
+	s.banger("vm", "list", "--json").want(t, 0).json(t, &vms)
+	if len(vms) != 1 || !strings.HasPrefix(vms[0].Name, "build-") || vms[0].State != "running" {
+		t.Fatalf("VMs while the build runs: %+v", vms)
+	}
+	d.Process.Signal(syscall.SIGKILL)
+	waitFor(t, 10*time.Second, func() bool { return syscall.Kill(d.Process.Pid, 0) != nil })
+
+	s.daemon()
+	var failed api.Operation
+	if err := s.call(api.MethodOperationStatus, api.OperationID{ID: op.ID}, &failed); err != nil || failed.State != api.OpFailed {
+		t.Errorf("the interrupted build: %+v %v", failed, err)
+	}
+	noBuildLeftovers(t, s)
+	s.banger("image", "show", "never").want(t, 4)
+	if pids := s.enginePIDs(); len(pids) != 0 {
+		t.Errorf("engine processes after the restart: %v; the build's VM should be gone", pids)
+	}
+	if left, _ := os.ReadDir(filepath.Join(s.state, "banger", "images", ".tmp")); len(left) != 0 {
+		t.Errorf("left in the image store's tmp: %d entries", len(left))
+	}
 }

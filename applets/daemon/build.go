@@ -12,8 +12,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/oklog/ulid/v2"
-
 	"banger/applets/daemon/imagestore"
 	"banger/applets/daemon/operation"
 	"banger/applets/daemon/state"
@@ -30,7 +28,7 @@ import (
 type imageVMs interface {
 	DiskAtRest(ctx context.Context, vm string, fn func(ctx context.Context, disk, image string) error) error
 	ImageDigest(ctx context.Context, image string) (string, error)
-	BootScratch(ctx context.Context, prog *operation.Progress, image, prefix string) (string, error)
+	BootScratch(ctx context.Context, prog *operation.Progress, image, name string) error
 	RunIn(ctx context.Context, name string, e session.Exec, stdio session.Stdio) (session.ExitStatus, error)
 	CopyInto(ctx context.Context, name, dir string, tar io.Reader) error
 	Stop(ctx context.Context, p api.VMStop) (api.VM, error)
@@ -64,9 +62,9 @@ func (m *imageMethods) buildBegin(ctx context.Context, p api.ImageBuild) (api.Op
 			return api.Operation{}, noImage(err)
 		}
 	}
-	b := &build{m: m, name: p.Name, r: r}
+	b := &build{m: m, name: p.Name, r: r, scratch: scratchName(rpc.OpIDFrom(ctx))}
 	return m.ops.Begin(ctx, rpc.OpIDFrom(ctx), api.KindImageBuild, p.Name, func(ctx context.Context, prog *operation.Progress) (any, error) {
-		defer b.cleanup(context.WithoutCancel(ctx))
+		defer b.cleanup(context.WithoutCancel(ctx), false)
 		err := prog.Run(ctx, b.steps(prog))
 		return b.result, err
 	}), nil
@@ -78,6 +76,9 @@ type build struct {
 	name string
 	r    recipe
 
+	// scratch names the build's VM and the base made for it, after its
+	// operation, so the next daemon finds what a dead one left.
+	scratch string
 	key     string
 	done    bool   // the image is there: the result, nothing more to do
 	base    string // the image the VM boots
@@ -91,8 +92,11 @@ func (b *build) steps(prog *operation.Progress) []operation.Step {
 	if len(b.r.Copy) == 0 && len(b.r.Run) == 0 && (b.r.From == "" || len(b.r.Packages) == 0) {
 		return steps // the base is the image
 	}
-	steps = append(steps, operation.Step{Name: "boot", When: b.todo, Do: func(ctx context.Context) (err error) {
-		b.vmName, err = b.m.vms.BootScratch(ctx, prog, b.base, "build-")
+	steps = append(steps, operation.Step{Name: "boot", When: b.todo, Do: func(ctx context.Context) error {
+		err := b.m.vms.BootScratch(ctx, prog, b.base, b.scratch)
+		if rpc.CodeOf(err) != rpc.CodeAlreadyExists {
+			b.vmName = b.scratch // made, or half made: cleanup deletes it
+		}
 		return err
 	}})
 	if b.r.From != "" && len(b.r.Packages) > 0 {
@@ -157,7 +161,7 @@ func (b *build) makeBase(ctx context.Context) error {
 	if final {
 		spec.BuildKey = b.key
 	} else {
-		spec.Name = "build-" + strings.ToLower(ulid.Make().String()[16:])
+		spec.Name = b.scratch
 		b.base, b.ownBase = spec.Name, true
 	}
 	im, err := b.m.store.EnsureDebian(ctx, spec)
@@ -244,18 +248,44 @@ func (b *build) commit(ctx context.Context) error {
 	})
 }
 
-// cleanup deletes the build's VM and the base made for it.
-func (b *build) cleanup(ctx context.Context) {
+// cleanup deletes the build's VM and the base made for it; after a
+// dead daemon (afterCrash), it says what it found.
+func (b *build) cleanup(ctx context.Context, afterCrash bool) {
 	log := logging.From(ctx)
+	// Not there is gone: a boot or a base that failed undid itself.
+	gone := func(err error) bool { return err == nil || rpc.CodeOf(err) == rpc.CodeNotFound }
 	if b.vmName != "" {
-		if _, err := b.m.vms.Delete(ctx, api.VMDelete{Name: b.vmName}); err != nil {
+		if _, err := b.m.vms.Delete(ctx, api.VMDelete{Name: b.vmName}); !gone(err) {
 			log.Warn().Err(err).Str("vm", b.vmName).Msg("the build's VM is left; `banger vm delete` it")
+		} else if err == nil && afterCrash {
+			log.Info().Str("vm", b.vmName).Msg("deleted the VM of a build a stopped daemon left")
 		}
 	}
 	if b.ownBase {
-		if _, err := b.m.delete(ctx, api.VMRef{Name: b.base}); err != nil {
+		if _, err := b.m.delete(ctx, api.VMRef{Name: b.base}); !gone(err) {
 			log.Warn().Err(err).Str("image", b.base).Msg("the build's base image is left; `banger image delete` it")
+		} else if err == nil && afterCrash {
+			log.Info().Str("image", b.base).Msg("deleted the base image of a build a stopped daemon left")
 		}
+	}
+}
+
+// scratchName is the name of the VM (and of the Debian base) of the
+// build whose operation is opID.
+func scratchName(opID string) string {
+	return "build-" + strings.ToLower(opID[max(0, len(opID)-10):])
+}
+
+// cleanInterruptedBuilds deletes what the builds a dead daemon left
+// behind had made: their VM, running or not, and the base made for
+// them. The operations are marked failed already.
+func (m *imageMethods) cleanInterruptedBuilds(ctx context.Context, ops []api.Operation) {
+	for _, op := range ops {
+		if op.Kind != api.KindImageBuild {
+			continue
+		}
+		b := &build{m: m, scratch: scratchName(op.ID), vmName: scratchName(op.ID), base: scratchName(op.ID), ownBase: true}
+		b.cleanup(ctx, true)
 	}
 }
 

@@ -232,6 +232,7 @@ func run(ctx context.Context, build api.Build, o options) error {
 		return fail(service.ExitFailed, err)
 	}
 	defer d.vms.Shutdown()
+	d.images.cleanInterruptedBuilds(startCtx, interrupted)
 	if o.consoleMax < 1 {
 		return fail(service.ExitUsage, fmt.Errorf("--console-max-size %d: want 1 MiB or more", o.consoleMax))
 	}

@@ -12,27 +12,27 @@ import (
 )
 
 // A scratch VM is one the daemon boots for work of its own (an image
-// build's steps), named with a prefix that says whose, and deleted when
-// that work ends. It is a VM like any other meanwhile: `vm list` shows
-// it, and a daemon that dies leaves it for the user to delete.
+// build's steps), named after that work's operation, and deleted when it
+// ends. It is a VM like any other meanwhile: `vm list` shows it; the
+// next daemon deletes the scratch VMs of the operations a dead one left.
 
-// BootScratch creates and boots a VM of image for the operation whose
-// progress is prog (its create's steps are stages of that operation):
-// cold, so the guest is a fresh boot of the image's disk, not a
-// snapshot's memory; with user-mode networking, so it reaches what the
-// host reaches. It returns the VM's name.
-func (s *Service) BootScratch(ctx context.Context, prog *operation.Progress, image, prefix string) (string, error) {
-	p, err := checkCreate(api.VMCreate{Image: image, Cold: true, Network: api.NetworkUser}, prefix)
+// BootScratch creates and boots the VM name, of image, for the operation
+// whose progress is prog (its create's steps are stages of that
+// operation): cold, so the guest is a fresh boot of the image's disk,
+// not a snapshot's memory; with user-mode networking, so it reaches what
+// the host reaches.
+func (s *Service) BootScratch(ctx context.Context, prog *operation.Progress, image, name string) error {
+	p, err := checkCreate(api.VMCreate{Name: name, Image: image, Cold: true, Network: api.NetworkUser}, "")
 	if err != nil {
-		return "", err
+		return err
 	}
 	release, err := s.claim(p.Name, "being created")
 	if err != nil {
-		return "", err
+		return err
 	}
 	defer release()
 	_, err = s.create(ctx, prog, p, s.newRow(p, api.NetworkUser, nil, nil), nil)
-	return p.Name, err
+	return err
 }
 
 // ImageDigest is the digest of the image called name, made first when

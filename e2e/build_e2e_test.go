@@ -3,6 +3,7 @@ package e2e_test
 import (
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -119,9 +120,13 @@ func TestImageBuild(t *testing.T) {
 	// it does not know is refused before anything runs.
 	recipe := filepath.Join(s.dir, "recipe.toml")
 	os.WriteFile(recipe, []byte("from = \"tiny\"\ncopy = [\"app:/srv\"]\nrun = [\"cat /srv/sub/data > /from-file\"]\n"), 0o644)
-	s.banger("image", "build", "-q", "--file", recipe, "fromfile").want(t, 0)
-	if got := s.banger("vm", "run", "--rm", "--image", "fromfile", "--", "cat", "/from-file").want(t, 0).stdout; got != "data\n" {
-		t.Errorf("the recipe file's build: %q", got)
+	// The build VM's shape is the flags', not part of the recipe.
+	s.banger("image", "build", "-q", "--file", recipe, "--cpus", "2", "--memory", "512M",
+		"--run", "nproc > /cpus; grep MemTotal /proc/meminfo | tr -s ' ' | cut -d' ' -f2 > /mem", "fromfile").want(t, 0)
+	got = s.banger("vm", "run", "--rm", "--image", "fromfile", "--", "sh", "-c", "cat /from-file /cpus /mem").want(t, 0).stdout
+	lines := strings.Fields(got)
+	if len(lines) != 3 || lines[0] != "data" || lines[1] != "2" || atoi(lines[2]) < 400<<10 {
+		t.Errorf("the recipe file's build (data, the build VM's cpus, its memory in KiB): %q", got)
 	}
 	os.WriteFile(recipe, []byte("from = \"tiny\"\nrunn = [\"true\"]\n"), 0o644)
 	if r := s.banger("image", "build", "--file", recipe, "typo").want(t, 2); !strings.Contains(r.stderr, "runn") {
@@ -190,4 +195,10 @@ func TestImageBuildDaemonKilled(t *testing.T) {
 	if left, _ := os.ReadDir(filepath.Join(s.state, "banger", "images", ".tmp")); len(left) != 0 {
 		t.Errorf("left in the image store's tmp: %d entries", len(left))
 	}
+}
+
+// atoi is s as a number, 0 when it is none.
+func atoi(s string) int {
+	n, _ := strconv.Atoi(s)
+	return n
 }

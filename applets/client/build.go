@@ -30,6 +30,8 @@ func newImageBuildCommand() *cli.Command {
 			&cli.StringSliceFlag{Name: "package", Usage: "a Debian `PACKAGE` to install (repeatable)"},
 			&cli.StringSliceFlag{Name: "copy", Usage: "copy a host file or directory into the guest, as `HOST:GUEST` (repeatable; a directory's content goes into GUEST)"},
 			&cli.StringSliceFlag{Name: "run", Usage: "a shell `COMMAND` to run in the build's VM, with the network (repeatable, in order, after the copies)"},
+			&cli.IntFlag{Name: "cpus", Usage: "the build VM's virtual CPUs (default: a VM's)"},
+			&cli.StringFlag{Name: "memory", Usage: "the build VM's memory `SIZE` (M or G; default: a VM's; not part of the recipe)"},
 		},
 		Action: action(func(c *cli.Context, s *target) error {
 			a, err := args(c, 1, 1)
@@ -42,7 +44,13 @@ func newImageBuildCommand() *cli.Command {
 			}
 			// An operation: its stages show the base's build and each step,
 			// and Ctrl-C cancels the build, which leaves nothing behind.
-			im, _, _, err := runOperation[api.Image](c, s, beginWith(api.Client.BeginBuildImage, api.ImageBuild{Name: a[0], Recipe: r}))
+			p := api.ImageBuild{Name: a[0], Recipe: r, CPUs: c.Int("cpus")}
+			if c.String("memory") != "" {
+				if p.MemoryMiB, err = parseMiB("--memory", c.String("memory")); err != nil {
+					return err
+				}
+			}
+			im, _, _, err := runOperation[api.Image](c, s, beginWith(api.Client.BeginBuildImage, p))
 			if err != nil {
 				return err
 			}

@@ -28,7 +28,7 @@ import (
 type imageVMs interface {
 	DiskAtRest(ctx context.Context, vm string, fn func(ctx context.Context, disk, image string) error) error
 	ImageDigest(ctx context.Context, image string) (string, error)
-	BootScratch(ctx context.Context, prog *operation.Progress, image, name string) error
+	BootScratch(ctx context.Context, prog *operation.Progress, image, name string, cpus, memoryMiB int) error
 	RunIn(ctx context.Context, name string, e session.Exec, stdio session.Stdio) (session.ExitStatus, error)
 	CopyInto(ctx context.Context, name, dir string, tar io.Reader) error
 	Stop(ctx context.Context, p api.VMStop) (api.VM, error)
@@ -62,7 +62,7 @@ func (m *imageMethods) buildBegin(ctx context.Context, p api.ImageBuild) (api.Op
 			return api.Operation{}, noImage(err)
 		}
 	}
-	b := &build{m: m, name: p.Name, r: r, scratch: scratchName(rpc.OpIDFrom(ctx))}
+	b := &build{m: m, name: p.Name, r: r, scratch: scratchName(rpc.OpIDFrom(ctx)), cpus: p.CPUs, memoryMiB: p.MemoryMiB}
 	return m.ops.Begin(ctx, rpc.OpIDFrom(ctx), api.KindImageBuild, p.Name, func(ctx context.Context, prog *operation.Progress) (any, error) {
 		defer b.cleanup(context.WithoutCancel(ctx), false)
 		err := prog.Run(ctx, b.steps(prog))
@@ -78,13 +78,14 @@ type build struct {
 
 	// scratch names the build's VM and the base made for it, after its
 	// operation, so the next daemon finds what a dead one left.
-	scratch string
-	key     string
-	done    bool   // the image is there: the result, nothing more to do
-	base    string // the image the VM boots
-	ownBase bool   // base was made for this build, and goes with it
-	vmName  string // the build's VM, once it boots
-	result  api.Image
+	scratch         string
+	cpus, memoryMiB int // the VM's shape; 0 is a VM's default
+	key             string
+	done            bool   // the image is there: the result, nothing more to do
+	base            string // the image the VM boots
+	ownBase         bool   // base was made for this build, and goes with it
+	vmName          string // the build's VM, once it boots
+	result          api.Image
 }
 
 func (b *build) steps(prog *operation.Progress) []operation.Step {
@@ -93,7 +94,7 @@ func (b *build) steps(prog *operation.Progress) []operation.Step {
 		return steps // the base is the image
 	}
 	steps = append(steps, operation.Step{Name: "boot", When: b.todo, Do: func(ctx context.Context) error {
-		err := b.m.vms.BootScratch(ctx, prog, b.base, b.scratch)
+		err := b.m.vms.BootScratch(ctx, prog, b.base, b.scratch, b.cpus, b.memoryMiB)
 		if rpc.CodeOf(err) != rpc.CodeAlreadyExists {
 			b.vmName = b.scratch // made, or half made: cleanup deletes it
 		}

@@ -43,6 +43,9 @@ func checkRecipe(p api.ImageBuild) (recipe, error) {
 	if err := api.ValidName("image", p.Name); err != nil {
 		return r, err
 	}
+	if p.CPUs < 0 || p.CPUs > api.MaxCPUs || p.MemoryMiB != 0 && (p.MemoryMiB < api.MinMemoryMiB || p.MemoryMiB > api.MaxMemoryMiB) {
+		return r, rpc.Errorf(rpc.CodeInvalidParams, "the build VM's cpus (%d) or memory (%d MiB) is out of range", p.CPUs, p.MemoryMiB)
+	}
 	switch {
 	case (r.Distro == "") == (r.From == ""):
 		return r, rpc.Errorf(rpc.CodeInvalidParams, "give the base of the build: --distro debian/SUITE or --from IMAGE, one of them")

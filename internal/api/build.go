@@ -38,6 +38,10 @@ type Recipe struct {
 type ImageBuild struct {
 	Name   string `json:"name"`
 	Recipe Recipe `json:"recipe"`
+	// CPUs and MemoryMiB are the build VM's (default: a VM's defaults);
+	// they are not part of the recipe: the image is the same.
+	CPUs      int `json:"cpus,omitempty"`
+	MemoryMiB int `json:"memory_mib,omitempty"`
 }
 
 // BeginBuildImage begins building an image from a recipe.

@@ -21,8 +21,8 @@ import (
 // operation): cold, so the guest is a fresh boot of the image's disk,
 // not a snapshot's memory; with user-mode networking, so it reaches what
 // the host reaches.
-func (s *Service) BootScratch(ctx context.Context, prog *operation.Progress, image, name string) error {
-	p, err := checkCreate(api.VMCreate{Name: name, Image: image, Cold: true, Network: api.NetworkUser}, "")
+func (s *Service) BootScratch(ctx context.Context, prog *operation.Progress, image, name string, cpus, memoryMiB int) error {
+	p, err := checkCreate(api.VMCreate{Name: name, Image: image, Cold: true, Network: api.NetworkUser, CPUs: cpus, MemoryMiB: memoryMiB}, "")
 	if err != nil {
 		return err
 	}

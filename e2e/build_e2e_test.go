@@ -67,7 +67,7 @@ func TestImageBuild(t *testing.T) {
 	flags := []string{"image", "build", "--from", "tiny", "--copy", app + ":/opt/app", "--copy", conf + ":/etc/app.conf",
 		"--run", "sh /opt/app/hello.sh > /built", "--run", "test -L /opt/app/link && cat /opt/app/link >> /built", "built"}
 	first := s.banger(flags...).want(t, 0)
-	for _, stage := range []string{"check cache done", "boot done", "copy 1 done", "copy 2 done", "run 1 done", "run 2 done", "commit done"} {
+	for _, stage := range []string{"check cache done", "wait for agent done", "copy 1 done", "copy 2 done", "run 1 done", "run 2 done", "commit done"} {
 		if !strings.Contains(first.stderr, stage) {
 			t.Errorf("no %q among the build's stages:\n%s", stage, first.stderr)
 		}
@@ -89,7 +89,7 @@ func TestImageBuild(t *testing.T) {
 
 	// The same recipe and base: nothing is built again.
 	again := s.banger(flags...).want(t, 0)
-	if strings.Contains(again.stderr, "boot done") || strings.Contains(again.stderr, "run 1 done") {
+	if strings.Contains(again.stderr, "wait for agent done") || strings.Contains(again.stderr, "run 1 done") {
 		t.Errorf("an identical build ran again:\n%s", again.stderr)
 	}
 	var im2 api.Image

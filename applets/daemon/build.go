@@ -93,7 +93,7 @@ func (b *build) steps(prog *operation.Progress) []operation.Step {
 	if len(b.r.Copy) == 0 && len(b.r.Run) == 0 && (b.r.From == "" || len(b.r.Packages) == 0) {
 		return steps // the base is the image
 	}
-	steps = append(steps, operation.Step{Name: "boot", When: b.todo, Do: func(ctx context.Context) error {
+	steps = append(steps, operation.Step{Name: "boot", When: b.todo, Stages: true, Do: func(ctx context.Context) error {
 		err := b.m.vms.BootScratch(ctx, prog, b.base, b.scratch, b.cpus, b.memoryMiB)
 		if rpc.CodeOf(err) != rpc.CodeAlreadyExists {
 			b.vmName = b.scratch // made, or half made: cleanup deletes it

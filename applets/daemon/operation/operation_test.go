@@ -272,3 +272,30 @@ func TestFirstOfFailsWithTheLastWayAndStopsOnCancel(t *testing.T) {
 		t.Fatalf("canceled: %+v, log %v", v, rec.log)
 	}
 }
+
+// A Stages step runs steps of its own with the operation's Progress:
+// they are listed as stages, in order, and the step itself is none; a
+// later failure undoes it.
+func TestStagesStepListsItsOwnSteps(t *testing.T) {
+	reg := NewRegistry(nil)
+	rec := &recorder{}
+	var steps []Step
+	reg.Begin(context.Background(), "op-s", "test", "", func(ctx context.Context, p *Progress) (any, error) {
+		steps = append(rec.steps("base"), Step{Name: "boot", Stages: true,
+			Do:   func(ctx context.Context) error { return p.Run(ctx, rec.steps("launch", "agent")) },
+			Undo: func(context.Context) error { rec.add("undo boot"); return nil }},
+			Step{Name: "fail", Do: func(context.Context) error { return errors.New("no") }})
+		return nil, p.Run(ctx, steps)
+	})
+	v := wait(t, reg, "op-s")
+	var names []string
+	for _, st := range v.Stages {
+		names = append(names, st.Name)
+	}
+	if v.State != api.OpFailed || !slices.Equal(names, []string{"base", "launch", "agent", "fail", "undo boot", "undo base"}) {
+		t.Fatalf("stages %v, state %s", names, v.State)
+	}
+	if !slices.Equal(rec.log, []string{"do base", "do launch", "do agent", "undo boot", "undo base"}) {
+		t.Errorf("log: %v", rec.log)
+	}
+}

@@ -25,6 +25,10 @@ type Step struct {
 	// skips it, and it leaves no stage: for a step that an earlier one
 	// decides on (a warm start restores instead of booting).
 	When func() bool
+	// Stages says Do runs steps of its own with the operation's Progress
+	// (a VM's create inside an image build): they are its stages, and it
+	// is none itself, which would be listed before them and end after.
+	Stages bool
 
 	ways []Way // a FirstOf: Do and Undo are unused
 }
@@ -80,7 +84,11 @@ func (p *Progress) run(ctx context.Context, steps []Step) ([]Step, error) {
 			chosen, err = p.firstOf(ctx, s.ways)
 			done = append(done, chosen...)
 		} else if err == nil {
-			err = p.stage(ctx, s.Name, s.Do)
+			if s.Stages {
+				err = s.Do(ctx)
+			} else {
+				err = p.stage(ctx, s.Name, s.Do)
+			}
 			if err == nil {
 				done = append(done, s)
 			}

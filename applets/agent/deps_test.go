@@ -21,6 +21,9 @@ func TestImportGraph(t *testing.T) {
 	// printable comes with agentlink, whose host side filters what the
 	// guest says; it imports only the standard library.
 	allowed := []string{"banger/applets/agent", "banger/internal/api", "banger/internal/agentlink", "banger/internal/session", "banger/internal/printable",
+		// untar and treetar are the two ends of a copy, shared with the
+		// client; they import only the standard library and x/sys.
+		"banger/internal/untar", "banger/internal/treetar",
 		// errdefs comes with rpc (the kinds it maps to codes), privapi with
 		// api (the helper's results the daemon reports): types, and
 		// privapi's typed client on rpc.

@@ -12,6 +12,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"banger/internal/session"
+	"banger/internal/untar"
 	"banger/logging"
 	"banger/rpc"
 )
@@ -20,13 +21,13 @@ import (
 // unpacked into the directory.
 func (a *agent) untar(_ context.Context, p session.Untar) (struct{}, rpc.StreamFunc, error) {
 	user := rootUser
-	var own *owner
+	var own *untar.Owner
 	if !isRoot(p.User) {
 		var err error
 		if user, err = lookupUser(p.User, passwdFile, groupFile); err != nil {
 			return struct{}{}, nil, rpc.Errorf(rpc.CodeInvalidParams, "%v", err)
 		}
-		own = &owner{uid: int(user.uid), gid: int(user.gid)}
+		own = &untar.Owner{UID: int(user.uid), GID: int(user.gid)}
 	}
 	dir := user.inHome(p.Dir)
 	if !filepath.IsAbs(dir) || strings.IndexByte(dir, 0) >= 0 {
@@ -41,10 +42,10 @@ func (a *agent) untar(_ context.Context, p session.Untar) (struct{}, rpc.StreamF
 // runUntar unpacks the session's input into dir and answers with Exit:
 // code 0, or 1 and why the stream or an entry was refused. A host that
 // goes away gets no answer.
-func runUntar(log *zerolog.Logger, dir string, own *owner, conn net.Conn) error {
+func runUntar(log *zerolog.Logger, dir string, own *untar.Owner, conn net.Conn) error {
 	start := time.Now()
 	in := &stdinReader{r: session.NewReader(conn)}
-	st, err := unpack(dir, in, own)
+	st, err := untar.Unpack(dir, in, untar.Options{Owner: own})
 	if err == nil {
 		// The end-of-archive blocks may be followed by padding.
 		_, err = io.Copy(io.Discard, in)
@@ -53,7 +54,7 @@ func runUntar(log *zerolog.Logger, dir string, own *owner, conn net.Conn) error 
 	if err != nil {
 		rec = log.Warn().Err(err)
 	}
-	rec.Str("dir", dir).Int("entries", st.entries).Int("files", st.files).Int64("bytes", st.bytes).
+	rec.Str("dir", dir).Int("entries", st.Entries).Int("files", st.Files).Int64("bytes", st.Bytes).
 		Float64("duration_ms", logging.Millis(time.Since(start))).Msg("untar done")
 	if in.err != nil {
 		return in.err

@@ -1,13 +1,10 @@
 package agent
 
 import (
-	"archive/tar"
-	"bytes"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
-	"syscall"
 	"testing"
 
 	"banger/internal/session"
@@ -87,38 +84,5 @@ func TestNewExecSpecAsUser(t *testing.T) {
 	}
 	if _, err := newExecSpec(session.Exec{Argv: []string{"id"}, User: "ghost"}, d); err == nil {
 		t.Error("an unknown user was taken")
-	}
-}
-
-// An unpack for a user gives it every entry, and the directory made for
-// them; a symlink is chowned itself, never its target.
-func TestUnpackOwned(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("chown needs root (the agent is root)")
-	}
-	target := filepath.Join(t.TempDir(), "outside")
-	os.WriteFile(target, nil, 0o644)
-	dir := filepath.Join(t.TempDir(), "home", "app", "repo")
-	script := file("bin/run", "#!/bin/sh\n")
-	script.Mode = 0o4755
-	tarball := archive(t, dirEntry("src/"), file("src/main.c", "int main;"), script, link(tar.TypeSymlink, "out", target))
-	if _, err := unpack(dir, bytes.NewReader(tarball), &owner{uid: 1000, gid: 1001}); err != nil {
-		t.Fatal(err)
-	}
-	for _, name := range []string{".", "src", "src/main.c", "bin", "bin/run", "out"} {
-		fi, err := os.Lstat(filepath.Join(dir, name))
-		if err != nil {
-			t.Fatal(err)
-		}
-		st := fi.Sys().(*syscall.Stat_t)
-		if st.Uid != 1000 || st.Gid != 1001 {
-			t.Errorf("%s is %d:%d; want 1000:1001", name, st.Uid, st.Gid)
-		}
-	}
-	if fi, _ := os.Stat(filepath.Join(dir, "bin/run")); fi.Mode().Perm() != 0o755 || fi.Mode()&os.ModeSetuid != 0 {
-		t.Errorf("bin/run's mode %v; a chown must not leave a set-id bit it did not mean", fi.Mode())
-	}
-	if fi, _ := os.Lstat(target); fi.Sys().(*syscall.Stat_t).Uid != 0 {
-		t.Error("the symlink's target was chowned")
 	}
 }

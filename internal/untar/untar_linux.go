@@ -1,4 +1,10 @@
-package agent
+// Package untar unpacks a tar stream that is not trusted into a
+// directory: no entry lands outside it or goes through a symlink, whether
+// the stream made it or it was there; no device nodes or fifos; set-id
+// bits dropped; owners not restored (everything is the unpacker's, or the
+// Owner given); sizes bounded. The guest agent unpacks what the host
+// sends with it, and the client what a guest sends.
+package untar
 
 import (
 	"archive/tar"
@@ -19,12 +25,26 @@ import (
 // it or it was there before, also while the tree changes meanwhile.
 const resolveBeneath = unix.RESOLVE_BENEATH | unix.RESOLVE_NO_SYMLINKS | unix.RESOLVE_NO_MAGICLINKS
 
-// unpackStats counts what an unpack wrote.
-type unpackStats struct {
-	entries int
-	files   int
-	bytes   int64
+// Stats counts what an unpack wrote.
+type Stats struct {
+	Entries int
+	Files   int
+	Bytes   int64
 }
+
+// Options bound an unpack and say who owns what it writes.
+type Options struct {
+	// Owner owns what is unpacked, and the directory when it is made;
+	// nil leaves it the unpacker's.
+	Owner *Owner
+	// MaxBytes bounds the bytes of the files, MaxEntries the entries;
+	// 0 is no bound.
+	MaxBytes   int64
+	MaxEntries int
+}
+
+// ErrTooBig wraps the error of a stream past a bound.
+var ErrTooBig = errors.New("the stream is larger than allowed")
 
 // extractor writes tar entries under one directory.
 type extractor struct {
@@ -33,21 +53,21 @@ type extractor struct {
 	// directory change its times, and a read-only one would refuse them
 	// to anyone but root.
 	dirs []dirAttrs
-	st   unpackStats
-	// owner owns what is unpacked; nil leaves it root's.
-	owner *owner
+	st   Stats
+	opts Options
 }
 
-// owner is a uid and gid.
-type owner struct{ uid, gid int }
+// Owner is a uid and gid.
+type Owner struct{ UID, GID int }
 
 // chown gives the entry base of the directory pfd to the extractor's
 // owner, if it has one; a symlink itself, never its target.
 func (x *extractor) chown(pfd int, base string) error {
-	if x.owner == nil {
+	o := x.opts.Owner
+	if o == nil {
 		return nil
 	}
-	if err := unix.Fchownat(pfd, base, x.owner.uid, x.owner.gid, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+	if err := unix.Fchownat(pfd, base, o.UID, o.GID, unix.AT_SYMLINK_NOFOLLOW); err != nil {
 		return fmt.Errorf("set the owner: %w", err)
 	}
 	return nil
@@ -59,26 +79,26 @@ type dirAttrs struct {
 	hdr  *tar.Header
 }
 
-// unpack writes the tar stream r into dir, which it makes if missing.
-// Owners are not restored: everything belongs to own (and dir too, when
-// it is made), or with own nil, to the agent (root).
-func unpack(dir string, r io.Reader, own *owner) (unpackStats, error) {
+// Unpack writes the tar stream r into dir, which it makes if missing.
+// Owners are not restored: everything belongs to opts.Owner (and dir too,
+// when it is made), or with none, to the caller.
+func Unpack(dir string, r io.Reader, opts Options) (Stats, error) {
 	if _, err := os.Lstat(dir); errors.Is(err, os.ErrNotExist) {
 		if err := os.MkdirAll(dir, 0o755); err != nil {
-			return unpackStats{}, fmt.Errorf("make %s: %w", dir, err)
+			return Stats{}, fmt.Errorf("make %s: %w", dir, err)
 		}
-		if own != nil {
-			if err := os.Lchown(dir, own.uid, own.gid); err != nil {
-				return unpackStats{}, fmt.Errorf("make %s: %w", dir, err)
+		if o := opts.Owner; o != nil {
+			if err := os.Lchown(dir, o.UID, o.GID); err != nil {
+				return Stats{}, fmt.Errorf("make %s: %w", dir, err)
 			}
 		}
 	}
 	root, err := unix.Open(dir, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
 	if err != nil {
-		return unpackStats{}, fmt.Errorf("open %s: %w", dir, err)
+		return Stats{}, fmt.Errorf("open %s: %w", dir, err)
 	}
 	defer unix.Close(root)
-	x := &extractor{root: root, owner: own}
+	x := &extractor{root: root, opts: opts}
 	tr := tar.NewReader(r)
 	for {
 		hdr, err := tr.Next()
@@ -88,7 +108,13 @@ func unpack(dir string, r io.Reader, own *owner) (unpackStats, error) {
 		if err != nil {
 			return x.st, fmt.Errorf("read the tar stream: %w", err)
 		}
-		x.st.entries++
+		x.st.Entries++
+		if max := opts.MaxEntries; max > 0 && x.st.Entries > max {
+			return x.st, fmt.Errorf("more than %d entries: %w", max, ErrTooBig)
+		}
+		if max := opts.MaxBytes; max > 0 && hdr.Typeflag == tar.TypeReg && x.st.Bytes+hdr.Size > max {
+			return x.st, fmt.Errorf("unpack %q: more than %d bytes: %w", hdr.Name, max, ErrTooBig)
+		}
 		if err := x.entry(hdr, tr); err != nil {
 			return x.st, fmt.Errorf("unpack %q: %w", hdr.Name, err)
 		}
@@ -194,8 +220,8 @@ func (x *extractor) file(rel string, hdr *tar.Header, r io.Reader) error {
 			return err
 		}
 		n, err := writeFile(os.NewFile(uintptr(fd), rel), entryMode(hdr), r)
-		x.st.files++
-		x.st.bytes += n
+		x.st.Files++
+		x.st.Bytes += n
 		if err != nil {
 			return err
 		}

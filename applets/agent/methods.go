@@ -49,6 +49,7 @@ func (a *agent) streams() rpc.Streams {
 	return rpc.Streams{
 		agentlink.MethodExec:  rpc.HandleStream(a.exec),
 		agentlink.MethodUntar: rpc.HandleStream(a.untar),
+		agentlink.MethodTar:   rpc.HandleStream(a.tar),
 		agentlink.MethodLogs:  rpc.HandleStream(a.logs),
 	}
 }

@@ -4,8 +4,8 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"io/fs"
 	"net"
-	"path/filepath"
 	"strings"
 	"time"
 
@@ -20,32 +20,34 @@ import (
 // untar starts agent.untar: the session's input is a tar stream,
 // unpacked into the directory.
 func (a *agent) untar(_ context.Context, p session.Untar) (struct{}, rpc.StreamFunc, error) {
-	user := rootUser
+	user, dir, err := sessionPath(p.User, p.Dir)
+	if err != nil {
+		return struct{}{}, nil, err
+	}
 	var own *untar.Owner
 	if !isRoot(p.User) {
-		var err error
-		if user, err = lookupUser(p.User, passwdFile, groupFile); err != nil {
-			return struct{}{}, nil, rpc.Errorf(rpc.CodeInvalidParams, "%v", err)
-		}
 		own = &untar.Owner{UID: int(user.uid), GID: int(user.gid)}
 	}
-	dir := user.inHome(p.Dir)
-	if !filepath.IsAbs(dir) || strings.IndexByte(dir, 0) >= 0 {
-		return struct{}{}, nil, rpc.Errorf(rpc.CodeInvalidParams, "dir %q is not an absolute path", p.Dir)
+	opts := untar.Options{Owner: own}
+	if p.Top != "" {
+		if p.Top != "." && !fs.ValidPath(p.Top) || strings.Contains(p.Top, "/") {
+			return struct{}{}, nil, rpc.Errorf(rpc.CodeInvalidParams, "top %q is not one name", p.Top)
+		}
+		dir, opts = untar.Into(dir, p.Top)
+		opts.Owner = own
 	}
-	dir = filepath.Clean(dir)
 	return struct{}{}, func(ctx context.Context, conn net.Conn) error {
-		return runUntar(logging.From(ctx), dir, own, conn)
+		return runUntar(logging.From(ctx), dir, opts, conn)
 	}, nil
 }
 
 // runUntar unpacks the session's input into dir and answers with Exit:
 // code 0, or 1 and why the stream or an entry was refused. A host that
 // goes away gets no answer.
-func runUntar(log *zerolog.Logger, dir string, own *untar.Owner, conn net.Conn) error {
+func runUntar(log *zerolog.Logger, dir string, opts untar.Options, conn net.Conn) error {
 	start := time.Now()
 	in := &stdinReader{r: session.NewReader(conn)}
-	st, err := untar.Unpack(dir, in, untar.Options{Owner: own})
+	st, err := untar.Unpack(dir, in, opts)
 	if err == nil {
 		// The end-of-archive blocks may be followed by padding.
 		_, err = io.Copy(io.Discard, in)

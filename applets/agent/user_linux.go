@@ -9,6 +9,8 @@ import (
 	"strconv"
 	"strings"
 	"syscall"
+
+	"banger/rpc"
 )
 
 const groupFile = "/etc/group"
@@ -169,4 +171,22 @@ func (u guestUser) inHome(p string) string {
 		return filepath.Join(u.home, rest)
 	}
 	return p
+}
+
+// sessionPath is the user a copy session names and its path, resolved in
+// that user's home when it is "~/PATH", absolute and cleaned; what is
+// wrong with either is invalid_params.
+func sessionPath(user, p string) (guestUser, string, error) {
+	u := rootUser
+	if !isRoot(user) {
+		var err error
+		if u, err = lookupUser(user, passwdFile, groupFile); err != nil {
+			return u, "", rpc.Errorf(rpc.CodeInvalidParams, "%v", err)
+		}
+	}
+	abs := u.inHome(p)
+	if !filepath.IsAbs(abs) || strings.IndexByte(abs, 0) >= 0 {
+		return u, "", rpc.Errorf(rpc.CodeInvalidParams, "path %q is not absolute", p)
+	}
+	return u, filepath.Clean(abs), nil
 }

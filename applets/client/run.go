@@ -1,7 +1,6 @@
 package client
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
@@ -145,41 +144,15 @@ func createParams(c *cli.Context) (api.VMCreate, error) {
 // copyWorkspace streams the workspace's tar into the VM.
 func copyWorkspace(c *cli.Context, s *target, vm string, ws *workspace, log io.Writer) error {
 	start := time.Now()
-	pr, pw := io.Pipe()
-	stats := make(chan copyStats, 1)
-	go func() {
-		// Full frames: tar writes headers and padding in 512-byte pieces,
-		// and each write would be a frame of its own all the way to the
-		// guest.
-		bw := bufio.NewWriterSize(pw, session.MaxPayload)
-		st, err := ws.writeTar(bw)
-		if err == nil {
-			err = bw.Flush()
-		}
-		st.err = err
-		pw.CloseWithError(err)
-		stats <- st
-	}()
-	conn, err := s.stream(c.Context, api.MethodVMCopy, api.VMCopy{Name: vm, Dir: ws.dir(), User: c.String("user")}, nil)
+	st, err := sendTar(c, s, api.VMCopy{Name: vm, Dir: ws.dir(), User: c.String("user")}, func(w io.Writer) (int, int64, error) {
+		st, err := ws.writeTar(w)
+		return st.files, st.bytes, err
+	})
 	if err != nil {
-		pr.CloseWithError(err)
-		return err
-	}
-	// Ctrl-C ends the copy (and, with --rm, the VM).
-	stop := context.AfterFunc(c.Context, func() { conn.Close() })
-	defer stop()
-	status, err := session.Run(conn, session.Stdio{Stdin: pr, Stderr: c.App.ErrWriter})
-	pr.Close()
-	st := <-stats
-	switch {
-	case c.Context.Err() != nil:
-		return c.Context.Err()
-	case err != nil && st.err != nil:
-		return fmt.Errorf("copy the workspace: %w", st.err)
-	case err != nil:
+		if errors.Is(err, context.Canceled) {
+			return err
+		}
 		return fmt.Errorf("copy the workspace: %w", err)
-	case status.Code != 0:
-		return fmt.Errorf("copy the workspace: %s", status.Error)
 	}
 	fmt.Fprintf(log, "copied %d files (%s) to %s:%s in %s\n", st.files, api.HumanBytes(st.bytes), vm, ws.dir(),
 		fmtMillis(float64(time.Since(start).Microseconds())/1000))

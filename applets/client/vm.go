@@ -34,6 +34,7 @@ func newVMCommand() *cli.Command {
 			newVMLogsCommand(),
 			newVMRunCommand(),
 			newVMExecCommand(),
+			newVMCpCommand(),
 			newVMShellCommand(),
 			newVMPortsCommand(),
 			newVMPortCommand(),

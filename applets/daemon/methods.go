@@ -64,8 +64,9 @@ func (d *daemon) methods() rpc.Methods {
 // streams is the dispatch table of the stream socket.
 func (d *daemon) streams() rpc.Streams {
 	return rpc.Streams{
-		api.MethodVMExec: rpc.HandleStream(d.vms.Exec),
-		api.MethodVMCopy: rpc.HandleStream(d.vms.CopyIn),
+		api.MethodVMExec:    rpc.HandleStream(d.vms.Exec),
+		api.MethodVMCopy:    rpc.HandleStream(d.vms.CopyIn),
+		api.MethodVMCopyOut: rpc.HandleStream(d.vms.CopyOut),
 	}
 }
 

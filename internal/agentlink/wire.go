@@ -81,6 +81,7 @@ const (
 	MethodPorts    = "agent.ports"
 	MethodExec     = "agent.exec"   // params session.Exec
 	MethodUntar    = "agent.untar"  // params session.Untar
+	MethodTar      = "agent.tar"    // params session.Tar
 	MethodSignal   = "agent.signal" // params SignalParams
 )
 

@@ -5,8 +5,9 @@ import "banger/internal/session"
 // Methods of the daemon's stream socket (dirs.StreamSocket): their call
 // goes on as a session (package session) after the response.
 const (
-	MethodVMExec = "vm.exec" // params VMExec
-	MethodVMCopy = "vm.copy" // params VMCopy; the session's input is a tar stream
+	MethodVMExec    = "vm.exec"     // params VMExec
+	MethodVMCopy    = "vm.copy"     // params VMCopy; the session's input is a tar stream
+	MethodVMCopyOut = "vm.copy.out" // params VMCopyOut; the session's output is a tar stream
 )
 
 // Port methods, and the signal to an exec session (the rpc socket).
@@ -51,6 +52,19 @@ type VMCopy struct {
 	Dir string `json:"dir"`
 	// User owns what is copied (session.Untar's); default: the image's
 	// User, else root.
+	User string `json:"user,omitempty"`
+	// Top is session.Untar's: the stream is a copy of one file or
+	// directory of that name, going into Dir or becoming it.
+	Top string `json:"top,omitempty"`
+}
+
+// VMCopyOut is the params of vm.copy.out: the session's output (Stdout
+// frames) is a tar stream of Path in the VM (session.Tar's), which the
+// guest writes: whoever reads it must unpack it as hostile.
+type VMCopyOut struct {
+	Name string `json:"name"`
+	// Path is absolute, or "~/PATH" in the home of the image's user.
+	Path string `json:"path"`
 	User string `json:"user,omitempty"`
 }
 

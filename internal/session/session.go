@@ -224,6 +224,16 @@ type Exec struct {
 	Window *WindowSize `json:"window,omitempty"`
 }
 
+// Tar is the params of agent.tar: the Stdout frames are a tar stream of
+// Path (absolute, or "~/PATH" in User's home), a file or a directory
+// with what it holds, its top entry named as Path's last element; then
+// Exit. Symlinks are written as symlinks, never followed; every entry is
+// root's.
+type Tar struct {
+	Path string `json:"path"`
+	User string `json:"user,omitempty"`
+}
+
 // Untar is the params of agent.untar: the Stdin frames are a tar stream
 // unpacked into Dir, which is made if missing. Entries may not leave Dir.
 type Untar struct {
@@ -232,4 +242,9 @@ type Untar struct {
 	// User (as Exec's) owns what is unpacked, and the directories made
 	// for it; "" is root.
 	User string `json:"user,omitempty"`
+	// Top, when set, is the stream's one top element (a copy of a file
+	// or a directory of that name): it goes into Dir when Dir is a
+	// directory, else it becomes Dir, as cp does. Entries under another
+	// name are refused.
+	Top string `json:"top,omitempty"`
 }

@@ -151,3 +151,26 @@ func (zeros) Read(p []byte) (int, error) {
 	clear(p)
 	return len(p), nil
 }
+
+// WriteTree writes target, and what it holds when it is a directory (a
+// symlink is written as one, not followed), as a stream whose entries
+// are named from target's last element ("/" gives its content, from
+// "."), and closes it.
+func WriteTree(out io.Writer, target string) (*Writer, error) {
+	parent := filepath.Dir(target)
+	tw := New(out, parent)
+	err := filepath.WalkDir(target, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, err := filepath.Rel(parent, p)
+		if err != nil {
+			return err
+		}
+		return tw.Add(filepath.ToSlash(rel), true)
+	})
+	if err == nil {
+		err = tw.Close()
+	}
+	return tw, err
+}

@@ -13,6 +13,7 @@ import (
 	"io"
 	"os"
 	"path"
+	"path/filepath"
 	"slices"
 	"strings"
 	"time"
@@ -41,6 +42,39 @@ type Options struct {
 	// 0 is no bound.
 	MaxBytes   int64
 	MaxEntries int
+	// Top, when set, is the one top element the stream's entries may
+	// have (a copy of one file or directory): an entry under another
+	// name is refused. Each is unpacked under NewTop instead, when set.
+	Top, NewTop string
+}
+
+// Into is where a copy of one file or directory called top goes for
+// dest, as cp and docker cp do: into dest when it is a directory, else
+// as dest (into its parent, named as its last element). A top of "."
+// (the copy of a root's content) goes into dest, made if missing.
+func Into(dest, top string) (string, Options) {
+	if top == "." {
+		return dest, Options{}
+	}
+	if fi, err := os.Stat(dest); err == nil && fi.IsDir() {
+		return dest, Options{Top: top}
+	}
+	return filepath.Dir(dest), Options{Top: top, NewTop: filepath.Base(dest)}
+}
+
+// rename applies Top and NewTop to an entry's cleaned name.
+func (o Options) rename(rel string) (string, error) {
+	if o.Top == "" {
+		return rel, nil
+	}
+	first, rest, _ := strings.Cut(rel, "/")
+	if first != o.Top {
+		return "", fmt.Errorf("it is not in %s, what the copy is of", o.Top)
+	}
+	if o.NewTop == "" {
+		return rel, nil
+	}
+	return path.Join(o.NewTop, rest), nil
 }
 
 // ErrTooBig wraps the error of a stream past a bound.
@@ -124,6 +158,9 @@ func Unpack(dir string, r io.Reader, opts Options) (Stats, error) {
 
 func (x *extractor) entry(hdr *tar.Header, r io.Reader) error {
 	rel, err := entryPath(hdr.Name)
+	if err == nil {
+		rel, err = x.opts.rename(rel)
+	}
 	if err != nil {
 		return err
 	}
@@ -268,6 +305,9 @@ func (x *extractor) symlink(rel string, hdr *tar.Header) error {
 // under the target and be reached without a symlink too.
 func (x *extractor) link(rel string, hdr *tar.Header) error {
 	target, err := entryPath(hdr.Linkname)
+	if err == nil {
+		target, err = x.opts.rename(target)
+	}
 	if err == nil && target == "" {
 		err = errors.New("it is the target directory")
 	}

@@ -249,3 +249,48 @@ func TestUnpackBounded(t *testing.T) {
 		t.Errorf("a stream at its bounds: %v", err)
 	}
 }
+
+// A copy of one file or directory goes into a directory that is there,
+// or as a path that is not, as cp does; an entry under another top name
+// is refused, hard links included.
+func TestUnpackInto(t *testing.T) {
+	root := t.TempDir()
+	tree := ut.Archive(t, ut.Dir("src/"), ut.File("src/a", "A"), ut.Link(tar.TypeLink, "src/h", "src/a"))
+	into := filepath.Join(root, "there")
+	os.Mkdir(into, 0o755)
+	dir, opts := Into(into, "src")
+	if _, err := Unpack(dir, bytes.NewReader(tree), opts); err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := os.ReadFile(filepath.Join(into, "src", "h")); string(b) != "A" {
+		t.Errorf("into a directory: %q", b)
+	}
+	as := filepath.Join(root, "renamed")
+	dir, opts = Into(as, "src")
+	if _, err := Unpack(dir, bytes.NewReader(tree), opts); err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := os.ReadFile(filepath.Join(as, "h")); string(b) != "A" {
+		t.Errorf("as a new name: %q", b)
+	}
+	file := filepath.Join(root, "file.txt")
+	dir, opts = Into(file, "a")
+	if _, err := Unpack(dir, bytes.NewReader(ut.Archive(t, ut.File("a", "one file"))), opts); err != nil {
+		t.Fatal(err)
+	}
+	if b, _ := os.ReadFile(file); string(b) != "one file" {
+		t.Errorf("a file as a new name: %q", b)
+	}
+	for _, hostile := range [][]ut.Entry{
+		{ut.File("src/a", "A"), ut.File("other", "x")},
+		{ut.Link(tar.TypeLink, "src/h", "elsewhere")},
+	} {
+		dir, opts = Into(filepath.Join(root, "h"), "src")
+		if _, err := Unpack(dir, bytes.NewReader(ut.Archive(t, hostile...)), opts); err == nil || !strings.Contains(err.Error(), "not in src") {
+			t.Errorf("an entry outside the copy's top: %v", err)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(root, "other")); err == nil {
+		t.Error("an entry outside the copy's top was written")
+	}
+}

@@ -121,7 +121,23 @@ func (s *Service) CopyIn(ctx context.Context, p api.VMCopy) (struct{}, rpc.Strea
 		return struct{}{}, nil, err
 	}
 	e := s.withImageDefaults(ctx, vm.Image, session.Exec{Dir: p.Dir, User: p.User}, false)
-	serve, err := s.openSession(ctx, proc, agentlink.MethodUntar, session.Untar{Dir: e.Dir, User: e.User})
+	serve, err := s.openSession(ctx, proc, agentlink.MethodUntar, session.Untar{Dir: e.Dir, User: e.User, Top: p.Top})
+	return struct{}{}, serve, err
+}
+
+// CopyOut streams a tar of a path in the VM (agent.tar): what the guest
+// writes goes to the caller as it comes, for the caller to unpack with
+// the rules for what a guest sends.
+func (s *Service) CopyOut(ctx context.Context, p api.VMCopyOut) (struct{}, rpc.StreamFunc, error) {
+	if !path.IsAbs(p.Path) && p.Path != "~" && !strings.HasPrefix(p.Path, "~/") {
+		return struct{}{}, nil, rpc.Errorf(rpc.CodeInvalidParams, "the path to copy out must be absolute or in the home (~/PATH), not %q", p.Path)
+	}
+	vm, proc, err := s.running(ctx, p.Name)
+	if err != nil {
+		return struct{}{}, nil, err
+	}
+	e := s.withImageDefaults(ctx, vm.Image, session.Exec{Dir: p.Path, User: p.User}, false)
+	serve, err := s.openSession(ctx, proc, agentlink.MethodTar, session.Tar{Path: e.Dir, User: e.User})
 	return struct{}{}, serve, err
 }
 

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"banger/internal/api"
 	ut "banger/internal/untar/untartest"
 )
 
@@ -91,5 +92,39 @@ func TestVMCp(t *testing.T) {
 	s.banger("vm", "cp", "box:/tmp", "box:/srv").want(t, 2)
 	if _, err := os.Stat(filepath.Join(s.dir, "nope")); err == nil {
 		t.Error("a failed copy out left its destination")
+	}
+}
+
+// TestVMRunCollect: --collect copies paths out after the command, also
+// when it failed, before --rm deletes the VM; banger keeps the command's
+// status; a path the command did not make fails a command that worked.
+func TestVMRunCollect(t *testing.T) {
+	needGuests(t)
+	s := newSandbox(t)
+	s.daemon()
+	repo := filepath.Join(s.dir, "repo")
+	os.MkdirAll(repo, 0o755)
+	os.WriteFile(filepath.Join(repo, "input"), []byte("in\n"), 0o644)
+	got, hostname := filepath.Join(s.dir, "got"), filepath.Join(s.dir, "hostname")
+	r := s.banger("vm", "run", "--rm", "-q", "--collect", "out:"+got, "--collect", "/etc/hostname:"+hostname, repo, "--",
+		"sh", "-c", "mkdir out && cp input out/copied && echo built > out/artifact && exit 3")
+	if r.code != 3 {
+		t.Fatalf("vm run --collect: exit %d, want the command's 3: %s", r.code, r.stderr)
+	}
+	for name, want := range map[string]string{"artifact": "built\n", "copied": "in\n"} {
+		if b, _ := os.ReadFile(filepath.Join(got, name)); string(b) != want {
+			t.Errorf("collected %s: %q, want %q", name, b, want)
+		}
+	}
+	if b, err := os.ReadFile(hostname); err != nil || len(b) == 0 {
+		t.Errorf("collected /etc/hostname: %q %v", b, err)
+	}
+	if r := s.banger("vm", "run", "--rm", "-q", "--collect", "never:"+filepath.Join(s.dir, "never"), "--", "true"); r.code != 4 || !strings.Contains(r.stderr, "--collect never") {
+		t.Errorf("a path the command did not make: exit %d, %q; want 4 and the path named", r.code, r.stderr)
+	}
+	var vms []api.VM
+	s.banger("vm", "list", "--json").want(t, 0).json(t, &vms)
+	if len(vms) != 0 {
+		t.Errorf("--rm left VMs: %v", vms)
 	}
 }

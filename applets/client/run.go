@@ -1,11 +1,14 @@
 package client
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"io"
+	"path"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/urfave/cli/v2"
@@ -33,6 +36,7 @@ func newVMRunCommand() *cli.Command {
 			&cli.BoolFlag{Name: "include-untracked", Usage: "also copy untracked files that git does not ignore"},
 			&cli.StringSliceFlag{Name: "env", Aliases: []string{"e"}, Usage: "set `K=V` in the command's environment (repeatable)"},
 			userFlag(),
+			&cli.StringSliceFlag{Name: "collect", Usage: "after the command, also when it failed, copy `GUEST:HOST` out of the VM (as vm cp; a relative GUEST is in the workspace; repeatable)"},
 			&cli.BoolFlag{Name: "quiet", Aliases: []string{"q"}, Usage: "do not show stages"},
 		),
 		Action: action(vmRun),
@@ -54,6 +58,13 @@ func vmRun(c *cli.Context, s *target) error {
 	env, err := envFlags(c)
 	if err != nil {
 		return err
+	}
+	collect, err := collectFlags(c)
+	if err != nil {
+		return err
+	}
+	if detach && len(collect) > 0 {
+		return usageError(errors.New("--detach runs no command to collect after: use `banger vm cp` later"))
 	}
 	create, err := createParams(c)
 	if err != nil {
@@ -94,7 +105,44 @@ func vmRun(c *cli.Context, s *target) error {
 		p.Exec = shellExec(c, dir)
 		p.Env, p.ImageCommand = env, true
 	}
-	return runExec(c, s, p)
+	err = runExec(c, s, p)
+	return collectAfter(c, s, vm.Name, cmp.Or(dir, "~"), collect, err)
+}
+
+// collectPath is one --collect GUEST:HOST.
+type collectPath struct{ guest, host string }
+
+// collectFlags splits the --collect values at their first colon (a
+// guest path rarely has one; a host path may).
+func collectFlags(c *cli.Context) ([]collectPath, error) {
+	var out []collectPath
+	for _, v := range c.StringSlice("collect") {
+		guest, host, ok := strings.Cut(v, ":")
+		if !ok || guest == "" || host == "" {
+			return nil, usageError(fmt.Errorf("--collect %q: want GUEST:HOST, such as build/out:./out", v))
+		}
+		out = append(out, collectPath{guest, host})
+	}
+	return out, nil
+}
+
+// collectAfter copies the --collect paths out of the VM once its command
+// ended (ran is how), and before --rm deletes it. The command's status
+// stays banger's; a copy that fails is said, and fails a command that
+// succeeded.
+func collectAfter(c *cli.Context, s *target, vm, workdir string, collect []collectPath, ran error) error {
+	var failed error
+	for _, cp := range collect {
+		guest := cp.guest
+		if !path.IsAbs(guest) && guest != "~" && !strings.HasPrefix(guest, "~/") {
+			guest = path.Join(workdir, guest)
+		}
+		if err := copyOut(c, s, api.VMCopyOut{Name: vm, Path: guest, User: c.String("user")}, cp.host); err != nil {
+			fmt.Fprintf(c.App.ErrWriter, "banger: --collect %s:%s: %v\n", cp.guest, cp.host, err)
+			failed = cmp.Or(failed, err)
+		}
+	}
+	return cmp.Or(ran, failed)
 }
 
 // vmShapeFlags are the flags that say what VM to make, shared by vm

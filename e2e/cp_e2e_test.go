@@ -84,6 +84,19 @@ func TestVMCp(t *testing.T) {
 	}
 	s.banger("vm", "exec", "box", "--", "test", "!", "-e", "/escaped").want(t, 0)
 
+	// A guest file that claims more than a copy out may take (a sparse
+	// file of 100 GiB) ends the copy at its header, with nothing of it
+	// written; the daemon and the VM go on.
+	s.banger("vm", "exec", "box", "--", "sh", "-c", "mkdir /tmp/big && dd if=/dev/null of=/tmp/big/huge bs=1 seek=100G 2>/dev/null").want(t, 0)
+	big := filepath.Join(s.dir, "big")
+	if r := s.banger("vm", "cp", "box:/tmp/big", big); r.code != 1 || !strings.Contains(r.stderr, "larger than allowed") {
+		t.Errorf("a 100 GiB file out of the guest: exit %d, %q", r.code, r.stderr)
+	}
+	if fi, err := os.Stat(filepath.Join(big, "huge")); err == nil {
+		t.Errorf("the refused file was written (%d bytes)", fi.Size())
+	}
+	s.banger("vm", "exec", "box", "--", "true").want(t, 0)
+
 	// Refusals: no such path in the VM (4), on the host (4), no VM side
 	// or two (2).
 	s.banger("vm", "cp", "box:/nope", filepath.Join(s.dir, "nope")).want(t, 4)

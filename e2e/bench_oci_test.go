@@ -13,6 +13,7 @@ import (
 	v1 "github.com/google/go-containerregistry/pkg/v1"
 	"github.com/google/go-containerregistry/pkg/v1/tarball"
 
+	"banger/applets/daemon/imagestore"
 	"banger/internal/ocitest"
 	"banger/internal/treetar"
 )
@@ -74,14 +75,14 @@ func hostTreeLayers(b *testing.B, dir string, max int64) []v1.Layer {
 // the tree (without the whiteouts banger handles: the image has none).
 func BenchmarkOCIImport(b *testing.B) {
 	for _, tool := range []string{"skopeo", "mkfs.ext4", "tar"} {
-		if _, err := lookTool(tool); err != nil {
+		if _, err := imagestore.LookTool(tool); err != nil {
 			b.Skip(tool + " is not installed (packaging/test.sh installs it)")
 		}
 	}
 	v := newVMBench(b)
 	ref := ocitest.Registry(b) + "/bench/usr:v1"
 	ocitest.Push(b, ref, ocitest.Image(b, "amd64", hostTreeLayers(b, v.dir, ociBenchBytes)...))
-	mkfs, _ := lookTool("mkfs.ext4")
+	mkfs, _ := imagestore.LookTool("mkfs.ext4")
 
 	var banger, tools []time.Duration
 	i := 0
@@ -110,19 +111,6 @@ func BenchmarkOCIImport(b *testing.B) {
 	b.ReportMetric(medianMS(banger)/1000, "banger-p50-s")
 	b.ReportMetric(medianMS(tools)/1000, "tools-p50-s")
 	b.ReportMetric(medianMS(banger)/medianMS(tools), "banger/tools")
-}
-
-// lookTool finds a program on PATH or in the sbin directories.
-func lookTool(name string) (string, error) {
-	if p, err := exec.LookPath(name); err == nil {
-		return p, nil
-	}
-	for _, dir := range []string{"/usr/sbin", "/sbin"} {
-		if p := filepath.Join(dir, name); exec.Command("test", "-x", p).Run() == nil {
-			return p, nil
-		}
-	}
-	return "", exec.ErrNotFound
 }
 
 func benchCmd(b *testing.B, name string, args ...string) {

@@ -15,13 +15,21 @@ import (
 	"banger/internal/ocitest"
 )
 
-// busyboxImage is ocitest's layers around the host's busybox.
-func busyboxImage(t *testing.T) v1.Image {
+// hostBusybox is the host's busybox binary, for images of it; a host
+// without one skips the test.
+func hostBusybox(t *testing.T) []byte {
 	t.Helper()
 	busybox, err := os.ReadFile("/bin/busybox")
 	if err != nil {
 		t.Skip(err)
 	}
+	return busybox
+}
+
+// busyboxImage is ocitest's layers around the host's busybox.
+func busyboxImage(t *testing.T) v1.Image {
+	t.Helper()
+	busybox := hostBusybox(t)
 	return ocitest.Image(t, "amd64", ocitest.Layers(t,
 		ocitest.Entry{Name: "bin/", Type: tar.TypeDir, Mode: 0o755},
 		ocitest.Entry{Name: "bin/busybox", Type: tar.TypeReg, Mode: 0o755, Body: string(busybox)})...)

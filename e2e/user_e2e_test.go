@@ -17,10 +17,7 @@ import (
 // default argument as its Entrypoint and Cmd.
 func userImage(t *testing.T) v1.Image {
 	t.Helper()
-	busybox, err := os.ReadFile("/bin/busybox")
-	if err != nil {
-		t.Skip(err)
-	}
+	busybox := hostBusybox(t)
 	const dir, reg = tar.TypeDir, tar.TypeReg
 	config := v1.Config{Env: []string{"PATH=/usr/bin:/bin"}, User: "app", Entrypoint: []string{"/usr/bin/greet"}, Cmd: []string{"world"}}
 	return ocitest.ImageWith(t, "amd64", config, ocitest.Layer(t, []ocitest.Entry{
